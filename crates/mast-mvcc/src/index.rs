@@ -1,0 +1,338 @@
+//! The in-memory key index: key → generations of revisions, as etcd's `treeIndex`.
+//!
+//! The index holds no values. A value lives on disk under its revision; the index answers
+//! "which revision of this key is visible at revision R" so a read can fetch exactly the rows it
+//! needs. A key's life is a list of generations: a generation starts with the put that creates
+//! the key and ends with the tombstone that deletes it; a later put starts a new generation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+
+use crate::revision::Revision;
+
+/// One life of a key: from its creating put to its tombstone (if any).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Generation {
+    /// Number of puts in this generation, including those compacted away.
+    ver: i64,
+    /// Revision of the put that created the key.
+    created: Revision,
+    /// Revisions still indexed, oldest first; the last one is the tombstone in a closed
+    /// generation.
+    revs: Vec<Revision>,
+}
+
+/// The history of one key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyHistory {
+    /// Generations oldest first; the last one is open (maybe empty, after a tombstone).
+    generations: Vec<Generation>,
+}
+
+/// What the index knows about the version of a key visible at some revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Revision of the visible put (the row to fetch; its main part is the `mod_revision`).
+    pub modified: Revision,
+    /// Revision that created the key (`create_revision`).
+    pub created: Revision,
+    /// Number of puts since creation (`version`).
+    pub version: i64,
+}
+
+impl KeyHistory {
+    fn put(&mut self, rev: Revision) {
+        if self.generations.is_empty() {
+            self.generations.push(Generation::default());
+        }
+        let g = self.generations.last_mut().expect("pushed above");
+        if g.revs.is_empty() {
+            g.created = rev;
+        }
+        g.revs.push(rev);
+        g.ver += 1;
+    }
+
+    fn tombstone(&mut self, rev: Revision) {
+        self.put(rev);
+        self.generations.push(Generation::default());
+    }
+
+    fn restore(&mut self, created: Revision, modified: Revision, ver: i64) {
+        self.generations.push(Generation {
+            ver,
+            created,
+            revs: vec![modified],
+        });
+    }
+
+    /// True when the key has no indexed revision left.
+    fn is_empty(&self) -> bool {
+        self.generations.iter().all(|g| g.revs.is_empty())
+    }
+
+    /// The generation holding the key's state at `rev`, or `None` when the key did not exist.
+    fn find_generation(&self, rev: i64) -> Option<&Generation> {
+        let last = self.generations.len().checked_sub(1)?;
+        for (i, g) in self.generations.iter().enumerate().rev() {
+            let Some(newest) = g.revs.last() else {
+                continue;
+            };
+            if i != last && newest.main <= rev {
+                // The generation ended with a tombstone at or before `rev`.
+                return None;
+            }
+            if g.revs[0].main <= rev {
+                return Some(g);
+            }
+        }
+        None
+    }
+
+    /// The key's visible version at `rev`, or `None` when it did not exist then.
+    pub fn get(&self, rev: i64) -> Option<IndexEntry> {
+        let g = self.find_generation(rev)?;
+        let n = g.revs.iter().rposition(|r| r.main <= rev)?;
+        Some(IndexEntry {
+            modified: g.revs[n],
+            created: g.created,
+            version: g.ver - (g.revs.len() - n - 1) as i64,
+        })
+    }
+
+    /// The newest revision of the key (a put or a tombstone), if any is indexed.
+    pub fn latest(&self) -> Option<Revision> {
+        self.generations.iter().rev().find_map(|g| g.revs.last().copied())
+    }
+
+    /// The indexed revision just before `rev` (used for a watch event's `prev_kv`): the put
+    /// visible at `rev.main - 1`, or `None` when the key did not exist then.
+    pub fn previous(&self, rev: Revision) -> Option<IndexEntry> {
+        // Changes inside one write never touch the same key twice, so `main - 1` is exact.
+        self.get(rev.main - 1)
+    }
+
+    /// Drops revisions older than what is visible at `at_rev`, as etcd's `keyIndex.compact`.
+    /// Revisions that stay on disk are added to `keep`.
+    fn compact(&mut self, at_rev: i64, keep: &mut HashSet<Revision>) {
+        if self.generations.is_empty() {
+            return;
+        }
+        // The first generation that includes `at_rev` or was created after it.
+        let mut gen_idx = 0;
+        while gen_idx < self.generations.len() - 1 {
+            let g = &self.generations[gen_idx];
+            match g.revs.last() {
+                Some(tomb) if tomb.main > at_rev => break,
+                _ => gen_idx += 1,
+            }
+        }
+        let is_last = gen_idx == self.generations.len() - 1;
+        let g = &mut self.generations[gen_idx];
+        if !g.revs.is_empty() {
+            if let Some(i) = g.revs.iter().rposition(|r| r.main <= at_rev) {
+                keep.insert(g.revs[i]);
+                g.revs.drain(..i);
+            }
+            // A generation reduced to its tombstone is over: drop the tombstone too.
+            if g.revs.len() == 1 && !is_last && g.revs[0].main <= at_rev {
+                keep.remove(&g.revs[0]);
+                gen_idx += 1;
+            }
+        }
+        self.generations.drain(..gen_idx);
+    }
+}
+
+/// The key index of the whole store: an ordered map from key to its history.
+#[derive(Debug, Default)]
+pub struct Index {
+    keys: BTreeMap<Vec<u8>, KeyHistory>,
+}
+
+/// The end of a range request, decoded from etcd's `range_end` conventions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeEnd<'a> {
+    /// Empty `range_end`: exactly the one key.
+    Single,
+    /// `range_end` = `"\0"`: every key greater than or equal to the key.
+    Unbounded,
+    /// Keys in `[key, end)`.
+    Before(&'a [u8]),
+}
+
+impl<'a> RangeEnd<'a> {
+    /// Decodes a request's `range_end`, as etcd's `mkGteRange`.
+    pub fn from_request(range_end: &'a [u8]) -> Self {
+        match range_end {
+            [] => RangeEnd::Single,
+            [0] => RangeEnd::Unbounded,
+            end => RangeEnd::Before(end),
+        }
+    }
+
+    /// True when `key` (≥ the range's start) lies inside the range.
+    pub fn contains_from(&self, start: &[u8], key: &[u8]) -> bool {
+        match self {
+            RangeEnd::Single => key == start,
+            RangeEnd::Unbounded => key >= start,
+            RangeEnd::Before(end) => key >= start && key < *end,
+        }
+    }
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of keys with history in the index (live or not).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when the index holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The history of one key.
+    pub fn history(&self, key: &[u8]) -> Option<&KeyHistory> {
+        self.keys.get(key)
+    }
+
+    /// Records a put of `key` at `rev`.
+    pub fn put(&mut self, key: &[u8], rev: Revision) {
+        match self.keys.get_mut(key) {
+            Some(h) => h.put(rev),
+            None => {
+                let mut h = KeyHistory::default();
+                h.put(rev);
+                self.keys.insert(key.to_vec(), h);
+            }
+        }
+    }
+
+    /// Records a delete of `key` at `rev`. The key must be live.
+    pub fn tombstone(&mut self, key: &[u8], rev: Revision) {
+        if let Some(h) = self.keys.get_mut(key) {
+            h.tombstone(rev);
+        }
+    }
+
+    /// Rebuilds a key's history from a disk row during recovery, as etcd's `restore`.
+    pub fn restore(
+        &mut self,
+        key: &[u8],
+        created: Revision,
+        modified: Revision,
+        version: i64,
+        tombstone: bool,
+    ) {
+        match self.keys.get_mut(key) {
+            Some(h) if tombstone => h.tombstone(modified),
+            // After a tombstone a put starts a generation whose creation is itself.
+            Some(h) => h.put(modified),
+            None if tombstone => {}
+            None => {
+                let mut h = KeyHistory::default();
+                h.restore(created, modified, version);
+                self.keys.insert(key.to_vec(), h);
+            }
+        }
+    }
+
+    /// Visits the keys in `[key, end)` visible at `rev` in key order, calling `f` with each key
+    /// and its entry; stops when `f` returns false.
+    pub fn visit(
+        &self,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        rev: i64,
+        mut f: impl FnMut(&[u8], IndexEntry) -> bool,
+    ) {
+        let upper = match end {
+            RangeEnd::Single => {
+                if let Some(e) = self.keys.get(key).and_then(|h| h.get(rev)) {
+                    f(key, e);
+                }
+                return;
+            }
+            RangeEnd::Unbounded => Bound::Unbounded,
+            RangeEnd::Before(e) => {
+                if e <= key {
+                    return;
+                }
+                Bound::Excluded(e)
+            }
+        };
+        let range = self
+            .keys
+            .range::<[u8], _>((Bound::Included(key), upper));
+        for (k, h) in range {
+            if let Some(e) = h.get(rev)
+                && !f(k, e)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Compacts every key's history at `at_rev` and returns the revisions at or below `at_rev`
+    /// that must stay on disk; every other row at or below `at_rev` can be deleted.
+    pub fn compact(&mut self, at_rev: i64) -> HashSet<Revision> {
+        let mut keep = HashSet::new();
+        self.keys.retain(|_, h| {
+            h.compact(at_rev, &mut keep);
+            !h.is_empty()
+        });
+        keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(main: i64) -> Revision {
+        Revision::new(main, 0)
+    }
+
+    #[test]
+    fn versions_and_generations() {
+        let mut idx = Index::new();
+        idx.put(b"a", r(2));
+        idx.put(b"a", r(3));
+        idx.tombstone(b"a", r(4));
+        idx.put(b"a", r(5));
+        let h = idx.history(b"a").unwrap();
+        assert_eq!(h.get(1), None);
+        assert_eq!(
+            h.get(3),
+            Some(IndexEntry { modified: r(3), created: r(2), version: 2 })
+        );
+        assert_eq!(h.get(4), None);
+        assert_eq!(
+            h.get(9),
+            Some(IndexEntry { modified: r(5), created: r(5), version: 1 })
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_visible_revision() {
+        let mut idx = Index::new();
+        idx.put(b"a", r(2));
+        idx.put(b"a", r(3));
+        idx.put(b"b", r(4));
+        idx.tombstone(b"b", r(5));
+        let keep = idx.compact(4);
+        assert!(keep.contains(&r(3)));
+        assert!(keep.contains(&r(4)));
+        assert_eq!(idx.history(b"a").unwrap().get(4).unwrap().version, 2);
+        let keep = idx.compact(5);
+        assert!(keep.contains(&r(3)));
+        assert!(!keep.contains(&r(5)));
+        assert!(idx.history(b"b").is_none());
+    }
+}

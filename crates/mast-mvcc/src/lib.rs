@@ -1,0 +1,26 @@
+//! Mast's MVCC store: etcd's data model on redb.
+//!
+//! - [`revision`]: the `(main, sub)` revision and its on-disk encoding.
+//! - [`index`]: the in-memory key index (key → generations of revisions), as etcd's
+//!   `treeIndex`; values are not in memory.
+//! - [`store`]: the redb tables and the write path: a batch of [`Command`]s applied in one
+//!   durable transaction, with reads served at the last committed revision.
+//! - [`txn`]: Range, Put, DeleteRange and Txn with etcd's semantics.
+//! - [`lease`]: the applied lease table (granted TTLs and attached keys; no clocks).
+//!
+//! **Architecture invariant:** this crate knows nothing of gRPC, HTTP, tokio or wall-clock
+//! time. It uses the etcd protobuf *messages* as its request and result types, and its results
+//! depend only on the commands applied, so a Raft log can later sit in front of [`Store::apply`].
+
+pub mod error;
+pub mod index;
+pub mod lease;
+pub mod revision;
+pub mod store;
+pub mod txn;
+
+pub use error::{MvccError, StorageError};
+pub use lease::{LeaseId, LeaseRecord, LeaseTable};
+pub use revision::Revision;
+pub use store::{Applied, Command, MAX_LEASE_TTL, Store, StoreStatus};
+pub use txn::{CommandResult, is_txn_readonly};

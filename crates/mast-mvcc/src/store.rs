@@ -1,0 +1,637 @@
+//! The store: redb tables on disk, the key index and the lease table in memory, and the write
+//! path that applies commands to them.
+//!
+//! Writes arrive as a batch of [`Command`]s applied in order inside one redb write transaction
+//! that is committed with immediate durability (fsync) before the results are returned: the
+//! caller groups concurrent requests into one batch, so one fsync serves many writes. The
+//! in-memory index is updated while applying, but readers only look at revisions up to the
+//! last *committed* one, so they never observe a write that is not on disk. No lock is held
+//! across the commit.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+
+use mast_proto::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest,
+};
+use mast_proto::mvccpb::{Event, KeyValue, event::EventType};
+use prost::Message;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::error::{MvccError, StorageError};
+use crate::index::{Index, RangeEnd};
+use crate::lease::{LeaseId, LeaseTable};
+use crate::revision::Revision;
+use crate::txn::{self, CommandResult};
+
+/// Rows of the key space: revision → flag byte + encoded `mvccpb.KeyValue`.
+pub(crate) const KV: TableDefinition<u128, &[u8]> = TableDefinition::new("kv");
+/// Small named counters (current revision, compacted revision, applied index).
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+/// Leases: ID → granted TTL in seconds.
+const LEASES: TableDefinition<i64, i64> = TableDefinition::new("lease");
+
+const META_REVISION: &str = "current_revision";
+const META_COMPACT: &str = "compact_revision";
+const META_APPLIED: &str = "applied_index";
+
+/// Flag byte of a row that records a delete.
+const TOMBSTONE: u8 = 1;
+
+/// The largest lease TTL in seconds, as etcd's `MaxLeaseTTL`.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// A deterministic change to the store. Applying the same commands in the same order to the
+/// same state always gives the same state: no clock, no randomness (lease IDs are chosen by the
+/// caller).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// As etcd's `Put`.
+    Put(PutRequest),
+    /// As etcd's `DeleteRange`.
+    DeleteRange(DeleteRangeRequest),
+    /// As etcd's `Txn`. The caller has checked op counts and duplicate keys.
+    Txn(TxnRequest),
+    /// As etcd's `Compact`.
+    Compact(CompactionRequest),
+    /// Creates lease `id` with `ttl` seconds (already raised to the minimum TTL).
+    LeaseGrant {
+        /// The new lease's ID, non-zero.
+        id: LeaseId,
+        /// Granted TTL in seconds.
+        ttl: i64,
+    },
+    /// Deletes lease `id` and, in one revision, every key attached to it.
+    LeaseRevoke {
+        /// The lease to revoke.
+        id: LeaseId,
+    },
+}
+
+/// The outcome of one batch.
+#[derive(Debug)]
+pub struct Applied {
+    /// One result per command, in order.
+    pub results: Vec<Result<CommandResult, MvccError>>,
+    /// Every event of the batch, in revision order (a watch's input).
+    pub events: Vec<Event>,
+    /// The store revision after the batch.
+    pub revision: i64,
+}
+
+/// Counters that describe the store, for `Status` and metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreStatus {
+    /// Current (committed) store revision.
+    pub revision: i64,
+    /// Compacted revision, -1 before the first compaction.
+    pub compact_revision: i64,
+    /// Number of commands applied since the store was created (moves with every write).
+    pub applied_index: u64,
+    /// Size of the database file in bytes.
+    pub db_size: u64,
+    /// Bytes in use inside the file (stored data and metadata).
+    pub db_size_in_use: u64,
+    /// Number of keys with indexed history.
+    pub keys: usize,
+}
+
+struct WriterState {
+    /// Revision after the last applied (maybe not yet committed) command.
+    rev: i64,
+    applied_index: u64,
+}
+
+/// The MVCC store. Share it behind an `Arc`: reads run concurrently from any thread; writes go
+/// through [`Store::apply`], which serializes them.
+pub struct Store {
+    /// Readers and the writer hold the read side for the life of their redb transaction;
+    /// [`Store::defragment`] takes the write side to rewrite the file.
+    db: RwLock<Database>,
+    path: std::path::PathBuf,
+    index: RwLock<Index>,
+    leases: RwLock<LeaseTable>,
+    /// The newest revision whose batch is on disk; readers never look past it.
+    committed_rev: AtomicI64,
+    /// The compacted revision; written under the index write lock.
+    compact_rev: AtomicI64,
+    applied_index: AtomicU64,
+    writer: Mutex<WriterState>,
+    poisoned: AtomicBool,
+}
+
+/// One row of the `kv` table, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Row {
+    pub(crate) tombstone: bool,
+    pub(crate) kv: KeyValue,
+}
+
+pub(crate) fn encode_row(tombstone: bool, kv: &KeyValue) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1 + kv.encoded_len());
+    buf.push(if tombstone { TOMBSTONE } else { 0 });
+    kv.encode(&mut buf).expect("vec has room");
+    buf
+}
+
+pub(crate) fn decode_row(bytes: &[u8]) -> Result<Row, StorageError> {
+    let (flag, rest) = bytes
+        .split_first()
+        .ok_or_else(|| StorageError("empty row".into()))?;
+    Ok(Row {
+        tombstone: *flag == TOMBSTONE,
+        kv: KeyValue::decode(rest)?,
+    })
+}
+
+/// Reads one row by revision from any redb table handle (read or write transaction).
+pub(crate) fn read_row<T: ReadableTable<u128, &'static [u8]>>(
+    table: &T,
+    rev: Revision,
+) -> Result<Row, StorageError> {
+    let guard = table
+        .get(rev.to_u128())?
+        .ok_or_else(|| StorageError(format!("index names revision {rev} missing from disk")))?;
+    decode_row(guard.value())
+}
+
+impl Store {
+    /// Opens the store in `dir` (created if missing), rebuilding the key index and lease table
+    /// from disk, as etcd's `restore`.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the directory or database cannot be created, opened or read.
+    pub fn open(dir: &Path) -> Result<Store, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("mast.redb");
+        let db = Database::create(&path)?;
+        let w = db.begin_write()?;
+        {
+            w.open_table(KV)?;
+            w.open_table(META)?;
+            w.open_table(LEASES)?;
+        }
+        w.commit()?;
+
+        let r = db.begin_read()?;
+        let meta = r.open_table(META)?;
+        let get = |k: &str| -> Result<Option<i64>, StorageError> {
+            Ok(meta.get(k)?.map(|v| v.value()))
+        };
+        let mut rev = get(META_REVISION)?.unwrap_or(1);
+        let compact = get(META_COMPACT)?.unwrap_or(-1);
+        let applied = get(META_APPLIED)?.unwrap_or(0) as u64;
+
+        let mut leases = LeaseTable::default();
+        for row in r.open_table(LEASES)?.iter()? {
+            let (id, ttl) = row?;
+            leases.insert(id.value(), ttl.value());
+        }
+
+        let mut index = Index::new();
+        let mut key_lease: std::collections::HashMap<Vec<u8>, LeaseId> = Default::default();
+        for row in r.open_table(KV)?.iter()? {
+            let (k, v) = row?;
+            let at = Revision::from_u128(k.value());
+            let row = decode_row(v.value())?;
+            let created = Revision::new(row.kv.create_revision, 0);
+            index.restore(&row.kv.key, created, at, row.kv.version, row.tombstone);
+            if row.tombstone || row.kv.lease == 0 {
+                key_lease.remove(&row.kv.key);
+            } else {
+                key_lease.insert(row.kv.key, row.kv.lease);
+            }
+            rev = rev.max(at.main);
+        }
+        for (key, id) in key_lease {
+            if leases.contains(id) {
+                leases.set_key_lease(&key, id);
+            }
+        }
+        drop(meta);
+        drop(r);
+        tracing::info!(revision = rev, compact_revision = compact, keys = index.len(), leases = leases.len(), "store recovered");
+        Ok(Store {
+            db: RwLock::new(db),
+            path,
+            index: RwLock::new(index),
+            leases: RwLock::new(leases),
+            committed_rev: AtomicI64::new(rev),
+            compact_rev: AtomicI64::new(compact),
+            applied_index: AtomicU64::new(applied),
+            writer: Mutex::new(WriterState { rev, applied_index: applied }),
+            poisoned: AtomicBool::new(false),
+        })
+    }
+
+    fn db(&self) -> Result<std::sync::RwLockReadGuard<'_, Database>, StorageError> {
+        self.db.read().map_err(|_| StorageError("database lock poisoned".into()))
+    }
+
+    /// Rewrites the database file to release free pages, as etcd's `Defragment`. Reads and
+    /// writes wait while it runs. Returns whether anything was released.
+    ///
+    /// # Errors
+    /// [`StorageError`] when redb cannot compact the file.
+    pub fn defragment(&self) -> Result<bool, StorageError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        let mut db = self
+            .db
+            .write()
+            .map_err(|_| StorageError("database lock poisoned".into()))?;
+        db.compact().map_err(|e| StorageError(e.to_string()))
+    }
+
+    /// The current store revision: every write up to it is on disk.
+    pub fn revision(&self) -> i64 {
+        self.committed_rev.load(Ordering::Acquire)
+    }
+
+    /// The compacted revision, -1 before the first compaction.
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_rev.load(Ordering::Acquire)
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sizes and counters of the store.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database file cannot be inspected.
+    pub fn status(&self) -> Result<StoreStatus, StorageError> {
+        let db_size = std::fs::metadata(&self.path)?.len();
+        let mut in_use = 0;
+        let db = self.db()?;
+        let r = db.begin_read()?;
+        {
+            let t = r.open_table(KV)?;
+            let s = t.stats()?;
+            in_use += s.stored_bytes() + s.metadata_bytes();
+        }
+        Ok(StoreStatus {
+            revision: self.revision(),
+            compact_revision: self.compact_revision(),
+            applied_index: self.applied_index.load(Ordering::Acquire),
+            db_size,
+            db_size_in_use: in_use.min(db_size),
+            keys: self.index.read().expect("index lock").len(),
+        })
+    }
+
+    /// Read access to the applied lease table (granted TTLs and attached keys).
+    pub fn leases(&self) -> RwLockReadGuard<'_, LeaseTable> {
+        self.leases.read().expect("lease lock")
+    }
+
+    fn check_read_rev(&self, requested: i64, current: i64) -> Result<i64, MvccError> {
+        if requested > current {
+            return Err(MvccError::FutureRevision);
+        }
+        let rev = if requested <= 0 { current } else { requested };
+        if rev < self.compact_revision() {
+            return Err(MvccError::Compacted);
+        }
+        Ok(rev)
+    }
+
+    /// Serves a Range at the current committed revision, as etcd's `Range`. The header of the
+    /// response carries only the revision; the caller fills in the cluster fields.
+    ///
+    /// # Errors
+    /// [`MvccError::FutureRevision`] or [`MvccError::Compacted`] for a `revision` out of the
+    /// store's history; [`MvccError::Storage`] when the disk fails.
+    pub fn range(&self, req: &RangeRequest) -> Result<mast_proto::etcdserverpb::RangeResponse, MvccError> {
+        let current = self.revision();
+        let db = self.db()?;
+        let r = db.begin_read().map_err(StorageError::from)?;
+        let table = r.open_table(KV).map_err(StorageError::from)?;
+        txn::range(self, &table, current, req)
+    }
+
+    /// Collects the index entries for a range at `rev` (after checking `rev`), releasing the
+    /// index lock before any disk read.
+    pub(crate) fn index_range(
+        &self,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        requested: i64,
+        current: i64,
+        limit: usize,
+    ) -> Result<(i64, Vec<(Vec<u8>, crate::index::IndexEntry)>, usize), MvccError> {
+        let index = self.index.read().expect("index lock");
+        let rev = self.check_read_rev(requested, current)?;
+        let mut out = Vec::new();
+        let mut count = 0usize;
+        index.visit(key, end, rev, |k, e| {
+            count += 1;
+            if limit == 0 || out.len() < limit {
+                out.push((k.to_vec(), e));
+            }
+            true
+        });
+        Ok((rev, out, count))
+    }
+
+    /// The key's value at revision `rev` (`None` when absent then, or compacted away), for a
+    /// watch event's `prev_kv`.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the disk fails.
+    pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>, StorageError> {
+        if rev < self.compact_revision() || rev <= 0 {
+            return Ok(None);
+        }
+        let db = self.db()?;
+        let r = db.begin_read()?;
+        let table = r.open_table(KV)?;
+        let entry = self
+            .index
+            .read()
+            .expect("index lock")
+            .history(key)
+            .and_then(|h| h.get(rev));
+        match entry {
+            Some(e) => match table.get(e.modified.to_u128())? {
+                Some(g) => Ok(Some(decode_row(g.value())?.kv)),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// The events of revisions `from..=to` whose key is in `[key, end)`, read from history, in
+    /// revision order, at most `limit` revisions' worth (whole revisions only). Used to replay a
+    /// watch from `start_revision` and to catch up a slow watcher, as etcd's unsynced watchers.
+    ///
+    /// # Errors
+    /// [`MvccError::Compacted`] when `from` is below the compacted revision;
+    /// [`MvccError::Storage`] when the disk fails.
+    pub fn events_between(
+        &self,
+        from: i64,
+        to: i64,
+        limit_revs: usize,
+        mut filter: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(Vec<Event>, i64), MvccError> {
+        if from < self.compact_revision() {
+            return Err(MvccError::Compacted);
+        }
+        let db = self.db()?;
+        let r = db.begin_read().map_err(StorageError::from)?;
+        let table = r.open_table(KV).map_err(StorageError::from)?;
+        let lo = Revision::new(from.max(0), 0).to_u128();
+        let hi = Revision::new(to, i64::MAX).to_u128();
+        let mut events = Vec::new();
+        let mut last_rev = from - 1;
+        let mut revs_seen = 0usize;
+        for row in table.range(lo..=hi).map_err(StorageError::from)? {
+            let (k, v) = row.map_err(StorageError::from)?;
+            let at = Revision::from_u128(k.value());
+            if at.main != last_rev {
+                if revs_seen == limit_revs {
+                    break;
+                }
+                revs_seen += 1;
+                last_rev = at.main;
+            }
+            let row = decode_row(v.value())?;
+            if !filter(&row.kv.key) {
+                continue;
+            }
+            events.push(row_to_event(row));
+        }
+        Ok((events, last_rev))
+    }
+
+    /// Applies a batch of commands in one durable transaction and returns each command's
+    /// result and the batch's events. Commands are applied in order; a refused command changes
+    /// nothing and the rest still apply.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the disk fails; the store then refuses every later write (its
+    /// memory may be ahead of the disk) until it is reopened.
+    pub fn apply(&self, cmds: &[Command]) -> Result<Applied, StorageError> {
+        let mut w = self.writer.lock().expect("writer lock");
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError("store failed earlier; restart to recover".into()));
+        }
+        match self.apply_locked(&mut w, cmds) {
+            Ok(applied) => Ok(applied),
+            Err(e) => {
+                self.poisoned.store(true, Ordering::Release);
+                tracing::error!(error = %e, "write batch failed; store refuses further writes");
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_locked(&self, w: &mut WriterState, cmds: &[Command]) -> Result<Applied, StorageError> {
+        let db = self.db()?;
+        let mut wtxn = db.begin_write()?;
+        wtxn.set_durability(Durability::Immediate)?;
+        let mut results = Vec::with_capacity(cmds.len());
+        let mut events = Vec::new();
+        {
+            let mut kv = wtxn.open_table(KV)?;
+            let mut meta = wtxn.open_table(META)?;
+            let mut lease_t = wtxn.open_table(LEASES)?;
+            for cmd in cmds {
+                let mut ctx = txn::WriteCtx {
+                    store: self,
+                    kv: &mut kv,
+                    begin_rev: w.rev,
+                    changes: Vec::new(),
+                };
+                let res = match cmd {
+                    Command::Put(p) => ctx.put_cmd(p),
+                    Command::DeleteRange(d) => ctx.delete_cmd(d),
+                    Command::Txn(t) => ctx.txn_cmd(t),
+                    Command::Compact(c) => self.compact(&mut ctx, c.revision, &mut meta),
+                    Command::LeaseGrant { id, ttl } => {
+                        self.lease_grant(*id, *ttl, &mut lease_t)
+                    }
+                    Command::LeaseRevoke { id } => ctx.lease_revoke(*id, &mut lease_t),
+                };
+                let res = match res {
+                    Ok(r) => Ok(r),
+                    Err(MvccError::Storage(s)) => return Err(StorageError(s)),
+                    Err(e) => Err(e),
+                };
+                if !ctx.changes.is_empty() {
+                    w.rev = ctx.begin_rev + 1;
+                    events.append(&mut ctx.changes);
+                }
+                w.applied_index += 1;
+                results.push(res);
+            }
+            meta.insert(META_REVISION, w.rev)?;
+            meta.insert(META_APPLIED, w.applied_index as i64)?;
+        }
+        wtxn.commit()?;
+        self.applied_index.store(w.applied_index, Ordering::Release);
+        self.committed_rev.store(w.rev, Ordering::Release);
+        Ok(Applied { results, events, revision: w.rev })
+    }
+
+    fn lease_grant(
+        &self,
+        id: LeaseId,
+        ttl: i64,
+        table: &mut redb::Table<'_, i64, i64>,
+    ) -> Result<CommandResult, MvccError> {
+        if ttl > MAX_LEASE_TTL {
+            return Err(MvccError::LeaseTtlTooLarge);
+        }
+        let mut leases = self.leases.write().expect("lease lock");
+        if leases.contains(id) {
+            return Err(MvccError::LeaseExists);
+        }
+        table.insert(id, ttl).map_err(StorageError::from)?;
+        leases.insert(id, ttl);
+        Ok(CommandResult::LeaseGrant { id, ttl })
+    }
+
+    pub(crate) fn lease_exists(&self, id: LeaseId) -> bool {
+        self.leases.read().expect("lease lock").contains(id)
+    }
+
+    pub(crate) fn attach(&self, key: &[u8], id: LeaseId) {
+        self.leases.write().expect("lease lock").set_key_lease(key, id);
+    }
+
+    pub(crate) fn remove_lease(&self, id: LeaseId) -> Option<crate::lease::LeaseRecord> {
+        self.leases.write().expect("lease lock").remove(id)
+    }
+
+    pub(crate) fn index_put(&self, key: &[u8], rev: Revision) {
+        self.index.write().expect("index lock").put(key, rev);
+    }
+
+    pub(crate) fn index_tombstone(&self, key: &[u8], rev: Revision) {
+        self.index.write().expect("index lock").tombstone(key, rev);
+    }
+
+    pub(crate) fn index_get(&self, key: &[u8], rev: i64) -> Option<crate::index::IndexEntry> {
+        self.index.read().expect("index lock").history(key).and_then(|h| h.get(rev))
+    }
+
+    /// Compaction as etcd's `Compact`: history below `rev` is removed from the index and the
+    /// disk, keeping what is visible at `rev`.
+    fn compact(
+        &self,
+        ctx: &mut txn::WriteCtx<'_, '_, '_>,
+        rev: i64,
+        meta: &mut redb::Table<'_, &str, i64>,
+    ) -> Result<CommandResult, MvccError> {
+        if rev <= self.compact_revision() {
+            return Err(MvccError::Compacted);
+        }
+        if rev > ctx.begin_rev {
+            return Err(MvccError::FutureRevision);
+        }
+        let keep = {
+            let mut index = self.index.write().expect("index lock");
+            self.compact_rev.store(rev, Ordering::Release);
+            index.compact(rev)
+        };
+        let hi = Revision::new(rev, i64::MAX).to_u128();
+        let mut doomed = Vec::new();
+        for row in ctx.kv.range(..=hi).map_err(StorageError::from)? {
+            let (k, _) = row.map_err(StorageError::from)?;
+            let at = Revision::from_u128(k.value());
+            if !keep.contains(&at) {
+                doomed.push(k.value());
+            }
+        }
+        for k in &doomed {
+            ctx.kv.remove(*k).map_err(StorageError::from)?;
+        }
+        meta.insert(META_COMPACT, rev).map_err(StorageError::from)?;
+        tracing::info!(revision = rev, removed = doomed.len(), "compacted");
+        Ok(CommandResult::Compact { revision: ctx.begin_rev })
+    }
+
+    /// A CRC-32 over every row at or below `rev` (all history when `rev` is 0), as etcd's
+    /// `HashKV`. Returns the hash, the revision hashed up to, and the compacted revision.
+    ///
+    /// # Errors
+    /// [`MvccError::FutureRevision`] / [`MvccError::Compacted`] for a revision out of history.
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
+        let current = self.revision();
+        let compact = self.compact_revision();
+        if rev > current {
+            return Err(MvccError::FutureRevision);
+        }
+        if rev > 0 && rev < compact {
+            return Err(MvccError::Compacted);
+        }
+        let upto = if rev <= 0 { current } else { rev };
+        let db = self.db()?;
+        let r = db.begin_read().map_err(StorageError::from)?;
+        let table = r.open_table(KV).map_err(StorageError::from)?;
+        let mut h = crc32fast::Hasher::new();
+        let hi = Revision::new(upto, i64::MAX).to_u128();
+        for row in table.range(..=hi).map_err(StorageError::from)? {
+            let (k, v) = row.map_err(StorageError::from)?;
+            h.update(&k.value().to_be_bytes());
+            h.update(v.value());
+        }
+        Ok((h.finalize(), upto, compact))
+    }
+
+    /// A CRC-32 of the whole database's key space, as etcd's `Hash`.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the disk fails.
+    pub fn hash(&self) -> Result<u32, MvccError> {
+        self.hash_kv(0).map(|(h, _, _)| h)
+    }
+
+    /// Writes a consistent copy of the store (one read transaction) to `dest` as a redb file,
+    /// for `Snapshot`. Returns the revision the copy holds.
+    ///
+    /// # Errors
+    /// [`StorageError`] when reading or writing fails.
+    pub fn snapshot_to(&self, dest: &Path) -> Result<i64, StorageError> {
+        let rev = self.revision();
+        let db = self.db()?;
+        let r = db.begin_read()?;
+        let out = Database::create(dest)?;
+        let w = out.begin_write()?;
+        {
+            let src = r.open_table(KV)?;
+            let mut dst = w.open_table(KV)?;
+            for row in src.iter()? {
+                let (k, v) = row?;
+                dst.insert(k.value(), v.value())?;
+            }
+            let src = r.open_table(LEASES)?;
+            let mut dst = w.open_table(LEASES)?;
+            for row in src.iter()? {
+                let (k, v) = row?;
+                dst.insert(k.value(), v.value())?;
+            }
+            let src = r.open_table(META)?;
+            let mut dst = w.open_table(META)?;
+            for row in src.iter()? {
+                let (k, v) = row?;
+                dst.insert(k.value(), v.value())?;
+            }
+        }
+        w.commit()?;
+        drop(out);
+        Ok(rev)
+    }
+}
+
+pub(crate) fn row_to_event(row: Row) -> Event {
+    Event {
+        r#type: if row.tombstone { EventType::Delete } else { EventType::Put } as i32,
+        kv: Some(row.kv),
+        prev_kv: None,
+    }
+}

@@ -1,0 +1,306 @@
+//! `etcdserverpb.KV`: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use mast_mvcc::{Command, CommandResult};
+use mast_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse, kv_server::Kv,
+    range_request::{SortOrder, SortTarget},
+    request_op,
+};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::{err_duplicate_key, err_empty_key, err_too_large, err_too_many_ops, handled, started, status_of};
+use crate::node::Node;
+
+/// Most operations in one txn branch, as etcd's `--max-txn-ops` default.
+pub const MAX_TXN_OPS: usize = 128;
+
+const SVC: &str = "etcdserverpb.KV";
+
+/// The KV service.
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    /// A KV service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        KvService { node }
+    }
+}
+
+fn check_size<M: Message>(node: &Node, m: &M) -> Result<(), Status> {
+    if m.encoded_len() > node.config.max_request_bytes {
+        return Err(err_too_large());
+    }
+    Ok(())
+}
+
+fn check_range(r: &RangeRequest) -> Result<(), Status> {
+    if r.key.is_empty() {
+        return Err(err_empty_key());
+    }
+    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
+        return Err(Status::invalid_argument("etcdserver: invalid sort option"));
+    }
+    Ok(())
+}
+
+fn check_put(p: &PutRequest) -> Result<(), Status> {
+    if p.key.is_empty() {
+        return Err(err_empty_key());
+    }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: value is provided"));
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(Status::invalid_argument("etcdserver: lease is provided"));
+    }
+    Ok(())
+}
+
+fn check_delete(d: &DeleteRangeRequest) -> Result<(), Status> {
+    if d.key.is_empty() {
+        return Err(err_empty_key());
+    }
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest`: op counts and per-op checks, recursively.
+fn check_txn(t: &TxnRequest) -> Result<(), Status> {
+    let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
+    if ops > MAX_TXN_OPS {
+        return Err(err_too_many_ops());
+    }
+    if t.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(err_empty_key());
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) => check_range(r)?,
+            Some(request_op::Request::RequestPut(p)) => check_put(p)?,
+            Some(request_op::Request::RequestDeleteRange(d)) => check_delete(d)?,
+            Some(request_op::Request::RequestTxn(n)) => check_txn(n)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Deleted intervals of a txn branch: `(start, end)`, `end` empty for a single key.
+#[derive(Default)]
+struct Dels(Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Dels {
+    fn intersects(&self, k: &[u8]) -> bool {
+        self.0.iter().any(|(s, e)| {
+            if e.is_empty() {
+                s.as_slice() == k
+            } else if e.as_slice() == [0] {
+                k >= s.as_slice()
+            } else {
+                k >= s.as_slice() && k < e.as_slice()
+            }
+        })
+    }
+}
+
+/// etcd's `checkIntervals`: no key may be put twice, or put and deleted, in one branch
+/// (nested txns included; the two branches of a nested txn may put the same key).
+fn check_intervals(reqs: &[RequestOp]) -> Result<(std::collections::HashSet<Vec<u8>>, Dels), Status> {
+    let mut dels = Dels::default();
+    for op in reqs {
+        if let Some(request_op::Request::RequestDeleteRange(d)) = &op.request {
+            dels.0.push((d.key.clone(), d.range_end.clone()));
+        }
+    }
+    let mut puts = std::collections::HashSet::new();
+    for op in reqs {
+        let Some(request_op::Request::RequestTxn(n)) = &op.request else { continue };
+        let (puts_then, dels_then) = check_intervals(&n.success)?;
+        let (puts_else, dels_else) = check_intervals(&n.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || dels.intersects(k) {
+                return Err(err_duplicate_key());
+            }
+            puts.insert(k.clone());
+        }
+        for k in &puts_else {
+            if puts.contains(k) && !puts_then.contains(k) || dels.intersects(k) {
+                return Err(err_duplicate_key());
+            }
+            puts.insert(k.clone());
+        }
+        dels.0.extend(dels_then.0);
+        dels.0.extend(dels_else.0);
+    }
+    for op in reqs {
+        let Some(request_op::Request::RequestPut(p)) = &op.request else { continue };
+        if puts.contains(&p.key) || dels.intersects(&p.key) {
+            return Err(err_duplicate_key());
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+/// Range, as etcd's `KV.Range`.
+///
+/// # Errors
+/// etcd's errors for an empty key, bad sort options, and revisions out of history.
+pub async fn range(node: &Node, req: RangeRequest) -> Result<RangeResponse, Status> {
+    check_range(&req)?;
+    check_size(node, &req)?;
+    let store = node.store.clone();
+    let mut resp = if req.limit > 0 || req.count_only || req.range_end.is_empty() {
+        store.range(&req).map_err(status_of)?
+    } else {
+        // Unbounded scans read many rows: keep them off the async workers.
+        tokio::task::spawn_blocking(move || store.range(&req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status_of)?
+    };
+    resp.header = node.complete(resp.header);
+    Ok(resp)
+}
+
+/// Put, as etcd's `KV.Put`.
+///
+/// # Errors
+/// etcd's errors for an empty key, a too large request, a missing lease or key.
+pub async fn put(node: &Node, req: PutRequest) -> Result<PutResponse, Status> {
+    check_put(&req)?;
+    check_size(node, &req)?;
+    match node.write(Command::Put(req)).await.map_err(status_of)? {
+        CommandResult::Put(mut r) => {
+            r.header = node.complete(r.header);
+            Ok(r)
+        }
+        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+/// DeleteRange, as etcd's `KV.DeleteRange`.
+///
+/// # Errors
+/// etcd's errors for an empty key or a too large request.
+pub async fn delete_range(node: &Node, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+    check_delete(&req)?;
+    check_size(node, &req)?;
+    match node.write(Command::DeleteRange(req)).await.map_err(status_of)? {
+        CommandResult::DeleteRange(mut r) => {
+            r.header = node.complete(r.header);
+            Ok(r)
+        }
+        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+/// Txn, as etcd's `KV.Txn`.
+///
+/// # Errors
+/// etcd's errors for too many ops, duplicate keys, empty keys, and those of the ops.
+pub async fn txn(node: &Node, req: TxnRequest) -> Result<TxnResponse, Status> {
+    check_txn(&req)?;
+    check_intervals(&req.success)?;
+    check_intervals(&req.failure)?;
+    check_size(node, &req)?;
+    match node.write(Command::Txn(req)).await.map_err(status_of)? {
+        CommandResult::Txn(mut r) => {
+            r.header = node.complete(r.header);
+            Ok(r)
+        }
+        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+/// Compact, as etcd's `KV.Compact`.
+///
+/// # Errors
+/// etcd's compacted / future revision errors.
+pub async fn compact(node: &Node, req: CompactionRequest) -> Result<CompactionResponse, Status> {
+    match node.write(Command::Compact(req)).await.map_err(status_of)? {
+        CommandResult::Compact { revision } => Ok(CompactionResponse { header: Some(node.header_at(revision)) }),
+        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        started(SVC, "Range", "unary");
+        handled(SVC, "Range", "unary", range(&self.node, request.into_inner()).await.map(Response::new))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        started(SVC, "Put", "unary");
+        handled(SVC, "Put", "unary", put(&self.node, request.into_inner()).await.map(Response::new))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        started(SVC, "DeleteRange", "unary");
+        handled(SVC, "DeleteRange", "unary", delete_range(&self.node, request.into_inner()).await.map(Response::new))
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        started(SVC, "Txn", "unary");
+        handled(SVC, "Txn", "unary", txn(&self.node, request.into_inner()).await.map(Response::new))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        started(SVC, "Compact", "unary");
+        handled(SVC, "Compact", "unary", compact(&self.node, request.into_inner()).await.map(Response::new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mast_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest};
+
+    fn put_op(k: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn del_op(k: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key: k.into(),
+                range_end: end.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_as_etcd() {
+        assert!(check_intervals(&[put_op("a"), put_op("b")]).is_ok());
+        assert!(check_intervals(&[put_op("a"), put_op("a")]).is_err());
+        assert!(check_intervals(&[del_op("a", "c"), put_op("b")]).is_err());
+        assert!(check_intervals(&[del_op("a", ""), del_op("a", "")]).is_ok());
+        let nested = RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                success: vec![put_op("x")],
+                failure: vec![put_op("x")],
+                ..Default::default()
+            })),
+        };
+        assert!(check_intervals(std::slice::from_ref(&nested)).is_ok());
+        assert!(check_intervals(&[nested, put_op("x")]).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! `etcdserverpb.Lease`: LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use mast_mvcc::{Command, CommandResult, MAX_LEASE_TTL, MvccError};
+use mast_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_server::Lease,
+};
+use tokio::sync::mpsc;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::{handled, record_code, started, status_of};
+use crate::lessor::MIN_LEASE_TTL;
+use crate::node::Node;
+
+const SVC: &str = "etcdserverpb.Lease";
+
+/// The Lease service.
+pub struct LeaseService {
+    node: Arc<Node>,
+}
+
+impl LeaseService {
+    /// A Lease service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        LeaseService { node }
+    }
+}
+
+/// LeaseGrant, as etcd: ID 0 lets the server pick a positive 63-bit ID; a TTL below
+/// [`MIN_LEASE_TTL`] seconds is raised to it.
+///
+/// # Errors
+/// `etcdserver: too large lease TTL` above 9,000,000,000 s; `etcdserver: lease already
+/// exists` for an ID in use.
+pub async fn grant(node: &Node, req: LeaseGrantRequest) -> Result<LeaseGrantResponse, Status> {
+    if req.ttl > MAX_LEASE_TTL {
+        return Err(status_of(MvccError::LeaseTtlTooLarge));
+    }
+    let ttl = req.ttl.max(MIN_LEASE_TTL);
+    let mut attempts = 0;
+    loop {
+        let id = if req.id != 0 {
+            req.id
+        } else {
+            let v = (rand::random::<u64>() >> 1) as i64;
+            if v == 0 { 1 } else { v }
+        };
+        match node.write(Command::LeaseGrant { id, ttl }).await {
+            Ok(CommandResult::LeaseGrant { id, ttl }) => {
+                return Ok(LeaseGrantResponse { header: node.header(), id, ttl, error: String::new() });
+            }
+            Ok(other) => return Err(Status::internal(format!("unexpected result {other:?}"))),
+            // A random ID that happened to be taken: pick another.
+            Err(MvccError::LeaseExists) if req.id == 0 && attempts < 8 => attempts += 1,
+            Err(e) => return Err(status_of(e)),
+        }
+    }
+}
+
+/// LeaseRevoke, as etcd: deletes the lease and its keys in one revision.
+///
+/// # Errors
+/// `etcdserver: requested lease not found` (NotFound).
+pub async fn revoke(node: &Node, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, Status> {
+    match node.write(Command::LeaseRevoke { id: req.id }).await.map_err(status_of)? {
+        CommandResult::LeaseRevoke { revision } => {
+            Ok(LeaseRevokeResponse { header: Some(node.header_at(revision)) })
+        }
+        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+/// One keepalive: the full TTL for a live lease, TTL 0 for an unknown one (not an error).
+pub fn keep_alive_once(node: &Node, req: &LeaseKeepAliveRequest) -> LeaseKeepAliveResponse {
+    let ttl = node.lessor.renew(req.id).unwrap_or(0);
+    LeaseKeepAliveResponse { header: node.header(), id: req.id, ttl }
+}
+
+/// LeaseTimeToLive: TTL -1 for an unknown lease, as etcd.
+pub fn time_to_live(node: &Node, req: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+    let leases = node.store.leases();
+    match (leases.get(req.id), node.lessor.timing(req.id)) {
+        (Some(rec), Some(t)) => LeaseTimeToLiveResponse {
+            header: node.header(),
+            id: req.id,
+            ttl: t.remaining,
+            granted_ttl: rec.ttl,
+            keys: if req.keys { rec.keys.iter().cloned().collect() } else { Vec::new() },
+        },
+        _ => LeaseTimeToLiveResponse { header: node.header(), id: req.id, ttl: -1, granted_ttl: 0, keys: Vec::new() },
+    }
+}
+
+/// LeaseLeases: every lease, soonest expiry first.
+pub fn leases(node: &Node) -> LeaseLeasesResponse {
+    LeaseLeasesResponse {
+        header: node.header(),
+        leases: node.lessor.ids_by_expiry().into_iter().map(|id| LeaseStatus { id }).collect(),
+    }
+}
+
+/// Serves a keepalive stream until the client closes it or the server shuts down.
+pub fn keep_alive_stream<S>(node: Arc<Node>, mut requests: S) -> mpsc::Receiver<Result<LeaseKeepAliveResponse, Status>>
+where
+    S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut shutdown = node.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                req = requests.next() => match req {
+                    Some(Ok(req)) => {
+                        if tx.send(Ok(keep_alive_once(&node, &req))).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+            }
+        }
+        record_code(SVC, "LeaseKeepAlive", "bidi_stream", Code::Ok);
+    });
+    rx
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        started(SVC, "LeaseGrant", "unary");
+        handled(SVC, "LeaseGrant", "unary", grant(&self.node, request.into_inner()).await.map(Response::new))
+    }
+
+    async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        started(SVC, "LeaseRevoke", "unary");
+        handled(SVC, "LeaseRevoke", "unary", revoke(&self.node, request.into_inner()).await.map(Response::new))
+    }
+
+    type LeaseKeepAliveStream = BoxStream<LeaseKeepAliveResponse>;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        started(SVC, "LeaseKeepAlive", "bidi_stream");
+        let rx = keep_alive_stream(self.node.clone(), request.into_inner());
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        started(SVC, "LeaseTimeToLive", "unary");
+        handled(SVC, "LeaseTimeToLive", "unary", Ok(Response::new(time_to_live(&self.node, request.into_inner()))))
+    }
+
+    async fn lease_leases(&self, _request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        started(SVC, "LeaseLeases", "unary");
+        handled(SVC, "LeaseLeases", "unary", Ok(Response::new(leases(&self.node))))
+    }
+}

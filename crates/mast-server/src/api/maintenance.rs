@@ -1,0 +1,222 @@
+//! `etcdserverpb.Maintenance`: Status, Hash, HashKV, Alarm, Defragment, Snapshot.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use mast_proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse, alarm_request::AlarmAction, maintenance_server::Maintenance,
+};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tonic::{Code, Request, Response, Status};
+
+use super::{handled, record_code, started, status_of, unimplemented};
+use crate::node::{Node, RAFT_TERM};
+
+const SVC: &str = "etcdserverpb.Maintenance";
+
+/// The etcd API version Mast reports in `Status` and `/version`: a plain semver, so clients
+/// that gate features on the server version treat Mast as etcd 3.5.
+pub const ETCD_VERSION: &str = "3.5.0";
+
+/// Bytes per Snapshot message, as etcd (32 KiB).
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
+
+/// The Maintenance service.
+pub struct MaintenanceService {
+    node: Arc<Node>,
+}
+
+impl MaintenanceService {
+    /// A Maintenance service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        MaintenanceService { node }
+    }
+}
+
+/// Status of this member: it is its own leader.
+///
+/// # Errors
+/// Unavailable when the database file cannot be inspected.
+pub fn status(node: &Node) -> Result<StatusResponse, Status> {
+    let s = node
+        .store
+        .status()
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    Ok(StatusResponse {
+        header: Some(node.header_at(s.revision)),
+        version: ETCD_VERSION.into(),
+        db_size: s.db_size as i64,
+        leader: node.identity.member_id,
+        raft_index: s.applied_index,
+        raft_term: RAFT_TERM,
+        raft_applied_index: s.applied_index,
+        errors: Vec::new(),
+        db_size_in_use: s.db_size_in_use as i64,
+        is_learner: false,
+        ..Default::default()
+    })
+}
+
+/// HashKV at `revision` (0 = current), as etcd.
+///
+/// # Errors
+/// etcd's compacted / future revision errors.
+pub fn hash_kv(node: &Node, req: HashKvRequest) -> Result<HashKvResponse, Status> {
+    let (hash, rev, compact) = node.store.hash_kv(req.revision).map_err(status_of)?;
+    Ok(HashKvResponse {
+        header: node.header(),
+        hash,
+        compact_revision: compact,
+        hash_revision: rev,
+    })
+}
+
+/// Alarm: Mast raises no alarms, so the list is empty; disarming is a no-op.
+///
+/// # Errors
+/// Unimplemented for activating an alarm by hand.
+pub fn alarm(node: &Node, req: AlarmRequest) -> Result<AlarmResponse, Status> {
+    match AlarmAction::try_from(req.action) {
+        Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => {
+            Ok(AlarmResponse { header: node.header(), alarms: Vec::new() })
+        }
+        _ => Err(unimplemented("Alarm ACTIVATE")),
+    }
+}
+
+/// Defragment: rewrites the database file.
+///
+/// # Errors
+/// Unavailable when redb cannot compact the file.
+pub async fn defragment(node: &Node) -> Result<DefragmentResponse, Status> {
+    let store = node.store.clone();
+    tokio::task::spawn_blocking(move || store.defragment())
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    Ok(DefragmentResponse { header: node.header() })
+}
+
+/// Streams a consistent copy of the database, followed by its SHA-256 as the last message
+/// (as etcd appends the hash for `snapshot restore` to check).
+pub fn snapshot_stream(node: Arc<Node>) -> mpsc::Receiver<Result<SnapshotResponse, Status>> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let code = match send_snapshot(&node, &tx).await {
+            Ok(()) => Code::Ok,
+            Err(s) => {
+                let code = s.code();
+                let _ = tx.send(Err(s)).await;
+                code
+            }
+        };
+        record_code(SVC, "Snapshot", "server_stream", code);
+    });
+    rx
+}
+
+async fn send_snapshot(node: &Node, tx: &mpsc::Sender<Result<SnapshotResponse, Status>>) -> Result<(), Status> {
+    let path = node
+        .config
+        .data_dir
+        .join(format!("snapshot-{}.tmp", rand::random::<u32>()));
+    let store = node.store.clone();
+    let p = path.clone();
+    let made = tokio::task::spawn_blocking(move || store.snapshot_to(&p))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let result = async {
+        made.map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let total = file.metadata().await.map_err(|e| Status::unavailable(e.to_string()))?.len();
+        let mut sent = 0u64;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+        loop {
+            let n = file.read(&mut buf).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            sent += n as u64;
+            let msg = SnapshotResponse {
+                header: node.header(),
+                remaining_bytes: total.saturating_sub(sent),
+                blob: buf[..n].to_vec(),
+                ..Default::default()
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                return Ok(());
+            }
+        }
+        let msg = SnapshotResponse {
+            header: node.header(),
+            remaining_bytes: 0,
+            blob: hasher.finalize().to_vec(),
+            ..Default::default()
+        };
+        let _ = tx.send(Ok(msg)).await;
+        Ok(())
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    result
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        started(SVC, "Alarm", "unary");
+        handled(SVC, "Alarm", "unary", alarm(&self.node, r.into_inner()).map(Response::new))
+    }
+
+    async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        started(SVC, "Status", "unary");
+        handled(SVC, "Status", "unary", status(&self.node).map(Response::new))
+    }
+
+    async fn defragment(&self, _r: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        started(SVC, "Defragment", "unary");
+        handled(SVC, "Defragment", "unary", defragment(&self.node).await.map(Response::new))
+    }
+
+    async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        started(SVC, "Hash", "unary");
+        let r = self
+            .node
+            .store
+            .hash()
+            .map_err(status_of)
+            .map(|hash| Response::new(HashResponse { header: self.node.header(), hash }));
+        handled(SVC, "Hash", "unary", r)
+    }
+
+    async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        started(SVC, "HashKV", "unary");
+        handled(SVC, "HashKV", "unary", hash_kv(&self.node, r.into_inner()).map(Response::new))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(&self, _r: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        started(SVC, "Snapshot", "server_stream");
+        let rx = snapshot_stream(self.node.clone());
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn move_leader(&self, _r: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        started(SVC, "MoveLeader", "unary");
+        handled(SVC, "MoveLeader", "unary", Err(unimplemented("MoveLeader (clustering)")))
+    }
+
+    async fn downgrade(&self, _r: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        started(SVC, "Downgrade", "unary");
+        handled(SVC, "Downgrade", "unary", Err(unimplemented("Downgrade")))
+    }
+}

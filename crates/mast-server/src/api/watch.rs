@@ -1,0 +1,56 @@
+//! `etcdserverpb.Watch`: one bidi stream carrying many watchers (see [`crate::watch`]).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use mast_proto::etcdserverpb::{WatchRequest, WatchResponse, watch_server::Watch};
+use tokio::sync::mpsc;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::{record_code, started};
+use crate::node::Node;
+
+const SVC: &str = "etcdserverpb.Watch";
+
+/// Responses buffered per stream before the session waits for the client to read.
+const STREAM_BUFFER: usize = 256;
+
+/// The Watch service.
+pub struct WatchService {
+    node: Arc<Node>,
+}
+
+impl WatchService {
+    /// A Watch service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        WatchService { node }
+    }
+}
+
+/// Starts a watch session over `requests` and returns its responses.
+pub fn open_session<S>(node: Arc<Node>, requests: S) -> mpsc::Receiver<Result<WatchResponse, Status>>
+where
+    S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        crate::watch::serve_stream(node, requests, tx).await;
+        record_code(SVC, "Watch", "bidi_stream", Code::Ok);
+    });
+    rx
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        started(SVC, "Watch", "bidi_stream");
+        let rx = open_session(self.node.clone(), request.into_inner());
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}

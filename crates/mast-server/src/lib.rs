@@ -1,0 +1,23 @@
+//! Mast's server: the etcd v3 API over the MVCC store, on one port.
+//!
+//! - [`node`]: a member's shared state (store, lessor, watch hub, writer) and its settings.
+//! - [`writer`]: the single writer thread that batches commands into durable commits.
+//! - [`lessor`]: lease deadlines from an injected clock; expiry becomes a revoke command.
+//! - [`watch`]: the hub that fans committed events out, and the per-stream watch session.
+//! - [`api`]: the tonic services (KV, Watch, Lease, Cluster, Maintenance, Auth).
+//! - [`http`]: `/health`, `/version`, `/metrics` and etcd's JSON gateway.
+//! - [`serve`]: binding the port and graceful shutdown.
+//!
+//! **Architecture invariant:** every change to the key space goes through [`writer::Writer`]
+//! as a [`mast_mvcc::Command`]; services never write the store directly.
+
+pub mod api;
+pub mod http;
+pub mod lessor;
+pub mod node;
+pub mod serve;
+pub mod watch;
+pub mod writer;
+
+pub use node::{Node, ServerConfig};
+pub use serve::Server;

@@ -1,0 +1,184 @@
+//! The node: everything one Mast member shares between its gRPC services and its HTTP routes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mast_mvcc::{Command, CommandResult, MvccError, Store};
+use mast_proto::etcdserverpb::ResponseHeader;
+use tokio::sync::watch;
+
+use crate::lessor::{Lessor, SystemClock};
+use crate::watch::WatchHub;
+use crate::writer::Writer;
+
+/// The largest request accepted, in bytes, as etcd's `--max-request-bytes` default (1.5 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// Settings of one server, as given by `mast serve` flags.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Human-readable member name (`--name`).
+    pub name: String,
+    /// Directory holding the database and the member identity (`--data-dir`).
+    pub data_dir: PathBuf,
+    /// Addresses to listen on for clients, as `host:port` (from `--listen-client-urls`).
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Client URLs announced in `MemberList` (`--advertise-client-urls`).
+    pub advertise_client_urls: Vec<String>,
+    /// Largest request in bytes; larger ones get `etcdserver: request is too large`.
+    pub max_request_bytes: usize,
+    /// How often idle watchers that asked for progress notifications get one.
+    pub watch_progress_notify_interval: Duration,
+}
+
+impl ServerConfig {
+    /// The defaults of `mast serve`: member `default`, data in `./mast-data`, clients on
+    /// `127.0.0.1:2379`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            name: "default".into(),
+            data_dir: data_dir.into(),
+            listen: vec!["127.0.0.1:2379".parse().expect("valid address")],
+            advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            watch_progress_notify_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The identity of this member, created at first start and kept in `<data-dir>/member.json`.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// Cluster ID shown in every response header.
+    pub cluster_id: u64,
+    /// This member's ID.
+    pub member_id: u64,
+}
+
+impl Identity {
+    fn load_or_create(dir: &Path) -> anyhow::Result<Identity> {
+        let path = dir.join("member.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = Identity {
+                    cluster_id: rand::random::<u64>() >> 1 | 1,
+                    member_id: rand::random::<u64>() >> 1 | 1,
+                };
+                let tmp = dir.join("member.json.tmp");
+                std::fs::write(&tmp, serde_json::to_vec(&id)?)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                Ok(id)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The Raft term reported while Mast runs as one embedded member.
+pub const RAFT_TERM: u64 = 2;
+
+/// Shared state of a running member.
+pub struct Node {
+    /// Settings.
+    pub config: ServerConfig,
+    /// Member and cluster IDs.
+    pub identity: Identity,
+    /// The MVCC store.
+    pub store: Arc<Store>,
+    /// Lease deadlines.
+    pub lessor: Arc<Lessor>,
+    /// Committed events for watchers.
+    pub hub: Arc<WatchHub>,
+    /// The write path.
+    pub writer: Writer,
+    /// Flips to true when the server shuts down; long streams end on it.
+    pub shutdown: watch::Receiver<bool>,
+    /// When the node started, for uptime.
+    pub started: std::time::Instant,
+}
+
+impl Node {
+    /// Opens the store in `config.data_dir` and starts the writer.
+    ///
+    /// # Errors
+    /// When the data directory or the database cannot be opened.
+    pub fn open(config: ServerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<Arc<Node>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let identity = Identity::load_or_create(&config.data_dir)?;
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        let lessor = Arc::new(Lessor::new(Box::new(SystemClock::default())));
+        // After a restart every lease gets its full TTL again, as etcd's lessor promotion.
+        for (id, rec) in store.leases().iter() {
+            lessor.granted(id, rec.ttl);
+        }
+        let hub = Arc::new(WatchHub::new());
+        let writer = Writer::start(store.clone(), hub.clone(), lessor.clone());
+        Ok(Arc::new(Node {
+            config,
+            identity,
+            store,
+            lessor,
+            hub,
+            writer,
+            shutdown,
+            started: std::time::Instant::now(),
+        }))
+    }
+
+    /// A response header at revision `rev`.
+    pub fn header_at(&self, rev: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.identity.cluster_id,
+            member_id: self.identity.member_id,
+            revision: rev,
+            raft_term: RAFT_TERM,
+        }
+    }
+
+    /// A response header at the current revision.
+    pub fn header(&self) -> Option<ResponseHeader> {
+        Some(self.header_at(self.store.revision()))
+    }
+
+    /// Fills the cluster fields of a header the store produced (which carries the revision).
+    pub fn complete(&self, h: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        let rev = h.map_or_else(|| self.store.revision(), |h| h.revision);
+        Some(self.header_at(rev))
+    }
+
+    /// Submits a command to the writer and waits until it is durable.
+    ///
+    /// # Errors
+    /// The store's refusal, or a storage failure.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, MvccError> {
+        self.writer.submit(cmd).await
+    }
+
+    /// Starts the task that revokes expired leases. It ends on shutdown.
+    pub fn spawn_lease_expiry(self: &Arc<Self>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut shutdown = node.shutdown.clone();
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.changed() => return,
+                }
+                for id in node.lessor.take_expired() {
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        match node.write(Command::LeaseRevoke { id }).await {
+                            Ok(_) => tracing::debug!(lease = id, "lease expired and was revoked"),
+                            Err(MvccError::LeaseNotFound) => node.lessor.revoked(id),
+                            Err(e) => tracing::warn!(lease = id, error = %e, "revoking an expired lease failed"),
+                        }
+                    });
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,449 @@
+//! Watch: the hub that fans committed events out, and the per-stream session that serves
+//! etcd's `Watch` bidi stream (many watchers on one stream).
+//!
+//! Fan-out does not copy events per watcher: the writer publishes each batch once as an
+//! `Arc` on a broadcast channel, and each stream filters it for its own watchers. A stream that
+//! falls behind (its broadcast receiver lags, or the client reads slowly) never blocks the
+//! writer or other streams: it drops to "unsynced" and catches up by reading history from the
+//! store, as etcd's unsynced watcher group does.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use mast_mvcc::index::RangeEnd;
+use mast_mvcc::{MvccError, Store};
+use mast_proto::etcdserverpb::{
+    WatchCreateRequest, WatchResponse, watch_create_request::FilterType, watch_request,
+    WatchRequest,
+};
+use mast_proto::mvccpb::{Event, event::EventType};
+use prost::Message;
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
+
+use crate::node::Node;
+
+/// Batches the broadcast channel keeps for slow streams before they must read history.
+const HUB_CAPACITY: usize = 4096;
+/// Most revisions read from history in one catch-up step.
+const CATCH_UP_REVS: usize = 1000;
+/// Most events in one response while replaying history (etcd: `maxWatchEventsPerResponse`-like).
+const MAX_EVENTS_PER_RESPONSE: usize = 1000;
+
+/// The events of one committed batch.
+#[derive(Debug)]
+pub struct Batch {
+    /// Store revision after the batch.
+    pub revision: i64,
+    /// Events in revision order.
+    pub events: Vec<Event>,
+}
+
+/// Publishes committed batches to every watch stream.
+pub struct WatchHub {
+    tx: broadcast::Sender<Arc<Batch>>,
+}
+
+impl Default for WatchHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WatchHub {
+    /// A hub with no subscribers.
+    pub fn new() -> Self {
+        WatchHub { tx: broadcast::channel(HUB_CAPACITY).0 }
+    }
+
+    /// Publishes a committed batch. Batches without events are not sent.
+    pub fn publish(&self, revision: i64, events: Vec<Event>) {
+        if !events.is_empty() {
+            let _ = self.tx.send(Arc::new(Batch { revision, events }));
+        }
+    }
+
+    /// A receiver of every batch published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
+        self.tx.subscribe()
+    }
+}
+
+struct Watcher {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    progress_notify: bool,
+    fragment: bool,
+    /// The next revision this watcher must see.
+    next_rev: i64,
+    /// False while the watcher reads history instead of the broadcast.
+    synced: bool,
+    /// Whether anything was sent since the last progress tick.
+    active: bool,
+}
+
+impl Watcher {
+    fn matches(&self, ev: &Event) -> bool {
+        let Some(kv) = &ev.kv else { return false };
+        if !RangeEnd::from_request(&self.range_end).contains_from(&self.key, &kv.key) {
+            return false;
+        }
+        let is_delete = ev.r#type == EventType::Delete as i32;
+        !(is_delete && self.no_delete || !is_delete && self.no_put)
+    }
+}
+
+type Out = mpsc::Sender<Result<WatchResponse, Status>>;
+
+/// Serves one watch stream: reads requests from `requests`, writes responses to `out`, until
+/// the client closes its side, `out` is dropped, or the server shuts down.
+pub async fn serve_stream<S>(node: Arc<Node>, requests: S, out: Out)
+where
+    S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send,
+{
+    let mut session = Session {
+        node: node.clone(),
+        rx: node.hub.subscribe(),
+        watchers: BTreeMap::new(),
+        next_id: 0,
+        out,
+    };
+    if let Err(e) = session.run(requests).await {
+        tracing::debug!(error = %e, "watch stream ended");
+    }
+}
+
+struct Session {
+    node: Arc<Node>,
+    rx: broadcast::Receiver<Arc<Batch>>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    out: Out,
+}
+
+/// Why a session stopped.
+#[derive(Debug)]
+enum Stop {
+    ClientGone,
+    Shutdown,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl Session {
+    async fn run<S>(&mut self, mut requests: S) -> Result<(), Stop>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send,
+    {
+        let mut shutdown = self.node.shutdown.clone();
+        let mut progress = tokio::time::interval(self.node.config.watch_progress_notify_interval);
+        progress.tick().await;
+        loop {
+            if self.watchers.values().any(|w| !w.synced) {
+                self.catch_up().await?;
+                // Let requests and new batches in between catch-up steps.
+                tokio::task::yield_now().await;
+            }
+            let catching_up = self.watchers.values().any(|w| !w.synced);
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Err(Stop::Shutdown),
+                req = requests.next() => match req {
+                    Some(Ok(req)) => self.handle_request(req).await?,
+                    Some(Err(_)) | None => return Err(Stop::ClientGone),
+                },
+                batch = self.rx.recv() => match batch {
+                    Ok(batch) => self.deliver(&batch).await?,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(skipped = n, "watch stream lagged; catching up from history");
+                        for w in self.watchers.values_mut() {
+                            w.synced = false;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Err(Stop::Shutdown),
+                },
+                _ = progress.tick() => self.progress_notify().await?,
+                _ = std::future::ready(()), if catching_up => {}
+            }
+        }
+    }
+
+    async fn send(&self, resp: WatchResponse) -> Result<(), Stop> {
+        self.out.send(Ok(resp)).await.map_err(|_| Stop::ClientGone)
+    }
+
+    async fn handle_request(&mut self, req: WatchRequest) -> Result<(), Stop> {
+        match req.request_union {
+            Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(watch_request::RequestUnion::CancelRequest(c)) => {
+                if self.watchers.remove(&c.watch_id).is_some() {
+                    let resp = WatchResponse {
+                        header: self.node.header(),
+                        watch_id: c.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    };
+                    self.send(resp).await?;
+                }
+                Ok(())
+            }
+            Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                // As etcd 3.4: answered only when every watcher is synced, with watch_id -1.
+                if self.watchers.values().all(|w| w.synced) {
+                    let resp = WatchResponse {
+                        header: self.node.header(),
+                        watch_id: -1,
+                        ..Default::default()
+                    };
+                    self.send(resp).await?;
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Stop> {
+        let current = self.node.store.revision();
+        let id = if c.watch_id != 0 {
+            if self.watchers.contains_key(&c.watch_id) {
+                let resp = WatchResponse {
+                    header: self.node.header(),
+                    watch_id: c.watch_id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: "etcdserver: mvcc: duplicate watch ID provided".into(),
+                    ..Default::default()
+                };
+                return self.send(resp).await;
+            }
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        if id >= self.next_id {
+            self.next_id = id + 1;
+        }
+        let start = if c.start_revision <= 0 { current + 1 } else { c.start_revision };
+        let mut w = Watcher {
+            key: c.key,
+            range_end: c.range_end,
+            no_put: c.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+            prev_kv: c.prev_kv,
+            progress_notify: c.progress_notify,
+            fragment: c.fragment,
+            next_rev: start,
+            synced: start > current,
+            active: false,
+        };
+        let created = WatchResponse {
+            header: Some(self.node.header_at(current)),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
+        self.send(created).await?;
+        let compact = self.node.store.compact_revision();
+        if c.start_revision > 0 && c.start_revision < compact {
+            let resp = WatchResponse {
+                header: Some(self.node.header_at(current)),
+                watch_id: id,
+                canceled: true,
+                compact_revision: compact,
+                ..Default::default()
+            };
+            return self.send(resp).await;
+        }
+        w.active = true;
+        self.watchers.insert(id, w);
+        Ok(())
+    }
+
+    /// Sends a batch's matching events to every synced watcher, one response per revision.
+    async fn deliver(&mut self, batch: &Batch) -> Result<(), Stop> {
+        let mut pending: Vec<(i64, Vec<Event>, bool, bool, i64)> = Vec::new();
+        for (id, w) in self.watchers.iter_mut() {
+            if !w.synced {
+                continue;
+            }
+            let mut evs: Vec<Event> = Vec::new();
+            let mut cur_rev = 0;
+            for ev in &batch.events {
+                let rev = ev.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                if rev < w.next_rev || !w.matches(ev) {
+                    continue;
+                }
+                if rev != cur_rev && !evs.is_empty() {
+                    pending.push((*id, std::mem::take(&mut evs), w.prev_kv, w.fragment, cur_rev));
+                }
+                cur_rev = rev;
+                evs.push(ev.clone());
+            }
+            if !evs.is_empty() {
+                pending.push((*id, evs, w.prev_kv, w.fragment, cur_rev));
+                w.active = true;
+            }
+            w.next_rev = w.next_rev.max(batch.revision + 1);
+        }
+        for (id, evs, prev_kv, fragment, rev) in pending {
+            self.send_events(id, evs, prev_kv, fragment, rev).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_events(
+        &self,
+        id: i64,
+        mut events: Vec<Event>,
+        prev_kv: bool,
+        fragment: bool,
+        rev: i64,
+    ) -> Result<(), Stop> {
+        if prev_kv {
+            for ev in &mut events {
+                if let Some(kv) = &ev.kv {
+                    ev.prev_kv = self
+                        .node
+                        .store
+                        .get_at(&kv.key, kv.mod_revision - 1)
+                        .ok()
+                        .flatten();
+                }
+            }
+        }
+        let header = Some(self.node.header_at(rev));
+        let limit = self.node.config.max_request_bytes;
+        if fragment {
+            let total: usize = events.iter().map(|e| e.encoded_len()).sum();
+            if total > limit {
+                // Split into responses under the limit; all but the last say `fragment`.
+                let mut chunks: Vec<Vec<Event>> = vec![Vec::new()];
+                let mut size = 0;
+                for ev in events {
+                    let n = ev.encoded_len();
+                    if size + n > limit && !chunks.last().expect("non-empty").is_empty() {
+                        chunks.push(Vec::new());
+                        size = 0;
+                    }
+                    size += n;
+                    chunks.last_mut().expect("non-empty").push(ev);
+                }
+                let last = chunks.len() - 1;
+                for (i, chunk) in chunks.into_iter().enumerate() {
+                    self.send(WatchResponse {
+                        header: header.clone(),
+                        watch_id: id,
+                        fragment: i != last,
+                        events: chunk,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                return Ok(());
+            }
+        }
+        self.send(WatchResponse { header, watch_id: id, events, ..Default::default() })
+            .await
+    }
+
+    /// One catch-up step for every unsynced watcher: read a chunk of history and send it.
+    async fn catch_up(&mut self) -> Result<(), Stop> {
+        let ids: Vec<i64> = self.watchers.iter().filter(|(_, w)| !w.synced).map(|(id, _)| *id).collect();
+        for id in ids {
+            let store: Arc<Store> = self.node.store.clone();
+            let Some(w) = self.watchers.get(&id) else { continue };
+            let current = store.revision();
+            if w.next_rev > current {
+                self.watchers.get_mut(&id).expect("present").synced = true;
+                continue;
+            }
+            let (from, key, range_end) = (w.next_rev, w.key.clone(), w.range_end.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                let end = RangeEnd::from_request(&range_end);
+                store.events_between(from, current, CATCH_UP_REVS, |k| end.contains_from(&key, k))
+            })
+            .await
+            .map_err(|_| Stop::Shutdown)?;
+            match read {
+                Ok((events, last)) => {
+                    let w = self.watchers.get_mut(&id).expect("present");
+                    let evs: Vec<Event> = events.into_iter().filter(|e| w.matches(e)).collect();
+                    let (prev_kv, fragment) = (w.prev_kv, w.fragment);
+                    let upto = if last >= from { last } else { current };
+                    w.next_rev = upto + 1;
+                    if w.next_rev > current {
+                        w.synced = true;
+                    }
+                    if !evs.is_empty() {
+                        w.active = true;
+                        for chunk in evs.chunks(MAX_EVENTS_PER_RESPONSE) {
+                            self.send_events(id, chunk.to_vec(), prev_kv, fragment, upto).await?;
+                        }
+                    }
+                }
+                Err(MvccError::Compacted) => {
+                    self.watchers.remove(&id);
+                    let resp = WatchResponse {
+                        header: self.node.header(),
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: self.node.store.compact_revision(),
+                        ..Default::default()
+                    };
+                    self.send(resp).await?;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading watch history failed");
+                    self.watchers.remove(&id);
+                    let resp = WatchResponse {
+                        header: self.node.header(),
+                        watch_id: id,
+                        canceled: true,
+                        cancel_reason: format!("etcdserver: {e}"),
+                        ..Default::default()
+                    };
+                    self.send(resp).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn progress_notify(&mut self) -> Result<(), Stop> {
+        let header = self.node.header();
+        let mut due = Vec::new();
+        for (id, w) in self.watchers.iter_mut() {
+            if w.progress_notify && w.synced && !w.active {
+                due.push(*id);
+            }
+            w.active = false;
+        }
+        for id in due {
+            self.send(WatchResponse { header: header.clone(), watch_id: id, ..Default::default() })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>(_: T) {}
+    let _ = |n: Arc<Node>, s: futures::stream::Empty<Result<WatchRequest, Status>>, o: Out| {
+        is_send(serve_stream(n, s, o))
+    };
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,156 @@
+//! The `mast` binary: `mast serve` runs a server; more subcommands (the CLI) come later.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use mast_server::{Server, ServerConfig};
+
+/// Mast: config center and service registry that speaks the etcd v3 API.
+#[derive(Parser, Debug)]
+#[command(name = "mast", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a server (one embedded, durable member).
+    Serve(ServeArgs),
+}
+
+/// Flags of `mast serve`, named as etcd's; each can also come from a `MAST_*` variable.
+#[derive(Parser, Debug)]
+struct ServeArgs {
+    /// Human-readable name of this member.
+    #[arg(long, env = "MAST_NAME", default_value = "default")]
+    name: String,
+    /// Directory for the database and the member identity.
+    #[arg(long, env = "MAST_DATA_DIR", default_value = "mast-data")]
+    data_dir: PathBuf,
+    /// Comma-separated URLs to listen on for client traffic (gRPC and HTTP on each).
+    #[arg(long, env = "MAST_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    listen_client_urls: String,
+    /// Comma-separated client URLs announced to clients in MemberList (default: the listen
+    /// URLs).
+    #[arg(long, env = "MAST_ADVERTISE_CLIENT_URLS")]
+    advertise_client_urls: Option<String>,
+    /// Largest request in bytes (etcd's default: 1.5 MiB).
+    #[arg(long, env = "MAST_MAX_REQUEST_BYTES", default_value_t = mast_server::node::DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Seconds between progress notifications to idle watchers that asked for them.
+    #[arg(long, env = "MAST_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value_t = 600)]
+    watch_progress_notify_interval: u64,
+    /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "MAST_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+/// Parses etcd-style client URLs (`http://host:port`, comma-separated) into addresses.
+fn parse_urls(urls: &str) -> anyhow::Result<(Vec<SocketAddr>, Vec<String>)> {
+    let mut addrs = Vec::new();
+    let mut clean = Vec::new();
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let hostport = if let Some(rest) = url.strip_prefix("http://") {
+            rest
+        } else if url.starts_with("https://") || url.starts_with("unixs://") {
+            bail!("{url}: TLS listeners are not supported yet");
+        } else if url.contains("://") {
+            bail!("{url}: only http:// client URLs are supported");
+        } else {
+            url
+        };
+        let hostport = hostport.trim_end_matches('/');
+        let addr = hostport
+            .to_socket_addrs()
+            .with_context(|| format!("{url}: not a host:port"))?
+            .next()
+            .with_context(|| format!("{url}: resolves to no address"))?;
+        addrs.push(addr);
+        clean.push(format!("http://{hostport}"));
+    }
+    if addrs.is_empty() {
+        bail!("no client URL given");
+    }
+    Ok((addrs, clean))
+}
+
+fn init_logs(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => bail!("--log-format {other}: expected text or json"),
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs(&args.log_format)?;
+    let (listen, listen_urls) = parse_urls(&args.listen_client_urls)?;
+    let advertise = match &args.advertise_client_urls {
+        Some(u) => parse_urls(u)?.1,
+        None => listen_urls,
+    };
+    let mut config = ServerConfig::new(args.data_dir.clone());
+    config.name = args.name.clone();
+    config.listen = listen;
+    config.advertise_client_urls = advertise;
+    config.max_request_bytes = args.max_request_bytes;
+    config.watch_progress_notify_interval = Duration::from_secs(args.watch_progress_notify_interval.max(1));
+    tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "starting mast");
+    let server = Server::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Cmd::Serve(args) => rt.block_on(serve(args)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_urls_parse_like_etcd() {
+        let (a, u) = parse_urls("http://127.0.0.1:2379,http://localhost:4001").unwrap();
+        assert_eq!(a[0], "127.0.0.1:2379".parse().unwrap());
+        assert_eq!(u[1], "http://localhost:4001");
+        assert!(parse_urls("https://127.0.0.1:2379").is_err());
+        assert!(parse_urls("").is_err());
+        assert!(parse_urls("http://nohost").is_err());
+    }
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian 12 machine (run as root):
+#   - etcd-server, etcd-client (real etcd 3.4 + etcdctl, the reference server)
+#   - protobuf-compiler (protoc, for the Rust build)
+#   - node + npm, and tests/node's npm packages (the etcd3 client)
+# Idempotent: whatever is already there is skipped. Quiet: one line per step;
+# a failing step prints its output and the script exits non-zero.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+node_dir="$repo_root/tests/node"
+
+export DEBIAN_FRONTEND=noninteractive
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    sudo_cmd=(sudo -n)
+  fi
+fi
+
+log() { printf '[install-test-deps] %s\n' "$*"; }
+
+# run_quiet DESCRIPTION CMD...: runs CMD with its output in a temp file; shows it on failure.
+run_quiet() {
+  local what="$1"
+  shift
+  local out
+  out="$(mktemp)"
+  if "$@" >"$out" 2>&1; then
+    rm -f "$out"
+  else
+    local rc=$?
+    log "FAILED: $what (exit $rc)"
+    tail -n 50 "$out" >&2
+    rm -f "$out"
+    exit "$rc"
+  fi
+}
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" -eq 0 ]; then
+    log "apt-get update"
+    run_quiet "apt-get update" "${sudo_cmd[@]}" apt-get update -qq
+    apt_updated=1
+  fi
+  log "apt-get install $*"
+  run_quiet "apt-get install $*" "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# 1. System packages.
+missing=()
+[ -x /usr/bin/etcd ] || missing+=(etcd-server)
+[ -x /usr/bin/etcdctl ] || missing+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt_install "${missing[@]}"
+else
+  log "etcd, etcdctl, protoc: present"
+fi
+
+# 2. Node.js and npm.
+node_missing=()
+command -v node >/dev/null 2>&1 || node_missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || node_missing+=(npm)
+if [ "${#node_missing[@]}" -gt 0 ]; then
+  apt_install "${node_missing[@]}"
+else
+  log "node $(node --version), npm $(npm --version 2>/dev/null): present"
+fi
+
+# 3. tests/node's packages, only when node_modules is missing or older than the lockfile.
+# npm rewrites node_modules/.package-lock.json on every install: it is the stamp.
+stamp="$node_dir/node_modules/.package-lock.json"
+if [ -f "$node_dir/package-lock.json" ]; then
+  if [ ! -d "$node_dir/node_modules" ] || [ ! -f "$stamp" ] || [ "$node_dir/package-lock.json" -nt "$stamp" ]; then
+    log "npm ci in tests/node"
+    run_quiet "npm ci" bash -c 'cd "$1" && npm ci --no-audit --no-fund --loglevel=error' _ "$node_dir"
+  else
+    log "tests/node/node_modules: up to date"
+  fi
+else
+  if [ ! -d "$node_dir/node_modules" ] || [ ! -f "$stamp" ] || [ "$node_dir/package.json" -nt "$stamp" ]; then
+    log "npm install in tests/node (no package-lock.json)"
+    run_quiet "npm install" bash -c 'cd "$1" && npm install --no-audit --no-fund --loglevel=error' _ "$node_dir"
+  else
+    log "tests/node/node_modules: up to date"
+  fi
+fi
+
+log "done"

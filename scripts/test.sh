@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test of the project: installs what the tests need (etcd 3.4 + etcdctl from
+# Debian, protoc, the Node etcd3 client), builds the `mast` binary, then runs the Rust tests
+# (unit, property, etcd-client, etcdctl differential, crash) and the Node seed flows.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/install-test-deps.sh
+
+echo "== cargo build --bin mast"
+cargo build --locked --bin mast
+
+echo "== cargo test"
+cargo test --locked --workspace -- --test-threads=2
+
+echo "== node --test (seeds' etcd3 flows against Mast)"
+(cd tests/node && MAST_BIN="$PWD/../../target/debug/mast" node --test)
