@@ -270,7 +270,7 @@ impl Store {
         {
             let t = r.open_table(KV)?;
             let s = t.stats()?;
-            in_use += s.stored_bytes() + s.metadata_bytes();
+            in_use += s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes();
         }
         Ok(StoreStatus {
             revision: self.revision(),

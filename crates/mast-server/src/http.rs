@@ -33,12 +33,13 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// The HTTP status grpc-gateway gives a gRPC code.
+/// The HTTP status etcd 3.4's grpc-gateway gives a gRPC code.
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
         Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
@@ -54,12 +55,12 @@ pub fn http_status(code: Code) -> StatusCode {
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
-    code: i32,
     message: &'a str,
+    code: i32,
 }
 
 fn error_response(s: &Status) -> Response {
-    let body = ErrorBody { error: s.message(), code: s.code() as i32, message: s.message() };
+    let body = ErrorBody { error: s.message(), message: s.message(), code: s.code() as i32 };
     (http_status(s.code()), axum::Json(body)).into_response()
 }
 
