@@ -52,6 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Bytes fields as `bytes::Bytes`, so an event fanned out to many watchers shares its
+        // key and value instead of copying them.
+        .bytes(".")
         .emit_rerun_if_changed(false)
         .out_dir(&out_dir)
         .compile_fds(fds)?;

@@ -198,9 +198,9 @@ impl Store {
             let created = Revision::new(row.kv.create_revision, 0);
             index.restore(&row.kv.key, created, at, row.kv.version, row.tombstone);
             if row.tombstone || row.kv.lease == 0 {
-                key_lease.remove(&row.kv.key);
+                key_lease.remove(row.kv.key.as_ref());
             } else {
-                key_lease.insert(row.kv.key, row.kv.lease);
+                key_lease.insert(row.kv.key.to_vec(), row.kv.lease);
             }
             rev = rev.max(at.main);
         }

@@ -241,7 +241,7 @@ impl WriteCtx<'_, '_, '_> {
     fn tombstone(&mut self, key: &[u8]) -> Result<(), MvccError> {
         let at = self.next_rev();
         let kv = KeyValue {
-            key: key.to_vec(),
+            key: bytes::Bytes::copy_from_slice(key),
             mod_revision: at.main,
             ..Default::default()
         };
@@ -398,7 +398,7 @@ fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
                 Some(TargetUnion::Value(v)) => v,
                 _ => &[],
             };
-            kv.value.as_slice().cmp(v)
+            kv.value.as_ref().cmp(v)
         }
         CompareTarget::Create => kv.create_revision.cmp(&match c.target_union {
             Some(TargetUnion::CreateRevision(v)) => v,

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 use mast_mvcc::{Command, CommandResult, MvccError, Store};
 use mast_proto::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
@@ -24,8 +26,8 @@ enum Op {
     Reopen,
 }
 
-fn key(k: u8) -> Vec<u8> {
-    format!("k{:02}", k % 12).into_bytes()
+fn key(k: u8) -> Bytes {
+    format!("k{:02}", k % 12).into_bytes().into()
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -42,7 +44,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// The key space at every revision; index 0 is unused (revisions start at 1).
 struct Model {
-    states: Vec<BTreeMap<Vec<u8>, KeyValue>>,
+    states: Vec<BTreeMap<Bytes, KeyValue>>,
     compact: i64,
 }
 
@@ -50,10 +52,10 @@ impl Model {
     fn rev(&self) -> i64 {
         self.states.len() as i64 - 1
     }
-    fn cur(&self) -> &BTreeMap<Vec<u8>, KeyValue> {
+    fn cur(&self) -> &BTreeMap<Bytes, KeyValue> {
         self.states.last().unwrap()
     }
-    fn put(&mut self, next: &mut BTreeMap<Vec<u8>, KeyValue>, rev: i64, k: Vec<u8>, v: Vec<u8>) {
+    fn put(&mut self, next: &mut BTreeMap<Bytes, KeyValue>, rev: i64, k: Bytes, v: Bytes) {
         let kv = match next.get(&k) {
             Some(old) => KeyValue { key: k.clone(), create_revision: old.create_revision, mod_revision: rev, version: old.version + 1, value: v, lease: 0 },
             None => KeyValue { key: k.clone(), create_revision: rev, mod_revision: rev, version: 1, value: v, lease: 0 },
@@ -62,7 +64,7 @@ impl Model {
     }
 }
 
-fn range_of(a: u8, b: u8) -> (Vec<u8>, Vec<u8>) {
+fn range_of(a: u8, b: u8) -> (Bytes, Bytes) {
     let (x, y) = (key(a), key(b));
     if x <= y { (x, y) } else { (y, x) }
 }
@@ -79,10 +81,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         match op {
             Op::Put(k, v) => {
-                let r = apply_one(&store, Command::Put(PutRequest { key: key(k), value: vec![v], ..Default::default() })).unwrap();
+                let r = apply_one(&store, Command::Put(PutRequest { key: key(k), value: Bytes::from(vec![v]), ..Default::default() })).unwrap();
                 let rev = m.rev() + 1;
                 let mut next = m.cur().clone();
-                m.put(&mut next, rev, key(k), vec![v]);
+                m.put(&mut next, rev, key(k), Bytes::from(vec![v]));
                 m.states.push(next);
                 let CommandResult::Put(p) = r else { panic!() };
                 prop_assert_eq!(p.header.unwrap().revision, rev);
@@ -119,10 +121,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         result: CompareResult::Equal as i32,
                         target: CompareTarget::Version as i32,
                         key: key(a),
-                        range_end: vec![],
+                        range_end: Bytes::new(),
                         target_union: Some(TargetUnion::Version(v)),
                     }],
-                    success: vec![RequestOp { request: Some(request_op::Request::RequestPut(PutRequest { key: key(b), value: vec![c], ..Default::default() })) }],
+                    success: vec![RequestOp { request: Some(request_op::Request::RequestPut(PutRequest { key: key(b), value: Bytes::from(vec![c]), ..Default::default() })) }],
                     failure: vec![
                         RequestOp { request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest { key: key(b), ..Default::default() })) },
                         RequestOp { request: Some(request_op::Request::RequestRange(RangeRequest { key: key(a), ..Default::default() })) },
@@ -135,7 +137,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if version == v {
                     let rev = m.rev() + 1;
                     let mut next = m.cur().clone();
-                    m.put(&mut next, rev, key(b), vec![c]);
+                    m.put(&mut next, rev, key(b), Bytes::from(vec![c]));
                     m.states.push(next);
                 } else if m.cur().contains_key(&key(b)) {
                     let mut next = m.cur().clone();
@@ -183,7 +185,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(store.revision(), m.rev());
     }
     // Everything at the end, read in one go.
-    let all = store.range(&RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }).unwrap();
+    let all = store.range(&RangeRequest { key: Bytes::from_static(b"\0"), range_end: Bytes::from_static(b"\0"), ..Default::default() }).unwrap();
     let want: Vec<KeyValue> = m.cur().values().cloned().collect();
     prop_assert_eq!(all.kvs, want);
     Ok(())

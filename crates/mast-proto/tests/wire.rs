@@ -13,11 +13,11 @@ use tonic::server::NamedService;
 
 fn kv(key: &[u8], value: &[u8], create: i64, modr: i64, version: i64) -> KeyValue {
     KeyValue {
-        key: key.to_vec(),
+        key: bytes::Bytes::copy_from_slice(key),
         create_revision: create,
         mod_revision: modr,
         version,
-        value: value.to_vec(),
+        value: bytes::Bytes::copy_from_slice(value),
         lease: 0,
     }
 }
@@ -25,8 +25,8 @@ fn kv(key: &[u8], value: &[u8], create: i64, modr: i64, version: i64) -> KeyValu
 #[test]
 fn put_request_exact_bytes() {
     let req = PutRequest {
-        key: b"foo".to_vec(),
-        value: b"bar".to_vec(),
+        key: bytes::Bytes::from_static(b"foo"),
+        value: bytes::Bytes::from_static(b"bar"),
         lease: 7,
         prev_kv: true,
         ..Default::default()
@@ -59,7 +59,7 @@ fn field_numbers_that_are_easy_to_get_wrong() {
 
     // Compare.range_end is field 64; the lease target is oneof member 8.
     let cmp = Compare {
-        range_end: b"z".to_vec(),
+        range_end: bytes::Bytes::from_static(b"z"),
         target_union: Some(compare::TargetUnion::Lease(5)),
         ..Default::default()
     };
@@ -173,7 +173,7 @@ fn watch_request_json() {
     let expected = WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
             WatchCreateRequest {
-                key: b"foo".to_vec(),
+                key: bytes::Bytes::from_static(b"foo"),
                 start_revision: 3,
                 ..Default::default()
             },

@@ -228,7 +228,7 @@ async fn health(State(n): N) -> Response {
     // Healthy when the store answers a read, as etcd's /health does a quorum read.
     let ok = n
         .store
-        .range(&pb::RangeRequest { key: b"health".to_vec(), ..Default::default() })
+        .range(&pb::RangeRequest { key: bytes::Bytes::from_static(b"health"), ..Default::default() })
         .is_ok();
     let body = serde_json::json!({"health": if ok { "true" } else { "false" }, "reason": ""});
     let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -238,8 +238,8 @@ impl Session {
         }
         let start = if c.start_revision <= 0 { current + 1 } else { c.start_revision };
         let mut w = Watcher {
-            key: c.key,
-            range_end: c.range_end,
+            key: c.key.to_vec(),
+            range_end: c.range_end.to_vec(),
             no_put: c.filters.contains(&(FilterType::Noput as i32)),
             no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: c.prev_kv,

@@ -80,7 +80,7 @@ impl WatchStream {
 }
 
 async fn put(kv: &mut KvClient<Channel>, k: &str, v: &str) -> i64 {
-    kv.put(PutRequest { key: k.into(), value: v.into(), ..Default::default() })
+    kv.put(PutRequest { key: k.to_string().into(), value: v.to_string().into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -90,15 +90,15 @@ async fn put(kv: &mut KvClient<Channel>, k: &str, v: &str) -> i64 {
 }
 
 async fn delete(kv: &mut KvClient<Channel>, k: &str) {
-    kv.delete_range(mast_proto::etcdserverpb::DeleteRangeRequest { key: k.into(), ..Default::default() })
+    kv.delete_range(mast_proto::etcdserverpb::DeleteRangeRequest { key: k.to_string().into(), ..Default::default() })
         .await
         .unwrap();
 }
 
-fn prefix_end(p: &str) -> Vec<u8> {
+fn prefix_end(p: &str) -> bytes::Bytes {
     let mut e = p.as_bytes().to_vec();
     *e.last_mut().unwrap() += 1;
-    e
+    e.into()
 }
 
 #[tokio::test]
@@ -123,8 +123,8 @@ async fn replay_filters_prev_kv_and_cancel() {
     let revs: Vec<i64> = events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
     assert_eq!(revs, vec![2, 3, 4]);
     assert_eq!(events[2].r#type, EventType::Delete as i32);
-    assert_eq!(events[1].prev_kv.as_ref().unwrap().value, b"1");
-    assert_eq!(events[2].prev_kv.as_ref().unwrap().value, b"2");
+    assert_eq!(events[1].prev_kv.as_ref().unwrap().value, &b"1"[..]);
+    assert_eq!(events[2].prev_kv.as_ref().unwrap().value, &b"2"[..]);
 
     // A second watcher on the same stream that ignores puts.
     let created = w
@@ -183,7 +183,7 @@ async fn fragmented_responses_stay_under_the_request_limit() {
     // Eight 20 KiB values, then one delete of all of them: a single revision whose events,
     // with prev_kv, are far above the 64 KiB limit.
     for i in 0..8 {
-        kv.put(PutRequest { key: format!("f{i}").into(), value: vec![b'x'; 20 * 1024], ..Default::default() })
+        kv.put(PutRequest { key: format!("f{i}").into(), value: vec![b'x'; 20 * 1024].into(), ..Default::default() })
             .await
             .unwrap();
     }

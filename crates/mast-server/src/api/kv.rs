@@ -114,7 +114,7 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<(std::collections::HashSet<Vec<
     let mut dels = Dels::default();
     for op in reqs {
         if let Some(request_op::Request::RequestDeleteRange(d)) = &op.request {
-            dels.0.push((d.key.clone(), d.range_end.clone()));
+            dels.0.push((d.key.to_vec(), d.range_end.to_vec()));
         }
     }
     let mut puts = std::collections::HashSet::new();
@@ -139,10 +139,10 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<(std::collections::HashSet<Vec<
     }
     for op in reqs {
         let Some(request_op::Request::RequestPut(p)) = &op.request else { continue };
-        if puts.contains(&p.key) || dels.intersects(&p.key) {
+        if puts.contains(p.key.as_ref()) || dels.intersects(&p.key) {
             return Err(err_duplicate_key());
         }
-        puts.insert(p.key.clone());
+        puts.insert(p.key.to_vec());
     }
     Ok((puts, dels))
 }
@@ -271,7 +271,7 @@ mod tests {
     fn put_op(k: &str) -> RequestOp {
         RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
-                key: k.into(),
+                key: k.to_string().into(),
                 ..Default::default()
             })),
         }
@@ -280,8 +280,8 @@ mod tests {
     fn del_op(k: &str, end: &str) -> RequestOp {
         RequestOp {
             request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: k.into(),
-                range_end: end.into(),
+                key: k.to_string().into(),
+                range_end: end.to_string().into(),
                 ..Default::default()
             })),
         }

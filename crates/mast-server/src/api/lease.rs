@@ -90,7 +90,7 @@ pub fn time_to_live(node: &Node, req: LeaseTimeToLiveRequest) -> LeaseTimeToLive
             id: req.id,
             ttl: t.remaining,
             granted_ttl: rec.ttl,
-            keys: if req.keys { rec.keys.iter().cloned().collect() } else { Vec::new() },
+            keys: if req.keys { rec.keys.iter().map(|k| bytes::Bytes::copy_from_slice(k)).collect() } else { Vec::new() },
         },
         _ => LeaseTimeToLiveResponse { header: node.header(), id: req.id, ttl: -1, granted_ttl: 0, keys: Vec::new() },
     }

@@ -148,7 +148,7 @@ async fn send_snapshot(node: &Node, tx: &mpsc::Sender<Result<SnapshotResponse, S
             let msg = SnapshotResponse {
                 header: node.header(),
                 remaining_bytes: total.saturating_sub(sent),
-                blob: buf[..n].to_vec(),
+                blob: bytes::Bytes::copy_from_slice(&buf[..n]),
                 ..Default::default()
             };
             if tx.send(Ok(msg)).await.is_err() {
@@ -158,7 +158,7 @@ async fn send_snapshot(node: &Node, tx: &mpsc::Sender<Result<SnapshotResponse, S
         let msg = SnapshotResponse {
             header: node.header(),
             remaining_bytes: 0,
-            blob: hasher.finalize().to_vec(),
+            blob: bytes::Bytes::copy_from_slice(&hasher.finalize()),
             ..Default::default()
         };
         let _ = tx.send(Ok(msg)).await;
