@@ -102,7 +102,10 @@ impl KeyHistory {
 
     /// The newest revision of the key (a put or a tombstone), if any is indexed.
     pub fn latest(&self) -> Option<Revision> {
-        self.generations.iter().rev().find_map(|g| g.revs.last().copied())
+        self.generations
+            .iter()
+            .rev()
+            .find_map(|g| g.revs.last().copied())
     }
 
     /// The indexed revision just before `rev` (used for a watch event's `prev_kv`): the put
@@ -267,9 +270,7 @@ impl Index {
                 Bound::Excluded(e)
             }
         };
-        let range = self
-            .keys
-            .range::<[u8], _>((Bound::Included(key), upper));
+        let range = self.keys.range::<[u8], _>((Bound::Included(key), upper));
         for (k, h) in range {
             if let Some(e) = h.get(rev)
                 && !f(k, e)
@@ -310,12 +311,20 @@ mod tests {
         assert_eq!(h.get(1), None);
         assert_eq!(
             h.get(3),
-            Some(IndexEntry { modified: r(3), created: r(2), version: 2 })
+            Some(IndexEntry {
+                modified: r(3),
+                created: r(2),
+                version: 2
+            })
         );
         assert_eq!(h.get(4), None);
         assert_eq!(
             h.get(9),
-            Some(IndexEntry { modified: r(5), created: r(5), version: 1 })
+            Some(IndexEntry {
+                modified: r(5),
+                created: r(5),
+                version: 1
+            })
         );
     }
 

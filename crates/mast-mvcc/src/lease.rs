@@ -52,7 +52,13 @@ impl LeaseTable {
     }
 
     pub(crate) fn insert(&mut self, id: LeaseId, ttl: i64) {
-        self.leases.insert(id, LeaseRecord { ttl, keys: BTreeSet::new() });
+        self.leases.insert(
+            id,
+            LeaseRecord {
+                ttl,
+                keys: BTreeSet::new(),
+            },
+        );
     }
 
     pub(crate) fn remove(&mut self, id: LeaseId) -> Option<LeaseRecord> {

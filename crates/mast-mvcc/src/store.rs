@@ -17,7 +17,9 @@ use mast_proto::etcdserverpb::{
 };
 use mast_proto::mvccpb::{Event, KeyValue, event::EventType};
 use prost::Message;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use crate::error::{MvccError, StorageError};
 use crate::index::{Index, RangeEnd};
@@ -41,6 +43,10 @@ const TOMBSTONE: u8 = 1;
 
 /// The largest lease TTL in seconds, as etcd's `MaxLeaseTTL`.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// What a range finds in the index: the revision read, the visible keys with their entries
+/// (at most the limit), and the count of all visible keys in the range.
+pub(crate) type IndexRange = (i64, Vec<(Vec<u8>, crate::index::IndexEntry)>, usize);
 
 /// A deterministic change to the store. Applying the same commands in the same order to the
 /// same state always gives the same state: no clock, no randomness (lease IDs are chosen by the
@@ -108,7 +114,7 @@ struct WriterState {
 pub struct Store {
     /// Readers and the writer hold the read side for the life of their redb transaction;
     /// [`Store::defragment`] takes the write side to rewrite the file.
-    db: RwLock<Database>,
+    db: RwLock<Option<Database>>,
     path: std::path::PathBuf,
     index: RwLock<Index>,
     leases: RwLock<LeaseTable>,
@@ -119,6 +125,19 @@ pub struct Store {
     applied_index: AtomicU64,
     writer: Mutex<WriterState>,
     poisoned: AtomicBool,
+}
+
+/// Read access to the open database; holding it keeps [`Store::close`] and
+/// [`Store::defragment`] waiting.
+struct DbGuard<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0
+            .as_ref()
+            .expect("checked open when the guard was made")
+    }
 }
 
 /// One row of the `kv` table, decoded.
@@ -176,9 +195,8 @@ impl Store {
 
         let r = db.begin_read()?;
         let meta = r.open_table(META)?;
-        let get = |k: &str| -> Result<Option<i64>, StorageError> {
-            Ok(meta.get(k)?.map(|v| v.value()))
-        };
+        let get =
+            |k: &str| -> Result<Option<i64>, StorageError> { Ok(meta.get(k)?.map(|v| v.value())) };
         let mut rev = get(META_REVISION)?.unwrap_or(1);
         let compact = get(META_COMPACT)?.unwrap_or(-1);
         let applied = get(META_APPLIED)?.unwrap_or(0) as u64;
@@ -211,22 +229,55 @@ impl Store {
         }
         drop(meta);
         drop(r);
-        tracing::info!(revision = rev, compact_revision = compact, keys = index.len(), leases = leases.len(), "store recovered");
+        tracing::info!(
+            revision = rev,
+            compact_revision = compact,
+            keys = index.len(),
+            leases = leases.len(),
+            "store recovered"
+        );
         Ok(Store {
-            db: RwLock::new(db),
+            db: RwLock::new(Some(db)),
             path,
             index: RwLock::new(index),
             leases: RwLock::new(leases),
             committed_rev: AtomicI64::new(rev),
             compact_rev: AtomicI64::new(compact),
             applied_index: AtomicU64::new(applied),
-            writer: Mutex::new(WriterState { rev, applied_index: applied }),
+            writer: Mutex::new(WriterState {
+                rev,
+                applied_index: applied,
+            }),
             poisoned: AtomicBool::new(false),
         })
     }
 
-    fn db(&self) -> Result<std::sync::RwLockReadGuard<'_, Database>, StorageError> {
-        self.db.read().map_err(|_| StorageError("database lock poisoned".into()))
+    fn db(&self) -> Result<DbGuard<'_>, StorageError> {
+        let guard = self
+            .db
+            .read()
+            .map_err(|_| StorageError("database lock poisoned".into()))?;
+        if guard.is_none() {
+            return Err(StorageError("store is closed".into()));
+        }
+        Ok(DbGuard(guard))
+    }
+
+    /// Closes the database file (waiting for running reads and the current write batch);
+    /// every later operation fails with "store is closed". Dropping the store also closes it.
+    ///
+    /// # Errors
+    /// [`StorageError`] when redb reports an error while closing.
+    pub fn close(&self) -> Result<(), StorageError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        let mut db = self
+            .db
+            .write()
+            .map_err(|_| StorageError("database lock poisoned".into()))?;
+        match db.take() {
+            Some(d) => d.close().map_err(|e| StorageError(e.to_string())),
+            None => Ok(()),
+        }
     }
 
     /// Rewrites the database file to release free pages, as etcd's `Defragment`. Reads and
@@ -240,6 +291,9 @@ impl Store {
             .db
             .write()
             .map_err(|_| StorageError("database lock poisoned".into()))?;
+        let db = db
+            .as_mut()
+            .ok_or_else(|| StorageError("store is closed".into()))?;
         db.compact().map_err(|e| StorageError(e.to_string()))
     }
 
@@ -304,7 +358,10 @@ impl Store {
     /// # Errors
     /// [`MvccError::FutureRevision`] or [`MvccError::Compacted`] for a `revision` out of the
     /// store's history; [`MvccError::Storage`] when the disk fails.
-    pub fn range(&self, req: &RangeRequest) -> Result<mast_proto::etcdserverpb::RangeResponse, MvccError> {
+    pub fn range(
+        &self,
+        req: &RangeRequest,
+    ) -> Result<mast_proto::etcdserverpb::RangeResponse, MvccError> {
         let current = self.revision();
         let db = self.db()?;
         let r = db.begin_read().map_err(StorageError::from)?;
@@ -321,7 +378,7 @@ impl Store {
         requested: i64,
         current: i64,
         limit: usize,
-    ) -> Result<(i64, Vec<(Vec<u8>, crate::index::IndexEntry)>, usize), MvccError> {
+    ) -> Result<IndexRange, MvccError> {
         let index = self.index.read().expect("index lock");
         let rev = self.check_read_rev(requested, current)?;
         let mut out = Vec::new();
@@ -417,7 +474,9 @@ impl Store {
     pub fn apply(&self, cmds: &[Command]) -> Result<Applied, StorageError> {
         let mut w = self.writer.lock().expect("writer lock");
         if self.poisoned.load(Ordering::Acquire) {
-            return Err(StorageError("store failed earlier; restart to recover".into()));
+            return Err(StorageError(
+                "store failed earlier; restart to recover".into(),
+            ));
         }
         match self.apply_locked(&mut w, cmds) {
             Ok(applied) => Ok(applied),
@@ -451,9 +510,7 @@ impl Store {
                     Command::DeleteRange(d) => ctx.delete_cmd(d),
                     Command::Txn(t) => ctx.txn_cmd(t),
                     Command::Compact(c) => self.compact(&mut ctx, c.revision, &mut meta),
-                    Command::LeaseGrant { id, ttl } => {
-                        self.lease_grant(*id, *ttl, &mut lease_t)
-                    }
+                    Command::LeaseGrant { id, ttl } => self.lease_grant(*id, *ttl, &mut lease_t),
                     Command::LeaseRevoke { id } => ctx.lease_revoke(*id, &mut lease_t),
                 };
                 let res = match res {
@@ -474,7 +531,11 @@ impl Store {
         wtxn.commit()?;
         self.applied_index.store(w.applied_index, Ordering::Release);
         self.committed_rev.store(w.rev, Ordering::Release);
-        Ok(Applied { results, events, revision: w.rev })
+        Ok(Applied {
+            results,
+            events,
+            revision: w.rev,
+        })
     }
 
     fn lease_grant(
@@ -500,7 +561,10 @@ impl Store {
     }
 
     pub(crate) fn attach(&self, key: &[u8], id: LeaseId) {
-        self.leases.write().expect("lease lock").set_key_lease(key, id);
+        self.leases
+            .write()
+            .expect("lease lock")
+            .set_key_lease(key, id);
     }
 
     pub(crate) fn remove_lease(&self, id: LeaseId) -> Option<crate::lease::LeaseRecord> {
@@ -516,7 +580,11 @@ impl Store {
     }
 
     pub(crate) fn index_get(&self, key: &[u8], rev: i64) -> Option<crate::index::IndexEntry> {
-        self.index.read().expect("index lock").history(key).and_then(|h| h.get(rev))
+        self.index
+            .read()
+            .expect("index lock")
+            .history(key)
+            .and_then(|h| h.get(rev))
     }
 
     /// Compaction as etcd's `Compact`: history below `rev` is removed from the index and the
@@ -552,7 +620,9 @@ impl Store {
         }
         meta.insert(META_COMPACT, rev).map_err(StorageError::from)?;
         tracing::info!(revision = rev, removed = doomed.len(), "compacted");
-        Ok(CommandResult::Compact { revision: ctx.begin_rev })
+        Ok(CommandResult::Compact {
+            revision: ctx.begin_rev,
+        })
     }
 
     /// A CRC-32 over every row at or below `rev` (all history when `rev` is 0), as etcd's
@@ -630,7 +700,11 @@ impl Store {
 
 pub(crate) fn row_to_event(row: Row) -> Event {
     Event {
-        r#type: if row.tombstone { EventType::Delete } else { EventType::Put } as i32,
+        r#type: if row.tombstone {
+            EventType::Delete
+        } else {
+            EventType::Put
+        } as i32,
         kv: Some(row.kv),
         prev_kv: None,
     }

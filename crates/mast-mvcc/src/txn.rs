@@ -48,7 +48,10 @@ pub enum CommandResult {
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader { revision, ..Default::default() })
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
 /// Serves a Range against `table` with `current` as the newest visible revision.
@@ -66,7 +69,11 @@ pub(crate) fn range<T: ReadableTable<u128, &'static [u8]>>(
         || req.max_mod_revision != 0
         || req.min_create_revision != 0
         || req.max_create_revision != 0;
-    let limit = if fetch_all || req.limit <= 0 { 0 } else { req.limit as usize + 1 };
+    let limit = if fetch_all || req.limit <= 0 {
+        0
+    } else {
+        req.limit as usize + 1
+    };
     let (_, entries, count) = store.index_range(&req.key, end, req.revision, current, limit)?;
     let mut resp = RangeResponse {
         header: header(current),
@@ -140,7 +147,11 @@ pub(crate) struct WriteCtx<'s, 'a, 't> {
 impl WriteCtx<'_, '_, '_> {
     /// The revision reads inside this command see: the command's own changes count.
     fn read_rev(&self) -> i64 {
-        if self.changes.is_empty() { self.begin_rev } else { self.begin_rev + 1 }
+        if self.changes.is_empty() {
+            self.begin_rev
+        } else {
+            self.begin_rev + 1
+        }
     }
 
     fn next_rev(&self) -> Revision {
@@ -159,7 +170,10 @@ impl WriteCtx<'_, '_, '_> {
         self.put(p).map(CommandResult::Put)
     }
 
-    pub(crate) fn delete_cmd(&mut self, d: &DeleteRangeRequest) -> Result<CommandResult, MvccError> {
+    pub(crate) fn delete_cmd(
+        &mut self,
+        d: &DeleteRangeRequest,
+    ) -> Result<CommandResult, MvccError> {
         self.delete(d).map(CommandResult::DeleteRange)
     }
 
@@ -186,7 +200,11 @@ impl WriteCtx<'_, '_, '_> {
         let (value, lease) = match (&prev, p.ignore_value, p.ignore_lease) {
             (None, true, _) | (None, _, true) => return Err(MvccError::KeyNotFound),
             (Some(old), iv, il) => (
-                if iv { old.value.clone() } else { p.value.clone() },
+                if iv {
+                    old.value.clone()
+                } else {
+                    p.value.clone()
+                },
                 if il { old.lease } else { p.lease },
             ),
             (None, false, false) => (p.value.clone(), p.lease),
@@ -230,7 +248,11 @@ impl WriteCtx<'_, '_, '_> {
             }
             self.tombstone(key)?;
         }
-        let rev = if self.changes.is_empty() { self.begin_rev } else { self.begin_rev + 1 };
+        let rev = if self.changes.is_empty() {
+            self.begin_rev
+        } else {
+            self.begin_rev + 1
+        };
         Ok(DeleteRangeResponse {
             header: header(rev),
             deleted: entries.len() as i64,
@@ -275,7 +297,9 @@ impl WriteCtx<'_, '_, '_> {
         }
         table.remove(id).map_err(StorageError::from)?;
         self.store.remove_lease(id);
-        Ok(CommandResult::LeaseRevoke { revision: self.read_rev() })
+        Ok(CommandResult::LeaseRevoke {
+            revision: self.read_rev(),
+        })
     }
 
     pub(crate) fn txn_cmd(&mut self, t: &TxnRequest) -> Result<CommandResult, MvccError> {
@@ -310,12 +334,11 @@ impl WriteCtx<'_, '_, '_> {
     fn compare(&self, c: &Compare) -> Result<bool, MvccError> {
         let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
         let end = RangeEnd::from_request(&c.range_end);
-        let (_, entries, _) =
-            match self.store.index_range(&c.key, end, 0, self.read_rev(), 0) {
-                Ok(v) => v,
-                Err(MvccError::Storage(s)) => return Err(MvccError::Storage(s)),
-                Err(_) => return Ok(false),
-            };
+        let (_, entries, _) = match self.store.index_range(&c.key, end, 0, self.read_rev(), 0) {
+            Ok(v) => v,
+            Err(MvccError::Storage(s)) => return Err(MvccError::Storage(s)),
+            Err(_) => return Ok(false),
+        };
         if entries.is_empty() {
             // A value compare on a missing key is false whatever the operator.
             if target == CompareTarget::Value {
@@ -332,7 +355,12 @@ impl WriteCtx<'_, '_, '_> {
         Ok(true)
     }
 
-    fn check_requests(&self, t: &TxnRequest, path: &[bool], pos: &mut usize) -> Result<(), MvccError> {
+    fn check_requests(
+        &self,
+        t: &TxnRequest,
+        path: &[bool],
+        pos: &mut usize,
+    ) -> Result<(), MvccError> {
         let ok = path[*pos];
         *pos += 1;
         for op in if ok { &t.success } else { &t.failure } {
@@ -355,7 +383,12 @@ impl WriteCtx<'_, '_, '_> {
         Ok(())
     }
 
-    fn apply_txn(&mut self, t: &TxnRequest, path: &[bool], pos: &mut usize) -> Result<TxnResponse, MvccError> {
+    fn apply_txn(
+        &mut self,
+        t: &TxnRequest,
+        path: &[bool],
+        pos: &mut usize,
+    ) -> Result<TxnResponse, MvccError> {
         let ok = path[*pos];
         *pos += 1;
         let ops: &[RequestOp] = if ok { &t.success } else { &t.failure };
@@ -364,7 +397,9 @@ impl WriteCtx<'_, '_, '_> {
             let response = match &op.request {
                 Some(request_op::Request::RequestRange(r)) => {
                     let rev = self.read_rev();
-                    Some(response_op::Response::ResponseRange(range(self.store, &*self.kv, rev, r)?))
+                    Some(response_op::Response::ResponseRange(range(
+                        self.store, &*self.kv, rev, r,
+                    )?))
                 }
                 Some(request_op::Request::RequestPut(p)) => {
                     Some(response_op::Response::ResponsePut(self.put(p)?))
@@ -427,9 +462,12 @@ fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
 
 /// Returns true when the txn (with nested txns) writes nothing, as etcd's `isTxnReadonly`.
 pub fn is_txn_readonly(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(_)) | None => true,
-        Some(request_op::Request::RequestTxn(n)) => is_txn_readonly(n),
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(n)) => is_txn_readonly(n),
+            _ => false,
+        })
 }

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use mast_mvcc::{Command, CommandResult, MvccError, Store};
 use mast_proto::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest, compare::{CompareResult, CompareTarget, TargetUnion}, request_op,
+    TxnRequest,
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    request_op,
 };
 use mast_proto::mvccpb::KeyValue;
 use proptest::prelude::*;
@@ -57,8 +59,22 @@ impl Model {
     }
     fn put(&mut self, next: &mut BTreeMap<Bytes, KeyValue>, rev: i64, k: Bytes, v: Bytes) {
         let kv = match next.get(&k) {
-            Some(old) => KeyValue { key: k.clone(), create_revision: old.create_revision, mod_revision: rev, version: old.version + 1, value: v, lease: 0 },
-            None => KeyValue { key: k.clone(), create_revision: rev, mod_revision: rev, version: 1, value: v, lease: 0 },
+            Some(old) => KeyValue {
+                key: k.clone(),
+                create_revision: old.create_revision,
+                mod_revision: rev,
+                version: old.version + 1,
+                value: v,
+                lease: 0,
+            },
+            None => KeyValue {
+                key: k.clone(),
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+                value: v,
+                lease: 0,
+            },
         };
         next.insert(k, kv);
     }
@@ -77,11 +93,22 @@ fn apply_one(store: &Store, cmd: Command) -> Result<CommandResult, MvccError> {
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
-    let mut m = Model { states: vec![BTreeMap::new(), BTreeMap::new()], compact: -1 };
+    let mut m = Model {
+        states: vec![BTreeMap::new(), BTreeMap::new()],
+        compact: -1,
+    };
     for op in ops {
         match op {
             Op::Put(k, v) => {
-                let r = apply_one(&store, Command::Put(PutRequest { key: key(k), value: Bytes::from(vec![v]), ..Default::default() })).unwrap();
+                let r = apply_one(
+                    &store,
+                    Command::Put(PutRequest {
+                        key: key(k),
+                        value: Bytes::from(vec![v]),
+                        ..Default::default()
+                    }),
+                )
+                .unwrap();
                 let rev = m.rev() + 1;
                 let mut next = m.cur().clone();
                 m.put(&mut next, rev, key(k), Bytes::from(vec![v]));
@@ -90,8 +117,17 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(p.header.unwrap().revision, rev);
             }
             Op::Delete(k) => {
-                let r = apply_one(&store, Command::DeleteRange(DeleteRangeRequest { key: key(k), ..Default::default() })).unwrap();
-                let CommandResult::DeleteRange(d) = r else { panic!() };
+                let r = apply_one(
+                    &store,
+                    Command::DeleteRange(DeleteRangeRequest {
+                        key: key(k),
+                        ..Default::default()
+                    }),
+                )
+                .unwrap();
+                let CommandResult::DeleteRange(d) = r else {
+                    panic!()
+                };
                 let existed = m.cur().contains_key(&key(k));
                 prop_assert_eq!(d.deleted, existed as i64);
                 if existed {
@@ -103,8 +139,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::DeleteRange(a, b) => {
                 let (x, y) = range_of(a, b);
-                let r = apply_one(&store, Command::DeleteRange(DeleteRangeRequest { key: x.clone(), range_end: y.clone(), prev_kv: true })).unwrap();
-                let CommandResult::DeleteRange(d) = r else { panic!() };
+                let r = apply_one(
+                    &store,
+                    Command::DeleteRange(DeleteRangeRequest {
+                        key: x.clone(),
+                        range_end: y.clone(),
+                        prev_kv: true,
+                    }),
+                )
+                .unwrap();
+                let CommandResult::DeleteRange(d) = r else {
+                    panic!()
+                };
                 let doomed: Vec<KeyValue> = m.cur().range(x..y).map(|(_, v)| v.clone()).collect();
                 prop_assert_eq!(&d.prev_kvs, &doomed);
                 if !doomed.is_empty() {
@@ -124,14 +170,34 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         range_end: Bytes::new(),
                         target_union: Some(TargetUnion::Version(v)),
                     }],
-                    success: vec![RequestOp { request: Some(request_op::Request::RequestPut(PutRequest { key: key(b), value: Bytes::from(vec![c]), ..Default::default() })) }],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestPut(PutRequest {
+                            key: key(b),
+                            value: Bytes::from(vec![c]),
+                            ..Default::default()
+                        })),
+                    }],
                     failure: vec![
-                        RequestOp { request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest { key: key(b), ..Default::default() })) },
-                        RequestOp { request: Some(request_op::Request::RequestRange(RangeRequest { key: key(a), ..Default::default() })) },
+                        RequestOp {
+                            request: Some(request_op::Request::RequestDeleteRange(
+                                DeleteRangeRequest {
+                                    key: key(b),
+                                    ..Default::default()
+                                },
+                            )),
+                        },
+                        RequestOp {
+                            request: Some(request_op::Request::RequestRange(RangeRequest {
+                                key: key(a),
+                                ..Default::default()
+                            })),
+                        },
                     ],
                 };
                 let r = apply_one(&store, Command::Txn(t)).unwrap();
-                let CommandResult::Txn(resp) = r else { panic!() };
+                let CommandResult::Txn(resp) = r else {
+                    panic!()
+                };
                 let version = m.cur().get(&key(a)).map_or(0, |kv| kv.version);
                 prop_assert_eq!(resp.succeeded, version == v);
                 if version == v {
@@ -148,7 +214,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Compact(r) => {
                 let rev = (r as i64) % (m.rev() + 2);
-                let res = apply_one(&store, Command::Compact(CompactionRequest { revision: rev, physical: true }));
+                let res = apply_one(
+                    &store,
+                    Command::Compact(CompactionRequest {
+                        revision: rev,
+                        physical: true,
+                    }),
+                );
                 if rev <= m.compact {
                     prop_assert_eq!(res.unwrap_err(), MvccError::Compacted);
                 } else if rev > m.rev() {
@@ -161,14 +233,22 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::RangeAt(a, b, r) => {
                 let (x, y) = range_of(a, b);
                 let rev = (r as i64) % (m.rev() + 2);
-                let res = store.range(&RangeRequest { key: x.clone(), range_end: y.clone(), revision: rev, ..Default::default() });
+                let res = store.range(&RangeRequest {
+                    key: x.clone(),
+                    range_end: y.clone(),
+                    revision: rev,
+                    ..Default::default()
+                });
                 if rev > m.rev() {
                     prop_assert_eq!(res.unwrap_err(), MvccError::FutureRevision);
                 } else if rev > 0 && rev < m.compact {
                     prop_assert_eq!(res.unwrap_err(), MvccError::Compacted);
                 } else {
                     let at = if rev == 0 { m.rev() } else { rev };
-                    let want: Vec<KeyValue> = m.states[at as usize].range(x..y).map(|(_, v)| v.clone()).collect();
+                    let want: Vec<KeyValue> = m.states[at as usize]
+                        .range(x..y)
+                        .map(|(_, v)| v.clone())
+                        .collect();
                     let got = res.unwrap();
                     prop_assert_eq!(got.count, want.len() as i64);
                     prop_assert_eq!(got.kvs, want);
@@ -185,7 +265,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(store.revision(), m.rev());
     }
     // Everything at the end, read in one go.
-    let all = store.range(&RangeRequest { key: Bytes::from_static(b"\0"), range_end: Bytes::from_static(b"\0"), ..Default::default() }).unwrap();
+    let all = store
+        .range(&RangeRequest {
+            key: Bytes::from_static(b"\0"),
+            range_end: Bytes::from_static(b"\0"),
+            ..Default::default()
+        })
+        .unwrap();
     let want: Vec<KeyValue> = m.cur().values().cloned().collect();
     prop_assert_eq!(all.kvs, want);
     Ok(())

@@ -60,7 +60,11 @@ struct ErrorBody<'a> {
 }
 
 fn error_response(s: &Status) -> Response {
-    let body = ErrorBody { error: s.message(), message: s.message(), code: s.code() as i32 };
+    let body = ErrorBody {
+        error: s.message(),
+        message: s.message(),
+        code: s.code() as i32,
+    };
     (http_status(s.code()), axum::Json(body)).into_response()
 }
 
@@ -95,7 +99,9 @@ where
 }
 
 /// Parses a request body that carries a sequence of JSON objects (a client stream).
-fn json_stream<T: DeserializeOwned + Send + 'static>(body: Body) -> impl Stream<Item = Result<T, Status>> + Unpin + Send {
+fn json_stream<T: DeserializeOwned + Send + 'static>(
+    body: Body,
+) -> impl Stream<Item = Result<T, Status>> + Unpin + Send {
     let frames = body.into_data_stream();
     Box::pin(futures::stream::unfold(
         (frames, Vec::<u8>::new(), false),
@@ -109,7 +115,10 @@ fn json_stream<T: DeserializeOwned + Send + 'static>(body: Body) -> impl Stream<
                         return Some((Ok(v), (frames, buf, done)));
                     }
                     Some(Err(e)) if !e.is_eof() => {
-                        return Some((Err(Status::invalid_argument(e.to_string())), (frames, Vec::new(), true)));
+                        return Some((
+                            Err(Status::invalid_argument(e.to_string())),
+                            (frames, Vec::new(), true),
+                        ));
                     }
                     _ => {}
                 }
@@ -131,7 +140,9 @@ struct StreamItem<T> {
 }
 
 /// Renders a response stream as newline-separated `{"result": …}` objects.
-fn stream_response<T: Serialize + Send + 'static>(rx: tokio::sync::mpsc::Receiver<Result<T, Status>>) -> Response {
+fn stream_response<T: Serialize + Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
+) -> Response {
     let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
         let mut bytes = match item {
             Ok(v) => serde_json::to_vec(&StreamItem { result: v }),
@@ -142,38 +153,71 @@ fn stream_response<T: Serialize + Send + 'static>(rx: tokio::sync::mpsc::Receive
         Ok::<_, std::convert::Infallible>(Bytes::from(bytes))
     });
     let mut resp = Response::new(Body::from_stream(body));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 type N = State<Arc<Node>>;
 
 async fn kv_range(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::RangeRequest| async move { kv::range(&n, r).await }).await
+    unary(
+        body,
+        |r: pb::RangeRequest| async move { kv::range(&n, r).await },
+    )
+    .await
 }
 async fn kv_put(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::PutRequest| async move { kv::put(&n, r).await }).await
+    unary(
+        body,
+        |r: pb::PutRequest| async move { kv::put(&n, r).await },
+    )
+    .await
 }
 async fn kv_delete(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::DeleteRangeRequest| async move { kv::delete_range(&n, r).await }).await
+    unary(body, |r: pb::DeleteRangeRequest| async move {
+        kv::delete_range(&n, r).await
+    })
+    .await
 }
 async fn kv_txn(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::TxnRequest| async move { kv::txn(&n, r).await }).await
+    unary(
+        body,
+        |r: pb::TxnRequest| async move { kv::txn(&n, r).await },
+    )
+    .await
 }
 async fn kv_compact(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::CompactionRequest| async move { kv::compact(&n, r).await }).await
+    unary(body, |r: pb::CompactionRequest| async move {
+        kv::compact(&n, r).await
+    })
+    .await
 }
 async fn lease_grant(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::LeaseGrantRequest| async move { lease::grant(&n, r).await }).await
+    unary(body, |r: pb::LeaseGrantRequest| async move {
+        lease::grant(&n, r).await
+    })
+    .await
 }
 async fn lease_revoke(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::LeaseRevokeRequest| async move { lease::revoke(&n, r).await }).await
+    unary(body, |r: pb::LeaseRevokeRequest| async move {
+        lease::revoke(&n, r).await
+    })
+    .await
 }
 async fn lease_ttl(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::LeaseTimeToLiveRequest| async move { Ok(lease::time_to_live(&n, r)) }).await
+    unary(body, |r: pb::LeaseTimeToLiveRequest| async move {
+        Ok(lease::time_to_live(&n, r))
+    })
+    .await
 }
 async fn lease_leases(State(n): N, body: Bytes) -> Response {
-    unary(body, |_: pb::LeaseLeasesRequest| async move { Ok(lease::leases(&n)) }).await
+    unary(body, |_: pb::LeaseLeasesRequest| async move {
+        Ok(lease::leases(&n))
+    })
+    .await
 }
 async fn lease_keepalive(State(n): N, body: Body) -> Response {
     stream_response(lease::keep_alive_stream(n.clone(), json_stream(body)))
@@ -182,38 +226,59 @@ async fn watch(State(n): N, body: Body) -> Response {
     stream_response(api::watch::open_session(n.clone(), json_stream(body)))
 }
 async fn member_list(State(n): N, body: Bytes) -> Response {
-    unary(body, |_: pb::MemberListRequest| async move { Ok(cluster::member_list(&n)) }).await
+    unary(body, |_: pb::MemberListRequest| async move {
+        Ok(cluster::member_list(&n))
+    })
+    .await
 }
 async fn not_clustered(body: Bytes) -> Response {
     let _ = body;
     error_response(&api::unimplemented("membership changes (clustering)"))
 }
 async fn m_status(State(n): N, body: Bytes) -> Response {
-    unary(body, |_: pb::StatusRequest| async move { maintenance::status(&n) }).await
+    unary(body, |_: pb::StatusRequest| async move {
+        maintenance::status(&n)
+    })
+    .await
 }
 async fn m_alarm(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::AlarmRequest| async move { maintenance::alarm(&n, r) }).await
+    unary(body, |r: pb::AlarmRequest| async move {
+        maintenance::alarm(&n, r)
+    })
+    .await
 }
 async fn m_defrag(State(n): N, body: Bytes) -> Response {
-    unary(body, |_: pb::DefragmentRequest| async move { maintenance::defragment(&n).await }).await
+    unary(body, |_: pb::DefragmentRequest| async move {
+        maintenance::defragment(&n).await
+    })
+    .await
 }
 async fn m_hash(State(n): N, body: Bytes) -> Response {
     unary(body, |_: pb::HashRequest| async move {
         n.store
             .hash()
             .map_err(api::status_of)
-            .map(|hash| pb::HashResponse { header: n.header(), hash })
+            .map(|hash| pb::HashResponse {
+                header: n.header(),
+                hash,
+            })
     })
     .await
 }
 async fn m_hashkv(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::HashKvRequest| async move { maintenance::hash_kv(&n, r) }).await
+    unary(body, |r: pb::HashKvRequest| async move {
+        maintenance::hash_kv(&n, r)
+    })
+    .await
 }
 async fn m_snapshot(State(n): N) -> Response {
     stream_response(maintenance::snapshot_stream(n.clone()))
 }
 async fn auth_status(State(n): N, body: Bytes) -> Response {
-    unary(body, |_: pb::AuthStatusRequest| async move { Ok(auth::auth_status(&n)) }).await
+    unary(body, |_: pb::AuthStatusRequest| async move {
+        Ok(auth::auth_status(&n))
+    })
+    .await
 }
 async fn auth_authenticate(body: Bytes) -> Response {
     let _ = body;
@@ -228,15 +293,23 @@ async fn health(State(n): N) -> Response {
     // Healthy when the store answers a read, as etcd's /health does a quorum read.
     let ok = n
         .store
-        .range(&pb::RangeRequest { key: bytes::Bytes::from_static(b"health"), ..Default::default() })
+        .range(&pb::RangeRequest {
+            key: bytes::Bytes::from_static(b"health"),
+            ..Default::default()
+        })
         .is_ok();
     let body = serde_json::json!({"health": if ok { "true" } else { "false" }, "reason": ""});
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(body)).into_response()
 }
 
 async fn version() -> Response {
-    axum::Json(serde_json::json!({"etcdserver": maintenance::ETCD_VERSION, "etcdcluster": "3.5.0"})).into_response()
+    axum::Json(serde_json::json!({"etcdserver": maintenance::ETCD_VERSION, "etcdcluster": "3.5.0"}))
+        .into_response()
 }
 
 async fn metrics_text(State(n): N) -> Response {
@@ -271,14 +344,21 @@ async fn fallback(req: axum::extract::Request) -> Response {
         let path = req.uri().path().to_string();
         let mut resp = Response::new(Body::empty());
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         h.insert("grpc-status", HeaderValue::from(Code::Unimplemented as i32));
         if let Ok(v) = HeaderValue::from_str(&format!("{path} is not supported by Mast yet")) {
             h.insert("grpc-message", v);
         }
         return resp;
     }
-    let s = Status::not_found(format!("no route for {} {}", req.method(), req.uri().path()));
+    let s = Status::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ));
     error_response(&s)
 }
 

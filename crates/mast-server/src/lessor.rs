@@ -66,17 +66,24 @@ pub struct LeaseTiming {
 impl Lessor {
     /// A lessor with no leases, reading time from `clock`.
     pub fn new(clock: Box<dyn Clock>) -> Self {
-        Lessor { clock, leases: Mutex::new(HashMap::new()) }
+        Lessor {
+            clock,
+            leases: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Starts tracking a lease that was granted (or recovered) with `ttl` seconds: it expires
     /// `ttl` seconds from now.
     pub fn granted(&self, id: LeaseId, ttl: i64) {
         let expires = self.clock.now() + Duration::from_secs(ttl.max(0) as u64);
-        self.leases
-            .lock()
-            .expect("lessor lock")
-            .insert(id, Deadline { ttl, expires, revoking: false });
+        self.leases.lock().expect("lessor lock").insert(
+            id,
+            Deadline {
+                ttl,
+                expires,
+                revoking: false,
+            },
+        );
     }
 
     /// Stops tracking a revoked lease.
@@ -111,7 +118,8 @@ impl Lessor {
     /// Every tracked lease ID, soonest expiry first.
     pub fn ids_by_expiry(&self) -> Vec<LeaseId> {
         let leases = self.leases.lock().expect("lessor lock");
-        let mut v: Vec<(Duration, LeaseId)> = leases.iter().map(|(id, d)| (d.expires, *id)).collect();
+        let mut v: Vec<(Duration, LeaseId)> =
+            leases.iter().map(|(id, d)| (d.expires, *id)).collect();
         v.sort();
         v.into_iter().map(|(_, id)| id).collect()
     }
@@ -173,7 +181,13 @@ mod tests {
         lessor.granted(2, 5);
         clock.advance(4_000);
         assert_eq!(lessor.renew(2), Some(5));
-        assert_eq!(lessor.timing(1), Some(LeaseTiming { granted_ttl: 10, remaining: 6 }));
+        assert_eq!(
+            lessor.timing(1),
+            Some(LeaseTiming {
+                granted_ttl: 10,
+                remaining: 6
+            })
+        );
         // Lease 2 was renewed at 4 s, so it now ends at 9 s; lease 1 ends at 10 s.
         clock.advance(5_500);
         assert_eq!(lessor.take_expired(), vec![2]);

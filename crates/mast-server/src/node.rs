@@ -105,7 +105,10 @@ impl Node {
     ///
     /// # Errors
     /// When the data directory or the database cannot be opened.
-    pub fn open(config: ServerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<Arc<Node>> {
+    pub fn open(
+        config: ServerConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)?;
         let identity = Identity::load_or_create(&config.data_dir)?;
         let store = Arc::new(Store::open(&config.data_dir)?);
@@ -174,7 +177,9 @@ impl Node {
                         match node.write(Command::LeaseRevoke { id }).await {
                             Ok(_) => tracing::debug!(lease = id, "lease expired and was revoked"),
                             Err(MvccError::LeaseNotFound) => node.lessor.revoked(id),
-                            Err(e) => tracing::warn!(lease = id, error = %e, "revoking an expired lease failed"),
+                            Err(e) => {
+                                tracing::warn!(lease = id, error = %e, "revoking an expired lease failed")
+                            }
                         }
                     });
                 }

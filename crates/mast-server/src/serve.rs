@@ -40,11 +40,27 @@ pub fn app(node: Arc<Node>) -> axum::Router {
     // One member that is always its own leader: serving as soon as the store is open.
     drop(health_reporter.set_service_status("", tonic_health::ServingStatus::Serving));
     tonic::service::Routes::from(crate::http::router(node.clone()))
-        .add_service(KvServer::new(KvService::new(node.clone())).max_decoding_message_size(max_in).max_encoding_message_size(usize::MAX))
-        .add_service(WatchServer::new(WatchService::new(node.clone())).max_decoding_message_size(max_in).max_encoding_message_size(usize::MAX))
-        .add_service(LeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(max_in))
-        .add_service(ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(max_in))
-        .add_service(MaintenanceServer::new(MaintenanceService::new(node.clone())).max_decoding_message_size(max_in).max_encoding_message_size(usize::MAX))
+        .add_service(
+            KvServer::new(KvService::new(node.clone()))
+                .max_decoding_message_size(max_in)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            WatchServer::new(WatchService::new(node.clone()))
+                .max_decoding_message_size(max_in)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            LeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(max_in),
+        )
+        .add_service(
+            ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(max_in),
+        )
+        .add_service(
+            MaintenanceServer::new(MaintenanceService::new(node.clone()))
+                .max_decoding_message_size(max_in)
+                .max_encoding_message_size(usize::MAX),
+        )
         .add_service(AuthServer::new(AuthService::new(node)).max_decoding_message_size(max_in))
         .add_service(health_service)
         .prepare()
@@ -83,7 +99,12 @@ impl Server {
             }));
             tracing::info!(address = %local, "serving etcd v3 gRPC, JSON gateway, /health and /metrics");
         }
-        Ok(Server { node, addrs, stop, tasks })
+        Ok(Server {
+            node,
+            addrs,
+            stop,
+            tasks,
+        })
     }
 
     /// The bound client addresses (useful when the config asked for port 0).
@@ -106,6 +127,12 @@ impl Server {
                 abort.abort();
             }
         }
+        // Close the database now (waiting for in-flight reads and the current write batch),
+        // so the file is released even if a connection task still holds the node.
+        if let Err(e) = self.node.store.close() {
+            tracing::warn!(error = %e, "closing the store failed");
+        }
+        drop(self.node);
         tracing::info!("server stopped");
     }
 }

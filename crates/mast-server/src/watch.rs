@@ -15,8 +15,8 @@ use futures::{Stream, StreamExt};
 use mast_mvcc::index::RangeEnd;
 use mast_mvcc::{MvccError, Store};
 use mast_proto::etcdserverpb::{
-    WatchCreateRequest, WatchResponse, watch_create_request::FilterType, watch_request,
-    WatchRequest,
+    WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
+    watch_request,
 };
 use mast_proto::mvccpb::{Event, event::EventType};
 use prost::Message;
@@ -55,7 +55,9 @@ impl Default for WatchHub {
 impl WatchHub {
     /// A hub with no subscribers.
     pub fn new() -> Self {
-        WatchHub { tx: broadcast::channel(HUB_CAPACITY).0 }
+        WatchHub {
+            tx: broadcast::channel(HUB_CAPACITY).0,
+        }
     }
 
     /// Publishes a committed batch. Batches without events are not sent.
@@ -236,7 +238,11 @@ impl Session {
         if id >= self.next_id {
             self.next_id = id + 1;
         }
-        let start = if c.start_revision <= 0 { current + 1 } else { c.start_revision };
+        let start = if c.start_revision <= 0 {
+            current + 1
+        } else {
+            c.start_revision
+        };
         let mut w = Watcher {
             key: c.key.to_vec(),
             range_end: c.range_end.to_vec(),
@@ -287,7 +293,13 @@ impl Session {
                     continue;
                 }
                 if rev != cur_rev && !evs.is_empty() {
-                    pending.push((*id, std::mem::take(&mut evs), w.prev_kv, w.fragment, cur_rev));
+                    pending.push((
+                        *id,
+                        std::mem::take(&mut evs),
+                        w.prev_kv,
+                        w.fragment,
+                        cur_rev,
+                    ));
                 }
                 cur_rev = rev;
                 evs.push(ev.clone());
@@ -344,7 +356,7 @@ impl Session {
                 let last = chunks.len() - 1;
                 for (i, chunk) in chunks.into_iter().enumerate() {
                     self.send(WatchResponse {
-                        header: header.clone(),
+                        header,
                         watch_id: id,
                         fragment: i != last,
                         events: chunk,
@@ -355,16 +367,28 @@ impl Session {
                 return Ok(());
             }
         }
-        self.send(WatchResponse { header, watch_id: id, events, ..Default::default() })
-            .await
+        self.send(WatchResponse {
+            header,
+            watch_id: id,
+            events,
+            ..Default::default()
+        })
+        .await
     }
 
     /// One catch-up step for every unsynced watcher: read a chunk of history and send it.
     async fn catch_up(&mut self) -> Result<(), Stop> {
-        let ids: Vec<i64> = self.watchers.iter().filter(|(_, w)| !w.synced).map(|(id, _)| *id).collect();
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| !w.synced)
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             let store: Arc<Store> = self.node.store.clone();
-            let Some(w) = self.watchers.get(&id) else { continue };
+            let Some(w) = self.watchers.get(&id) else {
+                continue;
+            };
             let current = store.revision();
             if w.next_rev > current {
                 self.watchers.get_mut(&id).expect("present").synced = true;
@@ -390,7 +414,8 @@ impl Session {
                     if !evs.is_empty() {
                         w.active = true;
                         for chunk in evs.chunks(MAX_EVENTS_PER_RESPONSE) {
-                            self.send_events(id, chunk.to_vec(), prev_kv, fragment, upto).await?;
+                            self.send_events(id, chunk.to_vec(), prev_kv, fragment, upto)
+                                .await?;
                         }
                     }
                 }
@@ -432,8 +457,12 @@ impl Session {
             w.active = false;
         }
         for id in due {
-            self.send(WatchResponse { header: header.clone(), watch_id: id, ..Default::default() })
-                .await?;
+            self.send(WatchResponse {
+                header,
+                watch_id: id,
+                ..Default::default()
+            })
+            .await?;
         }
         Ok(())
     }

@@ -74,7 +74,11 @@ fn run(
         let batch = cmds.len();
         metrics::histogram!("mast_writer_batch_size").record(batch as f64);
         match store.apply(&cmds) {
-            Ok(Applied { results, events, revision }) => {
+            Ok(Applied {
+                results,
+                events,
+                revision,
+            }) => {
                 for r in results.iter().flatten() {
                     match r {
                         CommandResult::LeaseGrant { id, ttl } => lessor.granted(*id, *ttl),

@@ -35,11 +35,19 @@ impl TestServer {
         f(&mut cfg);
         let server = Server::start(cfg).await.unwrap();
         let url = format!("http://{}", server.local_addrs()[0]);
-        TestServer { server: Some(server), url, _dir: dir }
+        TestServer {
+            server: Some(server),
+            url,
+            _dir: dir,
+        }
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url.clone()).unwrap().connect().await.unwrap()
+        Channel::from_shared(self.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     async fn stop(mut self) {
@@ -55,12 +63,21 @@ struct WatchStream {
 impl WatchStream {
     async fn open(ch: Channel) -> WatchStream {
         let (tx, rx) = mpsc::channel(16);
-        let rx = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let rx = WatchClient::new(ch)
+            .watch(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
         WatchStream { tx, rx }
     }
 
     async fn send(&self, r: RequestUnion) {
-        self.tx.send(WatchRequest { request_union: Some(r) }).await.unwrap();
+        self.tx
+            .send(WatchRequest {
+                request_union: Some(r),
+            })
+            .await
+            .unwrap();
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> WatchResponse {
@@ -80,19 +97,26 @@ impl WatchStream {
 }
 
 async fn put(kv: &mut KvClient<Channel>, k: &str, v: &str) -> i64 {
-    kv.put(PutRequest { key: k.to_string().into(), value: v.to_string().into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision
+    kv.put(PutRequest {
+        key: k.to_string().into(),
+        value: v.to_string().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .header
+    .unwrap()
+    .revision
 }
 
 async fn delete(kv: &mut KvClient<Channel>, k: &str) {
-    kv.delete_range(mast_proto::etcdserverpb::DeleteRangeRequest { key: k.to_string().into(), ..Default::default() })
-        .await
-        .unwrap();
+    kv.delete_range(mast_proto::etcdserverpb::DeleteRangeRequest {
+        key: k.to_string().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 }
 
 fn prefix_end(p: &str) -> bytes::Bytes {
@@ -112,7 +136,13 @@ async fn replay_filters_prev_kv_and_cancel() {
 
     let mut w = WatchStream::open(s.channel().await).await;
     let created = w
-        .create(WatchCreateRequest { key: "/svc/".into(), range_end: prefix_end("/svc/"), start_revision: 2, prev_kv: true, ..Default::default() })
+        .create(WatchCreateRequest {
+            key: "/svc/".into(),
+            range_end: prefix_end("/svc/"),
+            start_revision: 2,
+            prev_kv: true,
+            ..Default::default()
+        })
         .await;
     assert_eq!(created.watch_id, 0);
     assert_eq!(created.header.unwrap().revision, 5);
@@ -120,7 +150,10 @@ async fn replay_filters_prev_kv_and_cancel() {
     while events.len() < 3 {
         events.extend(w.next().await.events);
     }
-    let revs: Vec<i64> = events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
+    let revs: Vec<i64> = events
+        .iter()
+        .map(|e| e.kv.as_ref().unwrap().mod_revision)
+        .collect();
     assert_eq!(revs, vec![2, 3, 4]);
     assert_eq!(events[2].r#type, EventType::Delete as i32);
     assert_eq!(events[1].prev_kv.as_ref().unwrap().value, &b"1"[..]);
@@ -128,7 +161,11 @@ async fn replay_filters_prev_kv_and_cancel() {
 
     // A second watcher on the same stream that ignores puts.
     let created = w
-        .create(WatchCreateRequest { key: "/svc/b".into(), filters: vec![FilterType::Noput as i32], ..Default::default() })
+        .create(WatchCreateRequest {
+            key: "/svc/b".into(),
+            filters: vec![FilterType::Noput as i32],
+            ..Default::default()
+        })
         .await;
     assert_eq!(created.watch_id, 1);
     put(&mut kv, "/svc/b", "1").await; // rev 6: only watcher 0
@@ -143,12 +180,16 @@ async fn replay_filters_prev_kv_and_cancel() {
     seen.sort();
     assert_eq!(seen, vec![(0, 6), (0, 7), (1, 7)]);
 
-    w.send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 1 })).await;
+    w.send(RequestUnion::CancelRequest(WatchCancelRequest {
+        watch_id: 1,
+    }))
+    .await;
     let r = w.next().await;
     assert!(r.canceled);
     assert_eq!(r.watch_id, 1);
 
-    w.send(RequestUnion::ProgressRequest(WatchProgressRequest {})).await;
+    w.send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
+        .await;
     let r = w.next().await;
     assert_eq!(r.watch_id, -1);
     assert_eq!(r.header.unwrap().revision, 7);
@@ -162,17 +203,39 @@ async fn compacted_start_revision_cancels_with_compact_revision() {
     for i in 0..5 {
         put(&mut kv, "k", &i.to_string()).await;
     }
-    kv.compact(CompactionRequest { revision: 4, physical: true }).await.unwrap();
+    kv.compact(CompactionRequest {
+        revision: 4,
+        physical: true,
+    })
+    .await
+    .unwrap();
     let mut w = WatchStream::open(s.channel().await).await;
-    w.create(WatchCreateRequest { key: "k".into(), start_revision: 2, ..Default::default() }).await;
+    w.create(WatchCreateRequest {
+        key: "k".into(),
+        start_revision: 2,
+        ..Default::default()
+    })
+    .await;
     let r = w.next().await;
     assert!(r.canceled);
     assert_eq!(r.compact_revision, 4);
     // Exactly the compacted revision is still allowed.
-    let created = w.create(WatchCreateRequest { key: "k".into(), start_revision: 4, ..Default::default() }).await;
+    let created = w
+        .create(WatchCreateRequest {
+            key: "k".into(),
+            start_revision: 4,
+            ..Default::default()
+        })
+        .await;
     let r = w.next().await;
     assert_eq!(r.watch_id, created.watch_id);
-    assert_eq!(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect::<Vec<_>>(), vec![4, 5, 6]);
+    assert_eq!(
+        r.events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
     s.stop().await;
 }
 
@@ -183,15 +246,30 @@ async fn fragmented_responses_stay_under_the_request_limit() {
     // Eight 20 KiB values, then one delete of all of them: a single revision whose events,
     // with prev_kv, are far above the 64 KiB limit.
     for i in 0..8 {
-        kv.put(PutRequest { key: format!("f{i}").into(), value: vec![b'x'; 20 * 1024].into(), ..Default::default() })
-            .await
-            .unwrap();
-    }
-    let mut w = WatchStream::open(s.channel().await).await;
-    w.create(WatchCreateRequest { key: "f".into(), range_end: "g".into(), fragment: true, prev_kv: true, ..Default::default() }).await;
-    kv.delete_range(mast_proto::etcdserverpb::DeleteRangeRequest { key: "f".into(), range_end: "g".into(), ..Default::default() })
+        kv.put(PutRequest {
+            key: format!("f{i}").into(),
+            value: vec![b'x'; 20 * 1024].into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
+    }
+    let mut w = WatchStream::open(s.channel().await).await;
+    w.create(WatchCreateRequest {
+        key: "f".into(),
+        range_end: "g".into(),
+        fragment: true,
+        prev_kv: true,
+        ..Default::default()
+    })
+    .await;
+    kv.delete_range(mast_proto::etcdserverpb::DeleteRangeRequest {
+        key: "f".into(),
+        range_end: "g".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let mut got = 0;
     let mut parts = 0;
     loop {
@@ -211,9 +289,19 @@ async fn fragmented_responses_stay_under_the_request_limit() {
 async fn slow_watcher_misses_nothing_and_does_not_block_writers() {
     let s = TestServer::start().await;
     let mut slow = WatchStream::open(s.channel().await).await;
-    slow.create(WatchCreateRequest { key: "load/".into(), range_end: prefix_end("load/"), ..Default::default() }).await;
+    slow.create(WatchCreateRequest {
+        key: "load/".into(),
+        range_end: prefix_end("load/"),
+        ..Default::default()
+    })
+    .await;
     let mut fast = WatchStream::open(s.channel().await).await;
-    fast.create(WatchCreateRequest { key: "load/".into(), range_end: prefix_end("load/"), ..Default::default() }).await;
+    fast.create(WatchCreateRequest {
+        key: "load/".into(),
+        range_end: prefix_end("load/"),
+        ..Default::default()
+    })
+    .await;
 
     // Writers run while the slow stream is not read at all.
     const N: usize = 6000;
@@ -251,7 +339,10 @@ async fn slow_watcher_misses_nothing_and_does_not_block_writers() {
         }
     }
     assert_eq!(revs.len(), N);
-    assert!(revs.windows(2).all(|w| w[0] < w[1]), "events out of order or repeated");
+    assert!(
+        revs.windows(2).all(|w| w[0] < w[1]),
+        "events out of order or repeated"
+    );
     assert_eq!(revs[0], 2);
     assert_eq!(*revs.last().unwrap(), N as i64 + 1);
     s.stop().await;

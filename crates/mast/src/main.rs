@@ -32,7 +32,11 @@ struct ServeArgs {
     #[arg(long, env = "MAST_DATA_DIR", default_value = "mast-data")]
     data_dir: PathBuf,
     /// Comma-separated URLs to listen on for client traffic (gRPC and HTTP on each).
-    #[arg(long, env = "MAST_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "MAST_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     listen_client_urls: String,
     /// Comma-separated client URLs announced to clients in MemberList (default: the listen
     /// URLs).
@@ -42,7 +46,11 @@ struct ServeArgs {
     #[arg(long, env = "MAST_MAX_REQUEST_BYTES", default_value_t = mast_server::node::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
     /// Seconds between progress notifications to idle watchers that asked for them.
-    #[arg(long, env = "MAST_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value_t = 600)]
+    #[arg(
+        long,
+        env = "MAST_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value_t = 600
+    )]
     watch_progress_notify_interval: u64,
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "MAST_LOG_FORMAT", default_value = "text")]
@@ -81,7 +89,9 @@ fn parse_urls(urls: &str) -> anyhow::Result<(Vec<SocketAddr>, Vec<String>)> {
 fn init_logs(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         "json" => builder.json().init(),
         "text" => builder.init(),
@@ -102,7 +112,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.listen = listen;
     config.advertise_client_urls = advertise;
     config.max_request_bytes = args.max_request_bytes;
-    config.watch_progress_notify_interval = Duration::from_secs(args.watch_progress_notify_interval.max(1));
+    config.watch_progress_notify_interval =
+        Duration::from_secs(args.watch_progress_notify_interval.max(1));
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "starting mast");
     let server = Server::start(config).await?;
     shutdown_signal().await;
@@ -134,7 +145,9 @@ async fn shutdown_signal() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Cmd::Serve(args) => rt.block_on(serve(args)),
     }

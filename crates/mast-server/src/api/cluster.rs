@@ -49,28 +49,68 @@ pub fn member_list(node: &Node) -> MemberListResponse {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, _r: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        _r: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
         started(SVC, "MemberAdd", "unary");
-        handled(SVC, "MemberAdd", "unary", Err(unimplemented("MemberAdd (clustering)")))
+        handled(
+            SVC,
+            "MemberAdd",
+            "unary",
+            Err(unimplemented("MemberAdd (clustering)")),
+        )
     }
 
-    async fn member_remove(&self, _r: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+    async fn member_remove(
+        &self,
+        _r: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
         started(SVC, "MemberRemove", "unary");
-        handled(SVC, "MemberRemove", "unary", Err(unimplemented("MemberRemove (clustering)")))
+        handled(
+            SVC,
+            "MemberRemove",
+            "unary",
+            Err(unimplemented("MemberRemove (clustering)")),
+        )
     }
 
-    async fn member_update(&self, _r: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+    async fn member_update(
+        &self,
+        _r: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
         started(SVC, "MemberUpdate", "unary");
-        handled(SVC, "MemberUpdate", "unary", Err(unimplemented("MemberUpdate (clustering)")))
+        handled(
+            SVC,
+            "MemberUpdate",
+            "unary",
+            Err(unimplemented("MemberUpdate (clustering)")),
+        )
     }
 
-    async fn member_list(&self, _r: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        _r: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
         started(SVC, "MemberList", "unary");
-        handled(SVC, "MemberList", "unary", Ok(Response::new(member_list(&self.node))))
+        handled(
+            SVC,
+            "MemberList",
+            "unary",
+            Ok(Response::new(member_list(&self.node))),
+        )
     }
 
-    async fn member_promote(&self, _r: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
+    async fn member_promote(
+        &self,
+        _r: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
         started(SVC, "MemberPromote", "unary");
-        handled(SVC, "MemberPromote", "unary", Err(unimplemented("MemberPromote (clustering)")))
+        handled(
+            SVC,
+            "MemberPromote",
+            "unary",
+            Err(unimplemented("MemberPromote (clustering)")),
+        )
     }
 }

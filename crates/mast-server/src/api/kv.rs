@@ -5,14 +5,17 @@ use std::sync::Arc;
 use mast_mvcc::{Command, CommandResult};
 use mast_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse, kv_server::Kv,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    kv_server::Kv,
     range_request::{SortOrder, SortTarget},
     request_op,
 };
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{err_duplicate_key, err_empty_key, err_too_large, err_too_many_ops, handled, started, status_of};
+use super::{
+    err_duplicate_key, err_empty_key, err_too_large, err_too_many_ops, handled, started, status_of,
+};
 use crate::node::Node;
 
 /// Most operations in one txn branch, as etcd's `--max-txn-ops` default.
@@ -110,7 +113,9 @@ impl Dels {
 
 /// etcd's `checkIntervals`: no key may be put twice, or put and deleted, in one branch
 /// (nested txns included; the two branches of a nested txn may put the same key).
-fn check_intervals(reqs: &[RequestOp]) -> Result<(std::collections::HashSet<Vec<u8>>, Dels), Status> {
+fn check_intervals(
+    reqs: &[RequestOp],
+) -> Result<(std::collections::HashSet<Vec<u8>>, Dels), Status> {
     let mut dels = Dels::default();
     for op in reqs {
         if let Some(request_op::Request::RequestDeleteRange(d)) = &op.request {
@@ -119,7 +124,9 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<(std::collections::HashSet<Vec<
     }
     let mut puts = std::collections::HashSet::new();
     for op in reqs {
-        let Some(request_op::Request::RequestTxn(n)) = &op.request else { continue };
+        let Some(request_op::Request::RequestTxn(n)) = &op.request else {
+            continue;
+        };
         let (puts_then, dels_then) = check_intervals(&n.success)?;
         let (puts_else, dels_else) = check_intervals(&n.failure)?;
         for k in &puts_then {
@@ -138,7 +145,9 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<(std::collections::HashSet<Vec<
         dels.0.extend(dels_else.0);
     }
     for op in reqs {
-        let Some(request_op::Request::RequestPut(p)) = &op.request else { continue };
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         if puts.contains(p.key.as_ref()) || dels.intersects(&p.key) {
             return Err(err_duplicate_key());
         }
@@ -188,10 +197,17 @@ pub async fn put(node: &Node, req: PutRequest) -> Result<PutResponse, Status> {
 ///
 /// # Errors
 /// etcd's errors for an empty key or a too large request.
-pub async fn delete_range(node: &Node, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+pub async fn delete_range(
+    node: &Node,
+    req: DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, Status> {
     check_delete(&req)?;
     check_size(node, &req)?;
-    match node.write(Command::DeleteRange(req)).await.map_err(status_of)? {
+    match node
+        .write(Command::DeleteRange(req))
+        .await
+        .map_err(status_of)?
+    {
         CommandResult::DeleteRange(mut r) => {
             r.header = node.complete(r.header);
             Ok(r)
@@ -224,21 +240,40 @@ pub async fn txn(node: &Node, req: TxnRequest) -> Result<TxnResponse, Status> {
 /// etcd's compacted / future revision errors.
 pub async fn compact(node: &Node, req: CompactionRequest) -> Result<CompactionResponse, Status> {
     match node.write(Command::Compact(req)).await.map_err(status_of)? {
-        CommandResult::Compact { revision } => Ok(CompactionResponse { header: Some(node.header_at(revision)) }),
+        CommandResult::Compact { revision } => Ok(CompactionResponse {
+            header: Some(node.header_at(revision)),
+        }),
         other => Err(Status::internal(format!("unexpected result {other:?}"))),
     }
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
         started(SVC, "Range", "unary");
-        handled(SVC, "Range", "unary", range(&self.node, request.into_inner()).await.map(Response::new))
+        handled(
+            SVC,
+            "Range",
+            "unary",
+            range(&self.node, request.into_inner())
+                .await
+                .map(Response::new),
+        )
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         started(SVC, "Put", "unary");
-        handled(SVC, "Put", "unary", put(&self.node, request.into_inner()).await.map(Response::new))
+        handled(
+            SVC,
+            "Put",
+            "unary",
+            put(&self.node, request.into_inner())
+                .await
+                .map(Response::new),
+        )
     }
 
     async fn delete_range(
@@ -246,12 +281,26 @@ impl Kv for KvService {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         started(SVC, "DeleteRange", "unary");
-        handled(SVC, "DeleteRange", "unary", delete_range(&self.node, request.into_inner()).await.map(Response::new))
+        handled(
+            SVC,
+            "DeleteRange",
+            "unary",
+            delete_range(&self.node, request.into_inner())
+                .await
+                .map(Response::new),
+        )
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         started(SVC, "Txn", "unary");
-        handled(SVC, "Txn", "unary", txn(&self.node, request.into_inner()).await.map(Response::new))
+        handled(
+            SVC,
+            "Txn",
+            "unary",
+            txn(&self.node, request.into_inner())
+                .await
+                .map(Response::new),
+        )
     }
 
     async fn compact(
@@ -259,7 +308,14 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         started(SVC, "Compact", "unary");
-        handled(SVC, "Compact", "unary", compact(&self.node, request.into_inner()).await.map(Response::new))
+        handled(
+            SVC,
+            "Compact",
+            "unary",
+            compact(&self.node, request.into_inner())
+                .await
+                .map(Response::new),
+        )
     }
 }
 
@@ -279,11 +335,13 @@ mod tests {
 
     fn del_op(k: &str, end: &str) -> RequestOp {
         RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: k.to_string().into(),
-                range_end: end.to_string().into(),
-                ..Default::default()
-            })),
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: k.to_string().into(),
+                    range_end: end.to_string().into(),
+                    ..Default::default()
+                },
+            )),
         }
     }
 

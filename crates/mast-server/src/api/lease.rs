@@ -7,8 +7,8 @@ use futures::{Stream, StreamExt};
 use mast_mvcc::{Command, CommandResult, MAX_LEASE_TTL, MvccError};
 use mast_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
-    LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_server::Lease,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_server::Lease,
 };
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -52,7 +52,12 @@ pub async fn grant(node: &Node, req: LeaseGrantRequest) -> Result<LeaseGrantResp
         };
         match node.write(Command::LeaseGrant { id, ttl }).await {
             Ok(CommandResult::LeaseGrant { id, ttl }) => {
-                return Ok(LeaseGrantResponse { header: node.header(), id, ttl, error: String::new() });
+                return Ok(LeaseGrantResponse {
+                    header: node.header(),
+                    id,
+                    ttl,
+                    error: String::new(),
+                });
             }
             Ok(other) => return Err(Status::internal(format!("unexpected result {other:?}"))),
             // A random ID that happened to be taken: pick another.
@@ -67,10 +72,14 @@ pub async fn grant(node: &Node, req: LeaseGrantRequest) -> Result<LeaseGrantResp
 /// # Errors
 /// `etcdserver: requested lease not found` (NotFound).
 pub async fn revoke(node: &Node, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, Status> {
-    match node.write(Command::LeaseRevoke { id: req.id }).await.map_err(status_of)? {
-        CommandResult::LeaseRevoke { revision } => {
-            Ok(LeaseRevokeResponse { header: Some(node.header_at(revision)) })
-        }
+    match node
+        .write(Command::LeaseRevoke { id: req.id })
+        .await
+        .map_err(status_of)?
+    {
+        CommandResult::LeaseRevoke { revision } => Ok(LeaseRevokeResponse {
+            header: Some(node.header_at(revision)),
+        }),
         other => Err(Status::internal(format!("unexpected result {other:?}"))),
     }
 }
@@ -78,7 +87,11 @@ pub async fn revoke(node: &Node, req: LeaseRevokeRequest) -> Result<LeaseRevokeR
 /// One keepalive: the full TTL for a live lease, TTL 0 for an unknown one (not an error).
 pub fn keep_alive_once(node: &Node, req: &LeaseKeepAliveRequest) -> LeaseKeepAliveResponse {
     let ttl = node.lessor.renew(req.id).unwrap_or(0);
-    LeaseKeepAliveResponse { header: node.header(), id: req.id, ttl }
+    LeaseKeepAliveResponse {
+        header: node.header(),
+        id: req.id,
+        ttl,
+    }
 }
 
 /// LeaseTimeToLive: TTL -1 for an unknown lease, as etcd.
@@ -90,9 +103,22 @@ pub fn time_to_live(node: &Node, req: LeaseTimeToLiveRequest) -> LeaseTimeToLive
             id: req.id,
             ttl: t.remaining,
             granted_ttl: rec.ttl,
-            keys: if req.keys { rec.keys.iter().map(|k| bytes::Bytes::copy_from_slice(k)).collect() } else { Vec::new() },
+            keys: if req.keys {
+                rec.keys
+                    .iter()
+                    .map(|k| bytes::Bytes::copy_from_slice(k))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         },
-        _ => LeaseTimeToLiveResponse { header: node.header(), id: req.id, ttl: -1, granted_ttl: 0, keys: Vec::new() },
+        _ => LeaseTimeToLiveResponse {
+            header: node.header(),
+            id: req.id,
+            ttl: -1,
+            granted_ttl: 0,
+            keys: Vec::new(),
+        },
     }
 }
 
@@ -100,12 +126,20 @@ pub fn time_to_live(node: &Node, req: LeaseTimeToLiveRequest) -> LeaseTimeToLive
 pub fn leases(node: &Node) -> LeaseLeasesResponse {
     LeaseLeasesResponse {
         header: node.header(),
-        leases: node.lessor.ids_by_expiry().into_iter().map(|id| LeaseStatus { id }).collect(),
+        leases: node
+            .lessor
+            .ids_by_expiry()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect(),
     }
 }
 
 /// Serves a keepalive stream until the client closes it or the server shuts down.
-pub fn keep_alive_stream<S>(node: Arc<Node>, mut requests: S) -> mpsc::Receiver<Result<LeaseKeepAliveResponse, Status>>
+pub fn keep_alive_stream<S>(
+    node: Arc<Node>,
+    mut requests: S,
+) -> mpsc::Receiver<Result<LeaseKeepAliveResponse, Status>>
 where
     S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Unpin + Send + 'static,
 {
@@ -134,14 +168,34 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
-    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
         started(SVC, "LeaseGrant", "unary");
-        handled(SVC, "LeaseGrant", "unary", grant(&self.node, request.into_inner()).await.map(Response::new))
+        handled(
+            SVC,
+            "LeaseGrant",
+            "unary",
+            grant(&self.node, request.into_inner())
+                .await
+                .map(Response::new),
+        )
     }
 
-    async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
         started(SVC, "LeaseRevoke", "unary");
-        handled(SVC, "LeaseRevoke", "unary", revoke(&self.node, request.into_inner()).await.map(Response::new))
+        handled(
+            SVC,
+            "LeaseRevoke",
+            "unary",
+            revoke(&self.node, request.into_inner())
+                .await
+                .map(Response::new),
+        )
     }
 
     type LeaseKeepAliveStream = BoxStream<LeaseKeepAliveResponse>;
@@ -152,7 +206,9 @@ impl Lease for LeaseService {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         started(SVC, "LeaseKeepAlive", "bidi_stream");
         let rx = keep_alive_stream(self.node.clone(), request.into_inner());
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn lease_time_to_live(
@@ -160,11 +216,27 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         started(SVC, "LeaseTimeToLive", "unary");
-        handled(SVC, "LeaseTimeToLive", "unary", Ok(Response::new(time_to_live(&self.node, request.into_inner()))))
+        handled(
+            SVC,
+            "LeaseTimeToLive",
+            "unary",
+            Ok(Response::new(time_to_live(
+                &self.node,
+                request.into_inner(),
+            ))),
+        )
     }
 
-    async fn lease_leases(&self, _request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
         started(SVC, "LeaseLeases", "unary");
-        handled(SVC, "LeaseLeases", "unary", Ok(Response::new(leases(&self.node))))
+        handled(
+            SVC,
+            "LeaseLeases",
+            "unary",
+            Ok(Response::new(leases(&self.node))),
+        )
     }
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use futures::Stream;
 use mast_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
-    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
-    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse, alarm_request::AlarmAction, maintenance_server::Maintenance,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    alarm_request::AlarmAction, maintenance_server::Maintenance,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -83,9 +83,10 @@ pub fn hash_kv(node: &Node, req: HashKvRequest) -> Result<HashKvResponse, Status
 /// Unimplemented for activating an alarm by hand.
 pub fn alarm(node: &Node, req: AlarmRequest) -> Result<AlarmResponse, Status> {
     match AlarmAction::try_from(req.action) {
-        Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => {
-            Ok(AlarmResponse { header: node.header(), alarms: Vec::new() })
-        }
+        Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => Ok(AlarmResponse {
+            header: node.header(),
+            alarms: Vec::new(),
+        }),
         _ => Err(unimplemented("Alarm ACTIVATE")),
     }
 }
@@ -100,7 +101,9 @@ pub async fn defragment(node: &Node) -> Result<DefragmentResponse, Status> {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::unavailable(e.to_string()))?;
-    Ok(DefragmentResponse { header: node.header() })
+    Ok(DefragmentResponse {
+        header: node.header(),
+    })
 }
 
 /// Streams a consistent copy of the database, followed by its SHA-256 as the last message
@@ -121,7 +124,10 @@ pub fn snapshot_stream(node: Arc<Node>) -> mpsc::Receiver<Result<SnapshotRespons
     rx
 }
 
-async fn send_snapshot(node: &Node, tx: &mpsc::Sender<Result<SnapshotResponse, Status>>) -> Result<(), Status> {
+async fn send_snapshot(
+    node: &Node,
+    tx: &mpsc::Sender<Result<SnapshotResponse, Status>>,
+) -> Result<(), Status> {
     let path = node
         .config
         .data_dir
@@ -133,13 +139,22 @@ async fn send_snapshot(node: &Node, tx: &mpsc::Sender<Result<SnapshotResponse, S
         .map_err(|e| Status::internal(e.to_string()))?;
     let result = async {
         made.map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let total = file.metadata().await.map_err(|e| Status::unavailable(e.to_string()))?.len();
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let total = file
+            .metadata()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .len();
         let mut sent = 0u64;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; SNAPSHOT_CHUNK];
         loop {
-            let n = file.read(&mut buf).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            let n = file
+                .read(&mut buf)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             if n == 0 {
                 break;
             }
@@ -173,49 +188,88 @@ async fn send_snapshot(node: &Node, tx: &mpsc::Sender<Result<SnapshotResponse, S
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         started(SVC, "Alarm", "unary");
-        handled(SVC, "Alarm", "unary", alarm(&self.node, r.into_inner()).map(Response::new))
+        handled(
+            SVC,
+            "Alarm",
+            "unary",
+            alarm(&self.node, r.into_inner()).map(Response::new),
+        )
     }
 
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         started(SVC, "Status", "unary");
-        handled(SVC, "Status", "unary", status(&self.node).map(Response::new))
+        handled(
+            SVC,
+            "Status",
+            "unary",
+            status(&self.node).map(Response::new),
+        )
     }
 
-    async fn defragment(&self, _r: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _r: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
         started(SVC, "Defragment", "unary");
-        handled(SVC, "Defragment", "unary", defragment(&self.node).await.map(Response::new))
+        handled(
+            SVC,
+            "Defragment",
+            "unary",
+            defragment(&self.node).await.map(Response::new),
+        )
     }
 
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         started(SVC, "Hash", "unary");
-        let r = self
-            .node
-            .store
-            .hash()
-            .map_err(status_of)
-            .map(|hash| Response::new(HashResponse { header: self.node.header(), hash }));
+        let r = self.node.store.hash().map_err(status_of).map(|hash| {
+            Response::new(HashResponse {
+                header: self.node.header(),
+                hash,
+            })
+        });
         handled(SVC, "Hash", "unary", r)
     }
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         started(SVC, "HashKV", "unary");
-        handled(SVC, "HashKV", "unary", hash_kv(&self.node, r.into_inner()).map(Response::new))
+        handled(
+            SVC,
+            "HashKV",
+            "unary",
+            hash_kv(&self.node, r.into_inner()).map(Response::new),
+        )
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
-    async fn snapshot(&self, _r: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _r: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         started(SVC, "Snapshot", "server_stream");
         let rx = snapshot_stream(self.node.clone());
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn move_leader(&self, _r: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        _r: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
         started(SVC, "MoveLeader", "unary");
-        handled(SVC, "MoveLeader", "unary", Err(unimplemented("MoveLeader (clustering)")))
+        handled(
+            SVC,
+            "MoveLeader",
+            "unary",
+            Err(unimplemented("MoveLeader (clustering)")),
+        )
     }
 
-    async fn downgrade(&self, _r: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _r: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
         started(SVC, "Downgrade", "unary");
         handled(SVC, "Downgrade", "unary", Err(unimplemented("Downgrade")))
     }

@@ -29,7 +29,10 @@ impl WatchService {
 }
 
 /// Starts a watch session over `requests` and returns its responses.
-pub fn open_session<S>(node: Arc<Node>, requests: S) -> mpsc::Receiver<Result<WatchResponse, Status>>
+pub fn open_session<S>(
+    node: Arc<Node>,
+    requests: S,
+) -> mpsc::Receiver<Result<WatchResponse, Status>>
 where
     S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send + 'static,
 {
@@ -51,6 +54,8 @@ impl Watch for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         started(SVC, "Watch", "bidi_stream");
         let rx = open_session(self.node.clone(), request.into_inner());
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
