@@ -22,5 +22,5 @@ pub mod txn;
 pub use error::{MvccError, StorageError};
 pub use lease::{LeaseId, LeaseRecord, LeaseTable};
 pub use revision::Revision;
-pub use store::{Applied, Command, MAX_LEASE_TTL, Store, StoreStatus};
+pub use store::{Applied, Command, DEFAULT_CACHE_BYTES, MAX_LEASE_TTL, Store, StoreStatus};
 pub use txn::{CommandResult, is_txn_readonly};

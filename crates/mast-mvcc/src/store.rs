@@ -41,6 +41,10 @@ const META_APPLIED: &str = "applied_index";
 /// Flag byte of a row that records a delete.
 const TOMBSTONE: u8 = 1;
 
+/// Default size of redb's page cache in bytes (128 MiB). Values are read through it; the key
+/// index lives outside it.
+pub const DEFAULT_CACHE_BYTES: usize = 128 * 1024 * 1024;
+
 /// The largest lease TTL in seconds, as etcd's `MaxLeaseTTL`.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
@@ -182,9 +186,17 @@ impl Store {
     /// # Errors
     /// [`StorageError`] when the directory or database cannot be created, opened or read.
     pub fn open(dir: &Path) -> Result<Store, StorageError> {
+        Self::open_with(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// As [`Store::open`], with redb's page cache limited to `cache_bytes` bytes.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the directory or database cannot be created, opened or read.
+    pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<Store, StorageError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("mast.redb");
-        let db = Database::create(&path)?;
+        let db = Database::builder().set_cache_size(cache_bytes).create(&path)?;
         let w = db.begin_write()?;
         {
             w.open_table(KV)?;

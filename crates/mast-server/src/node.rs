@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// How often idle watchers that asked for progress notifications get one.
     pub watch_progress_notify_interval: Duration,
+    /// Size of the store's page cache in bytes.
+    pub cache_bytes: usize,
 }
 
 impl ServerConfig {
@@ -43,6 +45,7 @@ impl ServerConfig {
             advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_notify_interval: Duration::from_secs(600),
+            cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -111,7 +114,7 @@ impl Node {
     ) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)?;
         let identity = Identity::load_or_create(&config.data_dir)?;
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        let store = Arc::new(Store::open_with(&config.data_dir, config.cache_bytes)?);
         let lessor = Arc::new(Lessor::new(Box::new(SystemClock::default())));
         // After a restart every lease gets its full TTL again, as etcd's lessor promotion.
         for (id, rec) in store.leases().iter() {

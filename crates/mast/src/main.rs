@@ -52,6 +52,9 @@ struct ServeArgs {
         default_value_t = 600
     )]
     watch_progress_notify_interval: u64,
+    /// Size of the store's page cache in MiB.
+    #[arg(long, env = "MAST_CACHE_MB", default_value_t = 128)]
+    cache_mb: usize,
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "MAST_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -112,6 +115,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.listen = listen;
     config.advertise_client_urls = advertise;
     config.max_request_bytes = args.max_request_bytes;
+    config.cache_bytes = args.cache_mb.max(1) * 1024 * 1024;
     config.watch_progress_notify_interval =
         Duration::from_secs(args.watch_progress_notify_interval.max(1));
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "starting mast");
