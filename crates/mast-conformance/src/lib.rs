@@ -38,7 +38,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -144,38 +144,69 @@ impl Output {
 
 impl fmt::Display for Output {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "exit code: {:?}{}", self.code, if self.timed_out { " (timed out, killed)" } else { "" })?;
+        writeln!(
+            f,
+            "exit code: {:?}{}",
+            self.code,
+            if self.timed_out {
+                " (timed out, killed)"
+            } else {
+                ""
+            }
+        )?;
         writeln!(f, "--- stdout ---\n{}", self.stdout.trim_end())?;
         write!(f, "--- stderr ---\n{}", self.stderr.trim_end())
     }
 }
 
-/// Reads a pipe to its end on a thread, so a chatty child never blocks on a full pipe.
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
+/// Output read so far from a child's pipe, shared with the thread that reads it.
+type SharedBuf = Arc<Mutex<Vec<u8>>>;
+
+/// Reads a pipe to its end on a thread (so a chatty child never blocks on a full pipe), making
+/// what arrived so far visible through the returned buffer.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> (SharedBuf, JoinHandle<()>) {
+    let buf = SharedBuf::default();
+    let sink = Arc::clone(&buf);
+    let handle = thread::spawn(move || {
+        let Some(mut pipe) = pipe else { return };
+        let mut chunk = [0u8; 8192];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&chunk[..n]),
+            }
         }
-        buf
-    })
+    });
+    (buf, handle)
+}
+
+fn lossy(buf: &SharedBuf) -> String {
+    String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
 
 /// A running child whose output is being collected; see [`Server::spawn_etcdctl`].
 #[derive(Debug)]
 pub struct Background {
     child: Child,
-    stdout: Option<JoinHandle<Vec<u8>>>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
+    stdout: SharedBuf,
+    stderr: SharedBuf,
+    readers: Vec<JoinHandle<()>>,
     stdin: Option<JoinHandle<()>>,
 }
 
 impl Background {
     /// Starts `cmd` with piped standard streams and feeds it `stdin` (then closes it).
     pub fn spawn(mut cmd: Command, stdin: Option<&[u8]>) -> anyhow::Result<Background> {
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
         let stdin = match (stdin, child.stdin.take()) {
             (Some(bytes), Some(mut pipe)) => {
@@ -187,12 +218,41 @@ impl Background {
             }
             _ => None,
         };
+        let (stdout, out_reader) = drain(child.stdout.take());
+        let (stderr, err_reader) = drain(child.stderr.take());
         Ok(Background {
-            stdout: Some(drain(child.stdout.take())),
-            stderr: Some(drain(child.stderr.take())),
-            stdin,
             child,
+            stdout,
+            stderr,
+            readers: vec![out_reader, err_reader],
+            stdin,
         })
+    }
+
+    /// Standard output and standard error printed so far, with the child still running.
+    pub fn output_so_far(&self) -> (String, String) {
+        (lossy(&self.stdout), lossy(&self.stderr))
+    }
+
+    /// Whether the child has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until the child has printed something and then stayed quiet for `quiet`, or has
+    /// exited, but no longer than `max`; for children that stream output and never exit.
+    pub fn wait_until_quiet(&mut self, quiet: Duration, max: Duration) {
+        let deadline = Instant::now() + max;
+        let (mut last, mut since) = (self.output_so_far(), Instant::now());
+        while Instant::now() < deadline && !self.exited() {
+            thread::sleep(Duration::from_millis(25));
+            let now = self.output_so_far();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if !(last.0.is_empty() && last.1.is_empty()) && since.elapsed() >= quiet {
+                return;
+            }
+        }
     }
 
     /// The child's PID.
@@ -229,15 +289,13 @@ impl Background {
     }
 
     fn collect(&mut self, status: Option<ExitStatus>, timed_out: bool) -> Output {
-        if let Some(h) = self.stdin.take() {
+        // The child is gone, so its pipes are closed and the readers finish.
+        for h in self.stdin.take().into_iter().chain(self.readers.drain(..)) {
             let _ = h.join();
         }
-        let text = |h: Option<JoinHandle<Vec<u8>>>| {
-            String::from_utf8_lossy(&h.and_then(|h| h.join().ok()).unwrap_or_default()).into_owned()
-        };
         Output {
-            stdout: text(self.stdout.take()),
-            stderr: text(self.stderr.take()),
+            stdout: lossy(&self.stdout),
+            stderr: lossy(&self.stderr),
             code: status.and_then(|s| s.code()),
             timed_out,
         }
@@ -264,10 +322,18 @@ pub fn etcdctl_command<S: AsRef<str>>(endpoint: &str, args: &[S]) -> Command {
 }
 
 /// Runs `etcdctl --endpoints=<endpoint> <args>` with `stdin`, killing it after `timeout`.
-pub fn etcdctl<S: AsRef<str>>(endpoint: &str, args: &[S], stdin: Option<&[u8]>, timeout: Duration) -> Output {
+pub fn etcdctl<S: AsRef<str>>(
+    endpoint: &str,
+    args: &[S],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Output {
     match Background::spawn(etcdctl_command(endpoint, args), stdin) {
         Ok(child) => child.finish(timeout),
-        Err(e) => panic!("cannot run etcdctl at {}: {e:#}", etcdctl_binary().display()),
+        Err(e) => panic!(
+            "cannot run etcdctl at {}: {e:#}",
+            etcdctl_binary().display()
+        ),
     }
 }
 
@@ -314,7 +380,9 @@ impl Server {
         }
         let mut last_error = None;
         for _attempt in 0..3 {
-            let dir = tempfile::Builder::new().prefix(&format!("mast-conformance-{kind}-")).tempdir()?;
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("mast-conformance-{kind}-"))
+                .tempdir()?;
             let mut server = Server {
                 kind,
                 name: name.to_owned(),
@@ -326,7 +394,11 @@ impl Server {
             match server.spawn_and_wait() {
                 Ok(()) => return Ok(server),
                 // Another process took a port between `free_port` and the server's bind.
-                Err(e) if format!("{e:#}").to_lowercase().contains("address already in use") => {
+                Err(e)
+                    if format!("{e:#}")
+                        .to_lowercase()
+                        .contains("address already in use") =>
+                {
                     last_error = Some(e)
                 }
                 Err(e) => return Err(e),
@@ -358,7 +430,10 @@ impl Server {
     /// The server's temporary directory; tests may put their own files here (it is removed with
     /// the server).
     pub fn dir(&self) -> &Path {
-        self.dir.as_ref().expect("dir lives as long as the server").path()
+        self.dir
+            .as_ref()
+            .expect("dir lives as long as the server")
+            .path()
     }
 
     /// The data directory passed as `--data-dir`.
@@ -373,7 +448,9 @@ impl Server {
 
     /// The server's log (all of it; empty if unreadable).
     pub fn log(&self) -> String {
-        std::fs::read(self.log_path()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        std::fs::read(self.log_path())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// The last `n` lines of the server's log.
@@ -396,8 +473,12 @@ impl Server {
     /// Starts `etcdctl <args>` against this server without waiting; stop it with
     /// [`Background::stop`] or [`Background::finish`].
     pub fn spawn_etcdctl<S: AsRef<str>>(&self, args: &[S]) -> Background {
-        Background::spawn(etcdctl_command(&self.endpoint(), args), None)
-            .unwrap_or_else(|e| panic!("cannot run etcdctl at {}: {e:#}", etcdctl_binary().display()))
+        Background::spawn(etcdctl_command(&self.endpoint(), args), None).unwrap_or_else(|e| {
+            panic!(
+                "cannot run etcdctl at {}: {e:#}",
+                etcdctl_binary().display()
+            )
+        })
     }
 
     /// Kills the server with SIGKILL (no chance to flush anything) and reaps it.
@@ -417,9 +498,14 @@ impl Server {
 
     /// Stops the server: SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         if let Ok(None) = child.try_wait() {
-            if let Some(pid) = i32::try_from(child.id()).ok().and_then(rustix::process::Pid::from_raw) {
+            if let Some(pid) = i32::try_from(child.id())
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
             let deadline = Instant::now() + STOP_GRACE;
@@ -439,7 +525,8 @@ impl Server {
         let mut cmd = match self.kind {
             ServerKind::Mast => {
                 let mut cmd = Command::new(mast_binary());
-                cmd.arg("serve");
+                // The log goes to a file: no terminal colors in it.
+                cmd.arg("serve").env("NO_COLOR", "1");
                 cmd
             }
             ServerKind::Etcd => Command::new(etcd_binary()),
@@ -461,8 +548,13 @@ impl Server {
                 .arg("--initial-cluster")
                 .arg(format!("{}={peer_url}", self.name));
         }
-        let log = File::options().create(true).append(true).open(self.log_path())?;
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         Ok(cmd)
     }
 
@@ -494,7 +586,9 @@ impl Server {
                     self.log_tail(30)
                 );
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() && self.answers() {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && self.answers()
+            {
                 return Ok(());
             }
             thread::sleep(Duration::from_millis(100));

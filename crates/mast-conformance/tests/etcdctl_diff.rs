@@ -34,15 +34,17 @@
 //!   even between two runs against one etcd → sorted.
 //! - `watch -w json`: how events are grouped into responses is the server's choice → only the
 //!   events are compared, in order (and any canceled/compacted response).
-//! - `endpoint status -w json`: database sizes (storage engine), raft index/term → placeholders;
+//! - `endpoint status -w json`: database sizes (storage engine), raft index/term → placeholders
+//!   (set even when absent, as etcdctl omits zeros);
 //!   `leader` must equal the member ID; `version` must parse as semver (etcdctl and clients
 //!   require it) and is then replaced.
 //! - `endpoint health`: `took = <duration>` (timing).
 //! - `endpoint hashkv`: the hash depends on the storage encoding → `<hash>`; `compact_revision`
 //!   is compared.
 //! - `-w fields`: `ClusterID`, `MemberID`, `RaftTerm`, lease IDs, as for JSON.
-//! - `member list`: member ID (random) and peer URLs (etcd's random peer port; Mast has no peers)
-//!   → placeholders; name and client URLs are compared.
+//! - `member list`: member ID (random) and peer URLs (etcd's random peer port; Mast has no peers,
+//!   and may list none, which etcdctl's JSON then omits) → placeholders; name and client URLs are
+//!   compared.
 //! - `snapshot save`: only the exit code and the line `Snapshot saved at <dir>/snap.db` (the
 //!   file's format is the storage engine's).
 
@@ -81,10 +83,17 @@ enum Norm {
 #[derive(Clone, Debug)]
 enum Action {
     /// Run etcdctl with these arguments and standard input.
-    Ctl { args: Vec<String>, stdin: Option<Vec<u8>> },
-    /// Start `etcdctl watch <args>`, let it settle, run each of `during` (each must succeed),
-    /// let it settle, stop it, and compare what it printed.
-    Watch { args: Vec<String>, during: Vec<Vec<String>> },
+    Ctl {
+        args: Vec<String>,
+        stdin: Option<Vec<u8>>,
+    },
+    /// Start `etcdctl watch <args>` (`{next_rev}` = the revision after the current one), run
+    /// each of `during` (each must succeed), wait until its output settles, stop it, and compare
+    /// what it printed.
+    Watch {
+        args: Vec<String>,
+        during: Vec<Vec<String>>,
+    },
     /// Wait, for both servers at once (lease expiry).
     Sleep(Duration),
 }
@@ -137,7 +146,10 @@ fn words(line: &str) -> Vec<String> {
 fn ctl(why: &'static str, line: &str) -> Step {
     Step {
         why,
-        action: Action::Ctl { args: words(line), stdin: None },
+        action: Action::Ctl {
+            args: words(line),
+            stdin: None,
+        },
         norm: Norm::Text,
         capture_lease: None,
         expect_code: None,
@@ -158,7 +170,10 @@ fn txn(why: &'static str, flags: &str, script: &str) -> Step {
 fn watch(why: &'static str, line: &str, during: &[&str]) -> Step {
     Step {
         why,
-        action: Action::Watch { args: words(line), during: during.iter().map(|l| words(l)).collect() },
+        action: Action::Watch {
+            args: words(line),
+            during: during.iter().map(|l| words(l)).collect(),
+        },
         norm: Norm::Text,
         capture_lease: None,
         expect_code: None,
@@ -166,7 +181,13 @@ fn watch(why: &'static str, line: &str, during: &[&str]) -> Step {
 }
 
 fn sleep(why: &'static str, d: Duration) -> Step {
-    Step { why, action: Action::Sleep(d), norm: Norm::Text, capture_lease: None, expect_code: None }
+    Step {
+        why,
+        action: Action::Sleep(d),
+        norm: Norm::Text,
+        capture_lease: None,
+        expect_code: None,
+    }
 }
 
 impl Step {
@@ -214,7 +235,11 @@ impl Step {
             }
             Action::Watch { args, during } => {
                 let during: Vec<String> = during.iter().map(|a| shown(a)).collect();
-                format!("etcdctl {} (while running: {})", shown(args), during.join("; "))
+                format!(
+                    "etcdctl {} (while running: {})",
+                    shown(args),
+                    during.join("; ")
+                )
             }
             Action::Sleep(d) => format!("sleep {d:?}"),
         }
@@ -223,7 +248,13 @@ impl Step {
 
 fn shown(args: &[String]) -> String {
     args.iter()
-        .map(|a| if a.is_empty() || a.contains(' ') { format!("{a:?}") } else { a.clone() })
+        .map(|a| {
+            if a.is_empty() || a.contains(' ') {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -233,7 +264,9 @@ fn script() -> Vec<Step> {
     use Norm::*;
     let mut s = vec![
         // --- Put and Range -----------------------------------------------------------------
-        ctl("fresh store is at revision 1", "get foo -w json").json().ok(),
+        ctl("fresh store is at revision 1", "get foo -w json")
+            .json()
+            .ok(),
         ctl("put creates (rev 2)", "put foo bar").ok(),
         ctl("put updates (rev 3)", "put foo baz").ok(),
         ctl("rev 4", "put foo/a 1").ok(),
@@ -242,21 +275,52 @@ fn script() -> Vec<Step> {
         ctl("rev 7", "put fop x").ok(),
         ctl("rev 8", "put zoo z").ok(),
         ctl("single key, simple format", "get foo").ok(),
-        ctl("single key, JSON: create/mod revision, version", "get foo -w json").json().ok(),
+        ctl(
+            "single key, JSON: create/mod revision, version",
+            "get foo -w json",
+        )
+        .json()
+        .ok(),
         ctl("prefix", "get foo --prefix").ok(),
         ctl("prefix, JSON", "get foo --prefix -w json").json().ok(),
         ctl("from-key", "get foo/ --from-key --keys-only").ok(),
         ctl("explicit range end (exclusive)", "get foo/a foo/c").ok(),
-        ctl("historical read: old value, header at current revision", "get foo --rev 2 -w json").json().ok(),
-        ctl("historical read at the update", "get foo --rev 3 --print-value-only").ok(),
-        ctl("historical read before creation", "get foo/a --rev 3 -w json").json().ok(),
-        ctl("limit: more=true, count ignores the limit", "get foo --prefix --limit 2 -w json").json().ok(),
+        ctl(
+            "historical read: old value, header at current revision",
+            "get foo --rev 2 -w json",
+        )
+        .json()
+        .ok(),
+        ctl(
+            "historical read at the update",
+            "get foo --rev 3 --print-value-only",
+        )
+        .ok(),
+        ctl(
+            "historical read before creation",
+            "get foo/a --rev 3 -w json",
+        )
+        .json()
+        .ok(),
+        ctl(
+            "limit: more=true, count ignores the limit",
+            "get foo --prefix --limit 2 -w json",
+        )
+        .json()
+        .ok(),
         ctl("all keys", "get \"\" --prefix --keys-only").ok(),
         ctl("print-value-only", "get foo --prefix --print-value-only").ok(),
-        ctl("keys-only, JSON (no value field)", "get foo --prefix --keys-only -w json").json().ok(),
+        ctl(
+            "keys-only, JSON (no value field)",
+            "get foo --prefix --keys-only -w json",
+        )
+        .json()
+        .ok(),
         ctl("missing key: count 0", "get nokey -w json").json().ok(),
         ctl("serializable read", "get foo --consistency=s").ok(),
-        ctl("fields format", "get foo/b -w fields").norm(Fields).ok(),
+        ctl("fields format", "get foo/b -w fields")
+            .norm(Fields)
+            .ok(),
         // --- Sorting: data whose key, create, mod, value and version orders all differ --------
         ctl("rev 9", "put sort/b v1").ok(),
         ctl("rev 10", "put sort/a v3").ok(),
@@ -268,17 +332,30 @@ fn script() -> Vec<Step> {
     ];
     for target in ["KEY", "CREATE", "MODIFY", "VALUE", "VERSION"] {
         for order in ["", " --order=ASCEND", " --order=DESCEND"] {
-            s.push(ctl("sort", &format!("get sort/ --prefix --sort-by={target}{order}")).ok());
+            s.push(
+                ctl(
+                    "sort",
+                    &format!("get sort/ --prefix --sort-by={target}{order}"),
+                )
+                .ok(),
+            );
         }
     }
     s.extend([
         ctl("order without sort-by sorts by key", "get sort/ --prefix --order=DESCEND").ok(),
         ctl("sort with limit, no order", "get sort/ --prefix --sort-by=VALUE --limit 2").ok(),
         ctl("sort with limit and order", "get sort/ --prefix --sort-by=VALUE --order=ASCEND --limit 2").ok(),
-        ctl("sort descending with limit, JSON", "get sort/ --prefix --sort-by=VERSION --order=DESCEND --limit 2 -w json")
+        ctl(
+            "sort descending with limit, JSON",
+            "get sort/ --prefix --sort-by=VERSION --order=DESCEND --limit 2 -w json",
+        )
             .json()
             .ok(),
-        ctl("sort by modify descending, keys only", "get \"\" --prefix --sort-by=MODIFY --order=DESCEND --keys-only").ok(),
+        ctl(
+            "sort by modify descending, keys only",
+            "get \"\" --prefix --sort-by=MODIFY --order=DESCEND --keys-only",
+        )
+        .ok(),
         // --- Put options -------------------------------------------------------------------
         ctl("prev-kv prints the old pair (rev 16)", "put --prev-kv foo qux").ok(),
         ctl("prev-kv on a new key prints nothing more (rev 17)", "put --prev-kv newkey v").ok(),
@@ -315,13 +392,29 @@ fn script() -> Vec<Step> {
         )
         .ok(),
         txn("create == 0 means absent (rev 29)", "", "create(\"absent\") = \"0\"\n\nput absent here\n\n\n").ok(),
-        txn("create == 0 fails once present", "-w json", "create(\"absent\") = \"0\"\n\nput absent again\n\n\n").json().ok(),
+        txn(
+            "create == 0 fails once present",
+            "-w json",
+            "create(\"absent\") = \"0\"\n\nput absent again\n\n\n",
+        )
+        .json()
+        .ok(),
         txn("version compare (rev 30)", "", "version(\"tk\") = \"2\"\n\nput tk v3\nget --prefix tk\n\n\n").ok(),
-        txn("version of a missing key is 0", "-w json", "version(\"missing\") = \"0\"\n\nget missing\n\n\n").json().ok(),
-        txn("value compare on a missing key is false even with !=", "-w json", "value(\"missing\") != \"x\"\n\n\n\nget tk\n\n")
+        txn("version of a missing key is 0", "-w json", "version(\"missing\") = \"0\"\n\nget missing\n\n\n")
             .json()
             .ok(),
-        txn("mod less-than and several compares", "-w json", "mod(\"tk\") < \"1000\"\nversion(\"tk\") > \"1\"\ncreate(\"tk\") = \"26\"\n\nget tk\n\n\n")
+        txn(
+            "value compare on a missing key is false even with !=",
+            "-w json",
+            "value(\"missing\") != \"x\"\n\n\n\nget tk\n\n",
+        )
+            .json()
+            .ok(),
+        txn(
+            "mod less-than and several compares",
+            "-w json",
+            "mod(\"tk\") < \"1000\"\nversion(\"tk\") > \"1\"\ncreate(\"tk\") = \"26\"\n\nget tk\n\n\n",
+        )
             .json()
             .ok(),
         txn(
@@ -342,8 +435,16 @@ fn script() -> Vec<Step> {
         watch("replay with prev-kv", "watch --rev 1 --prefix \"\" --prev-kv", &[]),
         watch("replay, JSON", "watch --rev 1 --prefix \"\" -w json", &[]).norm(WatchJson),
         watch("replay of one key from a revision", "watch --rev 21 foo", &[]),
-        watch("live events on one key", "watch tk", &["put tk live1", "del tk", "put tk live2"]),
-        watch("live events with prev-kv on a prefix", "watch --prefix w/ --prev-kv", &["put w/1 a", "put w/1 b", "put w/2 c", "del w/ --prefix"]),
+        watch(
+            "live events on one key",
+            "watch tk --rev {next_rev}",
+            &["put tk live1", "del tk", "put tk live2"],
+        ),
+        watch(
+            "live events with prev-kv on a prefix",
+            "watch --prefix w/ --prev-kv --rev {next_rev}",
+            &["put w/1 a", "put w/1 b", "put w/2 c", "del w/ --prefix"],
+        ),
         ctl("after the live watches (rev 38)", "get \"\" --prefix --keys-only -w json").json().ok(),
         // --- Leases ------------------------------------------------------------------------
         ctl("grant, the longest TTL first", "lease grant 300").capture("L3").ok(),
@@ -469,23 +570,51 @@ impl Side {
                 self.server.etcdctl(&args, stdin.as_deref())
             }
             Action::Watch { args, during } => {
-                let args: Vec<String> = args.iter().map(|a| self.subst(a)).collect();
-                let child = self.server.spawn_etcdctl(&args);
-                // No output tells when the watcher is created; both servers create one in
-                // milliseconds, and a replay is sent right after creation.
-                std::thread::sleep(Duration::from_millis(1000));
-                for cmd in during {
-                    let cmd: Vec<String> = cmd.iter().map(|a| self.subst(a)).collect();
-                    let out = self.server.etcdctl(&cmd, None);
-                    assert!(out.success(), "{}: `etcdctl {}` failed during a watch:\n{out}", self.label, shown(&cmd));
+                let mut args: Vec<String> = args.iter().map(|a| self.subst(a)).collect();
+                if args.iter().any(|a| a.contains("{next_rev}")) {
+                    let next = (self.current_revision() + 1).to_string();
+                    args = args
+                        .iter()
+                        .map(|a| a.replace("{next_rev}", &next))
+                        .collect();
                 }
+                let mut child = self.server.spawn_etcdctl(&args);
                 if !during.is_empty() {
-                    std::thread::sleep(Duration::from_millis(700));
+                    // No output says when the watcher exists; starting it at the next revision
+                    // makes a late creation replay what it missed, so this pause only keeps
+                    // the events mostly live.
+                    std::thread::sleep(Duration::from_millis(500));
+                    for cmd in during {
+                        let cmd: Vec<String> = cmd.iter().map(|a| self.subst(a)).collect();
+                        let out = self.server.etcdctl(&cmd, None);
+                        assert!(
+                            out.success(),
+                            "{}: `etcdctl {}` failed during a watch:\n{out}",
+                            self.label,
+                            shown(&cmd)
+                        );
+                    }
                 }
+                // Replays arrive at once, live events as the commands above ran.
+                child.wait_until_quiet(Duration::from_millis(500), Duration::from_secs(5));
                 child.stop()
             }
-            Action::Sleep(_) => Output { code: Some(0), ..Output::default() },
+            Action::Sleep(_) => Output {
+                code: Some(0),
+                ..Output::default()
+            },
         }
+    }
+
+    /// The store revision, from the header of a Range.
+    fn current_revision(&self) -> i64 {
+        let out = self
+            .server
+            .etcdctl(&["get", "conformance/revision-probe", "-w", "json"], None);
+        serde_json::from_str::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["header"]["revision"].as_i64())
+            .unwrap_or_else(|| panic!("{}: cannot read the current revision:\n{out}", self.label))
     }
 
     /// Learns the lease ID a grant printed (`lease <hex> granted ...` or JSON `"ID":<dec>`).
@@ -494,7 +623,9 @@ impl Side {
         let id = if let Some(c) = hex.captures(&out.stdout) {
             i64::from_str_radix(&c[1], 16).ok()
         } else {
-            serde_json::from_str::<Value>(out.stdout.trim()).ok().and_then(|v| v["ID"].as_i64())
+            serde_json::from_str::<Value>(out.stdout.trim())
+                .ok()
+                .and_then(|v| v["ID"].as_i64())
         };
         match id {
             Some(id) => {
@@ -506,7 +637,11 @@ impl Side {
 
     fn normalize(&self, step: &Step, out: &Output) -> Normalized {
         if env_flag("MAST_DIFF_NO_NORMALIZE") {
-            return Normalized { code: out.code, stdout: out.stdout.clone(), stderr: out.stderr.clone() };
+            return Normalized {
+                code: out.code,
+                stdout: out.stdout.clone(),
+                stderr: out.stderr.clone(),
+            };
         }
         let stdout = self.common(&out.stdout);
         let stderr = normalize_stderr(&self.common(&out.stderr));
@@ -529,15 +664,26 @@ impl Side {
             Norm::Fields => self.fields(&stdout),
         };
         // Health results go to stderr in etcdctl 3.4.
-        let stderr = if step.norm == Norm::EndpointHealth { normalize_took(&stderr) } else { stderr };
-        Normalized { code: out.code, stdout, stderr }
+        let stderr = if step.norm == Norm::EndpointHealth {
+            normalize_took(&stderr)
+        } else {
+            stderr
+        };
+        Normalized {
+            code: out.code,
+            stdout,
+            stderr,
+        }
     }
 
     /// What every output gets: endpoint, temporary directory and lease IDs.
     fn common(&self, text: &str) -> String {
         // Random client port.
         let mut t = text.replace(&self.server.endpoint(), "<endpoint>");
-        t = t.replace(&format!("127.0.0.1:{}", self.server.client_port()), "<endpoint>");
+        t = t.replace(
+            &format!("127.0.0.1:{}", self.server.client_port()),
+            "<endpoint>",
+        );
         // Random temporary directory.
         t = t.replace(&self.server.dir().display().to_string(), "<dir>");
         // Each server picks its own lease IDs; etcdctl prints them as %016x.
@@ -574,7 +720,10 @@ impl Side {
     }
 
     fn lease_name(&self, id: i64) -> Option<&str> {
-        self.leases.iter().find(|(_, v)| **v == id).map(|(k, _)| k.as_str())
+        self.leases
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(k, _)| k.as_str())
     }
 
     /// `lease timetolive`: remaining TTL and key order (see the module doc).
@@ -600,9 +749,13 @@ impl Side {
             }
             let mut line = line.to_owned();
             if let Some(c) = simple.captures(&line) {
-                let (granted, remaining): (i64, i64) = (c[1].parse().unwrap(), c[2].parse().unwrap());
+                let (granted, remaining): (i64, i64) =
+                    (c[1].parse().unwrap(), c[2].parse().unwrap());
                 if remaining_ok(granted, remaining) {
-                    line = line.replace(&format!("remaining({remaining}s)"), "remaining(<remaining>)");
+                    line = line.replace(
+                        &format!("remaining({remaining}s)"),
+                        "remaining(<remaining>)",
+                    );
                 }
             }
             if let Some(c) = keys.captures(&line.clone()) {
@@ -627,8 +780,12 @@ impl Side {
             for event in v["Events"].as_array().into_iter().flatten() {
                 out.push(format!("event {event}"));
             }
-            if v["Canceled"] == Value::Bool(true) || v["CompactRevision"].as_i64().unwrap_or(0) != 0 {
-                out.push(format!("canceled: compact_revision {}", v["CompactRevision"]));
+            if v["Canceled"] == Value::Bool(true) || v["CompactRevision"].as_i64().unwrap_or(0) != 0
+            {
+                out.push(format!(
+                    "canceled: compact_revision {}",
+                    v["CompactRevision"]
+                ));
             }
         }
         out.join("\n")
@@ -649,12 +806,13 @@ impl Side {
             if status["leader"] == member_id && !member_id.is_null() {
                 status["leader"] = Value::from("<member_id>");
             }
-            // Storage engine sizes and Raft bookkeeping.
+            // Storage engine sizes and Raft bookkeeping. Set whether present or not: a zero is
+            // omitted by etcdctl's JSON, and Mast (no Raft, another storage engine) may report 0.
             for key in ["dbSize", "dbSizeInUse"] {
-                redact(status, key, "<size>");
+                status[key] = Value::from("<size>");
             }
             for key in ["raftIndex", "raftTerm", "raftAppliedIndex"] {
-                redact(status, key, "<raft>");
+                status[key] = Value::from("<raft>");
             }
             self.json(entry);
         }
@@ -669,10 +827,12 @@ impl Side {
                 "\"ClusterID\"" => "<cluster_id>".to_owned(),
                 "\"MemberID\"" => "<member_id>".to_owned(),
                 "\"RaftTerm\"" => "<raft_term>".to_owned(),
-                "\"Lease\"" | "\"ID\"" => match value.parse().ok().and_then(|id| self.lease_name(id)) {
-                    Some(name) => format!("<lease:{name}>"),
-                    None => value.to_owned(),
-                },
+                "\"Lease\"" | "\"ID\"" => {
+                    match value.parse().ok().and_then(|id| self.lease_name(id)) {
+                        Some(name) => format!("<lease:{name}>"),
+                        None => value.to_owned(),
+                    }
+                }
                 _ => {
                     lines.push(line.to_owned());
                     continue;
@@ -693,7 +853,8 @@ impl Side {
                     if m["ID"] == member_id {
                         m["ID"] = Value::from("<member_id>");
                     }
-                    redact(m, "peerURLs", "<peer-urls>");
+                    // Present (etcd) or absent (an empty list is omitted): Mast has no peers.
+                    m["peerURLs"] = Value::from("<peer-urls>");
                 }
                 self.json(&mut v);
                 lines.push(v.to_string());
@@ -777,7 +938,11 @@ fn diff(a: &str, b: &str) -> String {
     let mut lcs = vec![vec![0usize; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     let (mut i, mut j, mut out) = (0, 0, String::new());
@@ -786,12 +951,12 @@ fn diff(a: &str, b: &str) -> String {
             let _ = writeln!(out, "  {}", a[i]);
             i += 1;
             j += 1;
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            let _ = writeln!(out, "+ {}", b[j]);
-            j += 1;
-        } else {
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
             let _ = writeln!(out, "- {}", a[i]);
             i += 1;
+        } else {
+            let _ = writeln!(out, "+ {}", b[j]);
+            j += 1;
         }
     }
     out
@@ -820,10 +985,22 @@ fn etcdctl_outputs_match_etcd() {
             mast_binary().display()
         );
     }
-    let candidate_kind = if against_etcd { ServerKind::Etcd } else { ServerKind::Mast };
-    let mut reference = Side { label: "etcd".into(), server: Server::start(ServerKind::Etcd), leases: BTreeMap::new() };
+    let candidate_kind = if against_etcd {
+        ServerKind::Etcd
+    } else {
+        ServerKind::Mast
+    };
+    let mut reference = Side {
+        label: "etcd".into(),
+        server: Server::start(ServerKind::Etcd),
+        leases: BTreeMap::new(),
+    };
     let mut candidate = Side {
-        label: if against_etcd { "etcd #2 (MAST_DIFF_AGAINST_ETCD)".into() } else { "mast".into() },
+        label: if against_etcd {
+            "etcd #2 (MAST_DIFF_AGAINST_ETCD)".into()
+        } else {
+            "mast".into()
+        },
         server: Server::start(candidate_kind),
         leases: BTreeMap::new(),
     };
@@ -855,7 +1032,12 @@ fn etcdctl_outputs_match_etcd() {
         let norm_ref = reference.normalize(step, &raw_ref);
         let norm_cand = candidate.normalize(step, &raw_cand);
         if trace {
-            eprintln!("=== step {n} `{}` ({})\n{}", step.command_line(), step.why, norm_ref.render());
+            eprintln!(
+                "=== step {n} `{}` ({})\n{}",
+                step.command_line(),
+                step.why,
+                norm_ref.render()
+            );
         }
         if norm_ref != norm_cand {
             let message = format!(
