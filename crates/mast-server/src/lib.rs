@@ -7,11 +7,13 @@
 //! - [`api`]: the tonic services (KV, Watch, Lease, Cluster, Maintenance, Auth).
 //! - [`http`]: `/health`, `/version`, `/metrics` and etcd's JSON gateway.
 //! - [`serve`]: binding the port and graceful shutdown.
+//! - [`authority`]: makes the HTTP/2 `:authority` that etcdctl 3.4 sends acceptable to hyper.
 //!
 //! **Architecture invariant:** every change to the key space goes through [`writer::Writer`]
 //! as a [`mast_mvcc::Command`]; services never write the store directly.
 
 pub mod api;
+pub mod authority;
 pub mod http;
 pub mod lessor;
 pub mod node;
