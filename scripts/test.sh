@@ -7,6 +7,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/install-test-deps.sh
 
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+# The black-box tests (Rust and Node) run this binary.
+export MAST_BIN="$target_dir/debug/mast"
+
 echo "== cargo build --bin mast"
 cargo build --locked --bin mast
 
@@ -14,4 +18,4 @@ echo "== cargo test"
 cargo test --locked --workspace -- --test-threads=2
 
 echo "== node --test (seeds' etcd3 flows against Mast)"
-(cd tests/node && MAST_BIN="$PWD/../../target/debug/mast" node --test)
+(cd tests/node && node --test)
