@@ -22,6 +22,9 @@ pub enum MvccError {
     /// A lease grant with a TTL above [`crate::MAX_LEASE_TTL`] seconds.
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
+    /// An auth command refused (its text is the [`crate::AuthError`]'s).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// The store failed to write earlier and refuses further writes until restarted.
     #[error("storage failed: {0}")]
     Storage(String),

@@ -7,11 +7,14 @@
 //!   durable transaction, with reads served at the last committed revision.
 //! - [`txn`]: Range, Put, DeleteRange and Txn with etcd's semantics.
 //! - [`lease`]: the applied lease table (granted TTLs and attached keys; no clocks).
+//! - [`auth`]: the applied auth state (users, roles, key permissions) and the permission
+//!   check, as etcd's auth store; no tokens or passwords in clear.
 //!
 //! **Architecture invariant:** this crate knows nothing of gRPC, HTTP, tokio or wall-clock
 //! time. It uses the etcd protobuf *messages* as its request and result types, and its results
 //! depend only on the commands applied, so a Raft log can later sit in front of [`Store::apply`].
 
+pub mod auth;
 pub mod error;
 pub mod index;
 pub mod lease;
@@ -19,6 +22,7 @@ pub mod revision;
 pub mod store;
 pub mod txn;
 
+pub use auth::{AuthCommand, AuthError, AuthState};
 pub use error::{MvccError, StorageError};
 pub use lease::{LeaseId, LeaseRecord, LeaseTable};
 pub use revision::Revision;

@@ -1,5 +1,5 @@
-//! The store: redb tables on disk, the key index and the lease table in memory, and the write
-//! path that applies commands to them.
+//! The store: redb tables on disk, the key index, the lease table and the auth state in memory,
+//! and the write path that applies commands to them.
 //!
 //! Writes arrive as a batch of [`Command`]s applied in order inside one redb write transaction
 //! that is committed with immediate durability (fsync) before the results are returned: the
@@ -21,6 +21,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
+use crate::auth::{AuthCommand, AuthState};
 use crate::error::{MvccError, StorageError};
 use crate::index::{Index, RangeEnd};
 use crate::lease::{LeaseId, LeaseTable};
@@ -29,14 +30,21 @@ use crate::txn::{self, CommandResult};
 
 /// Rows of the key space: revision → flag byte + encoded `mvccpb.KeyValue`.
 pub(crate) const KV: TableDefinition<u128, &[u8]> = TableDefinition::new("kv");
-/// Small named counters (current revision, compacted revision, applied index).
+/// Small named counters (current revision, compacted revision, applied index, auth flag and
+/// revision).
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 /// Leases: ID → granted TTL in seconds.
 const LEASES: TableDefinition<i64, i64> = TableDefinition::new("lease");
+/// Auth users: name → encoded `authpb.User` (password holds the bcrypt hash).
+const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_users");
+/// Auth roles: name → encoded `authpb.Role`.
+const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_roles");
 
 const META_REVISION: &str = "current_revision";
 const META_COMPACT: &str = "compact_revision";
 const META_APPLIED: &str = "applied_index";
+const META_AUTH_ENABLED: &str = "auth_enabled";
+const META_AUTH_REVISION: &str = "auth_revision";
 
 /// Flag byte of a row that records a delete.
 const TOMBSTONE: u8 = 1;
@@ -77,6 +85,9 @@ pub enum Command {
         /// The lease to revoke.
         id: LeaseId,
     },
+    /// Changes the auth state; never changes the store revision. The caller has checked that
+    /// the requester may (admin), and hashed any password.
+    Auth(AuthCommand),
 }
 
 /// The outcome of one batch.
@@ -122,6 +133,9 @@ pub struct Store {
     path: std::path::PathBuf,
     index: RwLock<Index>,
     leases: RwLock<LeaseTable>,
+    /// Replaced as a whole after the batch that changed it commits, so readers never see an
+    /// auth change that is not on disk.
+    auth: RwLock<AuthState>,
     /// The newest revision whose batch is on disk; readers never look past it.
     committed_rev: AtomicI64,
     /// The compacted revision; written under the index write lock.
@@ -196,12 +210,16 @@ impl Store {
     pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<Store, StorageError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("mast.redb");
-        let db = Database::builder().set_cache_size(cache_bytes).create(&path)?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)?;
         let w = db.begin_write()?;
         {
             w.open_table(KV)?;
             w.open_table(META)?;
             w.open_table(LEASES)?;
+            w.open_table(AUTH_USERS)?;
+            w.open_table(AUTH_ROLES)?;
         }
         w.commit()?;
 
@@ -212,6 +230,7 @@ impl Store {
         let mut rev = get(META_REVISION)?.unwrap_or(1);
         let compact = get(META_COMPACT)?.unwrap_or(-1);
         let applied = get(META_APPLIED)?.unwrap_or(0) as u64;
+        let auth = load_auth(&r, &get)?;
 
         let mut leases = LeaseTable::default();
         for row in r.open_table(LEASES)?.iter()? {
@@ -246,6 +265,8 @@ impl Store {
             compact_revision = compact,
             keys = index.len(),
             leases = leases.len(),
+            auth_enabled = auth.enabled(),
+            auth_revision = auth.revision(),
             "store recovered"
         );
         Ok(Store {
@@ -253,6 +274,7 @@ impl Store {
             path,
             index: RwLock::new(index),
             leases: RwLock::new(leases),
+            auth: RwLock::new(auth),
             committed_rev: AtomicI64::new(rev),
             compact_rev: AtomicI64::new(compact),
             applied_index: AtomicU64::new(applied),
@@ -351,6 +373,12 @@ impl Store {
     /// Read access to the applied lease table (granted TTLs and attached keys).
     pub fn leases(&self) -> RwLockReadGuard<'_, LeaseTable> {
         self.leases.read().expect("lease lock")
+    }
+
+    /// Read access to the applied auth state (users, roles, permissions). Hold it briefly: the
+    /// batch that changes auth waits for readers to release it.
+    pub fn auth(&self) -> RwLockReadGuard<'_, AuthState> {
+        self.auth.read().expect("auth lock")
     }
 
     fn check_read_rev(&self, requested: i64, current: i64) -> Result<i64, MvccError> {
@@ -506,10 +534,15 @@ impl Store {
         wtxn.set_durability(Durability::Immediate)?;
         let mut results = Vec::with_capacity(cmds.len());
         let mut events = Vec::new();
+        // The auth state as this batch leaves it, cloned at the batch's first auth command and
+        // published after the commit.
+        let mut staged_auth: Option<AuthState> = None;
         {
             let mut kv = wtxn.open_table(KV)?;
             let mut meta = wtxn.open_table(META)?;
             let mut lease_t = wtxn.open_table(LEASES)?;
+            // Opened only for a batch that has an auth command.
+            let mut auth_t = None;
             for cmd in cmds {
                 let mut ctx = txn::WriteCtx {
                     store: self,
@@ -524,6 +557,18 @@ impl Store {
                     Command::Compact(c) => self.compact(&mut ctx, c.revision, &mut meta),
                     Command::LeaseGrant { id, ttl } => self.lease_grant(*id, *ttl, &mut lease_t),
                     Command::LeaseRevoke { id } => ctx.lease_revoke(*id, &mut lease_t),
+                    Command::Auth(c) => {
+                        if auth_t.is_none() {
+                            auth_t = Some(AuthTables {
+                                users: wtxn.open_table(AUTH_USERS)?,
+                                roles: wtxn.open_table(AUTH_ROLES)?,
+                            });
+                        }
+                        let tables = auth_t.as_mut().expect("opened above");
+                        let state = staged_auth
+                            .get_or_insert_with(|| self.auth.read().expect("auth lock").clone());
+                        apply_auth(state, c, tables, &mut meta)
+                    }
                 };
                 let res = match res {
                     Ok(r) => Ok(r),
@@ -541,6 +586,9 @@ impl Store {
             meta.insert(META_APPLIED, w.applied_index as i64)?;
         }
         wtxn.commit()?;
+        if let Some(auth) = staged_auth {
+            *self.auth.write().expect("auth lock") = auth;
+        }
         self.applied_index.store(w.applied_index, Ordering::Release);
         self.committed_rev.store(w.rev, Ordering::Release);
         Ok(Applied {
@@ -703,11 +751,83 @@ impl Store {
                 let (k, v) = row?;
                 dst.insert(k.value(), v.value())?;
             }
+            for table in [AUTH_USERS, AUTH_ROLES] {
+                let src = r.open_table(table)?;
+                let mut dst = w.open_table(table)?;
+                for row in src.iter()? {
+                    let (k, v) = row?;
+                    dst.insert(k.value(), v.value())?;
+                }
+            }
         }
         w.commit()?;
         drop(out);
         Ok(rev)
     }
+}
+
+/// The auth tables of one write batch.
+struct AuthTables<'t> {
+    users: redb::Table<'t, &'static str, &'static [u8]>,
+    roles: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+/// Applies one auth command to the batch's auth state and writes the rows it changed.
+fn apply_auth(
+    state: &mut AuthState,
+    cmd: &AuthCommand,
+    tables: &mut AuthTables<'_>,
+    meta: &mut redb::Table<'_, &str, i64>,
+) -> Result<CommandResult, MvccError> {
+    let touched = state.apply_tracked(cmd)?;
+    for name in &touched.users {
+        match state.user(name) {
+            Some(u) => tables
+                .users
+                .insert(name.as_str(), u.encode_to_vec().as_slice())
+                .map(drop),
+            None => tables.users.remove(name.as_str()).map(drop),
+        }
+        .map_err(StorageError::from)?;
+    }
+    for name in &touched.roles {
+        match state.role(name) {
+            Some(r) => tables
+                .roles
+                .insert(name.as_str(), r.encode_to_vec().as_slice())
+                .map(drop),
+            None => tables.roles.remove(name.as_str()).map(drop),
+        }
+        .map_err(StorageError::from)?;
+    }
+    meta.insert(META_AUTH_ENABLED, i64::from(state.enabled()))
+        .map_err(StorageError::from)?;
+    meta.insert(META_AUTH_REVISION, state.revision() as i64)
+        .map_err(StorageError::from)?;
+    Ok(CommandResult::Auth {
+        revision: state.revision(),
+    })
+}
+
+/// Reads the auth state back from disk (revision 1 and auth off on a store that never had
+/// an auth change, as etcd's new auth store).
+fn load_auth(
+    r: &redb::ReadTransaction,
+    get: &dyn Fn(&str) -> Result<Option<i64>, StorageError>,
+) -> Result<AuthState, StorageError> {
+    let enabled = get(META_AUTH_ENABLED)?.unwrap_or(0) != 0;
+    let revision = get(META_AUTH_REVISION)?.map_or(1, |v| v as u64);
+    let mut users = Vec::new();
+    for row in r.open_table(AUTH_USERS)?.iter()? {
+        let (_, v) = row?;
+        users.push(mast_proto::authpb::User::decode(v.value())?);
+    }
+    let mut roles = Vec::new();
+    for row in r.open_table(AUTH_ROLES)?.iter()? {
+        let (_, v) = row?;
+        roles.push(mast_proto::authpb::Role::decode(v.value())?);
+    }
+    Ok(AuthState::restore(enabled, revision, users, roles))
 }
 
 pub(crate) fn row_to_event(row: Row) -> Event {

@@ -45,6 +45,11 @@ pub enum CommandResult {
         /// Store revision after the revoke.
         revision: i64,
     },
+    /// An auth command was applied (or was a no-op); the store revision is unchanged.
+    Auth {
+        /// The auth revision after the command.
+        revision: u64,
+    },
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {

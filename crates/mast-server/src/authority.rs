@@ -58,8 +58,8 @@ struct Hpack {
 }
 
 /// A client connection whose HTTP/2 `:authority` values are made acceptable to h2.
-pub struct AuthorityFixStream {
-    inner: TcpStream,
+pub struct AuthorityFixStream<S = TcpStream> {
+    inner: S,
     mode: Mode,
     raw: BytesMut,
     out: BytesMut,
@@ -70,9 +70,9 @@ pub struct AuthorityFixStream {
     scratch: Box<[u8]>,
 }
 
-impl AuthorityFixStream {
+impl<S> AuthorityFixStream<S> {
     /// Wraps an accepted connection.
-    pub fn new(inner: TcpStream) -> Self {
+    pub fn new(inner: S) -> Self {
         AuthorityFixStream {
             inner,
             mode: Mode::Detect,
@@ -259,7 +259,7 @@ fn split_headers_payload(flags: u8, mut payload: &[u8]) -> Option<(Option<[u8; 5
     Some((priority, payload))
 }
 
-impl AsyncRead for AuthorityFixStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for AuthorityFixStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -300,7 +300,7 @@ impl AsyncRead for AuthorityFixStream {
     }
 }
 
-impl AsyncWrite for AuthorityFixStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AuthorityFixStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

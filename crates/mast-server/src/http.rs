@@ -19,7 +19,9 @@ use serde::de::DeserializeOwned;
 use tonic::{Code, Status};
 
 use crate::api::{self, auth, cluster, kv, lease, maintenance};
+use crate::authz::Caller;
 use crate::node::Node;
+use crate::serve::ClientAddr;
 
 /// The process-wide Prometheus recorder (metrics are global in the `metrics` crate).
 pub fn prometheus() -> &'static PrometheusHandle {
@@ -162,131 +164,184 @@ fn stream_response<T: Serialize + Send + 'static>(
 
 type N = State<Arc<Node>>;
 
-async fn kv_range(State(n): N, body: Bytes) -> Response {
-    unary(
-        body,
-        |r: pb::RangeRequest| async move { kv::range(&n, r).await },
-    )
-    .await
+/// The caller of a gateway request: `Authorization` header and client address.
+fn caller_of(
+    headers: &http::HeaderMap,
+    ci: Option<&axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
+) -> Caller {
+    Caller::from_http(headers, ci.map(|c| c.0.0.0))
 }
-async fn kv_put(State(n): N, body: Bytes) -> Response {
-    unary(
-        body,
-        |r: pb::PutRequest| async move { kv::put(&n, r).await },
-    )
-    .await
+
+/// Declares a unary gateway handler: `$name(node, caller, request) -> Result<response>`.
+macro_rules! gateway {
+    ($name:ident, $req:ty, |$n:ident, $c:ident, $r:ident| $call:expr) => {
+        async fn $name(
+            State(node): N,
+            ci: Option<axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
+            headers: http::HeaderMap,
+            body: Bytes,
+        ) -> Response {
+            let caller = caller_of(&headers, ci.as_ref());
+            unary(body, move |$r: $req| async move {
+                let $n = &node;
+                let $c = &caller;
+                $call
+            })
+            .await
+        }
+    };
 }
-async fn kv_delete(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::DeleteRangeRequest| async move {
-        kv::delete_range(&n, r).await
-    })
-    .await
-}
-async fn kv_txn(State(n): N, body: Bytes) -> Response {
-    unary(
-        body,
-        |r: pb::TxnRequest| async move { kv::txn(&n, r).await },
-    )
-    .await
-}
-async fn kv_compact(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::CompactionRequest| async move {
-        kv::compact(&n, r).await
-    })
-    .await
-}
-async fn lease_grant(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::LeaseGrantRequest| async move {
-        lease::grant(&n, r).await
-    })
-    .await
-}
-async fn lease_revoke(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::LeaseRevokeRequest| async move {
-        lease::revoke(&n, r).await
-    })
-    .await
-}
-async fn lease_ttl(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::LeaseTimeToLiveRequest| async move {
-        Ok(lease::time_to_live(&n, r))
-    })
-    .await
-}
-async fn lease_leases(State(n): N, body: Bytes) -> Response {
-    unary(body, |_: pb::LeaseLeasesRequest| async move {
-        Ok(lease::leases(&n))
-    })
-    .await
-}
+
+gateway!(kv_range, pb::RangeRequest, |n, c, r| kv::range(n, c, r)
+    .await);
+gateway!(kv_put, pb::PutRequest, |n, c, r| kv::put(n, c, r).await);
+gateway!(kv_delete, pb::DeleteRangeRequest, |n, c, r| {
+    kv::delete_range(n, c, r).await
+});
+gateway!(kv_txn, pb::TxnRequest, |n, c, r| kv::txn(n, c, r).await);
+gateway!(kv_compact, pb::CompactionRequest, |n, c, r| kv::compact(
+    n, c, r
+)
+.await);
+gateway!(lease_grant, pb::LeaseGrantRequest, |n, c, r| lease::grant(
+    n, c, r
+)
+.await);
+gateway!(lease_revoke, pb::LeaseRevokeRequest, |n, c, r| {
+    lease::revoke(n, c, r).await
+});
+gateway!(lease_ttl, pb::LeaseTimeToLiveRequest, |n, c, r| {
+    lease::time_to_live(n, c, r)
+});
+gateway!(lease_leases, pb::LeaseLeasesRequest, |n, _c, _r| Ok::<
+    _,
+    Status,
+>(
+    lease::leases(n)
+));
+gateway!(member_list, pb::MemberListRequest, |n, _c, _r| Ok::<
+    _,
+    Status,
+>(
+    cluster::member_list(n)
+));
+gateway!(
+    m_status,
+    pb::StatusRequest,
+    |n, _c, _r| maintenance::status(n)
+);
+gateway!(m_alarm, pb::AlarmRequest, |n, _c, r| maintenance::alarm(
+    n, r
+));
+gateway!(m_defrag, pb::DefragmentRequest, |n, c, _r| {
+    n.require_admin(c)?;
+    maintenance::defragment(n).await
+});
+gateway!(m_hash, pb::HashRequest, |n, c, _r| {
+    n.require_admin(c)?;
+    n.store
+        .hash()
+        .map_err(api::status_of)
+        .map(|hash| pb::HashResponse {
+            header: n.header(),
+            hash,
+        })
+});
+gateway!(m_hashkv, pb::HashKvRequest, |n, c, r| {
+    n.require_admin(c)?;
+    maintenance::hash_kv(n, r)
+});
+gateway!(auth_status, pb::AuthStatusRequest, |n, _c, _r| Ok::<
+    _,
+    Status,
+>(
+    auth::auth_status(n)
+));
+gateway!(auth_authenticate, pb::AuthenticateRequest, |n, c, r| {
+    auth::authenticate(n, c, r).await
+});
+gateway!(auth_enable, pb::AuthEnableRequest, |n, c, r| {
+    auth::ops::enable(n, c, r).await
+});
+gateway!(auth_disable, pb::AuthDisableRequest, |n, c, r| {
+    auth::ops::disable(n, c, r).await
+});
+gateway!(user_add, pb::AuthUserAddRequest, |n, c, r| {
+    auth::ops::user_add(n, c, r).await
+});
+gateway!(user_get, pb::AuthUserGetRequest, |n, c, r| {
+    auth::ops::user_get(n, c, r)
+});
+gateway!(user_list, pb::AuthUserListRequest, |n, c, _r| {
+    auth::ops::user_list(n, c)
+});
+gateway!(user_delete, pb::AuthUserDeleteRequest, |n, c, r| {
+    auth::ops::user_delete(n, c, r).await
+});
+gateway!(
+    user_changepw,
+    pb::AuthUserChangePasswordRequest,
+    |n, c, r| auth::ops::user_change_password(n, c, r).await
+);
+gateway!(user_grant, pb::AuthUserGrantRoleRequest, |n, c, r| {
+    auth::ops::user_grant_role(n, c, r).await
+});
+gateway!(user_revoke, pb::AuthUserRevokeRoleRequest, |n, c, r| {
+    auth::ops::user_revoke_role(n, c, r).await
+});
+gateway!(role_add, pb::AuthRoleAddRequest, |n, c, r| {
+    auth::ops::role_add(n, c, r).await
+});
+gateway!(role_get, pb::AuthRoleGetRequest, |n, c, r| {
+    auth::ops::role_get(n, c, r)
+});
+gateway!(role_list, pb::AuthRoleListRequest, |n, c, _r| {
+    auth::ops::role_list(n, c)
+});
+gateway!(role_delete, pb::AuthRoleDeleteRequest, |n, c, r| {
+    auth::ops::role_delete(n, c, r).await
+});
+gateway!(role_grant, pb::AuthRoleGrantPermissionRequest, |n, c, r| {
+    auth::ops::role_grant_permission(n, c, r).await
+});
+gateway!(
+    role_revoke,
+    pb::AuthRoleRevokePermissionRequest,
+    |n, c, r| auth::ops::role_revoke_permission(n, c, r).await
+);
+
 async fn lease_keepalive(State(n): N, body: Body) -> Response {
     stream_response(lease::keep_alive_stream(n.clone(), json_stream(body)))
 }
-async fn watch(State(n): N, body: Body) -> Response {
-    stream_response(api::watch::open_session(n.clone(), json_stream(body)))
+
+async fn watch(
+    State(n): N,
+    ci: Option<axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
+    headers: http::HeaderMap,
+    body: Body,
+) -> Response {
+    let caller = caller_of(&headers, ci.as_ref());
+    stream_response(api::watch::open_session(
+        n.clone(),
+        caller,
+        json_stream(body),
+    ))
 }
-async fn member_list(State(n): N, body: Bytes) -> Response {
-    unary(body, |_: pb::MemberListRequest| async move {
-        Ok(cluster::member_list(&n))
-    })
-    .await
-}
+
 async fn not_clustered(body: Bytes) -> Response {
     let _ = body;
     error_response(&api::unimplemented("membership changes (clustering)"))
 }
-async fn m_status(State(n): N, body: Bytes) -> Response {
-    unary(body, |_: pb::StatusRequest| async move {
-        maintenance::status(&n)
-    })
-    .await
-}
-async fn m_alarm(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::AlarmRequest| async move {
-        maintenance::alarm(&n, r)
-    })
-    .await
-}
-async fn m_defrag(State(n): N, body: Bytes) -> Response {
-    unary(body, |_: pb::DefragmentRequest| async move {
-        maintenance::defragment(&n).await
-    })
-    .await
-}
-async fn m_hash(State(n): N, body: Bytes) -> Response {
-    unary(body, |_: pb::HashRequest| async move {
-        n.store
-            .hash()
-            .map_err(api::status_of)
-            .map(|hash| pb::HashResponse {
-                header: n.header(),
-                hash,
-            })
-    })
-    .await
-}
-async fn m_hashkv(State(n): N, body: Bytes) -> Response {
-    unary(body, |r: pb::HashKvRequest| async move {
-        maintenance::hash_kv(&n, r)
-    })
-    .await
-}
-async fn m_snapshot(State(n): N) -> Response {
+
+async fn m_snapshot(
+    State(n): N,
+    ci: Option<axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
+    headers: http::HeaderMap,
+) -> Response {
+    if let Err(s) = n.require_admin(&caller_of(&headers, ci.as_ref())) {
+        return error_response(&s);
+    }
     stream_response(maintenance::snapshot_stream(n.clone()))
-}
-async fn auth_status(State(n): N, body: Bytes) -> Response {
-    unary(body, |_: pb::AuthStatusRequest| async move {
-        Ok(auth::auth_status(&n))
-    })
-    .await
-}
-async fn auth_authenticate(body: Bytes) -> Response {
-    let _ = body;
-    error_response(&auth::err_auth_not_enabled())
-}
-async fn auth_other(body: Bytes) -> Response {
-    let _ = body;
-    error_response(&api::unimplemented("this Auth RPC"))
 }
 
 async fn health(State(n): N) -> Response {
@@ -395,7 +450,21 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v3/maintenance/snapshot", post(m_snapshot))
         .route("/v3/auth/status", post(auth_status))
         .route("/v3/auth/authenticate", post(auth_authenticate))
-        .route("/v3/auth/{*rest}", post(auth_other))
+        .route("/v3/auth/enable", post(auth_enable))
+        .route("/v3/auth/disable", post(auth_disable))
+        .route("/v3/auth/user/add", post(user_add))
+        .route("/v3/auth/user/get", post(user_get))
+        .route("/v3/auth/user/list", post(user_list))
+        .route("/v3/auth/user/delete", post(user_delete))
+        .route("/v3/auth/user/changepw", post(user_changepw))
+        .route("/v3/auth/user/grant", post(user_grant))
+        .route("/v3/auth/user/revoke", post(user_revoke))
+        .route("/v3/auth/role/add", post(role_add))
+        .route("/v3/auth/role/get", post(role_get))
+        .route("/v3/auth/role/list", post(role_list))
+        .route("/v3/auth/role/delete", post(role_delete))
+        .route("/v3/auth/role/grant", post(role_grant))
+        .route("/v3/auth/role/revoke", post(role_revoke))
         .fallback(fallback)
         .with_state(node)
 }

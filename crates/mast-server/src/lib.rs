@@ -7,6 +7,8 @@
 //! - [`api`]: the tonic services (KV, Watch, Lease, Cluster, Maintenance, Auth).
 //! - [`http`]: `/health`, `/version`, `/metrics` and etcd's JSON gateway.
 //! - [`serve`]: binding the port and graceful shutdown.
+//! - [`tls`]: rustls on the client port.
+//! - [`tokens`]: auth tokens (simple and JWT) and login throttling.
 //! - [`authority`]: makes the HTTP/2 `:authority` that etcdctl 3.4 sends acceptable to hyper.
 //!
 //! **Architecture invariant:** every change to the key space goes through [`writer::Writer`]
@@ -14,10 +16,13 @@
 
 pub mod api;
 pub mod authority;
+pub mod authz;
 pub mod http;
 pub mod lessor;
 pub mod node;
 pub mod serve;
+pub mod tls;
+pub mod tokens;
 pub mod watch;
 pub mod writer;
 

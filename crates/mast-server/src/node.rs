@@ -32,6 +32,24 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// Size of the store's page cache in bytes.
     pub cache_bytes: usize,
+    /// TLS on the client port; plain TCP when `None`.
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// How auth tokens are made (`--auth-token`).
+    pub auth_token: crate::tokens::TokenConfig,
+    /// Idle lifetime of simple tokens (`--auth-token-ttl`, seconds in etcd; default 300 s).
+    pub auth_token_ttl: Duration,
+    /// Root password to bootstrap auth with at first start (`MAST_ROOT_PASSWORD`).
+    pub root_password: Option<Secret>,
+}
+
+/// A string that never shows in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 impl ServerConfig {
@@ -46,6 +64,10 @@ impl ServerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_notify_interval: Duration::from_secs(600),
             cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
+            tls: None,
+            auth_token: crate::tokens::TokenConfig::Simple,
+            auth_token_ttl: Duration::from_secs(300),
+            root_password: None,
         }
     }
 }
@@ -101,6 +123,10 @@ pub struct Node {
     pub shutdown: watch::Receiver<bool>,
     /// When the node started, for uptime.
     pub started: std::time::Instant,
+    /// Issues and checks auth tokens.
+    pub tokens: crate::tokens::TokenProvider,
+    /// Slows down password guessing.
+    pub throttle: crate::tokens::LoginThrottle,
 }
 
 impl Node {
@@ -120,6 +146,7 @@ impl Node {
         for (id, rec) in store.leases().iter() {
             lessor.granted(id, rec.ttl);
         }
+        let tokens = crate::tokens::TokenProvider::new(&config.auth_token, config.auth_token_ttl)?;
         let hub = Arc::new(WatchHub::new());
         let writer = Writer::start(store.clone(), hub.clone(), lessor.clone());
         Ok(Arc::new(Node {
@@ -131,6 +158,8 @@ impl Node {
             writer,
             shutdown,
             started: std::time::Instant::now(),
+            tokens,
+            throttle: crate::tokens::LoginThrottle::default(),
         }))
     }
 

@@ -66,6 +66,48 @@ pub fn app(node: Arc<Node>) -> axum::Router {
         .into_axum_router()
 }
 
+/// The client address of a connection, put in each request's extensions (for the login
+/// throttle and logs).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, crate::authority::FixListener>,
+    > for ClientAddr
+{
+    fn connect_info(
+        stream: axum::serve::IncomingStream<'_, crate::authority::FixListener>,
+    ) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+fn spawn_serve<L>(listener: L, app: axum::Router, mut stop: watch::Receiver<bool>) -> JoinHandle<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    ClientAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<ClientAddr>();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "client listener failed");
+        }
+    })
+}
+
 impl Server {
     /// Opens the store and starts listening on every address of `config.listen`.
     ///
@@ -76,25 +118,38 @@ impl Server {
         let (stop, stop_rx) = watch::channel(false);
         let node = Node::open(config, stop_rx.clone())?;
         node.spawn_lease_expiry();
+        if let Some(password) = node.config.root_password.clone() {
+            match crate::api::auth::bootstrap_root(&node, &password.0).await {
+                Ok(true) => tracing::info!("created user root with role root and enabled auth"),
+                Ok(false) => tracing::info!(
+                    "root user exists; root password from the environment not applied"
+                ),
+                Err(e) => anyhow::bail!("bootstrapping root failed: {}", e.message()),
+            }
+        }
         let app = app(node.clone());
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
+        let tls = match &node.config.tls {
+            Some(t) => Some(t.server_config()?),
+            None => None,
+        };
         for addr in node.config.listen.clone() {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let local = listener.local_addr()?;
             addrs.push(local);
-            let listener = crate::authority::FixListener(listener);
-            let app = app.clone();
-            let mut rx = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "client listener failed");
-                }
-            }));
-            tracing::info!(address = %local, "serving etcd v3 gRPC, JSON gateway, /health and /metrics");
+            let rx = stop_rx.clone();
+            let task = match &tls {
+                Some(cfg) => spawn_serve(
+                    crate::tls::TlsListener::new(listener, cfg.clone())?,
+                    app.clone(),
+                    rx,
+                ),
+                None => spawn_serve(crate::authority::FixListener(listener), app.clone(), rx),
+            };
+            tasks.push(task);
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(address = %local, scheme, "serving etcd v3 gRPC, JSON gateway, /health and /metrics");
         }
         Ok(Server {
             node,

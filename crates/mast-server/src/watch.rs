@@ -23,6 +23,7 @@ use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
+use crate::authz::Caller;
 use crate::node::Node;
 
 /// Batches the broadcast channel keeps for slow streams before they must read history.
@@ -104,7 +105,7 @@ type Out = mpsc::Sender<Result<WatchResponse, Status>>;
 
 /// Serves one watch stream: reads requests from `requests`, writes responses to `out`, until
 /// the client closes its side, `out` is dropped, or the server shuts down.
-pub async fn serve_stream<S>(node: Arc<Node>, requests: S, out: Out)
+pub async fn serve_stream<S>(node: Arc<Node>, caller: Caller, requests: S, out: Out)
 where
     S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send,
 {
@@ -114,6 +115,7 @@ where
         watchers: BTreeMap::new(),
         next_id: 0,
         out,
+        caller,
     };
     if let Err(e) = session.run(requests).await {
         tracing::debug!(error = %e, "watch stream ended");
@@ -126,6 +128,8 @@ struct Session {
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     out: Out,
+    /// The stream's token, checked at every create as etcd's `isWatchPermitted`.
+    caller: Caller,
 }
 
 /// Why a session stopped.
@@ -216,6 +220,27 @@ impl Session {
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Stop> {
         let current = self.node.store.revision();
+        let permitted = self
+            .node
+            .authenticate_caller(&self.caller)
+            .and_then(|who| self.node.check_range(&who, &c.key, &c.range_end, false));
+        if let Err(status) = permitted {
+            // As etcd: a reply that is both created and canceled, with watch_id -1.
+            let resp = WatchResponse {
+                header: self.node.header(),
+                watch_id: -1,
+                created: true,
+                canceled: true,
+                // etcd puts the whole gRPC error text here.
+                cancel_reason: format!(
+                    "rpc error: code = {} desc = {}",
+                    crate::api::code_name(status.code()),
+                    status.message()
+                ),
+                ..Default::default()
+            };
+            return self.send(resp).await;
+        }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
                 let resp = WatchResponse {
@@ -472,7 +497,7 @@ impl Session {
 fn _assert_send() {
     fn is_send<T: Send>(_: T) {}
     let _ = |n: Arc<Node>, s: futures::stream::Empty<Result<WatchRequest, Status>>, o: Out| {
-        is_send(serve_stream(n, s, o))
+        is_send(serve_stream(n, Caller::default(), s, o))
     };
     let _ = Duration::ZERO;
 }

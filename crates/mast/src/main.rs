@@ -55,6 +55,25 @@ struct ServeArgs {
     /// Size of the store's page cache in MiB.
     #[arg(long, env = "MAST_CACHE_MB", default_value_t = 128)]
     cache_mb: usize,
+    /// How auth tokens are made: `simple`, or
+    /// `jwt,pub-key=<path>,priv-key=<path>,sign-method=<RS256|ES256|HS256|…>[,ttl=5m]`.
+    #[arg(long, env = "MAST_AUTH_TOKEN", default_value = "simple")]
+    auth_token: String,
+    /// Seconds a simple token stays valid without being used (renewed on use).
+    #[arg(long, env = "MAST_AUTH_TOKEN_TTL", default_value_t = 300)]
+    auth_token_ttl: u64,
+    /// TLS certificate (PEM) for the client port; with `--key-file`, clients must use https.
+    #[arg(long, env = "MAST_CERT_FILE")]
+    cert_file: Option<PathBuf>,
+    /// TLS private key (PEM) for the client port.
+    #[arg(long, env = "MAST_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that client certificates are checked against.
+    #[arg(long, env = "MAST_TRUSTED_CA_FILE")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients that present no certificate signed by `--trusted-ca-file`.
+    #[arg(long, env = "MAST_CLIENT_CERT_AUTH")]
+    client_cert_auth: bool,
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "MAST_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -65,14 +84,14 @@ fn parse_urls(urls: &str) -> anyhow::Result<(Vec<SocketAddr>, Vec<String>)> {
     let mut addrs = Vec::new();
     let mut clean = Vec::new();
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let hostport = if let Some(rest) = url.strip_prefix("http://") {
-            rest
-        } else if url.starts_with("https://") || url.starts_with("unixs://") {
-            bail!("{url}: TLS listeners are not supported yet");
+        let (scheme, hostport) = if let Some(rest) = url.strip_prefix("http://") {
+            ("http", rest)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            ("https", rest)
         } else if url.contains("://") {
             bail!("{url}: only http:// client URLs are supported");
         } else {
-            url
+            ("http", url)
         };
         let hostport = hostport.trim_end_matches('/');
         let addr = hostport
@@ -81,7 +100,7 @@ fn parse_urls(urls: &str) -> anyhow::Result<(Vec<SocketAddr>, Vec<String>)> {
             .next()
             .with_context(|| format!("{url}: resolves to no address"))?;
         addrs.push(addr);
-        clean.push(format!("http://{hostport}"));
+        clean.push(format!("{scheme}://{hostport}"));
     }
     if addrs.is_empty() {
         bail!("no client URL given");
@@ -106,6 +125,28 @@ fn init_logs(format: &str) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logs(&args.log_format)?;
     let (listen, listen_urls) = parse_urls(&args.listen_client_urls)?;
+    let tls = match (&args.cert_file, &args.key_file) {
+        (Some(cert), Some(key)) => Some(mast_server::tls::TlsConfig {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            trusted_ca_file: args.trusted_ca_file.clone(),
+            client_cert_auth: args.client_cert_auth,
+        }),
+        (None, None) => None,
+        _ => bail!("--cert-file and --key-file go together"),
+    };
+    let wants_tls = listen_urls.iter().any(|u| u.starts_with("https://"));
+    if wants_tls != tls.is_some() {
+        bail!(
+            "https:// client URLs need --cert-file and --key-file, and TLS files need https:// URLs"
+        );
+    }
+    // etcd's container takes ETCD_ROOT_PASSWORD; MAST_ROOT_PASSWORD wins when both are set.
+    let root_password = std::env::var("MAST_ROOT_PASSWORD")
+        .or_else(|_| std::env::var("ETCD_ROOT_PASSWORD"))
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(mast_server::node::Secret);
     let advertise = match &args.advertise_client_urls {
         Some(u) => parse_urls(u)?.1,
         None => listen_urls,
@@ -116,6 +157,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.advertise_client_urls = advertise;
     config.max_request_bytes = args.max_request_bytes;
     config.cache_bytes = args.cache_mb.max(1) * 1024 * 1024;
+    config.tls = tls;
+    config.auth_token = mast_server::tokens::TokenConfig::parse(&args.auth_token)?;
+    config.auth_token_ttl = Duration::from_secs(args.auth_token_ttl.max(1));
+    config.root_password = root_password;
     config.watch_progress_notify_interval =
         Duration::from_secs(args.watch_progress_notify_interval.max(1));
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "starting mast");
@@ -166,7 +211,11 @@ mod tests {
         let (a, u) = parse_urls("http://127.0.0.1:2379,http://localhost:4001").unwrap();
         assert_eq!(a[0], "127.0.0.1:2379".parse().unwrap());
         assert_eq!(u[1], "http://localhost:4001");
-        assert!(parse_urls("https://127.0.0.1:2379").is_err());
+        assert_eq!(
+            parse_urls("https://127.0.0.1:2379").unwrap().1[0],
+            "https://127.0.0.1:2379"
+        );
+        assert!(parse_urls("unix://x").is_err());
         assert!(parse_urls("").is_err());
         assert!(parse_urls("http://nohost").is_err());
     }

@@ -1,9 +1,14 @@
-//! `etcdserverpb.Auth`. Auth is not enabled in this version: Authenticate answers etcd's
-//! `etcdserver: authentication is not enabled`, AuthStatus reports it disabled, and the user and
-//! role RPCs answer Unimplemented (listed in README) until the auth issue lands.
+//! `etcdserverpb.Auth`: enabling auth, Authenticate (tokens), and user and role management.
+//!
+//! Changes go through the writer as `AuthCommand`s (applied and persisted by the store, bumping
+//! the auth revision); passwords are hashed with bcrypt here, before the command, so the
+//! applied state never sees a clear password and applying stays deterministic. When auth is on,
+//! every RPC but Authenticate and AuthStatus needs the root role, as etcd.
 
 use std::sync::Arc;
 
+use mast_mvcc::auth::AuthCommand;
+use mast_mvcc::{Command, CommandResult};
 use mast_proto::etcdserverpb::{
     AuthDisableRequest, AuthDisableResponse, AuthEnableRequest, AuthEnableResponse,
     AuthRoleAddRequest, AuthRoleAddResponse, AuthRoleDeleteRequest, AuthRoleDeleteResponse,
@@ -18,10 +23,14 @@ use mast_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{handled, started, unimplemented};
+use super::{handled, started, status_of};
+use crate::authz::Caller;
 use crate::node::Node;
 
 const SVC: &str = "etcdserverpb.Auth";
+
+/// bcrypt cost for new passwords, as etcd's default (`bcrypt.DefaultCost`).
+pub const BCRYPT_COST: u32 = 10;
 
 /// The Auth service.
 pub struct AuthService {
@@ -40,210 +49,703 @@ pub fn err_auth_not_enabled() -> Status {
     Status::failed_precondition("etcdserver: authentication is not enabled")
 }
 
-/// AuthStatus: auth is off.
+/// etcd's `ErrGRPCAuthFailed`.
+pub fn err_auth_failed() -> Status {
+    Status::invalid_argument("etcdserver: authentication failed, invalid user ID or password")
+}
+
+/// AuthStatus: whether auth is on, and the auth revision.
 pub fn auth_status(node: &Node) -> AuthStatusResponse {
+    let auth = node.store.auth();
     AuthStatusResponse {
         header: node.header(),
-        enabled: false,
-        auth_revision: 0,
+        enabled: auth.enabled(),
+        auth_revision: auth.revision(),
     }
+}
+
+/// Hashes a password with bcrypt off the async workers.
+///
+/// # Errors
+/// Internal when hashing fails.
+pub async fn hash_password(password: String) -> Result<String, Status> {
+    tokio::task::spawn_blocking(move || bcrypt::hash(password, BCRYPT_COST))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+/// Applies an auth change through the writer.
+///
+/// # Errors
+/// The auth store's refusal with etcd's message and code.
+pub async fn apply(node: &Node, cmd: AuthCommand) -> Result<u64, Status> {
+    match node.write(Command::Auth(cmd)).await {
+        Ok(CommandResult::Auth { revision }) => Ok(revision),
+        Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+        Err(e) => Err(status_of(e)),
+    }
+}
+
+/// Authenticate: checks the password (slowed down after repeated failures for the user or the
+/// client address) and issues a token.
+///
+/// # Errors
+/// `etcdserver: authentication is not enabled`, or
+/// `etcdserver: authentication failed, invalid user ID or password`.
+pub async fn authenticate(
+    node: &Node,
+    caller: &Caller,
+    req: AuthenticateRequest,
+) -> Result<AuthenticateResponse, Status> {
+    if !node.store.auth().enabled() {
+        return Err(err_auth_not_enabled());
+    }
+    let addr = caller.addr_string();
+    let wait = node.throttle.reserve(&req.name, &addr);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let (hash, revision) = {
+        let auth = node.store.auth();
+        (
+            auth.password_hash(&req.name).map(<[u8]>::to_vec),
+            auth.revision(),
+        )
+    };
+    let ok = match hash {
+        Some(hash) => {
+            let password = req.password.clone();
+            tokio::task::spawn_blocking(move || {
+                std::str::from_utf8(&hash)
+                    .ok()
+                    .is_some_and(|h| bcrypt::verify(password, h).unwrap_or(false))
+            })
+            .await
+            .unwrap_or(false)
+        }
+        // Unknown users and users without a password cannot log in with one.
+        None => false,
+    };
+    node.throttle.record(&req.name, &addr, ok);
+    if !ok {
+        // Never the password; the user name and address only.
+        tracing::warn!(user = %req.name, client = %addr, "authentication failed");
+        return Err(err_auth_failed());
+    }
+    let token = node
+        .tokens
+        .assign(&req.name, revision)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok(AuthenticateResponse {
+        header: node.header(),
+        token,
+    })
+}
+
+/// The RPCs that change or read auth state, shared by gRPC and the JSON gateway.
+pub mod ops {
+    use super::*;
+
+    /// AuthEnable (needs root with the root role to exist).
+    ///
+    /// # Errors
+    /// etcd's root-user errors, or permission denied for a non-root caller.
+    pub async fn enable(
+        node: &Node,
+        caller: &Caller,
+        _r: AuthEnableRequest,
+    ) -> Result<AuthEnableResponse, Status> {
+        node.require_admin(caller)?;
+        apply(node, AuthCommand::Enable).await?;
+        Ok(AuthEnableResponse {
+            header: node.header(),
+        })
+    }
+
+    /// AuthDisable.
+    ///
+    /// # Errors
+    /// Permission denied for a non-root caller.
+    pub async fn disable(
+        node: &Node,
+        caller: &Caller,
+        _r: AuthDisableRequest,
+    ) -> Result<AuthDisableResponse, Status> {
+        node.require_admin(caller)?;
+        apply(node, AuthCommand::Disable).await?;
+        node.tokens.invalidate_all();
+        Ok(AuthDisableResponse {
+            header: node.header(),
+        })
+    }
+
+    /// UserAdd: with a password (hashed here), a pre-hashed bcrypt password, or none.
+    ///
+    /// # Errors
+    /// etcd's user errors.
+    pub async fn user_add(
+        node: &Node,
+        caller: &Caller,
+        r: AuthUserAddRequest,
+    ) -> Result<AuthUserAddResponse, Status> {
+        node.require_admin(caller)?;
+        let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
+        let password_hash = if no_password {
+            String::new()
+        } else if !r.hashed_password.is_empty() {
+            r.hashed_password
+        } else {
+            hash_password(r.password).await?
+        };
+        apply(
+            node,
+            AuthCommand::UserAdd {
+                name: r.name,
+                password_hash,
+                no_password,
+            },
+        )
+        .await?;
+        Ok(AuthUserAddResponse {
+            header: node.header(),
+        })
+    }
+
+    /// UserGet: the user's roles.
+    ///
+    /// # Errors
+    /// `etcdserver: user name not found`.
+    pub fn user_get(
+        node: &Node,
+        caller: &Caller,
+        r: AuthUserGetRequest,
+    ) -> Result<AuthUserGetResponse, Status> {
+        // Admins, or a user asking about themselves, as etcd.
+        let who = node.authenticate_caller(caller)?;
+        if who.as_ref().is_some_and(|w| w.user != r.name) {
+            node.check_admin(&who)?;
+        }
+        let auth = node.store.auth();
+        let user = auth
+            .user(&r.name)
+            .ok_or_else(|| auth_err("user name not found"))?;
+        Ok(AuthUserGetResponse {
+            header: node.header(),
+            roles: user.roles.clone(),
+        })
+    }
+
+    /// UserList: every user name, sorted.
+    ///
+    /// # Errors
+    /// Permission denied for a non-root caller.
+    pub fn user_list(node: &Node, caller: &Caller) -> Result<AuthUserListResponse, Status> {
+        node.require_admin(caller)?;
+        Ok(AuthUserListResponse {
+            header: node.header(),
+            users: node.store.auth().user_names(),
+        })
+    }
+
+    /// UserDelete.
+    ///
+    /// # Errors
+    /// etcd's user errors.
+    pub async fn user_delete(
+        node: &Node,
+        caller: &Caller,
+        r: AuthUserDeleteRequest,
+    ) -> Result<AuthUserDeleteResponse, Status> {
+        node.require_admin(caller)?;
+        apply(
+            node,
+            AuthCommand::UserDelete {
+                name: r.name.clone(),
+            },
+        )
+        .await?;
+        node.tokens.invalidate_user(&r.name);
+        Ok(AuthUserDeleteResponse {
+            header: node.header(),
+        })
+    }
+
+    /// UserChangePassword.
+    ///
+    /// # Errors
+    /// etcd's user errors.
+    pub async fn user_change_password(
+        node: &Node,
+        caller: &Caller,
+        r: AuthUserChangePasswordRequest,
+    ) -> Result<AuthUserChangePasswordResponse, Status> {
+        node.require_admin(caller)?;
+        if node.store.auth().user(&r.name).is_none() {
+            return Err(auth_err("user name not found"));
+        }
+        let password_hash = if r.hashed_password.is_empty() {
+            hash_password(r.password).await?
+        } else {
+            r.hashed_password
+        };
+        apply(
+            node,
+            AuthCommand::UserChangePassword {
+                name: r.name.clone(),
+                password_hash,
+            },
+        )
+        .await?;
+        node.tokens.invalidate_user(&r.name);
+        Ok(AuthUserChangePasswordResponse {
+            header: node.header(),
+        })
+    }
+
+    /// UserGrantRole.
+    ///
+    /// # Errors
+    /// etcd's user and role errors.
+    pub async fn user_grant_role(
+        node: &Node,
+        caller: &Caller,
+        r: AuthUserGrantRoleRequest,
+    ) -> Result<AuthUserGrantRoleResponse, Status> {
+        node.require_admin(caller)?;
+        apply(
+            node,
+            AuthCommand::UserGrantRole {
+                user: r.user,
+                role: r.role,
+            },
+        )
+        .await?;
+        Ok(AuthUserGrantRoleResponse {
+            header: node.header(),
+        })
+    }
+
+    /// UserRevokeRole.
+    ///
+    /// # Errors
+    /// etcd's user and role errors.
+    pub async fn user_revoke_role(
+        node: &Node,
+        caller: &Caller,
+        r: AuthUserRevokeRoleRequest,
+    ) -> Result<AuthUserRevokeRoleResponse, Status> {
+        node.require_admin(caller)?;
+        apply(
+            node,
+            AuthCommand::UserRevokeRole {
+                user: r.name,
+                role: r.role,
+            },
+        )
+        .await?;
+        Ok(AuthUserRevokeRoleResponse {
+            header: node.header(),
+        })
+    }
+
+    /// RoleAdd.
+    ///
+    /// # Errors
+    /// etcd's role errors.
+    pub async fn role_add(
+        node: &Node,
+        caller: &Caller,
+        r: AuthRoleAddRequest,
+    ) -> Result<AuthRoleAddResponse, Status> {
+        node.require_admin(caller)?;
+        apply(node, AuthCommand::RoleAdd { name: r.name }).await?;
+        Ok(AuthRoleAddResponse {
+            header: node.header(),
+        })
+    }
+
+    /// RoleGet: the role's permissions.
+    ///
+    /// # Errors
+    /// `etcdserver: role name not found`.
+    pub fn role_get(
+        node: &Node,
+        caller: &Caller,
+        r: AuthRoleGetRequest,
+    ) -> Result<AuthRoleGetResponse, Status> {
+        // Admins, or a user holding the role, as etcd.
+        let who = node.authenticate_caller(caller)?;
+        let auth = node.store.auth();
+        if let Some(w) = &who
+            && !auth
+                .user(&w.user)
+                .is_some_and(|u| u.roles.contains(&r.role))
+        {
+            drop(auth);
+            node.check_admin(&who)?;
+            return role_get_unchecked(node, &r.role);
+        }
+        drop(auth);
+        role_get_unchecked(node, &r.role)
+    }
+
+    fn role_get_unchecked(node: &Node, name: &str) -> Result<AuthRoleGetResponse, Status> {
+        let auth = node.store.auth();
+        let role = auth
+            .role(name)
+            .ok_or_else(|| auth_err("role name not found"))?;
+        // etcd answers for the root role with one permission over every key.
+        let perm = if name == mast_mvcc::auth::ROOT_ROLE {
+            vec![mast_proto::authpb::Permission {
+                perm_type: mast_proto::authpb::permission::Type::Readwrite as i32,
+                key: bytes::Bytes::new(),
+                range_end: bytes::Bytes::from_static(b"\0"),
+            }]
+        } else {
+            role.key_permission.clone()
+        };
+        Ok(AuthRoleGetResponse {
+            header: node.header(),
+            perm,
+        })
+    }
+
+    /// RoleList: every role name, sorted.
+    ///
+    /// # Errors
+    /// Permission denied for a non-root caller.
+    pub fn role_list(node: &Node, caller: &Caller) -> Result<AuthRoleListResponse, Status> {
+        node.require_admin(caller)?;
+        Ok(AuthRoleListResponse {
+            header: node.header(),
+            roles: node.store.auth().role_names(),
+        })
+    }
+
+    /// RoleDelete.
+    ///
+    /// # Errors
+    /// etcd's role errors.
+    pub async fn role_delete(
+        node: &Node,
+        caller: &Caller,
+        r: AuthRoleDeleteRequest,
+    ) -> Result<AuthRoleDeleteResponse, Status> {
+        node.require_admin(caller)?;
+        apply(node, AuthCommand::RoleDelete { name: r.role }).await?;
+        Ok(AuthRoleDeleteResponse {
+            header: node.header(),
+        })
+    }
+
+    /// RoleGrantPermission.
+    ///
+    /// # Errors
+    /// etcd's role errors; `etcdserver: permission not given` without a permission.
+    pub async fn role_grant_permission(
+        node: &Node,
+        caller: &Caller,
+        r: AuthRoleGrantPermissionRequest,
+    ) -> Result<AuthRoleGrantPermissionResponse, Status> {
+        node.require_admin(caller)?;
+        let perm = r.perm.ok_or_else(|| auth_err("permission not given"))?;
+        apply(
+            node,
+            AuthCommand::RoleGrantPermission { role: r.name, perm },
+        )
+        .await?;
+        Ok(AuthRoleGrantPermissionResponse {
+            header: node.header(),
+        })
+    }
+
+    /// RoleRevokePermission.
+    ///
+    /// # Errors
+    /// etcd's role errors.
+    pub async fn role_revoke_permission(
+        node: &Node,
+        caller: &Caller,
+        r: AuthRoleRevokePermissionRequest,
+    ) -> Result<AuthRoleRevokePermissionResponse, Status> {
+        node.require_admin(caller)?;
+        apply(
+            node,
+            AuthCommand::RoleRevokePermission {
+                role: r.role,
+                key: r.key,
+                range_end: r.range_end,
+            },
+        )
+        .await?;
+        Ok(AuthRoleRevokePermissionResponse {
+            header: node.header(),
+        })
+    }
+
+    /// A status for an auth error message, with etcd's code.
+    pub fn auth_err(msg: &str) -> Status {
+        Status::new(super::super::auth_code(msg), format!("etcdserver: {msg}"))
+    }
+}
+
+/// Creates root with the root role and enables auth, once, when the store has no root user.
+/// Used for `MAST_ROOT_PASSWORD` / `ETCD_ROOT_PASSWORD` at first start.
+///
+/// # Errors
+/// When a command is refused or hashing fails.
+pub async fn bootstrap_root(node: &Node, password: &str) -> Result<bool, Status> {
+    if node.store.auth().user("root").is_some() {
+        return Ok(false);
+    }
+    let password_hash = hash_password(password.to_string()).await?;
+    apply(
+        node,
+        AuthCommand::UserAdd {
+            name: "root".into(),
+            password_hash,
+            no_password: false,
+        },
+    )
+    .await?;
+    if node.store.auth().role("root").is_none() {
+        apply(
+            node,
+            AuthCommand::RoleAdd {
+                name: "root".into(),
+            },
+        )
+        .await?;
+    }
+    apply(
+        node,
+        AuthCommand::UserGrantRole {
+            user: "root".into(),
+            role: "root".into(),
+        },
+    )
+    .await?;
+    apply(node, AuthCommand::Enable).await?;
+    Ok(true)
+}
+
+macro_rules! rpc {
+    ($self:ident, $req:ident, $name:literal, $call:expr) => {{
+        started(SVC, $name, "unary");
+        handled(SVC, $name, "unary", $call.map(Response::new))
+    }};
 }
 
 #[tonic::async_trait]
 impl Auth for AuthService {
-    async fn auth_status(
-        &self,
-        _r: Request<AuthStatusRequest>,
-    ) -> Result<Response<AuthStatusResponse>, Status> {
-        started(SVC, "AuthStatus", "unary");
-        handled(
-            SVC,
-            "AuthStatus",
-            "unary",
-            Ok(Response::new(auth_status(&self.node))),
-        )
-    }
-
-    async fn authenticate(
-        &self,
-        _r: Request<AuthenticateRequest>,
-    ) -> Result<Response<AuthenticateResponse>, Status> {
-        started(SVC, "Authenticate", "unary");
-        handled(SVC, "Authenticate", "unary", Err(err_auth_not_enabled()))
-    }
-
     async fn auth_enable(
         &self,
-        _r: Request<AuthEnableRequest>,
+        r: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        started(SVC, "AuthEnable", "unary");
-        handled(
-            SVC,
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
             "AuthEnable",
-            "unary",
-            Err(unimplemented("Auth.AuthEnable")),
+            ops::enable(&self.node, &c, r.into_inner()).await
         )
     }
 
     async fn auth_disable(
         &self,
-        _r: Request<AuthDisableRequest>,
+        r: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        started(SVC, "AuthDisable", "unary");
-        handled(
-            SVC,
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
             "AuthDisable",
-            "unary",
-            Err(unimplemented("Auth.AuthDisable")),
+            ops::disable(&self.node, &c, r.into_inner()).await
+        )
+    }
+
+    async fn auth_status(
+        &self,
+        _r: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        rpc!(
+            self,
+            r,
+            "AuthStatus",
+            Ok::<_, Status>(auth_status(&self.node))
+        )
+    }
+
+    async fn authenticate(
+        &self,
+        r: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
+            "Authenticate",
+            authenticate(&self.node, &c, r.into_inner()).await
         )
     }
 
     async fn user_add(
         &self,
-        _r: Request<AuthUserAddRequest>,
+        r: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        started(SVC, "UserAdd", "unary");
-        handled(SVC, "UserAdd", "unary", Err(unimplemented("Auth.UserAdd")))
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
+            "UserAdd",
+            ops::user_add(&self.node, &c, r.into_inner()).await
+        )
     }
 
     async fn user_get(
         &self,
-        _r: Request<AuthUserGetRequest>,
+        r: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        started(SVC, "UserGet", "unary");
-        handled(SVC, "UserGet", "unary", Err(unimplemented("Auth.UserGet")))
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
+            "UserGet",
+            ops::user_get(&self.node, &c, r.into_inner())
+        )
     }
 
     async fn user_list(
         &self,
-        _r: Request<AuthUserListRequest>,
+        r: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        started(SVC, "UserList", "unary");
-        handled(
-            SVC,
-            "UserList",
-            "unary",
-            Err(unimplemented("Auth.UserList")),
-        )
+        let c = Caller::from_grpc(&r);
+        rpc!(self, r, "UserList", ops::user_list(&self.node, &c))
     }
 
     async fn user_delete(
         &self,
-        _r: Request<AuthUserDeleteRequest>,
+        r: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        started(SVC, "UserDelete", "unary");
-        handled(
-            SVC,
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
             "UserDelete",
-            "unary",
-            Err(unimplemented("Auth.UserDelete")),
+            ops::user_delete(&self.node, &c, r.into_inner()).await
         )
     }
 
     async fn user_change_password(
         &self,
-        _r: Request<AuthUserChangePasswordRequest>,
+        r: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        started(SVC, "UserChangePassword", "unary");
-        handled(
-            SVC,
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
             "UserChangePassword",
-            "unary",
-            Err(unimplemented("Auth.UserChangePassword")),
+            ops::user_change_password(&self.node, &c, r.into_inner()).await
         )
     }
 
     async fn user_grant_role(
         &self,
-        _r: Request<AuthUserGrantRoleRequest>,
+        r: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        started(SVC, "UserGrantRole", "unary");
-        handled(
-            SVC,
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
             "UserGrantRole",
-            "unary",
-            Err(unimplemented("Auth.UserGrantRole")),
+            ops::user_grant_role(&self.node, &c, r.into_inner()).await
         )
     }
 
     async fn user_revoke_role(
         &self,
-        _r: Request<AuthUserRevokeRoleRequest>,
+        r: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        started(SVC, "UserRevokeRole", "unary");
-        handled(
-            SVC,
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
             "UserRevokeRole",
-            "unary",
-            Err(unimplemented("Auth.UserRevokeRole")),
+            ops::user_revoke_role(&self.node, &c, r.into_inner()).await
         )
     }
 
     async fn role_add(
         &self,
-        _r: Request<AuthRoleAddRequest>,
+        r: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        started(SVC, "RoleAdd", "unary");
-        handled(SVC, "RoleAdd", "unary", Err(unimplemented("Auth.RoleAdd")))
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
+            "RoleAdd",
+            ops::role_add(&self.node, &c, r.into_inner()).await
+        )
     }
 
     async fn role_get(
         &self,
-        _r: Request<AuthRoleGetRequest>,
+        r: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        started(SVC, "RoleGet", "unary");
-        handled(SVC, "RoleGet", "unary", Err(unimplemented("Auth.RoleGet")))
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
+            "RoleGet",
+            ops::role_get(&self.node, &c, r.into_inner())
+        )
     }
 
     async fn role_list(
         &self,
-        _r: Request<AuthRoleListRequest>,
+        r: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        started(SVC, "RoleList", "unary");
-        handled(
-            SVC,
-            "RoleList",
-            "unary",
-            Err(unimplemented("Auth.RoleList")),
-        )
+        let c = Caller::from_grpc(&r);
+        rpc!(self, r, "RoleList", ops::role_list(&self.node, &c))
     }
 
     async fn role_delete(
         &self,
-        _r: Request<AuthRoleDeleteRequest>,
+        r: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        started(SVC, "RoleDelete", "unary");
-        handled(
-            SVC,
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
             "RoleDelete",
-            "unary",
-            Err(unimplemented("Auth.RoleDelete")),
+            ops::role_delete(&self.node, &c, r.into_inner()).await
         )
     }
 
     async fn role_grant_permission(
         &self,
-        _r: Request<AuthRoleGrantPermissionRequest>,
+        r: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        started(SVC, "RoleGrantPermission", "unary");
-        handled(
-            SVC,
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
             "RoleGrantPermission",
-            "unary",
-            Err(unimplemented("Auth.RoleGrantPermission")),
+            ops::role_grant_permission(&self.node, &c, r.into_inner()).await
         )
     }
 
     async fn role_revoke_permission(
         &self,
-        _r: Request<AuthRoleRevokePermissionRequest>,
+        r: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        started(SVC, "RoleRevokePermission", "unary");
-        handled(
-            SVC,
+        let c = Caller::from_grpc(&r);
+        rpc!(
+            self,
+            r,
             "RoleRevokePermission",
-            "unary",
-            Err(unimplemented("Auth.RoleRevokePermission")),
+            ops::role_revoke_permission(&self.node, &c, r.into_inner()).await
         )
     }
 }

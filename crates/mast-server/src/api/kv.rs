@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use super::{
     err_duplicate_key, err_empty_key, err_too_large, err_too_many_ops, handled, started, status_of,
 };
+use crate::authz::Caller;
 use crate::node::Node;
 
 /// Most operations in one txn branch, as etcd's `--max-txn-ops` default.
@@ -160,9 +161,15 @@ fn check_intervals(
 ///
 /// # Errors
 /// etcd's errors for an empty key, bad sort options, and revisions out of history.
-pub async fn range(node: &Node, req: RangeRequest) -> Result<RangeResponse, Status> {
+pub async fn range(
+    node: &Node,
+    caller: &Caller,
+    req: RangeRequest,
+) -> Result<RangeResponse, Status> {
     check_range(&req)?;
     check_size(node, &req)?;
+    let who = node.authenticate_caller(caller)?;
+    node.check_range(&who, &req.key, &req.range_end, false)?;
     let store = node.store.clone();
     let mut resp = if req.limit > 0 || req.count_only || req.range_end.is_empty() {
         store.range(&req).map_err(status_of)?
@@ -181,9 +188,17 @@ pub async fn range(node: &Node, req: RangeRequest) -> Result<RangeResponse, Stat
 ///
 /// # Errors
 /// etcd's errors for an empty key, a too large request, a missing lease or key.
-pub async fn put(node: &Node, req: PutRequest) -> Result<PutResponse, Status> {
+pub async fn put(node: &Node, caller: &Caller, req: PutRequest) -> Result<PutResponse, Status> {
     check_put(&req)?;
     check_size(node, &req)?;
+    let who = node.authenticate_caller(caller)?;
+    node.check_range(&who, &req.key, &[], true)?;
+    if req.prev_kv {
+        node.check_range(&who, &req.key, &[], false)?;
+    }
+    if req.lease != 0 {
+        node.check_lease_keys(&who, req.lease, true)?;
+    }
     match node.write(Command::Put(req)).await.map_err(status_of)? {
         CommandResult::Put(mut r) => {
             r.header = node.complete(r.header);
@@ -199,10 +214,16 @@ pub async fn put(node: &Node, req: PutRequest) -> Result<PutResponse, Status> {
 /// etcd's errors for an empty key or a too large request.
 pub async fn delete_range(
     node: &Node,
+    caller: &Caller,
     req: DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse, Status> {
     check_delete(&req)?;
     check_size(node, &req)?;
+    let who = node.authenticate_caller(caller)?;
+    node.check_range(&who, &req.key, &req.range_end, true)?;
+    if req.prev_kv {
+        node.check_range(&who, &req.key, &req.range_end, false)?;
+    }
     match node
         .write(Command::DeleteRange(req))
         .await
@@ -220,11 +241,13 @@ pub async fn delete_range(
 ///
 /// # Errors
 /// etcd's errors for too many ops, duplicate keys, empty keys, and those of the ops.
-pub async fn txn(node: &Node, req: TxnRequest) -> Result<TxnResponse, Status> {
+pub async fn txn(node: &Node, caller: &Caller, req: TxnRequest) -> Result<TxnResponse, Status> {
     check_txn(&req)?;
     check_intervals(&req.success)?;
     check_intervals(&req.failure)?;
     check_size(node, &req)?;
+    let who = node.authenticate_caller(caller)?;
+    node.check_txn(&who, &req)?;
     match node.write(Command::Txn(req)).await.map_err(status_of)? {
         CommandResult::Txn(mut r) => {
             r.header = node.complete(r.header);
@@ -238,7 +261,14 @@ pub async fn txn(node: &Node, req: TxnRequest) -> Result<TxnResponse, Status> {
 ///
 /// # Errors
 /// etcd's compacted / future revision errors.
-pub async fn compact(node: &Node, req: CompactionRequest) -> Result<CompactionResponse, Status> {
+pub async fn compact(
+    node: &Node,
+    caller: &Caller,
+    req: CompactionRequest,
+) -> Result<CompactionResponse, Status> {
+    // etcd checks no permission for Compact at all; compaction destroys history, so Mast
+    // asks for the root role when auth is on.
+    node.require_admin(caller)?;
     match node.write(Command::Compact(req)).await.map_err(status_of)? {
         CommandResult::Compact { revision } => Ok(CompactionResponse {
             header: Some(node.header_at(revision)),
@@ -258,9 +288,13 @@ impl Kv for KvService {
             SVC,
             "Range",
             "unary",
-            range(&self.node, request.into_inner())
-                .await
-                .map(Response::new),
+            range(
+                &self.node,
+                &Caller::from_grpc(&request),
+                request.into_inner(),
+            )
+            .await
+            .map(Response::new),
         )
     }
 
@@ -270,9 +304,13 @@ impl Kv for KvService {
             SVC,
             "Put",
             "unary",
-            put(&self.node, request.into_inner())
-                .await
-                .map(Response::new),
+            put(
+                &self.node,
+                &Caller::from_grpc(&request),
+                request.into_inner(),
+            )
+            .await
+            .map(Response::new),
         )
     }
 
@@ -285,9 +323,13 @@ impl Kv for KvService {
             SVC,
             "DeleteRange",
             "unary",
-            delete_range(&self.node, request.into_inner())
-                .await
-                .map(Response::new),
+            delete_range(
+                &self.node,
+                &Caller::from_grpc(&request),
+                request.into_inner(),
+            )
+            .await
+            .map(Response::new),
         )
     }
 
@@ -297,9 +339,13 @@ impl Kv for KvService {
             SVC,
             "Txn",
             "unary",
-            txn(&self.node, request.into_inner())
-                .await
-                .map(Response::new),
+            txn(
+                &self.node,
+                &Caller::from_grpc(&request),
+                request.into_inner(),
+            )
+            .await
+            .map(Response::new),
         )
     }
 
@@ -312,9 +358,13 @@ impl Kv for KvService {
             SVC,
             "Compact",
             "unary",
-            compact(&self.node, request.into_inner())
-                .await
-                .map(Response::new),
+            compact(
+                &self.node,
+                &Caller::from_grpc(&request),
+                request.into_inner(),
+            )
+            .await
+            .map(Response::new),
         )
     }
 }

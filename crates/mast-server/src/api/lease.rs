@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{handled, record_code, started, status_of};
+use crate::authz::Caller;
 use crate::lessor::MIN_LEASE_TTL;
 use crate::node::Node;
 
@@ -37,7 +38,12 @@ impl LeaseService {
 /// # Errors
 /// `etcdserver: too large lease TTL` above 9,000,000,000 s; `etcdserver: lease already
 /// exists` for an ID in use.
-pub async fn grant(node: &Node, req: LeaseGrantRequest) -> Result<LeaseGrantResponse, Status> {
+pub async fn grant(
+    node: &Node,
+    caller: &Caller,
+    req: LeaseGrantRequest,
+) -> Result<LeaseGrantResponse, Status> {
+    node.check_token_if_any(caller)?;
     if req.ttl > MAX_LEASE_TTL {
         return Err(status_of(MvccError::LeaseTtlTooLarge));
     }
@@ -71,7 +77,13 @@ pub async fn grant(node: &Node, req: LeaseGrantRequest) -> Result<LeaseGrantResp
 ///
 /// # Errors
 /// `etcdserver: requested lease not found` (NotFound).
-pub async fn revoke(node: &Node, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, Status> {
+pub async fn revoke(
+    node: &Node,
+    caller: &Caller,
+    req: LeaseRevokeRequest,
+) -> Result<LeaseRevokeResponse, Status> {
+    let who = node.authenticate_caller(caller)?;
+    node.check_lease_keys(&who, req.id, true)?;
     match node
         .write(Command::LeaseRevoke { id: req.id })
         .await
@@ -95,9 +107,19 @@ pub fn keep_alive_once(node: &Node, req: &LeaseKeepAliveRequest) -> LeaseKeepAli
 }
 
 /// LeaseTimeToLive: TTL -1 for an unknown lease, as etcd.
-pub fn time_to_live(node: &Node, req: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+pub fn time_to_live(
+    node: &Node,
+    caller: &Caller,
+    req: LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse, Status> {
+    if req.keys {
+        let who = node.authenticate_caller(caller)?;
+        node.check_lease_keys(&who, req.id, false)?;
+    } else {
+        node.check_token_if_any(caller)?;
+    }
     let leases = node.store.leases();
-    match (leases.get(req.id), node.lessor.timing(req.id)) {
+    Ok(match (leases.get(req.id), node.lessor.timing(req.id)) {
         (Some(rec), Some(t)) => LeaseTimeToLiveResponse {
             header: node.header(),
             id: req.id,
@@ -119,7 +141,7 @@ pub fn time_to_live(node: &Node, req: LeaseTimeToLiveRequest) -> LeaseTimeToLive
             granted_ttl: 0,
             keys: Vec::new(),
         },
-    }
+    })
 }
 
 /// LeaseLeases: every lease, soonest expiry first.
@@ -177,9 +199,13 @@ impl Lease for LeaseService {
             SVC,
             "LeaseGrant",
             "unary",
-            grant(&self.node, request.into_inner())
-                .await
-                .map(Response::new),
+            grant(
+                &self.node,
+                &Caller::from_grpc(&request),
+                request.into_inner(),
+            )
+            .await
+            .map(Response::new),
         )
     }
 
@@ -192,9 +218,13 @@ impl Lease for LeaseService {
             SVC,
             "LeaseRevoke",
             "unary",
-            revoke(&self.node, request.into_inner())
-                .await
-                .map(Response::new),
+            revoke(
+                &self.node,
+                &Caller::from_grpc(&request),
+                request.into_inner(),
+            )
+            .await
+            .map(Response::new),
         )
     }
 
@@ -220,10 +250,12 @@ impl Lease for LeaseService {
             SVC,
             "LeaseTimeToLive",
             "unary",
-            Ok(Response::new(time_to_live(
+            time_to_live(
                 &self.node,
+                &Caller::from_grpc(&request),
                 request.into_inner(),
-            ))),
+            )
+            .map(Response::new),
         )
     }
 

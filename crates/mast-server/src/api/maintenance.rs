@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
 use super::{handled, record_code, started, status_of, unimplemented};
+use crate::authz::Caller;
 use crate::node::{Node, RAFT_TERM};
 
 const SVC: &str = "etcdserverpb.Maintenance";
@@ -211,6 +212,9 @@ impl Maintenance for MaintenanceService {
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         started(SVC, "Defragment", "unary");
+        if let Err(s) = self.node.require_admin(&Caller::from_grpc(&_r)) {
+            return handled(SVC, "Defragment", "unary", Err(s));
+        }
         handled(
             SVC,
             "Defragment",
@@ -221,6 +225,9 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         started(SVC, "Hash", "unary");
+        if let Err(s) = self.node.require_admin(&Caller::from_grpc(&_r)) {
+            return handled(SVC, "Hash", "unary", Err(s));
+        }
         let r = self.node.store.hash().map_err(status_of).map(|hash| {
             Response::new(HashResponse {
                 header: self.node.header(),
@@ -232,6 +239,9 @@ impl Maintenance for MaintenanceService {
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         started(SVC, "HashKV", "unary");
+        if let Err(s) = self.node.require_admin(&Caller::from_grpc(&r)) {
+            return handled(SVC, "HashKV", "unary", Err(s));
+        }
         handled(
             SVC,
             "HashKV",
@@ -247,6 +257,10 @@ impl Maintenance for MaintenanceService {
         _r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         started(SVC, "Snapshot", "server_stream");
+        if let Err(s) = self.node.require_admin(&Caller::from_grpc(&_r)) {
+            record_code(SVC, "Snapshot", "server_stream", s.code());
+            return Err(s);
+        }
         let rx = snapshot_stream(self.node.clone());
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

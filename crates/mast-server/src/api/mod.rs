@@ -43,8 +43,24 @@ pub fn status_of(e: MvccError) -> Status {
         MvccError::LeaseNotFound => Code::NotFound,
         MvccError::LeaseExists => Code::FailedPrecondition,
         MvccError::Storage(_) => Code::Unavailable,
+        MvccError::Auth(ref a) => auth_code(&a.to_string()),
     };
     Status::new(code, format!("etcdserver: {e}"))
+}
+
+/// The gRPC code etcd's `rpctypes` gives an auth error message.
+pub fn auth_code(message: &str) -> Code {
+    match message {
+        "user name is empty"
+        | "role name is empty"
+        | "invalid auth management"
+        | "permission not given"
+        | "authentication failed, invalid user ID or password"
+        | "revision of auth store is old" => Code::InvalidArgument,
+        "permission denied" => Code::PermissionDenied,
+        "invalid auth token" => Code::Unauthenticated,
+        _ => Code::FailedPrecondition,
+    }
 }
 
 /// Records `grpc_server_started_total` for a call that is starting.

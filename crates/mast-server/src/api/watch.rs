@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{record_code, started};
+use crate::authz::Caller;
 use crate::node::Node;
 
 const SVC: &str = "etcdserverpb.Watch";
@@ -31,6 +32,7 @@ impl WatchService {
 /// Starts a watch session over `requests` and returns its responses.
 pub fn open_session<S>(
     node: Arc<Node>,
+    caller: Caller,
     requests: S,
 ) -> mpsc::Receiver<Result<WatchResponse, Status>>
 where
@@ -38,7 +40,7 @@ where
 {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
-        crate::watch::serve_stream(node, requests, tx).await;
+        crate::watch::serve_stream(node, caller, requests, tx).await;
         record_code(SVC, "Watch", "bidi_stream", Code::Ok);
     });
     rx
@@ -53,7 +55,8 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         started(SVC, "Watch", "bidi_stream");
-        let rx = open_session(self.node.clone(), request.into_inner());
+        let caller = Caller::from_grpc(&request);
+        let rx = open_session(self.node.clone(), caller, request.into_inner());
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
