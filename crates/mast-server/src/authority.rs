@@ -71,6 +71,11 @@ pub struct AuthorityFixStream<S = TcpStream> {
 }
 
 impl<S> AuthorityFixStream<S> {
+    /// The wrapped connection.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Wraps an accepted connection.
     pub fn new(inner: S) -> Self {
         AuthorityFixStream {

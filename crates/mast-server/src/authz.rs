@@ -22,6 +22,8 @@ pub struct Caller {
     pub token: Option<String>,
     /// The client's address, when known.
     pub addr: Option<SocketAddr>,
+    /// The common name of the client's verified TLS certificate, when it sent one.
+    pub cert_cn: Option<std::sync::Arc<str>>,
 }
 
 impl Caller {
@@ -33,22 +35,33 @@ impl Caller {
             .or_else(|| md.get("authorization"))
             .and_then(|v| v.to_str().ok())
             .map(strip_bearer);
-        let addr = req
+        let info = req
             .extensions()
-            .get::<axum::extract::ConnectInfo<crate::serve::ClientAddr>>()
-            .map(|c| c.0.0)
-            .or_else(|| req.remote_addr());
-        Caller { token, addr }
+            .get::<axum::extract::ConnectInfo<crate::serve::ClientAddr>>();
+        let addr = info.map(|c| c.0.0).or_else(|| req.remote_addr());
+        let cert_cn = info.and_then(|c| c.0.1.clone());
+        Caller {
+            token,
+            addr,
+            cert_cn,
+        }
     }
 
     /// Reads the caller of an HTTP request (the JSON gateway).
-    pub fn from_http(headers: &http::HeaderMap, addr: Option<SocketAddr>) -> Caller {
+    pub fn from_http(
+        headers: &http::HeaderMap,
+        client: Option<&crate::serve::ClientAddr>,
+    ) -> Caller {
         let token = headers
             .get(http::header::AUTHORIZATION)
             .or_else(|| headers.get("token"))
             .and_then(|v| v.to_str().ok())
             .map(strip_bearer);
-        Caller { token, addr }
+        Caller {
+            token,
+            addr: client.map(|c| c.0),
+            cert_cn: client.and_then(|c| c.1.clone()),
+        }
     }
 
     /// The address as text, for logs and throttling.
@@ -97,6 +110,15 @@ impl Node {
             return Ok(None);
         }
         let Some(token) = caller.token.as_deref().filter(|t| !t.is_empty()) else {
+            // As etcd with --client-cert-auth: the certificate's common name is the user.
+            if let Some(cn) = &caller.cert_cn
+                && auth.user(cn).is_some()
+            {
+                return Ok(Some(AuthInfo {
+                    user: cn.to_string(),
+                    revision: auth.revision(),
+                }));
+            }
             return Err(err_user_empty());
         };
         let info = self.tokens.info(token).ok_or_else(err_invalid_token)?;
@@ -151,7 +173,7 @@ impl Node {
     /// # Errors
     /// Token errors for a bad token.
     pub fn check_token_if_any(&self, caller: &Caller) -> Result<Identity, Status> {
-        if caller.token.as_deref().is_none_or(str::is_empty) {
+        if caller.token.as_deref().is_none_or(str::is_empty) && caller.cert_cn.is_none() {
             return Ok(None);
         }
         self.authenticate_caller(caller)

@@ -169,7 +169,7 @@ fn caller_of(
     headers: &http::HeaderMap,
     ci: Option<&axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
 ) -> Caller {
-    Caller::from_http(headers, ci.map(|c| c.0.0.0))
+    Caller::from_http(headers, ci.map(|c| &c.0.0))
 }
 
 /// Declares a unary gateway handler: `$name(node, caller, request) -> Result<response>`.

@@ -66,29 +66,25 @@ pub fn app(node: Arc<Node>) -> axum::Router {
         .into_axum_router()
 }
 
-/// The client address of a connection, put in each request's extensions (for the login
-/// throttle and logs).
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub std::net::SocketAddr);
+/// What is known of a connection's client, put in each request's extensions: its address
+/// (for the login throttle and logs) and, over TLS with a verified client certificate, the
+/// certificate's common name (the user when no token is sent, as etcd's `--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr, pub Option<Arc<str>>);
 
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, crate::authority::FixListener>,
-    > for ClientAddr
-{
-    fn connect_info(
-        stream: axum::serve::IncomingStream<'_, crate::authority::FixListener>,
-    ) -> Self {
-        ClientAddr(*stream.remote_addr())
+type PlainStream<'a> = axum::serve::IncomingStream<'a, crate::authority::FixListener>;
+type TlsIncoming<'a> = axum::serve::IncomingStream<'a, crate::tls::TlsListener>;
+
+impl axum::extract::connect_info::Connected<PlainStream<'_>> for ClientAddr {
+    fn connect_info(stream: PlainStream<'_>) -> Self {
+        ClientAddr(*stream.remote_addr(), None)
     }
 }
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
+impl axum::extract::connect_info::Connected<TlsIncoming<'_>> for ClientAddr {
+    fn connect_info(stream: TlsIncoming<'_>) -> Self {
+        let cn = crate::tls::peer_common_name(stream.io().get_ref());
+        ClientAddr(*stream.remote_addr(), cn)
     }
 }
 

@@ -80,6 +80,15 @@ impl TlsConfig {
     }
 }
 
+/// The common name of the client's verified certificate, if it sent one.
+pub fn peer_common_name(tls: &TlsStream<tokio::net::TcpStream>) -> Option<Arc<str>> {
+    let (_, conn) = tls.get_ref();
+    let der = conn.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(Arc::from(cn))
+}
+
 /// A listener that completes TLS handshakes off the accept loop (a slow or silent client never
 /// holds up the others) and hands out the established connections.
 pub struct TlsListener {
