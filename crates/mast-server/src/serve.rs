@@ -34,11 +34,17 @@ pub struct Server {
 
 /// Builds the router that serves every gRPC service and HTTP route of `node`.
 pub fn app(node: Arc<Node>) -> axum::Router {
+    app_with(node, axum::Router::new())
+}
+
+/// Builds the router of `node` with `extra` routes (Mast's registry and config API) merged in.
+/// `extra` must not define a fallback.
+pub fn app_with(node: Arc<Node>, extra: axum::Router) -> axum::Router {
     let max_in = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // One member that is always its own leader: serving as soon as the store is open.
     drop(health_reporter.set_service_status("", tonic_health::ServingStatus::Serving));
-    tonic::service::Routes::from(crate::http::router(node.clone()))
+    tonic::service::Routes::from(crate::http::router(node.clone()).merge(extra))
         .add_service(
             KvServer::new(KvService::new(node.clone()))
                 .max_decoding_message_size(max_in)
@@ -110,6 +116,18 @@ impl Server {
     /// # Errors
     /// When the store cannot be opened or an address cannot be bound.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        Self::start_with(config, |_| axum::Router::new()).await
+    }
+
+    /// As [`Server::start`], serving also the routes `extra` builds for the node (used by the
+    /// `mast` binary for the registry and config HTTP API).
+    ///
+    /// # Errors
+    /// When the store cannot be opened or an address cannot be bound.
+    pub async fn start_with(
+        config: ServerConfig,
+        extra: impl FnOnce(Arc<Node>) -> axum::Router,
+    ) -> anyhow::Result<Server> {
         crate::http::prometheus();
         let (stop, stop_rx) = watch::channel(false);
         let node = Node::open(config, stop_rx.clone())?;
@@ -123,7 +141,7 @@ impl Server {
                 Err(e) => anyhow::bail!("bootstrapping root failed: {}", e.message()),
             }
         }
-        let app = app(node.clone());
+        let app = app_with(node.clone(), extra(node.clone()));
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
         let tls = match &node.config.tls {

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use mast_mvcc::index::RangeEnd;
@@ -491,13 +490,4 @@ impl Session {
         }
         Ok(())
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>(_: T) {}
-    let _ = |n: Arc<Node>, s: futures::stream::Empty<Result<WatchRequest, Status>>, o: Out| {
-        is_send(serve_stream(n, Caller::default(), s, o))
-    };
-    let _ = Duration::ZERO;
 }
