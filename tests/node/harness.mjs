@@ -3,9 +3,21 @@
 //
 //   MAST_BIN=/path/to/mast   -> `mast serve ...`
 //   ETCD_BIN=/path/to/etcd   -> real etcd (default: /usr/bin/etcd)
+//   ETCDCTL_BIN=/path        -> etcdctl used to enable auth on etcd (default: /usr/bin/etcdctl)
 //   SERVER_LOG=1             -> copy the server's output to this process' stderr
+//
+// startServer() options (all optional; with none it starts the plain server seeds.test.mjs uses):
+//   rootPassword: 'guang'  -> auth on, user root/<password> with role root. Mast: env
+//                             MAST_ROOT_PASSWORD at first start. etcd: what the seeds' container
+//                             does, `etcdctl user add root:<pw>` + `etcdctl auth enable`.
+//   tls: { cert, key, ca, clientCertAuth, clientCert, clientKey }  (PEM file paths)
+//                          -> https client URL, --cert-file/--key-file, and with clientCertAuth
+//                             --trusted-ca-file/--client-cert-auth. `ca` is also what the probe
+//                             trusts; clientCert/clientKey are what the probe presents.
+//   args: [...], env: {...} -> extra server arguments / environment.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -17,6 +29,27 @@ const HOST = '127.0.0.1';
 const START_TIMEOUT_MS = 20_000;
 const STOP_GRACE_MS = 3_000;
 const LOG_TAIL_BYTES = 16 * 1024;
+const ETCDCTL_TIMEOUT_MS = 10_000;
+
+// PIDs of the servers this process started and has not seen exit, and their data dirs.
+// If this process ends before its after() hooks ran (an uncaught error, process.exit,
+// Ctrl-C, the test runner stopping it), the servers are SIGKILLed by PID and the dirs
+// removed, so nothing outlives the test file.
+const livePids = new Set();
+const liveDirs = new Set();
+process.once('exit', () => {
+  for (const pid of livePids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+  for (const dir of liveDirs) rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+});
+for (const [signal, number] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]]) {
+  process.once(signal, () => process.exit(128 + number)); // runs the 'exit' handler above
+}
 
 /** Rejects with `what` if `promise` has not settled within `ms`. */
 export async function withTimeout(promise, ms, what) {
@@ -87,17 +120,70 @@ function tcpAccepts(port) {
 }
 
 /**
- * Starts the server under test. Returns { url, kind, stop() }.
+ * Runs etcdctl (v3 API) against `url` with the given TLS files; bounded, the child
+ * is killed (by PID, SIGKILL) if it runs longer than ETCDCTL_TIMEOUT_MS.
+ * Resolves with stdout; rejects with an error that carries stdout and stderr.
+ */
+export function etcdctl(url, args, tls) {
+  const cmd = process.env.ETCDCTL_BIN || '/usr/bin/etcdctl';
+  const full = [`--endpoints=${url}`, '--dial-timeout=3s', '--command-timeout=5s'];
+  if (tls?.ca) full.push(`--cacert=${tls.ca}`);
+  if (tls?.clientCert) full.push(`--cert=${tls.clientCert}`, `--key=${tls.clientKey}`);
+  full.push(...args);
+  return new Promise((resolve, reject) => {
+    execFile(
+      cmd,
+      full,
+      {
+        timeout: ETCDCTL_TIMEOUT_MS,
+        killSignal: 'SIGKILL',
+        env: { ...process.env, ETCDCTL_API: '3' },
+      },
+      (err, stdout, stderr) => {
+        if (err) {
+          reject(new Error(`etcdctl ${args.join(' ')}: ${err.message}\nstdout: ${stdout}\nstderr: ${stderr}`));
+        } else {
+          resolve(stdout);
+        }
+      },
+    );
+  });
+}
+
+/** etcd3 client options for the TLS files in `tls` (undefined without TLS). */
+export function tlsCredentials(tls, { withClientCert = true } = {}) {
+  if (!tls) return undefined;
+  const credentials = { rootCertificate: readFileSync(tls.ca) };
+  if (withClientCert && tls.clientCert) {
+    credentials.privateKey = readFileSync(tls.clientKey);
+    credentials.certChain = readFileSync(tls.clientCert);
+  }
+  return credentials;
+}
+
+/**
+ * Starts the server under test (options: see the top of this file).
+ * Returns { url, kind, stop(), logTail(), clientOptions }: clientOptions are the etcd3
+ * options (hosts, credentials, auth as root) the readiness probe connected with.
  * stop() sends SIGTERM to the child's PID, SIGKILL after 3 s, and removes the data dir.
  */
-export async function startServer() {
+export async function startServer({ rootPassword, tls, args: extraArgs = [], env: extraEnv = {} } = {}) {
   const clientPort = await freePort();
-  const url = `http://${HOST}:${clientPort}`;
+  const scheme = tls ? 'https' : 'http';
+  const url = `${scheme}://${HOST}:${clientPort}`;
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'mast-node-test-'));
+  liveDirs.add(dataDir);
+
+  const tlsArgs = [];
+  if (tls) {
+    tlsArgs.push('--cert-file', tls.cert, '--key-file', tls.key);
+    if (tls.clientCertAuth) tlsArgs.push('--trusted-ca-file', tls.ca, '--client-cert-auth');
+  }
 
   let cmd;
   let args;
   let kind;
+  const env = { ...process.env, ...extraEnv };
   if (process.env.MAST_BIN) {
     kind = 'mast';
     cmd = process.env.MAST_BIN;
@@ -107,7 +193,10 @@ export async function startServer() {
       '--data-dir', dataDir,
       '--listen-client-urls', url,
       '--advertise-client-urls', url,
+      ...tlsArgs,
+      ...extraArgs,
     ];
+    if (rootPassword !== undefined) env.MAST_ROOT_PASSWORD = rootPassword;
   } else {
     kind = 'etcd';
     cmd = process.env.ETCD_BIN || '/usr/bin/etcd';
@@ -122,10 +211,13 @@ export async function startServer() {
       '--listen-peer-urls', peer,
       '--initial-advertise-peer-urls', peer,
       '--initial-cluster', `node-test=${peer}`,
+      ...tlsArgs,
+      ...extraArgs,
     ];
   }
 
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  if (child.pid !== undefined) livePids.add(child.pid);
   let logTail = '';
   const keep = chunk => {
     if (process.env.SERVER_LOG) process.stderr.write(chunk);
@@ -136,6 +228,7 @@ export async function startServer() {
   let exited = null;
   const exitPromise = new Promise(resolve => {
     child.once('exit', (code, signal) => {
+      livePids.delete(child.pid);
       exited = { code, signal };
       resolve(exited);
     });
@@ -145,6 +238,19 @@ export async function startServer() {
     });
   });
 
+  // The exit status, or null after `ms`; the timer is cleared so it cannot hold the process.
+  const exitedWithin = async ms => {
+    const ac = new AbortController();
+    try {
+      return await Promise.race([
+        exitPromise,
+        sleep(ms, null, { signal: ac.signal }).catch(() => null),
+      ]);
+    } finally {
+      ac.abort();
+    }
+  };
+
   const stop = async () => {
     if (exited === null && child.pid !== undefined) {
       try {
@@ -152,17 +258,18 @@ export async function startServer() {
       } catch {
         /* already gone */
       }
-      const graceful = await Promise.race([exitPromise, sleep(STOP_GRACE_MS).then(() => null)]);
+      const graceful = await exitedWithin(STOP_GRACE_MS);
       if (graceful === null) {
         try {
           process.kill(child.pid, 'SIGKILL');
         } catch {
           /* already gone */
         }
-        await Promise.race([exitPromise, sleep(STOP_GRACE_MS)]);
+        await exitedWithin(STOP_GRACE_MS);
       }
     }
     await rm(dataDir, { recursive: true, force: true });
+    liveDirs.delete(dataDir);
   };
 
   const describeFailure = why => {
@@ -171,9 +278,32 @@ export async function startServer() {
     return err;
   };
 
+  const credentials = tlsCredentials(tls);
+  const rootAuth = rootPassword === undefined ? undefined : { username: 'root', password: rootPassword };
+  const clientOptions = { hosts: url };
+  if (credentials) clientOptions.credentials = credentials;
+  if (rootAuth) clientOptions.auth = rootAuth;
+
   // Wait until it answers: first TCP, then a real etcd3 `get` through gRPC.
   const deadline = Date.now() + START_TIMEOUT_MS;
   const left = () => Math.max(0, deadline - Date.now());
+  const probeGet = async options => {
+    const probe = new Etcd3(options);
+    try {
+      await waitFor(
+        async () => {
+          if (exited) throw describeFailure(`exited early: ${JSON.stringify(exited)}`);
+          await withTimeout(probe.get('x').string(), Math.min(2_000, left()), 'probe get');
+          return true;
+        },
+        left(),
+        `${url} answering client.get('x')${options.auth ? ' as root' : ''}`,
+        200,
+      );
+    } finally {
+      probe.close();
+    }
+  };
   try {
     await waitFor(
       async () => {
@@ -183,26 +313,19 @@ export async function startServer() {
       left(),
       `${url} accepting TCP`,
     );
-    const probe = new Etcd3({ hosts: url });
-    try {
-      await waitFor(
-        async () => {
-          if (exited) throw describeFailure(`exited early: ${JSON.stringify(exited)}`);
-          await withTimeout(probe.get('x').string(), Math.min(2_000, left()), 'probe get');
-          return true;
-        },
-        left(),
-        `${url} answering client.get('x')`,
-        200,
-      );
-    } finally {
-      probe.close();
+    if (kind === 'etcd' && rootAuth) {
+      // etcd starts without auth: probe unauthenticated, then enable auth like the
+      // seeds' container (etcdctl adds role root and grants it to root on `auth enable`).
+      await probeGet({ ...clientOptions, auth: undefined });
+      await withTimeout(etcdctl(url, ['user', 'add', `root:${rootPassword}`], tls), left(), 'etcdctl user add');
+      await withTimeout(etcdctl(url, ['auth', 'enable'], tls), left(), 'etcdctl auth enable');
     }
+    await probeGet(clientOptions);
   } catch (e) {
     await stop();
     if (e.fatal) throw e;
     throw describeFailure(`did not become ready: ${e.message}`);
   }
 
-  return { url, kind, stop, logTail: () => logTail };
+  return { url, kind, stop, logTail: () => logTail, clientOptions };
 }

@@ -314,13 +314,17 @@ impl TokenProvider {
     }
 }
 
-/// Slows down password guessing through Authenticate: after a few failures for a user or from
-/// a client address, each further attempt for that user or address waits for its own time slot,
-/// doubling up to a cap, so parallel guesses queue instead of multiplying. A success clears the
-/// user's and the address's record; records expire after a quiet window.
+/// Slows down password guessing through Authenticate. Failures are counted under three keys:
+/// the user from one client address (strict: a few free failures), the user from anywhere, and
+/// the address for any user (both lenient, so one misbehaving client does not slow everybody
+/// else). Past a key's free failures, each further attempt under it waits for its own time
+/// slot, spaced by a gap that doubles per failure up to a cap, so parallel guesses queue instead
+/// of multiplying. A success clears the records of that user and address; records expire after
+/// a quiet window.
 pub struct LoginThrottle {
     entries: Mutex<HashMap<String, ThrottleEntry>>,
-    free_failures: u32,
+    pair_free: u32,
+    wide_free: u32,
     base: Duration,
     cap: Duration,
     window: Duration,
@@ -336,6 +340,7 @@ impl Default for LoginThrottle {
     fn default() -> Self {
         LoginThrottle::new(
             3,
+            10,
             Duration::from_millis(500),
             Duration::from_secs(30),
             Duration::from_secs(300),
@@ -344,23 +349,45 @@ impl Default for LoginThrottle {
 }
 
 impl LoginThrottle {
-    /// A throttle that lets `free_failures` failures through unslowed, then spaces attempts by
-    /// `base` doubling per failure up to `cap`, and forgets a key `window` after its last failure.
-    pub fn new(free_failures: u32, base: Duration, cap: Duration, window: Duration) -> Self {
+    /// A throttle that lets `pair_free` failures of one user from one address (and `wide_free`
+    /// of one user overall, or of one address overall) through unslowed, then spaces attempts by
+    /// `base` doubling per further failure up to `cap`, and forgets a key `window` after its last
+    /// failure.
+    pub fn new(
+        pair_free: u32,
+        wide_free: u32,
+        base: Duration,
+        cap: Duration,
+        window: Duration,
+    ) -> Self {
         LoginThrottle {
             entries: Mutex::new(HashMap::new()),
-            free_failures,
+            pair_free,
+            wide_free,
             base,
             cap,
             window,
         }
     }
 
-    fn gap(&self, failures: u32) -> Duration {
-        if failures < self.free_failures {
+    fn keys(user: &str, addr: &str) -> [(String, bool); 3] {
+        [
+            (format!("pair:{user}@{addr}"), true),
+            (format!("user:{user}"), false),
+            (format!("addr:{addr}"), false),
+        ]
+    }
+
+    fn gap(&self, failures: u32, strict: bool) -> Duration {
+        let free = if strict {
+            self.pair_free
+        } else {
+            self.wide_free
+        };
+        if failures < free {
             return Duration::ZERO;
         }
-        let doublings = (failures - self.free_failures).min(16);
+        let doublings = (failures - free).min(16);
         (self.base * 2u32.pow(doublings)).min(self.cap)
     }
 
@@ -371,11 +398,15 @@ impl LoginThrottle {
         let mut entries = self.entries.lock().expect("throttle lock");
         entries.retain(|_, e| now.duration_since(e.last_failure) < self.window);
         let mut wait = Duration::ZERO;
-        for key in [format!("user:{user}"), format!("addr:{addr}")] {
+        for (key, strict) in Self::keys(user, addr) {
             if let Some(e) = entries.get_mut(&key) {
+                let gap = self.gap(e.failures, strict);
+                if gap.is_zero() {
+                    continue;
+                }
                 let start = e.next_slot.max(now);
                 wait = wait.max(start - now);
-                e.next_slot = start + self.gap(e.failures);
+                e.next_slot = start + gap;
             }
         }
         wait
@@ -385,7 +416,7 @@ impl LoginThrottle {
     pub fn record(&self, user: &str, addr: &str, ok: bool) {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("throttle lock");
-        for key in [format!("user:{user}"), format!("addr:{addr}")] {
+        for (key, strict) in Self::keys(user, addr) {
             if ok {
                 entries.remove(&key);
             } else {
@@ -396,7 +427,7 @@ impl LoginThrottle {
                 });
                 e.failures += 1;
                 e.last_failure = now;
-                let gap = self.gap(e.failures);
+                let gap = self.gap(e.failures, strict);
                 e.next_slot = e.next_slot.max(now + gap);
             }
         }
@@ -470,6 +501,7 @@ mod tests {
     fn throttle_spaces_attempts_after_free_failures() {
         let t = LoginThrottle::new(
             2,
+            4,
             Duration::from_millis(100),
             Duration::from_secs(1),
             Duration::from_secs(60),
@@ -478,13 +510,15 @@ mod tests {
             assert_eq!(t.reserve("root", "1.2.3.4"), Duration::ZERO);
             t.record("root", "1.2.3.4", false);
         }
-        // Third failure onwards: attempts queue behind each other.
-        let w1 = t.reserve("root", "9.9.9.9");
-        let w2 = t.reserve("root", "9.9.9.9");
+        // Third failure onwards: attempts of root from that address queue behind each other.
+        let w1 = t.reserve("root", "1.2.3.4");
+        let w2 = t.reserve("root", "1.2.3.4");
         assert!(w1 > Duration::from_millis(50), "{w1:?}");
         assert!(w2 > w1, "parallel guesses queue: {w1:?} then {w2:?}");
-        // Another user from another address is not slowed.
+        // Another user from another address is not slowed, nor another user from the same
+        // address while the address is under its wider allowance.
         assert_eq!(t.reserve("bob", "5.5.5.5"), Duration::ZERO);
+        assert_eq!(t.reserve("bob", "1.2.3.4"), Duration::ZERO);
         // Success clears the record.
         t.record("root", "1.2.3.4", true);
         assert_eq!(t.reserve("root", "1.2.3.4"), Duration::ZERO);

@@ -1,0 +1,350 @@
+//! The connection: endpoints, credentials, and the etcd v3 calls the SDK is built from.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mast_proto::etcdserverpb::{
+    AuthenticateRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse, auth_client::AuthClient,
+    kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient,
+};
+use tokio::sync::RwLock;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// Errors of the SDK.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No endpoint given, or one that is not a URL.
+    #[error("bad endpoint: {0}")]
+    Endpoint(String),
+    /// The server answered with an error.
+    #[error("server error: {0}")]
+    Server(#[from] Status),
+    /// A stored value is not what the data model says.
+    #[error("bad stored value at {key}: {message}")]
+    Data {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A name that cannot be a key segment.
+    #[error(transparent)]
+    Name(#[from] mast_model::NameError),
+    /// Content refused by its format or schema.
+    #[error(transparent)]
+    Validation(#[from] mast_model::ValidationError),
+    /// A conflicting concurrent change won too many times.
+    #[error("too many concurrent changes to {0}; try again")]
+    Conflict(String),
+    /// Reading or writing the local config cache failed.
+    #[error("config cache: {0}")]
+    Cache(#[from] std::io::Error),
+}
+
+/// A result of the SDK.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to reach the server.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// gRPC endpoints, e.g. `http://127.0.0.1:2379` (a bare `host:port` means http).
+    pub endpoints: Vec<String>,
+    /// User name, when auth is on.
+    pub user: Option<String>,
+    /// Password of `user`.
+    pub password: Option<String>,
+    /// How long to wait for a connection before a call fails.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            user: None,
+            password: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Options from the environment: `MAST_ENDPOINTS` (comma-separated), `MAST_USER`,
+    /// `MAST_PASSWORD`, each falling back to etcdctl's `ETCDCTL_ENDPOINTS`, `ETCDCTL_USER`
+    /// (which may be `user:password`) and `ETCDCTL_PASSWORD`.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// As [`ClientOptions::from_env`], reading variables through `get` (for tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        let pick = |a: &str, b: &str| get(a).or_else(|| get(b)).filter(|v| !v.is_empty());
+        let mut o = ClientOptions::default();
+        if let Some(e) = pick("MAST_ENDPOINTS", "ETCDCTL_ENDPOINTS") {
+            o.endpoints = e
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        o.user = pick("MAST_USER", "ETCDCTL_USER");
+        o.password = pick("MAST_PASSWORD", "ETCDCTL_PASSWORD");
+        if o.password.is_none()
+            && let Some(u) = o.user.clone()
+            && let Some((name, pw)) = u.split_once(':')
+        {
+            o.user = Some(name.to_string());
+            o.password = Some(pw.to_string());
+        }
+        o
+    }
+}
+
+type Authed = InterceptedService<Channel, TokenInterceptor>;
+
+/// Adds the current auth token to every call.
+#[derive(Clone)]
+pub struct TokenInterceptor {
+    token: Arc<std::sync::RwLock<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>>>,
+}
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: Request<()>) -> std::result::Result<Request<()>, Status> {
+        if let Some(t) = self.token.read().expect("token lock").clone() {
+            req.metadata_mut().insert("token", t);
+        }
+        Ok(req)
+    }
+}
+
+/// A connection to Mast or any etcd v3 server. Cheap to clone; clones share the connection
+/// and the auth token.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) kv: KvClient<Authed>,
+    pub(crate) lease: LeaseClient<Authed>,
+    pub(crate) watch: WatchClient<Authed>,
+    auth: AuthClient<Channel>,
+    token: TokenInterceptor,
+    creds: Option<(String, String)>,
+    login: Arc<RwLock<()>>,
+}
+
+impl Client {
+    /// Connects (lazily: the first call dials) and logs in when a user is given.
+    ///
+    /// # Errors
+    /// [`Error::Endpoint`] for a bad endpoint; the server's error when login fails.
+    pub async fn connect(options: ClientOptions) -> Result<Client> {
+        let mut endpoints = Vec::new();
+        for e in &options.endpoints {
+            let url = if e.contains("://") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            };
+            let ep = Endpoint::from_shared(url.clone())
+                .map_err(|err| Error::Endpoint(format!("{url}: {err}")))?
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true);
+            endpoints.push(ep);
+        }
+        let channel = match endpoints.len() {
+            0 => return Err(Error::Endpoint("no endpoint".into())),
+            1 => endpoints.pop().expect("one").connect_lazy(),
+            _ => Channel::balance_list(endpoints.into_iter()),
+        };
+        let token = TokenInterceptor {
+            token: Arc::new(std::sync::RwLock::new(None)),
+        };
+        let client = Client {
+            kv: KvClient::with_interceptor(channel.clone(), token.clone()),
+            lease: LeaseClient::with_interceptor(channel.clone(), token.clone()),
+            watch: WatchClient::with_interceptor(channel.clone(), token.clone()),
+            auth: AuthClient::new(channel),
+            token,
+            creds: options
+                .user
+                .map(|u| (u, options.password.unwrap_or_default())),
+            login: Arc::new(RwLock::new(())),
+        };
+        if client.creds.is_some() {
+            client.authenticate().await?;
+        }
+        Ok(client)
+    }
+
+    /// Logs in again (after the token expired or the auth revision moved).
+    async fn authenticate(&self) -> Result<()> {
+        let Some((name, password)) = self.creds.clone() else {
+            return Ok(());
+        };
+        let _guard = self.login.write().await;
+        let resp = self
+            .auth
+            .clone()
+            .authenticate(AuthenticateRequest { name, password })
+            .await?
+            .into_inner();
+        let value = resp.token.parse().map_err(|_| Error::Data {
+            key: "token".into(),
+            message: "not ASCII".into(),
+        })?;
+        *self.token.token.write().expect("token lock") = Some(value);
+        Ok(())
+    }
+
+    /// Runs `f`, logging in again once if the server says the token is no longer good.
+    pub(crate) async fn retry_auth<T, F, Fut>(&self, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Status>>,
+    {
+        match f().await {
+            Err(s) if self.creds.is_some() && is_token_error(&s) => {
+                self.authenticate().await?;
+                Ok(f().await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// etcd Range.
+    ///
+    /// # Errors
+    /// The server's error.
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.retry_auth(|| {
+            let mut kv = self.kv.clone();
+            let req = req.clone();
+            async move { kv.range(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// etcd Put; returns the new revision.
+    ///
+    /// # Errors
+    /// The server's error.
+    pub async fn put(&self, req: PutRequest) -> Result<i64> {
+        self.retry_auth(|| {
+            let mut kv = self.kv.clone();
+            let req = req.clone();
+            async move {
+                kv.put(req)
+                    .await
+                    .map(|r| r.into_inner().header.map_or(0, |h| h.revision))
+            }
+        })
+        .await
+    }
+
+    /// etcd DeleteRange; returns how many keys were deleted.
+    ///
+    /// # Errors
+    /// The server's error.
+    pub async fn delete(&self, req: DeleteRangeRequest) -> Result<i64> {
+        self.retry_auth(|| {
+            let mut kv = self.kv.clone();
+            let req = req.clone();
+            async move { kv.delete_range(req).await.map(|r| r.into_inner().deleted) }
+        })
+        .await
+    }
+
+    /// etcd Txn.
+    ///
+    /// # Errors
+    /// The server's error.
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        self.retry_auth(|| {
+            let mut kv = self.kv.clone();
+            let req = req.clone();
+            async move { kv.txn(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// Grants a lease of `ttl` seconds; returns its ID.
+    ///
+    /// # Errors
+    /// The server's error.
+    pub async fn grant(&self, ttl: i64) -> Result<i64> {
+        self.retry_auth(|| {
+            let mut lease = self.lease.clone();
+            async move {
+                lease
+                    .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+                    .await
+                    .map(|r| r.into_inner().id)
+            }
+        })
+        .await
+    }
+
+    /// Revokes a lease (deleting its keys).
+    ///
+    /// # Errors
+    /// The server's error.
+    pub async fn revoke(&self, id: i64) -> Result<()> {
+        self.retry_auth(|| {
+            let mut lease = self.lease.clone();
+            async move {
+                lease
+                    .lease_revoke(LeaseRevokeRequest { id })
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await
+    }
+}
+
+/// Whether a status asks the client to log in again.
+pub(crate) fn is_token_error(s: &Status) -> bool {
+    s.code() == Code::Unauthenticated
+        || s.message().contains("revision of auth store is old")
+        || s.message().contains("invalid auth token")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_from_env_fall_back_to_etcdctl() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let o = ClientOptions::from_lookup(env(&[
+            ("ETCDCTL_ENDPOINTS", "a:1,b:2"),
+            ("ETCDCTL_USER", "root:guang"),
+        ]));
+        assert_eq!(o.endpoints, vec!["a:1", "b:2"]);
+        assert_eq!(
+            (o.user.as_deref(), o.password.as_deref()),
+            (Some("root"), Some("guang"))
+        );
+        let o = ClientOptions::from_lookup(env(&[
+            ("MAST_USER", "app"),
+            ("MAST_PASSWORD", "pw"),
+            ("ETCDCTL_USER", "x:y"),
+        ]));
+        assert_eq!(
+            (o.user.as_deref(), o.password.as_deref()),
+            (Some("app"), Some("pw"))
+        );
+        assert_eq!(
+            ClientOptions::from_lookup(|_| None).endpoints,
+            vec!["http://127.0.0.1:2379"]
+        );
+    }
+}
