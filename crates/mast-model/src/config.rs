@@ -205,6 +205,19 @@ impl ConfigFormat {
         }
     }
 
+    /// The format a data id's extension suggests (`app.yaml` → YAML), if any.
+    pub fn from_data_id(data_id: &str) -> Option<ConfigFormat> {
+        let (_, ext) = data_id.rsplit_once('.')?;
+        match ext.to_ascii_lowercase().as_str() {
+            "json" => Some(ConfigFormat::Json),
+            "yaml" | "yml" => Some(ConfigFormat::Yaml),
+            "toml" => Some(ConfigFormat::Toml),
+            "properties" => Some(ConfigFormat::Properties),
+            "txt" | "text" => Some(ConfigFormat::Text),
+            _ => None,
+        }
+    }
+
     /// Checks that `content` parses in this format and, when `schema` is given, satisfies it.
     ///
     /// # Errors
@@ -232,6 +245,22 @@ impl ConfigFormat {
         }
         Ok(())
     }
+}
+
+/// Checks that `schema` is a usable JSON Schema (an object or a boolean that compiles), so a
+/// broken schema is refused when it is attached rather than when content is next published.
+///
+/// # Errors
+/// [`ValidationError::BadSchema`] with the compiler's message.
+pub fn check_schema(schema: &serde_json::Value) -> Result<(), ValidationError> {
+    if !(schema.is_object() || schema.is_boolean()) {
+        return Err(ValidationError::BadSchema(
+            "a schema must be a JSON object or a boolean".into(),
+        ));
+    }
+    jsonschema::validator_for(schema)
+        .map(|_| ())
+        .map_err(|e| ValidationError::BadSchema(e.to_string()))
 }
 
 /// Hex MD5 of content, as Nacos reports it.
@@ -385,5 +414,13 @@ mod tests {
                 .is_err()
         );
         assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert!(check_schema(&schema).is_ok());
+        assert!(check_schema(&serde_json::json!({"type": "no-such-type"})).is_err());
+        assert!(check_schema(&serde_json::json!([1])).is_err());
+        assert_eq!(
+            ConfigFormat::from_data_id("app.YML"),
+            Some(ConfigFormat::Yaml)
+        );
+        assert_eq!(ConfigFormat::from_data_id("app"), None);
     }
 }

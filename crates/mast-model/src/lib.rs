@@ -22,7 +22,10 @@ use serde::{Deserialize, Serialize};
 
 pub mod config;
 
-pub use config::{ConfigFormat, ConfigHistoryEntry, ConfigId, ConfigMeta, ValidationError};
+pub use config::{
+    ConfigFormat, ConfigHistoryEntry, ConfigId, ConfigMeta, HistoryOp, ValidationError,
+    check_schema, md5_hex,
+};
 
 /// Prefix of every instance key.
 pub const SERVICES_PREFIX: &str = "/services/";

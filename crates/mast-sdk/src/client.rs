@@ -6,7 +6,8 @@ use std::time::Duration;
 use mast_proto::etcdserverpb::{
     AuthenticateRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
     RangeRequest, RangeResponse, TxnRequest, TxnResponse, auth_client::AuthClient,
-    kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient,
+    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
 use tokio::sync::RwLock;
 use tonic::service::interceptor::InterceptedService;
@@ -103,7 +104,8 @@ impl ClientOptions {
     }
 }
 
-type Authed = InterceptedService<Channel, TokenInterceptor>;
+/// A channel that adds the auth token to every call.
+pub type Authed = InterceptedService<Channel, TokenInterceptor>;
 
 /// Adds the current auth token to every call.
 #[derive(Clone)]
@@ -128,6 +130,7 @@ pub struct Client {
     pub(crate) lease: LeaseClient<Authed>,
     pub(crate) watch: WatchClient<Authed>,
     auth: AuthClient<Channel>,
+    channel: Channel,
     token: TokenInterceptor,
     creds: Option<(String, String)>,
     login: Arc<RwLock<()>>,
@@ -164,7 +167,8 @@ impl Client {
             kv: KvClient::with_interceptor(channel.clone(), token.clone()),
             lease: LeaseClient::with_interceptor(channel.clone(), token.clone()),
             watch: WatchClient::with_interceptor(channel.clone(), token.clone()),
-            auth: AuthClient::new(channel),
+            auth: AuthClient::new(channel.clone()),
+            channel,
             token,
             creds: options
                 .user
@@ -210,6 +214,31 @@ impl Client {
             }
             other => Ok(other?),
         }
+    }
+
+    /// The raw etcd KV client (with the auth token), for calls the SDK does not wrap.
+    pub fn kv_client(&self) -> KvClient<Authed> {
+        self.kv.clone()
+    }
+
+    /// The raw etcd Lease client (with the auth token).
+    pub fn lease_client(&self) -> LeaseClient<Authed> {
+        self.lease.clone()
+    }
+
+    /// The raw etcd Watch client (with the auth token).
+    pub fn watch_client(&self) -> WatchClient<Authed> {
+        self.watch.clone()
+    }
+
+    /// The raw etcd Maintenance client (with the auth token).
+    pub fn maintenance_client(&self) -> MaintenanceClient<Authed> {
+        MaintenanceClient::with_interceptor(self.channel.clone(), self.token.clone())
+    }
+
+    /// The raw etcd Cluster client (with the auth token).
+    pub fn cluster_client(&self) -> ClusterClient<Authed> {
+        ClusterClient::with_interceptor(self.channel.clone(), self.token.clone())
     }
 
     /// etcd Range.

@@ -1,4 +1,5 @@
-//! The `mast` binary: `mast serve` runs a server; more subcommands (the CLI) come later.
+//! The `mast` binary: `mast serve` runs a server; the other subcommands are a client (etcdctl's
+//! everyday verbs plus `service` and `config`), see [`cli`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -8,10 +9,14 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mast_server::{Server, ServerConfig};
 
+mod cli;
+
 /// Mast: config center and service registry that speaks the etcd v3 API.
 #[derive(Parser, Debug)]
 #[command(name = "mast", version, about)]
 struct Cli {
+    #[command(flatten)]
+    global: cli::Global,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -20,6 +25,8 @@ struct Cli {
 enum Cmd {
     /// Run a server (one embedded, durable member).
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(cli::ClientCmd),
 }
 
 /// Flags of `mast serve`, named as etcd's; each can also come from a `MAST_*` variable.
@@ -164,7 +171,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.watch_progress_notify_interval =
         Duration::from_secs(args.watch_progress_notify_interval.max(1));
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "starting mast");
-    let server = Server::start(config).await?;
+    let server = Server::start_with(config, mast_registry::router).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
@@ -192,13 +199,23 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    match cli.command {
-        Cmd::Serve(args) => rt.block_on(serve(args)),
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| match cli.command {
+            Cmd::Serve(args) => rt.block_on(serve(args)),
+            Cmd::Client(cmd) => rt.block_on(cli::run(cli.global, cmd)),
+        });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole cause chain on one line, without a backtrace.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,0 +1,788 @@
+//! Configs: namespace / group / data id, stored as [`mast_model`] lays them out — content raw
+//! at `/configs/…` (so a plain etcd watcher sees the content itself), metadata at
+//! `/config-meta/…`, and every version at `/config-history/…/<version>`.
+//!
+//! Every change is one Txn that compares the meta key's mod revision with what was read
+//! (optimistic concurrency; retried a few times when another publisher got there first):
+//! - publish: put content, put meta (version + 1, md5, time, author…), put the history entry,
+//!   and delete history entries older than the retention;
+//! - rollback: a publish of an old version's content (op `rollback`), never a delete;
+//! - delete: delete content and meta, put a history entry with op `delete` (keeping the last
+//!   content); history stays, and a later publish continues the version numbers.
+//!
+//! Because history lives under its own keys, it survives compaction.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use mast_model::config::{CONTENT_PREFIX, META_PREFIX};
+use mast_model::{
+    ConfigFormat, ConfigHistoryEntry, ConfigId, ConfigMeta, HistoryOp, check_name, check_schema,
+    md5_hex,
+};
+use mast_proto::mvccpb::KeyValue;
+use mast_server::Node;
+use mast_server::authz::Caller;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, Call, ErrorCode, JsonBody, PathParams, QueryParams};
+use crate::etcd;
+
+/// Attempts of an optimistic write before answering 409.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// A config in a list: everything but the content and the schema.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigSummary {
+    /// Namespace.
+    pub namespace: String,
+    /// Group.
+    pub group: String,
+    /// Data id.
+    pub data_id: String,
+    /// Content format.
+    pub format: ConfigFormat,
+    /// Current version (0 for content written by a plain etcd client, never published here).
+    pub version: u64,
+    /// Hex MD5 of the content (absent for content never published here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+    /// Description.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Tags.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Who published the current version.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub author: String,
+    /// When, ms since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<u64>,
+    /// A JSON Schema is attached.
+    pub has_schema: bool,
+    /// Revision of the content key's last change.
+    pub revision: i64,
+}
+
+impl ConfigSummary {
+    fn new(id: &ConfigId, meta: Option<&ConfigMeta>, revision: i64) -> Self {
+        ConfigSummary {
+            namespace: id.namespace.clone(),
+            group: id.group.clone(),
+            data_id: id.data_id.clone(),
+            format: meta.map_or_else(
+                || ConfigFormat::from_data_id(&id.data_id).unwrap_or_default(),
+                |m| m.format,
+            ),
+            version: meta.map_or(0, |m| m.version),
+            md5: meta.map(|m| m.md5.clone()),
+            description: meta.map(|m| m.description.clone()).unwrap_or_default(),
+            tags: meta.map(|m| m.tags.clone()).unwrap_or_default(),
+            author: meta.map(|m| m.author.clone()).unwrap_or_default(),
+            updated_at: meta.map(|m| m.updated_at),
+            has_schema: meta.is_some_and(|m| m.schema.is_some()),
+            revision,
+        }
+    }
+}
+
+/// One config with its content.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigView {
+    /// Everything but content and schema.
+    #[serde(flatten)]
+    pub summary: ConfigSummary,
+    /// The content (non-UTF-8 bytes written by other clients are shown replaced).
+    pub content: String,
+    /// The attached JSON Schema.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+}
+
+/// `GET /mast/v1/configs`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigList {
+    /// Revision the list was read at.
+    pub revision: i64,
+    /// Configs by namespace, group, data id.
+    pub configs: Vec<ConfigSummary>,
+}
+
+/// Filters of the config list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigFilter {
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// Only this group.
+    pub group: Option<String>,
+    /// Only data ids containing this text.
+    pub search: Option<String>,
+}
+
+fn double_option<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<serde_json::Value>>, D::Error> {
+    Ok(Some(Option::<serde_json::Value>::deserialize(d)?))
+}
+
+/// `PUT /mast/v1/configs/{namespace}/{group}/{dataId}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishRequest {
+    /// The new content.
+    pub content: String,
+    /// `text`, `json`, `yaml`, `toml` or `properties`; default: the current format, else the
+    /// data id's extension, else text.
+    pub format: Option<String>,
+    /// New description (default: unchanged).
+    pub description: Option<String>,
+    /// New tags (default: unchanged).
+    pub tags: Option<Vec<String>>,
+    /// Who publishes (ignored when auth is on: the authenticated user is recorded).
+    pub author: Option<String>,
+    /// A JSON Schema to attach (`null` detaches; absent keeps the current one).
+    #[serde(default, deserialize_with = "double_option")]
+    pub schema: Option<Option<serde_json::Value>>,
+    /// Publish only if the current version is this (0: only if the config does not exist).
+    pub expected_version: Option<u64>,
+}
+
+/// `POST …/rollback`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The version whose content to publish again.
+    pub version: u64,
+    /// Who rolls back (ignored when auth is on).
+    pub author: Option<String>,
+    /// Roll back only if the current version is this.
+    pub expected_version: Option<u64>,
+}
+
+/// Publish and rollback answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishResponse {
+    /// The config after the write.
+    #[serde(flatten)]
+    pub config: ConfigSummary,
+    /// For a rollback: the version restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<u64>,
+}
+
+/// Delete answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteResponse {
+    /// Namespace.
+    pub namespace: String,
+    /// Group.
+    pub group: String,
+    /// Data id.
+    pub data_id: String,
+    /// The version number of the delete record in history.
+    pub version: u64,
+    /// Revision of the delete.
+    pub revision: i64,
+}
+
+/// One history entry without its content.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistorySummary {
+    /// Version number.
+    pub version: u64,
+    /// Publish, rollback or delete.
+    pub op: HistoryOp,
+    /// Format.
+    pub format: ConfigFormat,
+    /// Hex MD5 of the content.
+    pub md5: String,
+    /// Who.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub author: String,
+    /// When, ms since the Unix epoch.
+    pub time: u64,
+    /// For a rollback: the version restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<u64>,
+    /// Content size in bytes.
+    pub size: usize,
+}
+
+/// `GET …/history`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryList {
+    /// Revision the history was read at.
+    pub revision: i64,
+    /// Versions kept per config.
+    pub retention: u64,
+    /// Newest first.
+    pub versions: Vec<HistorySummary>,
+}
+
+/// Query of `GET …/history`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Most entries to return (newest first).
+    pub limit: Option<usize>,
+}
+
+/// `GET …/history/{version}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryVersion {
+    /// Namespace.
+    pub namespace: String,
+    /// Group.
+    pub group: String,
+    /// Data id.
+    pub data_id: String,
+    /// The entry, content included.
+    #[serde(flatten)]
+    pub entry: ConfigHistoryEntry,
+}
+
+/// Query of `GET …/diff`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiffQuery {
+    /// The older version.
+    pub from: u64,
+    /// The newer version (default: the latest).
+    pub to: Option<u64>,
+}
+
+/// `GET …/diff`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffResponse {
+    /// From version.
+    pub from: u64,
+    /// To version.
+    pub to: u64,
+    /// The two contents are equal.
+    pub identical: bool,
+    /// Unified diff (3 lines of context), empty when identical.
+    pub diff: String,
+}
+
+fn config_id(ns: &str, group: &str, data_id: &str) -> ApiResult<ConfigId> {
+    Ok(ConfigId::new(ns, group, data_id)?)
+}
+
+/// What a write needs to know of a config's current state.
+struct Current {
+    /// The metadata and the meta key's mod revision (0: absent).
+    meta: Option<ConfigMeta>,
+    meta_rev: i64,
+    /// The newest version number ever used (meta's, or the newest history entry's).
+    version: u64,
+}
+
+async fn read_current(node: &Node, caller: &Caller, id: &ConfigId) -> ApiResult<Current> {
+    let (kv, _) = etcd::get(node, caller, &id.meta_key(), 0).await?;
+    if let Some(kv) = kv {
+        let meta: ConfigMeta = serde_json::from_slice(&kv.value).map_err(|e| {
+            ApiError::new(
+                ErrorCode::Conflict,
+                format!("the metadata at {} is not valid: {e}", id.meta_key()),
+            )
+        })?;
+        return Ok(Current {
+            version: meta.version,
+            meta: Some(meta),
+            meta_rev: kv.mod_revision,
+        });
+    }
+    // No metadata: never published, or deleted. Versions continue after the newest history
+    // entry, so a deleted config's history is never overwritten.
+    let resp = etcd::range_prefix(node, caller, &id.history_prefix(), 0, true).await?;
+    let version = resp
+        .kvs
+        .iter()
+        .filter_map(|kv| ConfigId::parse_key(&kv.key).and_then(|(_, v)| v))
+        .max()
+        .unwrap_or(0);
+    Ok(Current {
+        meta: None,
+        meta_rev: 0,
+        version,
+    })
+}
+
+/// The op that trims history to the retention once `version` is written, if any is needed.
+fn trim_op(
+    id: &ConfigId,
+    version: u64,
+    retention: u64,
+) -> Option<mast_proto::etcdserverpb::RequestOp> {
+    (version > retention)
+        .then(|| etcd::delete_op(id.history_prefix(), id.history_key(version - retention + 1)))
+}
+
+fn check_expected(expected: Option<u64>, current: u64) -> ApiResult<()> {
+    match expected {
+        Some(e) if e != current => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("expected version {e}, but the current version is {current}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Validates off the async workers (parsing and schema checks may be slow on large content).
+async fn validate(
+    format: ConfigFormat,
+    content: &str,
+    schema: Option<&serde_json::Value>,
+) -> ApiResult<()> {
+    let content = content.to_string();
+    let schema = schema.cloned();
+    tokio::task::spawn_blocking(move || format.validate(content.as_bytes(), schema.as_ref()))
+        .await??;
+    Ok(())
+}
+
+/// What one publish (or rollback) writes.
+struct Publish {
+    content: String,
+    format: Option<ConfigFormat>,
+    description: Option<String>,
+    tags: Option<Vec<String>>,
+    author: Option<String>,
+    schema: Option<Option<serde_json::Value>>,
+    expected_version: Option<u64>,
+    op: HistoryOp,
+    rolled_back_from: Option<u64>,
+}
+
+async fn publish_version(
+    st: &AppState,
+    caller: &Caller,
+    id: &ConfigId,
+    p: Publish,
+) -> ApiResult<PublishResponse> {
+    let node = &st.node;
+    if p.content.len() > node.config.max_request_bytes {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "content is {} bytes; the server accepts writes up to {} bytes",
+                p.content.len(),
+                node.config.max_request_bytes
+            ),
+        ));
+    }
+    let who = node.authenticate_caller(caller)?;
+    let author = who.map(|w| w.user).or(p.author).unwrap_or_default();
+    if let Some(Some(schema)) = &p.schema {
+        let schema = schema.clone();
+        tokio::task::spawn_blocking(move || check_schema(&schema)).await??;
+    }
+    for _ in 0..WRITE_ATTEMPTS {
+        let cur = read_current(node, caller, id).await?;
+        check_expected(p.expected_version, cur.version)?;
+        let old = cur.meta.as_ref();
+        let format = p
+            .format
+            .or(old.map(|m| m.format))
+            .or_else(|| ConfigFormat::from_data_id(&id.data_id))
+            .unwrap_or_default();
+        let schema = match &p.schema {
+            Some(s) => s.clone(),
+            None => old.and_then(|m| m.schema.clone()),
+        };
+        validate(format, &p.content, schema.as_ref()).await?;
+        let version = cur.version + 1;
+        let now = etcd::now_ms();
+        let md5 = md5_hex(p.content.as_bytes());
+        let meta = ConfigMeta {
+            format,
+            md5: md5.clone(),
+            version,
+            description: p
+                .description
+                .clone()
+                .or_else(|| old.map(|m| m.description.clone()))
+                .unwrap_or_default(),
+            tags: p
+                .tags
+                .clone()
+                .or_else(|| old.map(|m| m.tags.clone()))
+                .unwrap_or_default(),
+            author: author.clone(),
+            updated_at: now,
+            schema,
+        };
+        let entry = ConfigHistoryEntry {
+            version,
+            content: p.content.clone(),
+            format,
+            md5,
+            author: author.clone(),
+            time: now,
+            op: p.op,
+            rolled_back_from: p.rolled_back_from,
+        };
+        let mut ops = vec![
+            etcd::put_op(id.content_key(), p.content.clone()),
+            etcd::put_op(id.meta_key(), to_json(&meta)?),
+            etcd::put_op(id.history_key(version), to_json(&entry)?),
+        ];
+        ops.extend(trim_op(id, version, st.config.history_retention));
+        let resp = etcd::txn(
+            node,
+            caller,
+            vec![etcd::mod_revision_is(id.meta_key(), cur.meta_rev)],
+            ops,
+        )
+        .await?;
+        if resp.succeeded {
+            return Ok(PublishResponse {
+                config: ConfigSummary::new(id, Some(&meta), etcd::txn_revision(&resp)),
+                rolled_back_from: p.rolled_back_from,
+            });
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::Conflict,
+        "the config kept changing while it was published; try again",
+    ))
+}
+
+fn to_json<T: Serialize>(v: &T) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| ApiError::internal(format!("encoding JSON failed: {e}")))
+}
+
+fn content_string(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(&kv.value).into_owned()
+}
+
+fn parse_meta(kv: Option<&KeyValue>) -> Option<ConfigMeta> {
+    kv.and_then(|kv| serde_json::from_slice(&kv.value).ok())
+}
+
+/// `GET /mast/v1/configs?namespace=&group=&search=`.
+pub async fn list(
+    State(st): State<AppState>,
+    Call(caller): Call,
+    QueryParams(f): QueryParams<ConfigFilter>,
+) -> ApiResult<Json<ConfigList>> {
+    let node = &st.node;
+    let ns = f.namespace.filter(|s| !s.is_empty());
+    let group = f.group.filter(|s| !s.is_empty());
+    if let Some(ns) = &ns {
+        check_name("namespace", ns)?;
+    }
+    if let Some(g) = &group {
+        check_name("group", g)?;
+    }
+    let suffix = match (&ns, &group) {
+        (Some(ns), Some(g)) => format!("{ns}/{g}/"),
+        (Some(ns), None) => format!("{ns}/"),
+        _ => String::new(),
+    };
+    let contents =
+        etcd::range_prefix(node, &caller, &format!("{CONTENT_PREFIX}{suffix}"), 0, true).await?;
+    let revision = etcd::revision_of(&contents);
+    let metas = etcd::range_prefix(
+        node,
+        &caller,
+        &format!("{META_PREFIX}{suffix}"),
+        revision,
+        false,
+    )
+    .await?;
+    let metas: BTreeMap<ConfigId, ConfigMeta> = metas
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            let (id, _) = ConfigId::parse_key(&kv.key)?;
+            Some((id, parse_meta(Some(kv))?))
+        })
+        .collect();
+    let configs = contents
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            let (id, _) = ConfigId::parse_key(&kv.key)?;
+            Some((id, kv.mod_revision))
+        })
+        .filter(|(id, _)| group.as_ref().is_none_or(|g| &id.group == g))
+        .filter(|(id, _)| {
+            f.search
+                .as_ref()
+                .is_none_or(|s| id.data_id.contains(s.as_str()))
+        })
+        .map(|(id, rev)| ConfigSummary::new(&id, metas.get(&id), rev))
+        .collect();
+    Ok(Json(ConfigList { revision, configs }))
+}
+
+/// `GET /mast/v1/configs/{namespace}/{group}/{dataId}`.
+pub async fn get(
+    State(st): State<AppState>,
+    Call(caller): Call,
+    PathParams((ns, group, data_id)): PathParams<(String, String, String)>,
+) -> ApiResult<Json<ConfigView>> {
+    let node = &st.node;
+    let id = config_id(&ns, &group, &data_id)?;
+    let (content, revision) = etcd::get(node, &caller, &id.content_key(), 0).await?;
+    let Some(content) = content else {
+        return Err(not_found(&id));
+    };
+    // The metadata as of the same revision, so the two agree.
+    let (meta, _) = etcd::get(node, &caller, &id.meta_key(), revision).await?;
+    let meta = parse_meta(meta.as_ref());
+    Ok(Json(ConfigView {
+        summary: ConfigSummary::new(&id, meta.as_ref(), content.mod_revision),
+        content: content_string(&content),
+        schema: meta.and_then(|m| m.schema),
+    }))
+}
+
+fn not_found(id: &ConfigId) -> ApiError {
+    ApiError::not_found(format!(
+        "config {}/{}/{} does not exist",
+        id.namespace, id.group, id.data_id
+    ))
+}
+
+/// `PUT /mast/v1/configs/{namespace}/{group}/{dataId}`: publishes a new version.
+pub async fn publish(
+    State(st): State<AppState>,
+    Call(caller): Call,
+    PathParams((ns, group, data_id)): PathParams<(String, String, String)>,
+    JsonBody(req): JsonBody<PublishRequest>,
+) -> ApiResult<Json<PublishResponse>> {
+    let id = config_id(&ns, &group, &data_id)?;
+    let format = req
+        .format
+        .as_deref()
+        .map(str::parse::<ConfigFormat>)
+        .transpose()?;
+    let p = Publish {
+        content: req.content,
+        format,
+        description: req.description,
+        tags: req.tags,
+        author: req.author,
+        schema: req.schema,
+        expected_version: req.expected_version,
+        op: HistoryOp::Publish,
+        rolled_back_from: None,
+    };
+    publish_version(&st, &caller, &id, p).await.map(Json)
+}
+
+/// `POST …/rollback`: publishes an old version's content (and format) as a new version.
+pub async fn rollback(
+    State(st): State<AppState>,
+    Call(caller): Call,
+    PathParams((ns, group, data_id)): PathParams<(String, String, String)>,
+    JsonBody(req): JsonBody<RollbackRequest>,
+) -> ApiResult<Json<PublishResponse>> {
+    let id = config_id(&ns, &group, &data_id)?;
+    let entry = read_version(&st, &caller, &id, req.version).await?;
+    if entry.op == HistoryOp::Delete {
+        return Err(ApiError::bad_request(format!(
+            "version {} records a delete; roll back to the version before it",
+            req.version
+        )));
+    }
+    let p = Publish {
+        content: entry.content,
+        format: Some(entry.format),
+        description: None,
+        tags: None,
+        author: req.author,
+        schema: None,
+        expected_version: req.expected_version,
+        op: HistoryOp::Rollback,
+        rolled_back_from: Some(req.version),
+    };
+    publish_version(&st, &caller, &id, p).await.map(Json)
+}
+
+/// `DELETE /mast/v1/configs/{namespace}/{group}/{dataId}`: removes content and metadata and
+/// records the delete in history (which is kept).
+pub async fn delete(
+    State(st): State<AppState>,
+    Call(caller): Call,
+    PathParams((ns, group, data_id)): PathParams<(String, String, String)>,
+) -> ApiResult<Json<DeleteResponse>> {
+    let node = &st.node;
+    let id = config_id(&ns, &group, &data_id)?;
+    let who = node.authenticate_caller(&caller)?;
+    let author = who.map(|w| w.user).unwrap_or_default();
+    for _ in 0..WRITE_ATTEMPTS {
+        let cur = read_current(node, &caller, &id).await?;
+        let (content, _) = etcd::get(node, &caller, &id.content_key(), 0).await?;
+        if content.is_none() && cur.meta.is_none() {
+            return Err(not_found(&id));
+        }
+        let text = content.as_ref().map(content_string).unwrap_or_default();
+        let version = cur.version + 1;
+        let entry = ConfigHistoryEntry {
+            version,
+            md5: md5_hex(text.as_bytes()),
+            content: text,
+            format: cur.meta.as_ref().map_or_else(
+                || ConfigFormat::from_data_id(&id.data_id).unwrap_or_default(),
+                |m| m.format,
+            ),
+            author: author.clone(),
+            time: etcd::now_ms(),
+            op: HistoryOp::Delete,
+            rolled_back_from: None,
+        };
+        let mut ops = vec![
+            etcd::delete_op(id.content_key(), Vec::new()),
+            etcd::delete_op(id.meta_key(), Vec::new()),
+            etcd::put_op(id.history_key(version), to_json(&entry)?),
+        ];
+        ops.extend(trim_op(&id, version, st.config.history_retention));
+        let content_rev = content.as_ref().map_or(0, |kv| kv.mod_revision);
+        let resp = etcd::txn(
+            node,
+            &caller,
+            vec![
+                etcd::mod_revision_is(id.meta_key(), cur.meta_rev),
+                etcd::mod_revision_is(id.content_key(), content_rev),
+            ],
+            ops,
+        )
+        .await?;
+        if resp.succeeded {
+            return Ok(Json(DeleteResponse {
+                namespace: id.namespace,
+                group: id.group,
+                data_id: id.data_id,
+                version,
+                revision: etcd::txn_revision(&resp),
+            }));
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::Conflict,
+        "the config kept changing while it was deleted; try again",
+    ))
+}
+
+async fn read_version(
+    st: &AppState,
+    caller: &Caller,
+    id: &ConfigId,
+    version: u64,
+) -> ApiResult<ConfigHistoryEntry> {
+    let (kv, _) = etcd::get(&st.node, caller, &id.history_key(version), 0).await?;
+    let kv = kv.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "version {version} of {}/{}/{} is not in history (the last {} versions are kept)",
+            id.namespace, id.group, id.data_id, st.config.history_retention
+        ))
+    })?;
+    serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Conflict,
+            format!("history entry {version} is not valid: {e}"),
+        )
+    })
+}
+
+/// `GET …/history?limit=`: versions, newest first, without content.
+pub async fn history(
+    State(st): State<AppState>,
+    Call(caller): Call,
+    PathParams((ns, group, data_id)): PathParams<(String, String, String)>,
+    QueryParams(q): QueryParams<HistoryQuery>,
+) -> ApiResult<Json<HistoryList>> {
+    let id = config_id(&ns, &group, &data_id)?;
+    let resp = etcd::range_prefix(&st.node, &caller, &id.history_prefix(), 0, false).await?;
+    let mut versions: Vec<HistorySummary> = resp
+        .kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<ConfigHistoryEntry>(&kv.value).ok())
+        .map(|e| HistorySummary {
+            version: e.version,
+            op: e.op,
+            format: e.format,
+            size: e.content.len(),
+            md5: e.md5,
+            author: e.author,
+            time: e.time,
+            rolled_back_from: e.rolled_back_from,
+        })
+        .collect();
+    versions.reverse();
+    if let Some(limit) = q.limit {
+        versions.truncate(limit);
+    }
+    Ok(Json(HistoryList {
+        revision: etcd::revision_of(&resp),
+        retention: st.config.history_retention,
+        versions,
+    }))
+}
+
+/// `GET …/history/{version}`: one version with its content.
+pub async fn history_version(
+    State(st): State<AppState>,
+    Call(caller): Call,
+    PathParams((ns, group, data_id, version)): PathParams<(String, String, String, u64)>,
+) -> ApiResult<Json<HistoryVersion>> {
+    let id = config_id(&ns, &group, &data_id)?;
+    let entry = read_version(&st, &caller, &id, version).await?;
+    Ok(Json(HistoryVersion {
+        namespace: id.namespace,
+        group: id.group,
+        data_id: id.data_id,
+        entry,
+    }))
+}
+
+/// `GET …/diff?from=&to=`: a unified diff of two versions' content.
+pub async fn diff(
+    State(st): State<AppState>,
+    Call(caller): Call,
+    PathParams((ns, group, data_id)): PathParams<(String, String, String)>,
+    QueryParams(q): QueryParams<DiffQuery>,
+) -> ApiResult<Json<DiffResponse>> {
+    let id = config_id(&ns, &group, &data_id)?;
+    let to = match q.to {
+        Some(v) => v,
+        None => read_current(&st.node, &caller, &id).await?.version,
+    };
+    let a = read_version(&st, &caller, &id, q.from).await?;
+    let b = read_version(&st, &caller, &id, to).await?;
+    let identical = a.content == b.content;
+    let diff = if identical {
+        String::new()
+    } else {
+        similar::TextDiff::from_lines(&a.content, &b.content)
+            .unified_diff()
+            .context_radius(3)
+            .header(
+                &format!("{}@{}", id.data_id, q.from),
+                &format!("{}@{}", id.data_id, to),
+            )
+            .to_string()
+    };
+    Ok(Json(DiffResponse {
+        from: q.from,
+        to,
+        identical,
+        diff,
+    }))
+}

@@ -1,0 +1,160 @@
+//! Mast's service registry and config center HTTP API, served under `/mast/v1` on the server's
+//! one port, with JSON bodies (camelCase) and an OpenAPI document at `/mast/v1/openapi.json`.
+//!
+//! - [`instances`]: services and their instances — list (with health and filters), register
+//!   (a lease and a put), heartbeat (a keepalive of the instance's lease), update, deregister.
+//! - [`configs`]: list, get, publish (validated against the format and the config's JSON
+//!   Schema), delete, history, one version, diff of two versions, rollback.
+//! - [`events`]: a Server-Sent Events stream of instance and config changes that resumes from
+//!   a revision.
+//! - [`openapi`]: the OpenAPI document.
+//! - [`error`]: the one error type (`{"error", "code"}` with an HTTP status) and extractors
+//!   whose rejections are that error.
+//! - [`etcd`]: small builders over the node's etcd operations.
+//!
+//! The data is the one [`mast_model`] describes: ordinary etcd keys, so an etcd client and this
+//! API see the same instances and configs.
+//!
+//! **Architecture invariant:** every read and write here goes through the node's etcd API
+//! functions (`mast_server::api::kv`, `lease`, `watch`) with the HTTP caller's token, so each
+//! change is one ordinary durable, atomic etcd operation (a Put, a DeleteRange or a Txn) and
+//! auth applies exactly as it does to etcd clients. Nothing here touches the store directly
+//! except read-only lease timing for health.
+
+pub mod configs;
+pub mod error;
+pub mod etcd;
+pub mod events;
+pub mod instances;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+use mast_server::Node;
+
+pub use error::{ApiError, ErrorCode};
+
+/// How many versions of each config are kept by default.
+pub const DEFAULT_HISTORY_RETENTION: u64 = 100;
+
+/// Default cap on concurrent event streams.
+pub const DEFAULT_MAX_EVENT_STREAMS: usize = 1024;
+
+/// The environment variable that sets [`RegistryConfig::history_retention`].
+pub const HISTORY_RETENTION_ENV: &str = "MAST_CONFIG_HISTORY_RETENTION";
+
+/// Settings of the registry and config API.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Versions of each config kept under `/config-history/…`; publishing version `v` deletes
+    /// every version at or below `v - history_retention`. At least 1.
+    pub history_retention: u64,
+    /// Concurrent `/mast/v1/events` streams; more are refused with 503.
+    pub max_event_streams: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            history_retention: DEFAULT_HISTORY_RETENTION,
+            max_event_streams: DEFAULT_MAX_EVENT_STREAMS,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The defaults, with the retention from `MAST_CONFIG_HISTORY_RETENTION` when it is set to
+    /// a positive number (anything else is logged and ignored).
+    pub fn from_env() -> Self {
+        let mut config = RegistryConfig::default();
+        if let Ok(v) = std::env::var(HISTORY_RETENTION_ENV) {
+            match v.trim().parse::<u64>() {
+                Ok(n) if n > 0 => config.history_retention = n,
+                _ => tracing::warn!(
+                    value = %v,
+                    "{HISTORY_RETENTION_ENV} must be a positive integer; keeping {DEFAULT_HISTORY_RETENTION}"
+                ),
+            }
+        }
+        config
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node whose etcd operations the API uses.
+    pub node: Arc<Node>,
+    /// Settings.
+    pub config: Arc<RegistryConfig>,
+    /// Permits for event streams.
+    pub streams: Arc<tokio::sync::Semaphore>,
+}
+
+/// The API's routes for `node`, with settings from the environment
+/// ([`RegistryConfig::from_env`]). No fallback: the server merges this into its router.
+pub fn router(node: Arc<Node>) -> Router {
+    router_with(node, RegistryConfig::from_env())
+}
+
+/// The API's routes for `node` with explicit settings.
+pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
+    config.history_retention = config.history_retention.max(1);
+    let state = AppState {
+        node,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
+        config: Arc::new(config),
+    };
+    let na = error::method_not_allowed;
+    Router::new()
+        .route("/mast/v1/openapi.json", get(openapi::document).fallback(na))
+        .route(
+            "/mast/v1/services",
+            get(instances::list_services).fallback(na),
+        )
+        .route(
+            "/mast/v1/services/{service}/instances",
+            get(instances::list_instances)
+                .post(instances::register)
+                .fallback(na),
+        )
+        .route(
+            "/mast/v1/services/{service}/instances/{id}",
+            get(instances::get_instance)
+                .patch(instances::update)
+                .delete(instances::deregister)
+                .fallback(na),
+        )
+        .route(
+            "/mast/v1/services/{service}/instances/{id}/heartbeat",
+            put(instances::heartbeat).fallback(na),
+        )
+        .route("/mast/v1/configs", get(configs::list).fallback(na))
+        .route(
+            "/mast/v1/configs/{namespace}/{group}/{data_id}",
+            get(configs::get)
+                .put(configs::publish)
+                .delete(configs::delete)
+                .fallback(na),
+        )
+        .route(
+            "/mast/v1/configs/{namespace}/{group}/{data_id}/history",
+            get(configs::history).fallback(na),
+        )
+        .route(
+            "/mast/v1/configs/{namespace}/{group}/{data_id}/history/{version}",
+            get(configs::history_version).fallback(na),
+        )
+        .route(
+            "/mast/v1/configs/{namespace}/{group}/{data_id}/diff",
+            get(configs::diff).fallback(na),
+        )
+        .route(
+            "/mast/v1/configs/{namespace}/{group}/{data_id}/rollback",
+            post(configs::rollback).fallback(na),
+        )
+        .route("/mast/v1/events", get(events::stream).fallback(na))
+        .with_state(state)
+}

@@ -1,0 +1,1108 @@
+//! The registry and config HTTP API through real HTTP against an in-process server (the same
+//! `Server::start_with(config, router)` the binary runs), checked also through the etcd JSON
+//! gateway on the same port so both views of the data agree.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use futures::StreamExt;
+use mast_registry::RegistryConfig;
+use mast_server::node::Secret;
+use mast_server::{Server, ServerConfig};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+struct TestServer {
+    server: Option<Server>,
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start() -> TestServer {
+        Self::start_with(|_| {}, RegistryConfig::default()).await
+    }
+
+    async fn start_with(f: impl FnOnce(&mut ServerConfig), rc: RegistryConfig) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::new(dir.path());
+        cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        f(&mut cfg);
+        let server = Server::start_with(cfg, move |node| mast_registry::router_with(node, rc))
+            .await
+            .unwrap();
+        let base = format!("http://{}", server.local_addrs()[0]);
+        TestServer {
+            server: Some(server),
+            base,
+            http: reqwest::Client::new(),
+            token: None,
+            _dir: dir,
+        }
+    }
+
+    fn node(&self) -> &std::sync::Arc<mast_server::Node> {
+        self.server.as_ref().unwrap().node()
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.header("Authorization", t),
+            None => r,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = self.request(method, path);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}), status {status}: {text:?}"));
+        (status, v)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// The current store revision, through the etcd JSON gateway.
+    async fn revision(&self) -> i64 {
+        let (s, v) = self
+            .call(Method::POST, "/v3/kv/range", Some(json!({"key": b64("/")})))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["header"]["revision"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// One key through the etcd JSON gateway: (value, lease).
+    async fn etcd_get(&self, key: &str) -> Option<(Vec<u8>, i64)> {
+        let (s, v) = self
+            .call(Method::POST, "/v3/kv/range", Some(json!({"key": b64(key)})))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let kv = v["kvs"].as_array()?.first()?.clone();
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(kv["value"].as_str().unwrap_or(""))
+            .unwrap();
+        let lease = kv["lease"].as_str().map_or(0, |l| l.parse().unwrap());
+        Some((value, lease))
+    }
+
+    async fn stop(mut self) {
+        self.server.take().unwrap().shutdown().await;
+    }
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_heartbeat_expire_and_etcd_view() {
+    let t = TestServer::start().await;
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/mast/v1/services/user-service/instances",
+            Some(
+                json!({"id": "i1", "host": "localhost", "port": 3000, "ttl": 2,
+                        "metadata": {"version": "v1"}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["healthy"], true);
+    assert_eq!(v["ephemeral"], true);
+    assert_eq!(v["grantedTtl"], 2);
+    let lease: i64 = v["leaseId"].as_str().unwrap().parse().unwrap();
+
+    // The same data through the etcd KV API, at the seeds' key.
+    let (value, etcd_lease) = t.etcd_get("/services/user-service/i1").await.unwrap();
+    let stored: Value = serde_json::from_slice(&value).unwrap();
+    assert_eq!(stored["host"], "localhost");
+    assert_eq!(stored["port"], 3000);
+    assert_eq!(stored["metadata"]["version"], "v1");
+    assert_eq!(etcd_lease, lease);
+
+    let (s, v) = t
+        .get("/mast/v1/services/user-service/instances?healthy=true")
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ids(&v), ["i1"]);
+    assert!(v["revision"].as_i64().unwrap() > 0);
+    let (_, v) = t.get("/mast/v1/services").await;
+    assert_eq!(
+        v["services"],
+        json!([{"name": "user-service", "instances": 1, "healthyInstances": 1,
+                "availableInstances": 1}])
+    );
+
+    // Heartbeats keep it past its 2 s TTL.
+    let until = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < until {
+        let (s, v) = t
+            .call(
+                Method::PUT,
+                "/mast/v1/services/user-service/instances/i1/heartbeat",
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["ttl"], 2);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, v) = t.get("/mast/v1/services/user-service/instances").await;
+    assert_eq!(ids(&v), ["i1"]);
+
+    // Without heartbeats it is gone after its TTL, for etcd clients too.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let (_, v) = t.get("/mast/v1/services/user-service/instances").await;
+        if ids(&v).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "instance outlived its lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(t.etcd_get("/services/user-service/i1").await.is_none());
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            "/mast/v1/services/user-service/instances/i1/heartbeat",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v["code"], "not_found");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_filter_deregister() {
+    let t = TestServer::start().await;
+    for (id, port) in [("a", 1), ("b", 2)] {
+        let (s, v) = t
+            .call(
+                Method::POST,
+                "/mast/v1/services/orders/instances",
+                Some(json!({"id": id, "host": "10.0.0.1", "port": port, "metadata": {"v": "1"}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    // Default id is host:port; a persistent instance has no lease.
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/mast/v1/services/orders/instances",
+            Some(json!({"host": "10.0.0.2", "port": 8080, "ephemeral": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["id"], "10.0.0.2:8080");
+    assert_eq!(v["ephemeral"], false);
+    assert_eq!(v["healthy"], true);
+    assert!(v.get("leaseId").is_none());
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            "/mast/v1/services/orders/instances/10.0.0.2:8080/heartbeat",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("no_lease"))
+    );
+
+    let (_, before) = t.get("/mast/v1/services/orders/instances/a").await;
+    let (s, v) = t
+        .call(
+            Method::PATCH,
+            "/mast/v1/services/orders/instances/a",
+            Some(json!({"enabled": false, "weight": 5, "metadata": {"v": "2", "zone": "z1"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["enabled"], false);
+    assert_eq!(v["weight"], 5.0);
+    assert_eq!(v["metadata"], json!({"v": "2", "zone": "z1"}));
+    assert_eq!(v["leaseId"], before["leaseId"], "update keeps the lease");
+
+    let (_, v) = t
+        .get("/mast/v1/services/orders/instances?enabled=true")
+        .await;
+    assert_eq!(ids(&v), ["10.0.0.2:8080", "b"]);
+    let (_, v) = t
+        .get("/mast/v1/services/orders/instances?enabled=false&healthy=true")
+        .await;
+    assert_eq!(ids(&v), ["a"]);
+    let (_, v) = t.get("/mast/v1/services").await;
+    assert_eq!(v["services"][0]["instances"], 3);
+    assert_eq!(v["services"][0]["availableInstances"], 2);
+
+    // Merge patch: null removes a label.
+    let (s, v) = t
+        .call(
+            Method::PATCH,
+            "/mast/v1/services/orders/instances/a",
+            Some(json!({"metadata": {"zone": null}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"], json!({"v": "2"}));
+    let (value, _) = t.etcd_get("/services/orders/a").await.unwrap();
+    let stored: Value = serde_json::from_slice(&value).unwrap();
+    assert_eq!(
+        (stored["weight"].clone(), stored["enabled"].clone()),
+        (json!(5.0), json!(false))
+    );
+
+    // Bad input: clear errors, never a panic.
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            "/mast/v1/services/orders/instances/a",
+            json!({"weight": -1}),
+        ),
+        (
+            Method::PATCH,
+            "/mast/v1/services/orders/instances/a",
+            json!({"wieght": 1}),
+        ),
+        (
+            Method::POST,
+            "/mast/v1/services/orders/instances",
+            json!({"host": "h", "port": 0}),
+        ),
+        (
+            Method::POST,
+            "/mast/v1/services/orders/instances",
+            json!({"host": "h"}),
+        ),
+        (
+            Method::POST,
+            "/mast/v1/services/orders/instances",
+            json!({"host": "h", "port": 1, "ttl": -5}),
+        ),
+    ] {
+        let (s, v) = t.call(method, path, Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["code"], "invalid_argument");
+        assert!(v["error"].as_str().unwrap().len() > 5);
+    }
+    let (s, v) = t
+        .call(
+            Method::PATCH,
+            "/mast/v1/services/orders/instances/nope",
+            Some(json!({"weight": 1})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    // Deregister: the key and its lease go.
+    let lease: i64 = before["leaseId"].as_str().unwrap().parse().unwrap();
+    let (s, v) = t
+        .call(Method::DELETE, "/mast/v1/services/orders/instances/a", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["leaseRevoked"], true);
+    assert!(!t.node().store.leases().contains(lease));
+    let (s, _) = t
+        .call(Method::DELETE, "/mast/v1/services/orders/instances/a", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t.get("/mast/v1/services/orders/instances/a").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    t.stop().await;
+}
+
+const CFG: &str = "/mast/v1/configs/dev/DEFAULT_GROUP";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_validates_every_format_and_schema() {
+    let t = TestServer::start().await;
+    let good = [
+        ("app.json", "json", "{\"port\": 8080}"),
+        ("app.yaml", "yaml", "port: 8080\nhosts: [a, b]\n"),
+        ("app.toml", "toml", "port = 8080\n[db]\nurl = 'x'\n"),
+        ("app.properties", "properties", "port=8080\nname = mast\n"),
+        ("notes", "text", "anything at all {"),
+    ];
+    for (data_id, format, content) in good {
+        let (s, v) = t
+            .call(
+                Method::PUT,
+                &format!("{CFG}/{data_id}"),
+                Some(json!({"content": content, "format": format})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{data_id}: {v}");
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["format"], format);
+        let (s, v) = t.get(&format!("{CFG}/{data_id}")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["content"], content);
+        assert_eq!(v["md5"], mast_model::md5_hex(content.as_bytes()));
+        // Raw content at the seeds-style key for plain etcd clients.
+        let (raw, _) = t
+            .etcd_get(&format!("/configs/dev/DEFAULT_GROUP/{data_id}"))
+            .await
+            .unwrap();
+        assert_eq!(raw, content.as_bytes());
+    }
+    let (_, list) = t.get("/mast/v1/configs?namespace=dev").await;
+    assert_eq!(list["configs"].as_array().unwrap().len(), 5);
+    let (_, list) = t.get("/mast/v1/configs?search=app.").await;
+    assert_eq!(list["configs"].as_array().unwrap().len(), 4);
+
+    // Invalid content is refused and nothing changes.
+    let rev = t.revision().await;
+    let bad = [
+        (
+            "app.json",
+            json!({"content": "{\"port\": 80", "format": "json"}),
+            "invalid_content",
+        ),
+        (
+            "app.yaml",
+            json!({"content": "a: [1, 2\n"}),
+            "invalid_content",
+        ),
+        (
+            "app.toml",
+            json!({"content": "port = \n"}),
+            "invalid_content",
+        ),
+        (
+            "new.yml",
+            json!({"content": "a: [1, 2\n"}),
+            "invalid_content",
+        ),
+        (
+            "app.json",
+            json!({"content": "{}", "format": "xml"}),
+            "invalid_argument",
+        ),
+        (
+            "app.json",
+            json!({"content": "{}", "schema": {"type": 12}}),
+            "invalid_schema",
+        ),
+        (
+            "notes",
+            json!({"content": "x", "schema": {"type": "object"}}),
+            "invalid_schema",
+        ),
+    ];
+    for (data_id, body, code) in bad {
+        let (s, v) = t
+            .call(Method::PUT, &format!("{CFG}/{data_id}"), Some(body.clone()))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["code"], code, "{body}: {v}");
+    }
+    assert_eq!(t.revision().await, rev, "refused publishes change nothing");
+    let (_, v) = t.get(&format!("{CFG}/app.json")).await;
+    assert_eq!(
+        (v["version"].clone(), v["content"].clone()),
+        (json!(1), json!("{\"port\": 8080}"))
+    );
+
+    // A schema attached with a valid publish applies to later publishes, in any format.
+    let schema = json!({"type": "object", "required": ["port"],
+                        "properties": {"port": {"type": "integer", "minimum": 1}}});
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/app.yaml"),
+            Some(json!({"content": "port: 9090\n", "schema": schema})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["hasSchema"], true);
+    assert_eq!(v["version"], 2);
+    let rev = t.revision().await;
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/app.yaml"),
+            Some(json!({"content": "port: zero\n"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("schema_violation")),
+        "{v}"
+    );
+    assert!(v["error"].as_str().unwrap().contains("port"), "{v}");
+    assert_eq!(t.revision().await, rev);
+    let (_, v) = t.get(&format!("{CFG}/app.yaml")).await;
+    assert_eq!(v["schema"], schema);
+    // Detaching the schema lets anything well-formed through again.
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/app.yaml"),
+            Some(json!({"content": "port: zero\n", "schema": null})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["hasSchema"], false);
+
+    // Too large for one etcd request: refused as such, nothing written.
+    let rev = t.revision().await;
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/big.txt"),
+            Some(json!({"content": "x".repeat(1_000_000)})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
+        "{v}"
+    );
+    assert_eq!(t.revision().await, rev);
+
+    // Optimistic concurrency from the client.
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/app.json"),
+            Some(json!({"content": "{}", "expectedVersion": 7})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/app.json"),
+            Some(json!({"content": "{}", "expectedVersion": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = t.get(&format!("{CFG}/missing.json")).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_diff_rollback_survive_compaction() {
+    let t = TestServer::start().await;
+    let path = format!("{CFG}/svc.json");
+    let versions = [
+        "{\n  \"port\": 1,\n  \"host\": \"a\"\n}\n",
+        "{\n  \"port\": 2,\n  \"host\": \"a\"\n}\n",
+        "{\n  \"port\": 3,\n  \"host\": \"b\"\n}\n",
+    ];
+    for (i, content) in versions.iter().enumerate() {
+        let (s, v) = t
+            .call(
+                Method::PUT,
+                &path,
+                Some(json!({"content": content, "author": "ops"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["version"], i as u64 + 1);
+        assert_eq!(v["format"], "json", "format from the data id");
+    }
+    let (_, h) = t.get(&format!("{path}/history")).await;
+    let vs: Vec<u64> = h["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(vs, [3, 2, 1]);
+    assert_eq!(h["versions"][0]["op"], "publish");
+    assert_eq!(h["versions"][0]["author"], "ops");
+    assert_eq!(h["retention"], 100);
+    let (_, h) = t.get(&format!("{path}/history?limit=1")).await;
+    assert_eq!(h["versions"].as_array().unwrap().len(), 1);
+
+    let (_, d) = t.get(&format!("{path}/diff?from=1&to=3")).await;
+    assert_eq!(d["identical"], false);
+    let diff = d["diff"].as_str().unwrap();
+    assert!(diff.contains("--- svc.json@1"), "{diff}");
+    assert!(diff.contains("+++ svc.json@3"), "{diff}");
+    assert!(diff.contains("-  \"port\": 1,"), "{diff}");
+    assert!(diff.contains("+  \"port\": 3,"), "{diff}");
+    let (_, d) = t.get(&format!("{path}/diff?from=2")).await;
+    assert_eq!(d["to"], 3, "to defaults to the latest version");
+
+    // Compact at the current revision: history lives under its own keys and survives.
+    let rev = t.revision().await;
+    mast_server::api::kv::compact(
+        t.node(),
+        &mast_server::authz::Caller::default(),
+        mast_proto::etcdserverpb::CompactionRequest {
+            revision: rev,
+            physical: true,
+        },
+    )
+    .await
+    .unwrap();
+    let (_, h) = t.get(&format!("{path}/history")).await;
+    assert_eq!(h["versions"].as_array().unwrap().len(), 3);
+    let (s, v1) = t.get(&format!("{path}/history/1")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v1["content"], versions[0]);
+    assert_eq!(v1["namespace"], "dev");
+
+    // Rollback publishes version 1's content as version 4; nothing is deleted.
+    let (s, v) = t
+        .call(
+            Method::POST,
+            &format!("{path}/rollback"),
+            Some(json!({"version": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["version"], 4);
+    assert_eq!(v["rolledBackFrom"], 1);
+    let (_, cur) = t.get(&path).await;
+    assert_eq!(cur["content"], versions[0]);
+    let (_, e4) = t.get(&format!("{path}/history/4")).await;
+    assert_eq!(
+        (e4["op"].clone(), e4["rolledBackFrom"].clone()),
+        (json!("rollback"), json!(1))
+    );
+    let (_, d) = t.get(&format!("{path}/diff?from=1&to=4")).await;
+    assert_eq!(
+        (d["identical"].clone(), d["diff"].clone()),
+        (json!(true), json!(""))
+    );
+    let (s, v) = t
+        .call(
+            Method::POST,
+            &format!("{path}/rollback"),
+            Some(json!({"version": 42})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    // Delete keeps history; a new publish continues the numbering.
+    let (s, v) = t.call(Method::DELETE, &path, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["version"], 5);
+    let (s, _) = t.get(&path).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t.call(Method::DELETE, &path, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, h) = t.get(&format!("{path}/history")).await;
+    assert_eq!(h["versions"][0]["op"], "delete");
+    assert_eq!(h["versions"].as_array().unwrap().len(), 5);
+    let (s, v) = t
+        .call(
+            Method::POST,
+            &format!("{path}/rollback"),
+            Some(json!({"version": 5})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "a delete record is not content: {v}"
+    );
+    let (s, v) = t
+        .call(
+            Method::POST,
+            &format!("{path}/rollback"),
+            Some(json!({"version": 2})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["version"], 6);
+    let (_, cur) = t.get(&path).await;
+    assert_eq!(cur["content"], versions[1]);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_old_versions() {
+    let rc = RegistryConfig {
+        history_retention: 3,
+        ..RegistryConfig::default()
+    };
+    let t = TestServer::start_with(|_| {}, rc).await;
+    let path = format!("{CFG}/r.txt");
+    for i in 1..=5 {
+        let (s, v) = t
+            .call(
+                Method::PUT,
+                &path,
+                Some(json!({"content": format!("v{i}")})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (_, h) = t.get(&format!("{path}/history")).await;
+    let vs: Vec<u64> = h["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(vs, [5, 4, 3]);
+    assert_eq!(h["retention"], 3);
+    let (s, v) = t.get(&format!("{path}/history/2")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, _) = t.get(&format!("{path}/diff?from=1")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(
+        t.etcd_get("/config-history/dev/DEFAULT_GROUP/r.txt/00000000000000000002")
+            .await
+            .is_none()
+    );
+    t.stop().await;
+}
+
+/// One parsed Server-Sent Event.
+#[derive(Debug)]
+struct Sse {
+    event: String,
+    id: Option<String>,
+    data: Value,
+}
+
+struct SseReader {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl SseReader {
+    async fn open(t: &TestServer, query: &str, last_event_id: Option<&str>) -> SseReader {
+        let mut r = t.request(Method::GET, &format!("/mast/v1/events{query}"));
+        if let Some(id) = last_event_id {
+            r = r.header("Last-Event-ID", id);
+        }
+        let resp = r.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        SseReader {
+            body: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Sse {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                while let Some(end) = self.buf.find("\n\n") {
+                    let block: String = self.buf.drain(..end + 2).collect();
+                    let (mut event, mut id, mut data) = (String::from("message"), None, None);
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("event:") {
+                            event = v.trim().to_string();
+                        } else if let Some(v) = line.strip_prefix("id:") {
+                            id = Some(v.trim().to_string());
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            data = Some(serde_json::from_str(v.trim()).unwrap());
+                        }
+                    }
+                    if let Some(data) = data {
+                        return Sse { event, id, data };
+                    }
+                }
+                let chunk = self.body.next().await.expect("stream open").unwrap();
+                self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        })
+        .await
+        .expect("an event within 10 s")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_and_resume() {
+    let t = TestServer::start().await;
+    let mut sse = SseReader::open(&t, "", None).await;
+    let ready = sse.next().await;
+    assert_eq!(ready.event, "ready");
+
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/live.json"),
+            Some(json!({"content": "{\"a\": 1}"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let e = sse.next().await;
+    assert_eq!(e.event, "config", "{e:?}");
+    assert_eq!(e.data["op"], "put");
+    assert_eq!(
+        (
+            e.data["namespace"].clone(),
+            e.data["group"].clone(),
+            e.data["dataId"].clone()
+        ),
+        (json!("dev"), json!("DEFAULT_GROUP"), json!("live.json"))
+    );
+    assert_eq!(e.data["content"], "{\"a\": 1}");
+    assert_eq!(e.data["version"], 1);
+    assert_eq!(e.data["format"], "json");
+    let config_rev = e.data["revision"].as_i64().unwrap();
+    assert_eq!(e.id.as_deref(), Some(config_rev.to_string().as_str()));
+
+    let (s, _) = t
+        .call(
+            Method::POST,
+            "/mast/v1/services/web/instances",
+            Some(json!({"id": "w1", "host": "h", "port": 80})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let e = sse.next().await;
+    assert_eq!(e.event, "instance", "{e:?}");
+    assert_eq!(
+        (
+            e.data["op"].clone(),
+            e.data["service"].clone(),
+            e.data["id"].clone()
+        ),
+        (json!("put"), json!("web"), json!("w1"))
+    );
+    assert_eq!(e.data["instance"]["port"], 80);
+    assert!(e.id.is_some());
+
+    // Two instances written by one etcd Txn share a revision: only the last event carries the
+    // id, so a client cut off between them resumes with the whole revision again.
+    let put = |k: &str| json!({"request_put": {"key": b64(k), "value": b64("{\"host\":\"h\",\"port\":1}")}});
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/v3/kv/txn",
+            Some(json!({"success": [put("/services/web/t1"), put("/services/web/t2"), put("/unrelated")]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (a, b) = (sse.next().await, sse.next().await);
+    assert_eq!(
+        (a.data["id"].clone(), b.data["id"].clone()),
+        (json!("t1"), json!("t2"))
+    );
+    assert_eq!(a.data["revision"], b.data["revision"]);
+    assert_eq!(a.id, None);
+    assert_eq!(b.id, Some(b.data["revision"].to_string()));
+    let (s, _) = t
+        .call(Method::DELETE, "/mast/v1/services/web/instances/t1", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = t
+        .call(Method::DELETE, "/mast/v1/services/web/instances/t2", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut last_id = String::new();
+    for _ in 0..2 {
+        let e = sse.next().await;
+        assert_eq!(e.data["op"], "delete");
+        last_id = e.id.unwrap();
+    }
+    drop(sse);
+
+    // Changes while disconnected arrive after a resume with Last-Event-ID.
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/live.json"),
+            Some(json!({"content": "{\"a\": 2}"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = t
+        .call(Method::DELETE, "/mast/v1/services/web/instances/w1", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut sse = SseReader::open(&t, "", Some(&last_id)).await;
+    assert_eq!(sse.next().await.event, "ready");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let e = sse.next().await;
+        got.push((e.event, e.data["op"].as_str().unwrap().to_string(), e.data));
+    }
+    assert_eq!((got[0].0.as_str(), got[0].1.as_str()), ("config", "put"));
+    assert_eq!(got[0].2["content"], "{\"a\": 2}");
+    assert_eq!(got[0].2["version"], 2);
+    assert_eq!(
+        (got[1].0.as_str(), got[1].1.as_str()),
+        ("instance", "delete")
+    );
+    assert_eq!(got[1].2["instance"], Value::Null);
+    drop(sse);
+
+    // ?revision=N starts at N itself; filters narrow the stream.
+    let mut sse = SseReader::open(&t, &format!("?revision={config_rev}&kind=config"), None).await;
+    assert_eq!(sse.next().await.event, "ready");
+    let e = sse.next().await;
+    assert_eq!(
+        (e.event.as_str(), e.data["version"].clone()),
+        ("config", json!(1))
+    );
+    let e = sse.next().await;
+    assert_eq!(
+        (e.event.as_str(), e.data["version"].clone()),
+        ("config", json!(2))
+    );
+    drop(sse);
+
+    // A resume point that was compacted away is refused with 410.
+    let rev = t.revision().await;
+    mast_server::api::kv::compact(
+        t.node(),
+        &mast_server::authz::Caller::default(),
+        mast_proto::etcdserverpb::CompactionRequest {
+            revision: rev,
+            physical: true,
+        },
+    )
+    .await
+    .unwrap();
+    let (s, v) = t
+        .get(&format!("/mast/v1/events?revision={config_rev}"))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::GONE, Some("compacted")),
+        "{v}"
+    );
+    let (s, v) = t.get("/mast/v1/events?kind=nope").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // The stream ends when the server shuts down.
+    let mut sse = SseReader::open(&t, "", None).await;
+    assert_eq!(sse.next().await.event, "ready");
+    let stop = tokio::spawn(t.stop());
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = sse.body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "stream ended on shutdown");
+    stop.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_applies_when_on() {
+    let mut t = TestServer::start_with(
+        |c| c.root_password = Some(Secret("guang".into())),
+        RegistryConfig::default(),
+    )
+    .await;
+    for (method, path, body) in [
+        (Method::GET, "/mast/v1/services".to_string(), None),
+        (
+            Method::POST,
+            "/mast/v1/services/s/instances".to_string(),
+            Some(json!({"host": "h", "port": 1})),
+        ),
+        (Method::GET, "/mast/v1/configs".to_string(), None),
+        (
+            Method::PUT,
+            format!("{CFG}/a.txt"),
+            Some(json!({"content": "x"})),
+        ),
+        (Method::GET, "/mast/v1/events".to_string(), None),
+    ] {
+        let (s, v) = t.call(method.clone(), &path, body).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path}: {v}");
+        assert_eq!(v["code"], "unauthenticated");
+    }
+    assert!(
+        t.node().lessor.is_empty(),
+        "a refused register grants no lease"
+    );
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/v3/auth/authenticate",
+            Some(json!({"name": "root", "password": "guang"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    t.token = Some("not-a-token".into());
+    let (s, v) = t.get("/mast/v1/services").await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
+    );
+    t.token = Some(token.clone());
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/mast/v1/services/s/instances",
+            Some(json!({"id": "i", "host": "h", "port": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            "/mast/v1/services/s/instances/i/heartbeat",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/a.txt"),
+            Some(json!({"content": "x", "author": "someone"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["author"], "root", "the authenticated user is recorded");
+    let (s, v) = t.get("/mast/v1/services").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["services"][0]["name"], "s");
+
+    // A user whose role allows only one service's prefix gets 403 elsewhere.
+    for (path, body) in [
+        ("/v3/auth/role/add", json!({"name": "orders"})),
+        (
+            "/v3/auth/role/grant",
+            json!({"name": "orders", "perm": {"permType": "READWRITE",
+                "key": b64("/services/orders/"), "range_end": b64("/services/orders0")}}),
+        ),
+        (
+            "/v3/auth/user/add",
+            json!({"name": "alice", "password": "pw"}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            json!({"user": "alice", "role": "orders"}),
+        ),
+    ] {
+        let (s, v) = t.call(Method::POST, path, Some(body)).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+    }
+    let (_, v) = t
+        .call(
+            Method::POST,
+            "/v3/auth/authenticate",
+            Some(json!({"name": "alice", "password": "pw"})),
+        )
+        .await;
+    t.token = Some(v["token"].as_str().unwrap().to_string());
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/mast/v1/services/orders/instances",
+            Some(json!({"id": "o1", "host": "h", "port": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t.get("/mast/v1/services/orders/instances").await;
+    assert_eq!((s, ids(&v)), (StatusCode::OK, vec!["o1".to_string()]));
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/mast/v1/services/payments/instances".to_string(),
+            Some(json!({"host": "h", "port": 1})),
+        ),
+        (Method::GET, "/mast/v1/services".to_string(), None),
+        (
+            Method::PUT,
+            format!("{CFG}/a.txt"),
+            Some(json!({"content": "y"})),
+        ),
+        (Method::GET, "/mast/v1/events".to_string(), None),
+    ] {
+        let (s, v) = t.call(method.clone(), &path, body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}: {v}");
+        assert_eq!(v["code"], "permission_denied");
+    }
+    let mut sse = SseReader::open(&t, "?kind=instance&service=orders", None).await;
+    assert_eq!(sse.next().await.event, "ready");
+    drop(sse);
+
+    // EventSource cannot send headers: the token may come as a query parameter.
+    t.token = None;
+    let mut sse = SseReader::open(&t, &format!("?token={token}"), None).await;
+    assert_eq!(sse.next().await.event, "ready");
+    drop(sse);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_matches_routes() {
+    let t = TestServer::start().await;
+    let (s, doc) = t.get("/mast/v1/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{service}", "svc")
+            .replace("{id}", "i1")
+            .replace("{namespace}", "public")
+            .replace("{group}", "DEFAULT_GROUP")
+            .replace("{dataId}", "x.json")
+            .replace("{version}", "1");
+        for method in item.as_object().unwrap().keys() {
+            if method == "parameters" {
+                continue;
+            }
+            let m: Method = method.to_uppercase().parse().unwrap();
+            let resp = t
+                .request(m.clone(), &concrete)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            if concrete.ends_with("/events") {
+                assert_eq!(status, StatusCode::OK);
+                continue;
+            }
+            let body: Value = resp.json().await.unwrap();
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            // The server's own fallback answers with a numeric code; ours are strings.
+            assert!(
+                status.is_success() || body["code"].is_string(),
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+    let (s, v) = t.call(Method::POST, "/mast/v1/services", None).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+    t.stop().await;
+}

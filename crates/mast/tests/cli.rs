@@ -1,0 +1,160 @@
+//! The `mast` CLI against a `mast serve` process: each verb, in each output format.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mast");
+
+struct Served {
+    child: Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve() -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let child = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen-client-urls", &format!("http://{endpoint}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Served {
+        child,
+        endpoint,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if mast(&s, &["endpoint", "health"]).status.success() {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("server did not start");
+}
+
+fn mast(s: &Served, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--endpoints")
+        .arg(&s.endpoint)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(s: &Served, args: &[&str]) -> String {
+    let out = mast(s, args);
+    assert!(
+        out.status.success(),
+        "mast {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn kv_verbs_in_each_format() {
+    let s = serve();
+    assert_eq!(ok(&s, &["put", "/a/1", "x"]), "OK\n");
+    assert_eq!(ok(&s, &["put", "/a/2", "y"]), "OK\n");
+    assert_eq!(ok(&s, &["get", "/a/", "--prefix"]), "/a/1\nx\n/a/2\ny\n");
+    assert_eq!(
+        ok(&s, &["get", "/a/", "--prefix", "--keys-only"]),
+        "/a/1\n/a/2\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&s, &["get", "/a/1", "-w", "json"])).unwrap();
+    assert_eq!(json["kvs"][0]["value"], "eA==");
+    assert_eq!(json["header"]["revision"], "3");
+    let table = ok(&s, &["get", "/a/1", "-w", "table"]);
+    assert!(table.contains("KEY") && table.contains("/a/1"), "{table}");
+    assert_eq!(ok(&s, &["del", "/a/", "--prefix"]), "2\n");
+    let lease = ok(&s, &["lease", "grant", "30"]);
+    assert!(
+        lease.starts_with("lease ") && lease.ends_with("granted with TTL(30s)\n"),
+        "{lease}"
+    );
+    assert!(ok(&s, &["member", "list"]).contains("started"));
+    assert!(ok(&s, &["endpoint", "status", "-w", "json"]).contains("\"version\":\"3.5.0\""));
+    let bad = mast(&s, &["get", "x", "--rev", "999"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("required revision is a future revision")
+    );
+    assert!(
+        !String::from_utf8_lossy(&bad.stderr).contains("backtrace"),
+        "no backtrace for users"
+    );
+}
+
+#[test]
+fn config_and_service_commands() {
+    let s = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("app.json");
+    std::fs::write(&f, r#"{"port": 1}"#).unwrap();
+    assert_eq!(
+        ok(&s, &["config", "set", "app.json", f.to_str().unwrap()]),
+        "published version 1\n"
+    );
+    std::fs::write(&f, r#"{"port": 2}"#).unwrap();
+    assert_eq!(
+        ok(&s, &["config", "set", "app.json", f.to_str().unwrap()]),
+        "published version 2\n"
+    );
+    std::fs::write(&f, r#"{"port": "#).unwrap();
+    let refused = mast(&s, &["config", "set", "app.json", f.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid json"));
+    assert_eq!(ok(&s, &["config", "get", "app.json"]), r#"{"port": 2}"#);
+    let diff = ok(&s, &["config", "diff", "app.json", "1", "2"]);
+    assert!(
+        diff.contains("-{\"port\": 1}") && diff.contains("+{\"port\": 2}"),
+        "{diff}"
+    );
+    assert_eq!(
+        ok(&s, &["config", "rollback", "app.json", "1"]),
+        "restored version 1 as version 3\n"
+    );
+    assert_eq!(ok(&s, &["config", "get", "app.json"]), r#"{"port": 1}"#);
+    let hist: serde_json::Value =
+        serde_json::from_str(&ok(&s, &["config", "history", "app.json", "-w", "json"])).unwrap();
+    assert_eq!(hist.as_array().unwrap().len(), 3);
+    assert!(ok(&s, &["config", "list"]).contains("app.json"));
+
+    // A registration made with etcd keys shows up in the service commands.
+    ok(
+        &s,
+        &[
+            "put",
+            "/services/users/i1",
+            r#"{"host":"10.0.0.1","port":3000}"#,
+        ],
+    );
+    assert_eq!(ok(&s, &["service", "list"]), "users 1\n");
+    let got: serde_json::Value =
+        serde_json::from_str(&ok(&s, &["service", "get", "users", "-w", "json"])).unwrap();
+    assert_eq!(got[0]["instance"]["host"], "10.0.0.1");
+    assert!(ok(&s, &["service", "get", "users"]).contains("10.0.0.1:3000"));
+    assert_eq!(
+        ok(&s, &["service", "deregister", "users", "i1"]),
+        "deregistered\n"
+    );
+    assert_eq!(ok(&s, &["service", "list"]), "");
+}
