@@ -12,12 +12,21 @@
 //! - [`etcdctl()`] / [`Server::etcdctl`] run the `etcdctl` 3.4 binary with a timeout;
 //!   [`Server::spawn_etcdctl`] runs a long-lived one (such as `etcdctl watch`) that the test
 //!   stops after a bounded time.
+//! - [`ServerOptions`] adds what a test needs on top: environment variables and flags for the
+//!   server (`MAST_ROOT_PASSWORD`, `--auth-token …`), and TLS ([`ServerTls`]: the same
+//!   `--cert-file`/`--key-file`/`--trusted-ca-file`/`--client-cert-auth` flags for both servers,
+//!   an `https://` client URL, and the files the harness's own etcdctl calls connect with).
 //! - [`mast_binary`] / [`mast_binary_exists`] locate the Mast binary so a test that needs it can
 //!   say "build it first" instead of failing obscurely.
+//! - [`script`]: the step-list differential runner (one etcdctl script against etcd and Mast,
+//!   normalized outputs compared step by step).
 //!
-//! The tests live in `tests/`: `etcdctl_diff.rs` (etcdctl against etcd and Mast, outputs
-//! compared step by step), `etcd_client.rs` (every RPC through the `etcd-client` crate, against
-//! both servers) and `crash.rs` (`kill -9` under load, every acknowledged put must survive).
+//! The tests live in `tests/`: `etcdctl_diff.rs` and `etcdctl_auth_diff.rs` (etcdctl against
+//! etcd and Mast, outputs compared step by step), `etcd_client.rs` (every RPC through the
+//! `etcd-client` crate, against both servers), `auth_matrix.rs` (every RPC refused or allowed
+//! by key permissions, gRPC and the JSON gateway), `auth_bootstrap.rs` (`MAST_ROOT_PASSWORD`),
+//! `auth_throttle.rs` (login throttling), `tls.rs` (TLS and client certificates) and `crash.rs`
+//! (`kill -9` under load, every acknowledged put must survive).
 //!
 //! # Environment
 //! - `MAST_BIN`: the Mast binary (default `<workspace>/target/debug/mast`, or
@@ -30,6 +39,10 @@
 //! - Traffic goes only to `127.0.0.1`; every port is picked by binding `127.0.0.1:0`.
 //! - Every child process is stopped by its PID, never by name; every wait is bounded.
 //! - Tests do not share servers, ports or directories, so they may run in parallel.
+//! - Servers and etcdctl see only the configuration a test gives them: `MAST_*` and `ETCD_*`
+//!   variables are removed from a server's environment, `ETCDCTL_*` from etcdctl's.
+
+pub mod script;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -313,8 +326,17 @@ impl Drop for Background {
 }
 
 /// The `etcdctl` command for `endpoint`, with `ETCDCTL_API=3` and `--endpoints` set.
+///
+/// The `ETCDCTL_*` variables of the test's own environment are removed (then `ETCDCTL_API=3` is
+/// set), so that a developer's `ETCDCTL_USER` or `ETCDCTL_CACERT` cannot change what a test
+/// sees; tests that mean to use them pass them with [`etcdctl_env`].
 pub fn etcdctl_command<S: AsRef<str>>(endpoint: &str, args: &[S]) -> Command {
     let mut cmd = Command::new(etcdctl_binary());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ETCDCTL_") {
+            cmd.env_remove(name);
+        }
+    }
     cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .args(args.iter().map(AsRef::as_ref));
@@ -328,12 +350,90 @@ pub fn etcdctl<S: AsRef<str>>(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Output {
-    match Background::spawn(etcdctl_command(endpoint, args), stdin) {
+    etcdctl_env(endpoint, args, &[] as &[(&str, &str)], stdin, timeout)
+}
+
+/// As [`etcdctl`], with extra environment variables (such as `ETCDCTL_USER`).
+pub fn etcdctl_env<S: AsRef<str>, K: AsRef<str>, V: AsRef<str>>(
+    endpoint: &str,
+    args: &[S],
+    env: &[(K, V)],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Output {
+    let mut cmd = etcdctl_command(endpoint, args);
+    for (k, v) in env {
+        cmd.env(k.as_ref(), v.as_ref());
+    }
+    match Background::spawn(cmd, stdin) {
         Ok(child) => child.finish(timeout),
         Err(e) => panic!(
             "cannot run etcdctl at {}: {e:#}",
             etcdctl_binary().display()
         ),
+    }
+}
+
+/// TLS for a server's client port: the server's flags (the same names for etcd 3.4 and Mast) and
+/// the files the harness's own etcdctl calls ([`Server::etcdctl`], readiness probes) use.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// `--cert-file`: the server's certificate (PEM).
+    pub cert_file: PathBuf,
+    /// `--key-file`: the server's private key (PEM).
+    pub key_file: PathBuf,
+    /// `--trusted-ca-file`: the CA that client certificates must be signed by.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// `--client-cert-auth`: refuse clients without such a certificate.
+    pub client_cert_auth: bool,
+    /// The CA that signed the server's certificate (etcdctl `--cacert`).
+    pub client_ca: PathBuf,
+    /// A client certificate and key for the harness's own calls (etcdctl `--cert`, `--key`).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl ServerTls {
+    /// The etcdctl flags that connect to a server with this TLS set-up.
+    pub fn etcdctl_flags(&self) -> Vec<String> {
+        let mut flags = vec![format!("--cacert={}", self.client_ca.display())];
+        if let Some((cert, key)) = &self.client_cert {
+            flags.push(format!("--cert={}", cert.display()));
+            flags.push(format!("--key={}", key.display()));
+        }
+        flags
+    }
+}
+
+/// What a test asks for on top of a plain server of some kind.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// The member name (`--name`); default `conformance`.
+    pub name: Option<String>,
+    /// Environment variables for the server process (for example `MAST_ROOT_PASSWORD`).
+    pub env: Vec<(String, String)>,
+    /// Extra flags after the harness's own (for example `--auth-token-ttl 5`).
+    pub args: Vec<String>,
+    /// Serve clients over TLS (`https://` client URL).
+    pub tls: Option<ServerTls>,
+}
+
+impl ServerOptions {
+    /// Adds an environment variable for the server.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Adds flags for the server.
+    pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
+        self.args.extend(args.iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Serves clients over TLS.
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 }
 
@@ -345,6 +445,7 @@ pub fn etcdctl<S: AsRef<str>>(
 pub struct Server {
     kind: ServerKind,
     name: String,
+    options: ServerOptions,
     client_port: u16,
     peer_port: u16,
     dir: Option<tempfile::TempDir>,
@@ -371,6 +472,27 @@ impl Server {
     /// Retries up to three times with fresh ports when the server reports "address already in
     /// use" (another process may have taken a port that [`free_port`] saw free).
     pub fn try_start_named(kind: ServerKind, name: &str) -> anyhow::Result<Server> {
+        let options = ServerOptions {
+            name: Some(name.to_owned()),
+            ..ServerOptions::default()
+        };
+        Server::try_start_with(kind, options)
+    }
+
+    /// Starts a server of `kind` with `options`; panics with a clear message if it cannot.
+    pub fn start_with(kind: ServerKind, options: ServerOptions) -> Server {
+        match Server::try_start_with(kind, options) {
+            Ok(server) => server,
+            Err(e) => panic!("could not start {kind}: {e:#}"),
+        }
+    }
+
+    /// Starts a server of `kind` with `options` and waits until it answers.
+    ///
+    /// Retries up to three times with fresh ports when the server reports "address already in
+    /// use" (another process may have taken a port that [`free_port`] saw free).
+    pub fn try_start_with(kind: ServerKind, options: ServerOptions) -> anyhow::Result<Server> {
+        let name = options.name.clone().unwrap_or_else(|| "conformance".into());
         if kind == ServerKind::Mast && !mast_binary_exists() {
             bail!(
                 "the Mast binary is not at {}: build it with `cargo build -p mast` first \
@@ -385,7 +507,8 @@ impl Server {
                 .tempdir()?;
             let mut server = Server {
                 kind,
-                name: name.to_owned(),
+                name: name.clone(),
+                options: options.clone(),
                 client_port: free_port(),
                 peer_port: free_port(),
                 dir: Some(dir),
@@ -417,9 +540,28 @@ impl Server {
         &self.name
     }
 
-    /// The client URL, `http://127.0.0.1:<port>`.
+    /// The client URL, `http://127.0.0.1:<port>` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The options the server was started with; changes apply at the next [`Server::restart`].
+    pub fn options_mut(&mut self) -> &mut ServerOptions {
+        &mut self.options
+    }
+
+    /// The etcdctl flags the harness adds to its own calls: TLS files, if any.
+    pub fn etcdctl_flags(&self) -> Vec<String> {
+        self.options
+            .tls
+            .as_ref()
+            .map(ServerTls::etcdctl_flags)
+            .unwrap_or_default()
     }
 
     /// The client port.
@@ -465,15 +607,46 @@ impl Server {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Runs `etcdctl <args>` against this server, with `stdin`, bounded by [`ETCDCTL_TIMEOUT`].
+    /// Runs `etcdctl <args>` against this server, with `stdin`, bounded by [`ETCDCTL_TIMEOUT`]
+    /// (with the TLS flags of [`Server::etcdctl_flags`] first).
     pub fn etcdctl<S: AsRef<str>>(&self, args: &[S], stdin: Option<&[u8]>) -> Output {
-        etcdctl(&self.endpoint(), args, stdin, ETCDCTL_TIMEOUT)
+        self.etcdctl_env(args, &[] as &[(&str, &str)], stdin)
+    }
+
+    /// As [`Server::etcdctl`], with extra environment variables (such as `ETCDCTL_USER`).
+    pub fn etcdctl_env<S: AsRef<str>, K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        args: &[S],
+        env: &[(K, V)],
+        stdin: Option<&[u8]>,
+    ) -> Output {
+        let all = self.with_flags(args);
+        etcdctl_env(&self.endpoint(), &all, env, stdin, ETCDCTL_TIMEOUT)
+    }
+
+    fn with_flags<S: AsRef<str>>(&self, args: &[S]) -> Vec<String> {
+        let mut all = self.etcdctl_flags();
+        all.extend(args.iter().map(|a| a.as_ref().to_owned()));
+        all
     }
 
     /// Starts `etcdctl <args>` against this server without waiting; stop it with
     /// [`Background::stop`] or [`Background::finish`].
     pub fn spawn_etcdctl<S: AsRef<str>>(&self, args: &[S]) -> Background {
-        Background::spawn(etcdctl_command(&self.endpoint(), args), None).unwrap_or_else(|e| {
+        self.spawn_etcdctl_env(args, &[] as &[(&str, &str)])
+    }
+
+    /// As [`Server::spawn_etcdctl`], with extra environment variables.
+    pub fn spawn_etcdctl_env<S: AsRef<str>, K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        args: &[S],
+        env: &[(K, V)],
+    ) -> Background {
+        let mut cmd = etcdctl_command(&self.endpoint(), &self.with_flags(args));
+        for (k, v) in env {
+            cmd.env(k.as_ref(), v.as_ref());
+        }
+        Background::spawn(cmd, None).unwrap_or_else(|e| {
             panic!(
                 "cannot run etcdctl at {}: {e:#}",
                 etcdctl_binary().display()
@@ -548,6 +721,30 @@ impl Server {
                 .arg("--initial-cluster")
                 .arg(format!("{}={peer_url}", self.name));
         }
+        if let Some(tls) = &self.options.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert_file)
+                .arg("--key-file")
+                .arg(&tls.key_file);
+            if let Some(ca) = &tls.trusted_ca_file {
+                cmd.arg("--trusted-ca-file").arg(ca);
+            }
+            if tls.client_cert_auth {
+                cmd.arg("--client-cert-auth");
+            }
+        }
+        cmd.args(&self.options.args);
+        // Both servers read their flags from the environment too (`MAST_*`, `ETCD_*`): only
+        // what the test asks for may reach them, not a developer's `MAST_ROOT_PASSWORD`.
+        for (name, _) in std::env::vars_os() {
+            let name_text = name.to_string_lossy();
+            if name_text.starts_with("MAST_") || name_text.starts_with("ETCD_") {
+                cmd.env_remove(&name);
+            }
+        }
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
         let log = File::options()
             .create(true)
             .append(true)
@@ -596,15 +793,21 @@ impl Server {
     }
 
     /// Whether the server answers `etcdctl endpoint health`, or failing that a plain Range (a
-    /// server whose health check is not done yet but serves KV still counts as up).
+    /// server whose health check is not done yet but serves KV still counts as up). With auth
+    /// on, a Range refused by the server itself (`etcdserver: user name is empty`) counts too.
     fn answers(&self) -> bool {
         let endpoint = self.endpoint();
         let probe = |args: &[&str]| {
-            let mut all = vec!["--dial-timeout=1s", "--command-timeout=2s"];
-            all.extend_from_slice(args);
-            etcdctl(&endpoint, &all, None, Duration::from_secs(5)).success()
+            let mut all = self.etcdctl_flags();
+            all.extend(["--dial-timeout=1s", "--command-timeout=2s"].map(String::from));
+            all.extend(args.iter().map(|a| (*a).to_owned()));
+            etcdctl(&endpoint, &all, None, Duration::from_secs(5))
         };
-        probe(&["endpoint", "health"]) || probe(&["get", "conformance-readiness-probe"])
+        if probe(&["endpoint", "health"]).success() {
+            return true;
+        }
+        let get = probe(&["get", "conformance-readiness-probe"]);
+        get.success() || get.stderr.contains("etcdserver: user name is empty")
     }
 }
 

@@ -234,11 +234,11 @@ gateway!(m_alarm, pb::AlarmRequest, |n, _c, r| maintenance::alarm(
     n, r
 ));
 gateway!(m_defrag, pb::DefragmentRequest, |n, c, _r| {
-    n.require_admin(c)?;
+    n.require_admin_maintenance(c)?;
     maintenance::defragment(n).await
 });
 gateway!(m_hash, pb::HashRequest, |n, c, _r| {
-    n.require_admin(c)?;
+    n.require_admin_maintenance(c)?;
     n.store
         .hash()
         .map_err(api::status_of)
@@ -248,7 +248,7 @@ gateway!(m_hash, pb::HashRequest, |n, c, _r| {
         })
 });
 gateway!(m_hashkv, pb::HashKvRequest, |n, c, r| {
-    n.require_admin(c)?;
+    n.require_admin_maintenance(c)?;
     maintenance::hash_kv(n, r)
 });
 gateway!(auth_status, pb::AuthStatusRequest, |n, _c, _r| Ok::<
@@ -338,7 +338,7 @@ async fn m_snapshot(
     ci: Option<axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
     headers: http::HeaderMap,
 ) -> Response {
-    if let Err(s) = n.require_admin(&caller_of(&headers, ci.as_ref())) {
+    if let Err(s) = n.require_admin_maintenance(&caller_of(&headers, ci.as_ref())) {
         return error_response(&s);
     }
     stream_response(maintenance::snapshot_stream(n.clone()))

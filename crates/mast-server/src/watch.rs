@@ -32,6 +32,25 @@ const CATCH_UP_REVS: usize = 1000;
 /// Most events in one response while replaying history (etcd: `maxWatchEventsPerResponse`-like).
 const MAX_EVENTS_PER_RESPONSE: usize = 1000;
 
+/// Packs events (in revision order) into responses of about `max` events without ever
+/// splitting one revision across two responses, so a client that resumes from the last
+/// header revision it saw never skips part of a revision.
+fn whole_revisions(events: Vec<Event>, max: usize) -> Vec<Vec<Event>> {
+    let rev = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    let mut out: Vec<Vec<Event>> = Vec::new();
+    let mut cur: Vec<Event> = Vec::new();
+    for ev in events {
+        if cur.len() >= max && cur.last().is_some_and(|last| rev(last) != rev(&ev)) {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(ev);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// The events of one committed batch.
 #[derive(Debug)]
 pub struct Batch {
@@ -437,9 +456,8 @@ impl Session {
                     }
                     if !evs.is_empty() {
                         w.active = true;
-                        for chunk in evs.chunks(MAX_EVENTS_PER_RESPONSE) {
-                            self.send_events(id, chunk.to_vec(), prev_kv, fragment, upto)
-                                .await?;
+                        for chunk in whole_revisions(evs, MAX_EVENTS_PER_RESPONSE) {
+                            self.send_events(id, chunk, prev_kv, fragment, upto).await?;
                         }
                     }
                 }
@@ -489,5 +507,36 @@ impl Session {
             .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mast_proto::mvccpb::KeyValue;
+
+    fn ev(rev: i64) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                mod_revision: rev,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn chunks_never_split_a_revision() {
+        let evs = vec![ev(1), ev(1), ev(2), ev(2), ev(2), ev(3)];
+        let chunks = whole_revisions(evs, 2);
+        let revs: Vec<Vec<i64>> = chunks
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .map(|e| e.kv.as_ref().unwrap().mod_revision)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(revs, vec![vec![1, 1], vec![2, 2, 2], vec![3]]);
     }
 }

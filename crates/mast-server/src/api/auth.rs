@@ -106,13 +106,22 @@ pub async fn authenticate(
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
-    let (hash, revision) = {
+    let (hash, revision, no_password) = {
         let auth = node.store.auth();
+        let no_password = auth.user(&req.name).is_some() && auth.password_hash(&req.name).is_none();
         (
             auth.password_hash(&req.name).map(<[u8]>::to_vec),
             auth.revision(),
+            no_password,
         )
     };
+    if no_password {
+        node.throttle.record(&req.name, &addr, false);
+        // etcd answers this case with its internal error, unmapped (code Unknown).
+        return Err(Status::unknown(
+            "auth: authentication failed, password was given for no password user",
+        ));
+    }
     let ok = match hash {
         Some(hash) => {
             let password = req.password.clone();
@@ -396,15 +405,8 @@ pub mod ops {
             .role(name)
             .ok_or_else(|| auth_err("role name not found"))?;
         // etcd answers for the root role with one permission over every key.
-        let perm = if name == mast_mvcc::auth::ROOT_ROLE {
-            vec![mast_proto::authpb::Permission {
-                perm_type: mast_proto::authpb::permission::Type::Readwrite as i32,
-                key: bytes::Bytes::new(),
-                range_end: bytes::Bytes::from_static(b"\0"),
-            }]
-        } else {
-            role.key_permission.clone()
-        };
+        // As etcd 3.4: the stored permissions (the root role's power is implicit, not listed).
+        let perm = role.key_permission.clone();
         Ok(AuthRoleGetResponse {
             header: node.header(),
             perm,

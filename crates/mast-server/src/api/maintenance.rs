@@ -212,7 +212,7 @@ impl Maintenance for MaintenanceService {
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         started(SVC, "Defragment", "unary");
-        if let Err(s) = self.node.require_admin(&Caller::from_grpc(&_r)) {
+        if let Err(s) = self.node.require_admin_maintenance(&Caller::from_grpc(&_r)) {
             return handled(SVC, "Defragment", "unary", Err(s));
         }
         handled(
@@ -225,7 +225,7 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         started(SVC, "Hash", "unary");
-        if let Err(s) = self.node.require_admin(&Caller::from_grpc(&_r)) {
+        if let Err(s) = self.node.require_admin_maintenance(&Caller::from_grpc(&_r)) {
             return handled(SVC, "Hash", "unary", Err(s));
         }
         let r = self.node.store.hash().map_err(status_of).map(|hash| {
@@ -239,7 +239,7 @@ impl Maintenance for MaintenanceService {
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         started(SVC, "HashKV", "unary");
-        if let Err(s) = self.node.require_admin(&Caller::from_grpc(&r)) {
+        if let Err(s) = self.node.require_admin_maintenance(&Caller::from_grpc(&r)) {
             return handled(SVC, "HashKV", "unary", Err(s));
         }
         handled(
@@ -257,7 +257,7 @@ impl Maintenance for MaintenanceService {
         _r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         started(SVC, "Snapshot", "server_stream");
-        if let Err(s) = self.node.require_admin(&Caller::from_grpc(&_r)) {
+        if let Err(s) = self.node.require_admin_maintenance(&Caller::from_grpc(&_r)) {
             record_code(SVC, "Snapshot", "server_stream", s.code());
             return Err(s);
         }
