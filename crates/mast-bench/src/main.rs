@@ -1,0 +1,127 @@
+//! `mast-bench`: drives any etcd v3 endpoint through the public gRPC API, so the same tool
+//! measures etcd and Mast.
+//!
+//! Module map:
+//! - [`endpoint`]: endpoint parsing, the loopback guard, connections (`--conns`);
+//! - [`driver`]: the closed and open loops every workload runs, bounded by count and time, and
+//!   the progress bar;
+//! - [`stats`]: HDR latency histograms and the [`stats::Report`] every run prints (a table, or
+//!   one JSON object with `--json`);
+//! - [`workload`]: `put`, `range`, `txn-put`, `load` ([`workload::kv`]), `watch`
+//!   ([`workload::watch`]), `lease-keepalive` ([`workload::lease`]) and `registry`
+//!   ([`workload::registry`]);
+//! - [`fsync`]: the disk's fsync rate;
+//! - [`report`]: BENCHMARKS.md and its plot from the JSON results of a comparison run
+//!   (`scripts/bench-compare.sh`).
+
+mod driver;
+mod endpoint;
+mod fsync;
+mod report;
+mod stats;
+mod workload;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::stats::Report;
+use crate::workload::{kv, lease, registry, watch};
+
+/// Benchmarks an etcd v3 endpoint (etcd or Mast) through its public API.
+#[derive(Parser, Debug)]
+#[command(name = "mast-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Single-key puts (random keys in a key space, or sequential).
+    Put(kv::PutArgs),
+    /// Ranges: one key or scans of consecutive keys, linearizable or serializable.
+    Range(kv::RangeArgs),
+    /// Transactions of puts (no compare).
+    TxnPut(kv::TxnPutArgs),
+    /// W watchers on one prefix, puts at a fixed rate: delivery latency and missing events.
+    Watch(watch::WatchArgs),
+    /// Grant L leases and keep them alive for --duration.
+    LeaseKeepalive(lease::LeaseArgs),
+    /// Instances register and heartbeat while watchers follow them and configs fan out.
+    Registry(registry::RegistryArgs),
+    /// Write keys 0..N once each (bulk load), with progress.
+    Load(kv::LoadArgs),
+    /// Measure the disk's write+fdatasync rate in a directory.
+    Fsync(fsync::FsyncArgs),
+    /// Wait until an endpoint answers a range; report how long that took.
+    Wait(WaitArgs),
+    /// Turn the JSON results of a comparison run into BENCHMARKS.md and an SVG plot.
+    Report(report::ReportArgs),
+}
+
+/// Flags of `wait`.
+#[derive(Args, Debug)]
+struct WaitArgs {
+    /// The endpoint to poll.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    endpoints: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "60s", value_parser = workload::parse_duration)]
+    timeout: Duration,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Allow endpoints outside 127.0.0.0/8 and ::1.
+    #[arg(long)]
+    allow_non_loopback: bool,
+}
+
+async fn wait(args: WaitArgs) -> anyhow::Result<Report> {
+    let targets = endpoint::parse_endpoints(&args.endpoints, args.allow_non_loopback)?;
+    let took = workload::wait_ready(&targets[0], args.timeout).await?;
+    let mut report = Report::new("wait", 1, 0, took, stats::Latency::default());
+    report.endpoints = vec![targets[0].label.clone()];
+    report.extra.insert(
+        "ready_ms".into(),
+        serde_json::json!(took.as_secs_f64() * 1000.0),
+    );
+    Ok(report)
+}
+
+fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
+}
+
+/// Runs one workload on a multi-threaded runtime.
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Put(a) => print(&block_on(kv::put(a.clone()))?, a.common.json),
+        Cmd::Range(a) => print(&block_on(kv::range(a.clone()))?, a.common.json),
+        Cmd::TxnPut(a) => print(&block_on(kv::txn_put(a.clone()))?, a.common.json),
+        Cmd::Load(a) => print(&block_on(kv::load(a.clone()))?, a.common.json),
+        Cmd::Watch(a) => print(&block_on(watch::watch(a.clone()))?, a.common.json),
+        Cmd::LeaseKeepalive(a) => {
+            print(&block_on(lease::lease_keepalive(a.clone()))?, a.common.json)
+        }
+        Cmd::Registry(a) => print(&block_on(registry::registry(a.clone()))?, a.common.json),
+        Cmd::Wait(a) => {
+            let json = a.json;
+            print(&block_on(wait(a))?, json)
+        }
+        Cmd::Fsync(a) => print(&fsync::fsync(&a)?, a.json),
+        Cmd::Report(a) => report::run(&a),
+    }
+}
