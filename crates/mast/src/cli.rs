@@ -282,6 +282,9 @@ pub enum ClientCmd {
         #[arg(long)]
         prefix: bool,
     },
+    /// Runs a transaction read from stdin, in etcdctl's `txn` format (compares, blank line,
+    /// success ops, blank line, failure ops).
+    Txn,
     /// Watches a key or prefix, as `etcdctl watch`.
     Watch {
         /// Key.
@@ -465,6 +468,32 @@ pub async fn run(g: Global, cmd: ClientCmd) -> anyhow::Result<()> {
                     }
                 }
                 std::io::stdout().flush()?;
+            }
+        }
+        ClientCmd::Txn => {
+            let mut script = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut script)?;
+            let req = crate::txn_script::parse(&script)?;
+            let r = c.txn(req).await?;
+            match out {
+                Format::Json => print_json(&r)?,
+                _ => {
+                    println!("{}\n", if r.succeeded { "SUCCESS" } else { "FAILURE" });
+                    for op in &r.responses {
+                        use mast_proto::etcdserverpb::response_op::Response;
+                        match &op.response {
+                            Some(Response::ResponsePut(_)) => println!("OK"),
+                            Some(Response::ResponseDeleteRange(d)) => println!("{}", d.deleted),
+                            Some(Response::ResponseRange(rr)) => {
+                                for kv in &rr.kvs {
+                                    println!("{}\n{}", text(&kv.key), text(&kv.value));
+                                }
+                            }
+                            Some(Response::ResponseTxn(_)) | None => {}
+                        }
+                        println!();
+                    }
+                }
             }
         }
         ClientCmd::Lease(l) => lease(&c, out, l).await?,

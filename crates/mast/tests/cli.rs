@@ -1,5 +1,6 @@
 //! The `mast` CLI against a `mast serve` process: each verb, in each output format.
 
+use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,23 @@ fn kv_verbs_in_each_format() {
     );
     assert!(ok(&s, &["member", "list"]).contains("started"));
     assert!(ok(&s, &["endpoint", "status", "-w", "json"]).contains("\"version\":\"3.5.0\""));
+    let mut child = Command::new(BIN)
+        .args(["--endpoints", &s.endpoint, "txn"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"create(\"t\") = \"0\"\n\nput t 1\nget t\n\nput t 2\n")
+        .unwrap();
+    let txn = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&txn.stdout),
+        "SUCCESS\n\nOK\n\nt\n1\n\n"
+    );
     let bad = mast(&s, &["get", "x", "--rev", "999"]);
     assert!(!bad.status.success());
     assert!(
