@@ -288,7 +288,12 @@ async fn follow_config(client: Client, id: ConfigId, tx: mpsc::Sender<Result<Opt
                 else {
                     continue;
                 };
-                next_rev = next_rev.max(last + 1);
+                // Both watchers report a publish (content and metadata change in one revision):
+                // read once per revision.
+                if last < next_rev {
+                    continue;
+                }
+                next_rev = last + 1;
                 // Read both keys at once so content and metadata always match.
                 let read = client.get_config(&id).await;
                 if tx.send(read).await.is_err() {
