@@ -170,3 +170,28 @@ test('d. invalid JSON over HTTP is refused with 400 and the watcher sees nothing
   await waitFor(() => values.length >= 1, EVENT_WAIT_MS, 'the watcher sees the valid content');
   assert.deepEqual(values, [good]);
 });
+
+// e. The Rust SDK and the seeds' Node code see each other's instances. `mast service register`
+// registers through the SDK's `register` (lease + keepalive) and `mast service get -w json`
+// lists through the SDK's `discover`, so the CLI stands in for a Rust service here.
+test('e. SDK-registered instances are discovered by the seeds, and the other way round', { skip, timeout: TEST_TIMEOUT_MS }, async t => {
+  const { spawn, execFile } = await import('node:child_process');
+  const endpoint = server.url.replace(/^http:\/\//, '');
+  const s = scope(t);
+  const seed = seedRegistry(s.client(), s);
+
+  const reg = spawn(process.env.MAST_BIN, ['--endpoints', endpoint, 'service', 'register', 'sdk-svc', 'rust-1', '127.0.0.1:5001', '--ttl', '5'], { stdio: 'ignore' });
+  t.after(() => {
+    if (reg.exitCode === null) reg.kill('SIGKILL');
+  });
+  await waitFor(async () => (await seed.discoverService('sdk-svc')).some(i => i.host === '127.0.0.1' && i.port === 5001), EVENT_WAIT_MS, "the seeds' discoverService finds the SDK registration");
+
+  await seed.registerService('node-svc', 'instance_1', { host: 'localhost', port: 3100 });
+  const listed = await new Promise((resolve, reject) => {
+    execFile(process.env.MAST_BIN, ['--endpoints', endpoint, 'service', 'get', 'node-svc', '-w', 'json'], { timeout: 5_000 }, (err, stdout) => (err ? reject(err) : resolve(JSON.parse(stdout))));
+  });
+  assert.equal(listed.length, 1);
+  assert.equal(listed[0].id, 'instance_1');
+  assert.equal(listed[0].instance.host, 'localhost');
+  assert.equal(listed[0].instance.port, 3100);
+});
