@@ -142,6 +142,51 @@ impl Client {
         format: ConfigFormat,
         author: &str,
     ) -> Result<u64> {
+        self.publish_config_as(id, content, format, author, HistoryOp::Publish, None)
+            .await
+    }
+
+    /// Publishes `version`'s content again as a new version, recorded in history as a
+    /// rollback (the config is never deleted). Returns the new version.
+    ///
+    /// # Errors
+    /// As [`Client::publish_config`], or [`Error::Data`] when the version is not in history.
+    pub async fn rollback_config(&self, id: &ConfigId, version: u64, author: &str) -> Result<u64> {
+        let resp = self
+            .range(RangeRequest {
+                key: id.history_key(version).into(),
+                ..Default::default()
+            })
+            .await?;
+        let kv = resp.kvs.first().ok_or_else(|| Error::Data {
+            key: id.history_key(version),
+            message: "no such version".into(),
+        })?;
+        let old: ConfigHistoryEntry =
+            serde_json::from_slice(&kv.value).map_err(|e| Error::Data {
+                key: id.history_key(version),
+                message: e.to_string(),
+            })?;
+        self.publish_config_as(
+            id,
+            old.content.as_bytes(),
+            old.format,
+            author,
+            HistoryOp::Rollback,
+            Some(version),
+        )
+        .await
+    }
+
+    async fn publish_config_as(
+        &self,
+        id: &ConfigId,
+        content: &[u8],
+        format: ConfigFormat,
+        author: &str,
+        op: HistoryOp,
+        rolled_back_from: Option<u64>,
+    ) -> Result<u64> {
         for _ in 0..5 {
             let meta_kv = self
                 .range(RangeRequest {
@@ -184,8 +229,8 @@ impl Client {
                 md5,
                 author: author.to_string(),
                 time,
-                op: HistoryOp::Publish,
-                rolled_back_from: None,
+                op,
+                rolled_back_from,
             };
             let mut success = vec![
                 put_op(id.content_key(), content.to_vec()),

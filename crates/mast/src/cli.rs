@@ -993,10 +993,7 @@ async fn config(c: &Client, out: Format, cmd: ConfigCmd) -> anyhow::Result<()> {
         }
         ConfigCmd::Rollback { config, version } => {
             let id = config.id()?;
-            let old = version_content(c, &id, version).await?;
-            let v = c
-                .publish_config(&id, old.content.as_bytes(), old.format, "mast-cli rollback")
-                .await?;
+            let v = c.rollback_config(&id, version, "mast-cli").await?;
             println!("restored version {version} as version {v}");
         }
     }

@@ -154,6 +154,8 @@ fn config_and_service_commands() {
     let hist: serde_json::Value =
         serde_json::from_str(&ok(&s, &["config", "history", "app.json", "-w", "json"])).unwrap();
     assert_eq!(hist.as_array().unwrap().len(), 3);
+    assert_eq!(hist[2]["op"], "rollback");
+    assert_eq!(hist[2]["rolledBackFrom"], 1);
     assert!(ok(&s, &["config", "list"]).contains("app.json"));
 
     // A registration made with etcd keys shows up in the service commands.
