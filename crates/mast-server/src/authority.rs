@@ -5,10 +5,11 @@
 //! `--endpoints http://127.0.0.1:2379` the HTTP/2 `:authority` of those requests is
 //! `http://127.0.0.1:2379`. etcd's Go HTTP/2 server accepts that; the `h2` crate under hyper
 //! rejects it as malformed and resets the stream. [`AuthorityFixStream`] sits between the TCP
-//! socket and hyper: on HTTP/2 connections it decodes every request header block with HPACK,
-//! strips a URL scheme from `:authority`, and encodes the block again. Every block is re-encoded
-//! (not only the ones that change) so that the HPACK tables of the client, this layer and h2
-//! stay consistent. HTTP/1 connections pass through untouched.
+//! socket and hyper: on an HTTP/2 connection it decodes the first request header block with
+//! HPACK; if its `:authority` carries a URL scheme, it strips it and re-encodes that block and
+//! every later one (so the HPACK tables of the client, this layer and h2 stay consistent);
+//! otherwise the connection passes through untouched from then on. HTTP/1 connections pass
+//! through untouched.
 
 use std::io;
 use std::pin::Pin;
@@ -66,6 +67,9 @@ pub struct AuthorityFixStream<S = TcpStream> {
     hpack: Option<Box<Hpack>>,
     pending: Option<Pending>,
     eof: bool,
+    /// Whether this connection's header blocks are being re-encoded (decided by its first
+    /// request: only a connection that sends a scheme in `:authority` pays for rewriting).
+    rewriting: bool,
     /// Read buffer for the socket.
     scratch: Box<[u8]>,
 }
@@ -86,6 +90,7 @@ impl<S> AuthorityFixStream<S> {
             hpack: None,
             pending: None,
             eof: false,
+            rewriting: false,
             scratch: vec![0; MAX_PAYLOAD + FRAME_HEADER].into_boxed_slice(),
         }
     }
@@ -191,6 +196,7 @@ impl<S> AuthorityFixStream<S> {
                 return;
             }
         };
+        let mut changed = false;
         for (name, value) in &mut headers {
             if name.as_slice() == b":authority"
                 && let Some(i) = value.windows(3).position(|w| w == b"://")
@@ -199,8 +205,20 @@ impl<S> AuthorityFixStream<S> {
                 while value.last() == Some(&b'/') {
                     value.pop();
                 }
+                changed = true;
             }
         }
+        if !changed && !self.rewriting {
+            // The connection's first request needs nothing: pass this block and everything
+            // after it through untouched (h2 decodes the client's own encoding, so its table
+            // stays in step), costing one decode per connection, not one per request.
+            self.out.put_slice(&p.original);
+            self.mode = Mode::Passthrough;
+            return;
+        }
+        // From here on every block of this connection is re-encoded, so the HPACK tables of
+        // this layer and of h2 stay consistent.
+        self.rewriting = true;
         let block = hpack
             .encoder
             .encode(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
@@ -418,5 +436,26 @@ mod tests {
             b":path".to_vec(),
             b"/etcdserverpb.Maintenance/Status".to_vec()
         )));
+    }
+
+    #[tokio::test]
+    async fn plain_authority_passes_the_connection_through() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
+        let (server, _) = listener.accept().await.unwrap();
+        let _client = client.await.unwrap();
+        let mut s = AuthorityFixStream::new(server);
+        let mut enc = loona_hpack::Encoder::new();
+        let block = enc.encode(vec![
+            (&b":method"[..], &b"POST"[..]),
+            (b":authority", b"127.0.0.1:2379"),
+        ]);
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&headers_frame(1, &block, FLAG_END_HEADERS));
+        s.raw.put_slice(&input);
+        s.process();
+        assert_eq!(&s.out[..], &input[..], "bytes unchanged");
+        assert_eq!(s.mode, Mode::Passthrough);
     }
 }
