@@ -1,0 +1,356 @@
+#!/usr/bin/env bash
+# Compares Mast's registry/config HTTP API (/mast/v1) with r-nacos 0.8.x's Nacos v1 open API
+# on this machine, with the same four workloads driven by wrk (issue 6):
+#
+#   publish   publish distinct configs    (POST /nacos/v1/cs/configs   | PUT  /mast/v1/configs/{ns}/{group}/{id})
+#   read      read one config             (GET  /nacos/v1/cs/configs   | GET  /mast/v1/configs/{ns}/{group}/{id})
+#   register  register distinct instances (POST /nacos/v1/ns/instance  | POST /mast/v1/services/{svc}/instances)
+#   list      list a service of 10        (GET  /nacos/v1/ns/instance/list | GET /mast/v1/services/{svc}/instances)
+#
+#   bash scripts/nacos-compare.sh                     # 4 workloads x 3 rounds x 2 servers x 15 s
+#   NACOS_BENCH_TINY=1 bash scripts/nacos-compare.sh  # quick check of the script (2 s, 1 round)
+#
+# What it does:
+#   1. installs wrk (apt) and r-nacos (`cargo install rnacos --version '^0.8' --locked`) if
+#      missing, and builds `mast` in release mode (a no-op when target/release/mast is current);
+#   2. starts r-nacos and `mast serve` on 127.0.0.1 (free ports, fresh temp data dirs).
+#      r-nacos: RUST_LOG=warn, HTTP/gRPC/raft on loopback, no separate console, health and
+#      instance timeouts of 10/20 hours so instances registered without heartbeats stay listed;
+#      both are checked by a write + read-back before anything is measured;
+#   3. records idle RSS (VmRSS), loads NACOS_BENCH_LOAD (10,000) configs + as many instances
+#      into each, verifies a sample read back, and records RSS again;
+#   4. runs each workload alternating r-nacos, Mast, r-nacos, Mast ... (NACOS_BENCH_ROUNDS
+#      rounds), reading each server's CPU time (utime+stime, /proc/PID/stat) around each run;
+#   5. writes a Markdown table to stdout and NACOS_BENCH_OUT.
+#
+# Every response is checked by scripts/nacos/bench.lua (status and body). Results per workload:
+# median req/s, median p50/p99 over the rounds, non-2xx and bad-body totals, CPU µs/request
+# (all rounds' CPU / all rounds' requests).
+#
+# Environment:
+#   NACOS_BENCH_SECS     seconds per run (default 15; tiny: 2)
+#   NACOS_BENCH_ROUNDS   rounds (default 3; tiny: 1)
+#   NACOS_BENCH_CONNS    wrk connections (default 32)
+#   NACOS_BENCH_THREADS  wrk threads (default 1: on 2 cores wrk shares the machine with the server)
+#   NACOS_BENCH_LOAD     configs and instances loaded for the RSS measurement (default 10000)
+#   NACOS_BENCH_OUT      Markdown output (default target/nacos-compare/RESULTS.md)
+#   NACOS_BENCH_DIR      where data dirs and logs go (default target/nacos-compare; a real disk)
+#   NACOS_BENCH_TINY=1   quick mode
+#   NACOS_BENCH_SKIP_BUILD=1  use target/release/mast as is
+#   NACOS_BENCH_KEEP=1   keep the servers' data directories (logs and wrk outputs are always kept)
+#   RNACOS_BIN           r-nacos binary (default: `rnacos` on PATH or ~/.cargo/bin/rnacos)
+#
+# Every process this script starts is stopped by its PID when it exits. All traffic is loopback.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+tiny="${NACOS_BENCH_TINY:-0}"
+if [ "$tiny" = 1 ]; then
+  secs="${NACOS_BENCH_SECS:-2}" rounds="${NACOS_BENCH_ROUNDS:-1}"
+else
+  secs="${NACOS_BENCH_SECS:-15}" rounds="${NACOS_BENCH_ROUNDS:-3}"
+fi
+conns="${NACOS_BENCH_CONNS:-32}"
+wthreads="${NACOS_BENCH_THREADS:-1}"
+load_n="${NACOS_BENCH_LOAD:-10000}"
+bench_dir="${NACOS_BENCH_DIR:-$repo/target/nacos-compare}"
+out_md="${NACOS_BENCH_OUT:-$bench_dir/RESULTS.md}"
+lua="$repo/scripts/nacos/bench.lua"
+mast_bin="$repo/target/release/mast"
+
+log() { printf '[nacos-compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes we start, stopped by PID on exit.
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do
+    kill "$p" 2>/dev/null || true
+  done
+  for p in "${pids[@]}"; do
+    wait "$p" 2>/dev/null || true
+  done
+  if [ -n "${run_dir:-}" ] && [ "${NACOS_BENCH_KEEP:-0}" != 1 ]; then
+    rm -rf "$run_dir/nacos/data" "$run_dir/mast/data"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+# 1. Tools.
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  log "installing ${need_apt[*]} with apt"
+  sudo_cmd=()
+  [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get install -y "${need_apt[@]}" >&2 ||
+    { "${sudo_cmd[@]}" apt-get update >&2 && "${sudo_cmd[@]}" apt-get install -y "${need_apt[@]}" >&2; }
+fi
+
+rnacos_bin="${RNACOS_BIN:-}"
+if [ -z "$rnacos_bin" ]; then
+  rnacos_bin="$(command -v rnacos || true)"
+  [ -n "$rnacos_bin" ] || rnacos_bin="${CARGO_HOME:-$HOME/.cargo}/bin/rnacos"
+fi
+if [ ! -x "$rnacos_bin" ]; then
+  log "r-nacos not found: cargo install rnacos --version '^0.8' --locked (several minutes)"
+  cargo install rnacos --version '^0.8' --locked >&2
+  rnacos_bin="${CARGO_HOME:-$HOME/.cargo}/bin/rnacos"
+fi
+[ -x "$rnacos_bin" ] || die "no rnacos binary at $rnacos_bin"
+rnacos_version="$("$rnacos_bin" --version 2>/dev/null | head -n1 || true)"
+[ -n "$rnacos_version" ] || rnacos_version="rnacos (version not reported)"
+
+if [ "${NACOS_BENCH_SKIP_BUILD:-0}" != 1 ]; then
+  log "cargo build --release -p mast"
+  cargo build --release -p mast >&2
+fi
+[ -x "$mast_bin" ] || die "no $mast_bin"
+
+# ---------------------------------------------------------------------------------------------
+# 2. Servers.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+distinct_port() {
+  local p
+  while :; do
+    p="$(free_port)"
+    case " $* " in *" $p "*) ;; *) echo "$p"; return ;; esac
+  done
+}
+
+mkdir -p "$bench_dir"
+run_dir="$(mktemp -d "$bench_dir/run.XXXXXX")"
+nacos_port="$(distinct_port)"
+nacos_grpc="$(distinct_port "$nacos_port")"
+mast_port="$(distinct_port "$nacos_port" "$nacos_grpc")"
+nacos_url="http://127.0.0.1:$nacos_port"
+mast_url="http://127.0.0.1:$mast_port"
+
+mkdir -p "$run_dir/nacos" "$run_dir/mast"
+log "starting r-nacos on $nacos_url (data $run_dir/nacos)"
+# cwd = its data dir, so no stray .env is read and nothing is written elsewhere.
+(
+  cd "$run_dir/nacos"
+  exec env RUST_LOG=warn \
+    RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 \
+    RNACOS_HTTP_PORT="$nacos_port" RNACOS_GRPC_PORT="$nacos_grpc" \
+    RNACOS_RAFT_NODE_ADDR="127.0.0.1:$nacos_grpc" RNACOS_HTTP_CONSOLE_PORT=0 \
+    RNACOS_DATA_DIR="$run_dir/nacos/data" \
+    RNACOS_NAMING_HEALTH_TIMEOUT_SECOND=36000 RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND=72000 \
+    RNACOS_ENABLE_OPEN_API_AUTH=false \
+    "$rnacos_bin"
+) >"$run_dir/nacos.log" 2>&1 &
+nacos_pid=$!
+pids+=("$nacos_pid")
+
+log "starting mast on $mast_url (data $run_dir/mast)"
+RUST_LOG=warn "$mast_bin" serve --name nacos-compare --data-dir "$run_dir/mast/data" \
+  --listen-client-urls "$mast_url" >"$run_dir/mast.log" 2>&1 &
+mast_pid=$!
+pids+=("$mast_pid")
+
+wait_http() { # name url pid
+  local i
+  for i in $(seq 1 200); do
+    kill -0 "$3" 2>/dev/null || die "$1 exited; see $run_dir/$1.log"
+    if curl -s -o /dev/null "$2"; then return 0; fi
+    sleep 0.1
+  done
+  die "$1 did not answer at $2"
+}
+wait_http nacos "$nacos_url/nacos/v1/cs/configs?dataId=x&group=x" "$nacos_pid"
+wait_http mast "$mast_url/mast/v1/openapi.json" "$mast_pid"
+
+# Both must listen on loopback only.
+if command -v ss >/dev/null; then
+  for p in "$nacos_pid" "$mast_pid"; do
+    listeners="$(ss -Hltnp 2>/dev/null | grep "pid=$p," | awk '{ print $4 }' || true)"
+    [ -n "$listeners" ] || log "warning: could not list pid $p's listeners"
+    if grep -qv '^127\.0\.0\.1:' <<<"$listeners"; then
+      die "pid $p listens beyond loopback: $(tr '\n' ' ' <<<"$listeners")"
+    fi
+    log "pid $p listens on $(tr '\n' ' ' <<<"$listeners")"
+  done
+fi
+
+# Names shared with scripts/nacos/bench.lua.
+ns=bench group=DEFAULT_GROUP
+read_id=read-target read_content=read-target-content-0123456789
+list_svc=list-svc
+
+nacos_publish() { # dataId content
+  curl -sf -XPOST "$nacos_url/nacos/v1/cs/configs" \
+    --data-urlencode "dataId=$1" --data-urlencode "group=$group" \
+    --data-urlencode "content=$2" --data-urlencode "tenant=$ns"
+}
+nacos_get() { curl -sf "$nacos_url/nacos/v1/cs/configs?dataId=$1&group=$group&tenant=$ns"; }
+mast_publish() {
+  curl -sf -XPUT "$mast_url/mast/v1/configs/$ns/$group/$1" -H 'content-type: application/json' \
+    -d "{\"content\":\"$2\",\"format\":\"text\"}"
+}
+mast_get_content() {
+  curl -sf "$mast_url/mast/v1/configs/$ns/$group/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["content"])'
+}
+nacos_count() { # service
+  curl -sf "$nacos_url/nacos/v1/ns/instance/list?serviceName=$1&namespaceId=$ns" |
+    python3 -c 'import json,sys; print(len(json.load(sys.stdin)["hosts"]))'
+}
+mast_count() {
+  curl -sf "$mast_url/mast/v1/services/$1/instances" |
+    python3 -c 'import json,sys; print(len(json.load(sys.stdin)["instances"]))'
+}
+
+# Read-back check after start, and the fixtures the read and list workloads use.
+log "setup: publish $read_id, register $list_svc x 10, read back"
+[ "$(nacos_publish "$read_id" "$read_content")" = true ] || die "r-nacos publish failed"
+mast_publish "$read_id" "$read_content" >/dev/null || die "mast publish failed"
+for i in $(seq 1 10); do
+  [ "$(curl -sf -XPOST "$nacos_url/nacos/v1/ns/instance" -d "serviceName=$list_svc" \
+    -d "ip=192.168.0.$i" -d "port=9000" -d "ephemeral=true" -d "namespaceId=$ns")" = ok ] ||
+    die "r-nacos register failed"
+  curl -sf -XPOST "$mast_url/mast/v1/services/$list_svc/instances" -H 'content-type: application/json' \
+    -d "{\"id\":\"l$i\",\"host\":\"192.168.0.$i\",\"port\":9000,\"ttl\":3600}" >/dev/null ||
+    die "mast register failed"
+done
+sleep 1
+[ "$(nacos_get "$read_id")" = "$read_content" ] || die "r-nacos read-back mismatch"
+[ "$(mast_get_content "$read_id")" = "$read_content" ] || die "mast read-back mismatch"
+[ "$(nacos_count "$list_svc")" = 10 ] || die "r-nacos lists $(nacos_count "$list_svc") instances, expected 10"
+[ "$(mast_count "$list_svc")" = 10 ] || die "mast lists $(mast_count "$list_svc") instances, expected 10"
+
+# ---------------------------------------------------------------------------------------------
+# Measurements.
+clk_tck="$(getconf CLK_TCK)"
+cpu_us() { # pid -> utime+stime in µs
+  awk -v t="$clk_tck" '{ sub(/^.*\) /, ""); printf "%d\n", ($12 + $13) * 1000000 / t }' "/proc/$1/stat"
+}
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+
+# run_wrk target workload tag duration -> RESULT line (stdout); wrk output kept in run_dir
+run_wrk() {
+  local url pid out
+  if [ "$1" = nacos ]; then url="$nacos_url" pid="$nacos_pid"; else url="$mast_url" pid="$mast_pid"; fi
+  kill -0 "$pid" 2>/dev/null || die "$1 is not running; see $run_dir/$1.log"
+  out="$run_dir/wrk-$1-$2-$3.txt"
+  BENCH_TARGET="$1" BENCH_WORKLOAD="$2" BENCH_TAG="$3" \
+    wrk -t"$wthreads" -c"$conns" -d"$4" --timeout 10s -s "$lua" "$url" >"$out" 2>&1 ||
+    die "wrk failed: $(tail -n 5 "$out")"
+  grep -q '^RESULT ' "$out" || die "no RESULT in $out: $(tail -n 5 "$out")"
+  if grep -q '^bad body\|^non-2xx' "$out"; then grep '^bad body\|^non-2xx' "$out" | head -n 3 >&2; fi
+  grep '^RESULT ' "$out" | tail -n 1
+}
+field() { # "RESULT k=v ..." key
+  tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print $2 }'
+}
+
+# 3. RSS idle, then after loading configs + instances.
+sleep 1
+nacos_rss_idle="$(rss_kb "$nacos_pid")" mast_rss_idle="$(rss_kb "$mast_pid")"
+log "idle RSS: r-nacos $(mib "$nacos_rss_idle"), mast $(mib "$mast_rss_idle")"
+for t in nacos mast; do
+  if [ "$t" = nacos ]; then url="$nacos_url"; else url="$mast_url"; fi
+  for kind in configs instances; do
+    log "loading $load_n $kind into $t"
+    python3 "$repo/scripts/nacos/load.py" "$t" "$kind" "$url" "$load_n" 8 >&2 ||
+      die "loading $kind into $t failed"
+  done
+done
+# Sample read-back of the load.
+[ "$(nacos_get load-1 | cut -c1-7)" = "v-load-" ] || die "r-nacos: load-1 not readable"
+[ "$(nacos_get "load-$load_n" | cut -c1-7)" = "v-load-" ] || die "r-nacos: load-$load_n not readable"
+[ "$(mast_get_content load-1 | cut -c1-7)" = "v-load-" ] || die "mast: load-1 not readable"
+[ "$(mast_get_content "load-$load_n" | cut -c1-7)" = "v-load-" ] || die "mast: load-$load_n not readable"
+per_svc=$((load_n / 100))
+n1="$(nacos_count load-1)" m1="$(mast_count load-1)"
+[ "$n1" -ge "$per_svc" ] || die "r-nacos lists $n1 instances in load-1, expected $per_svc"
+[ "$m1" -ge "$per_svc" ] || die "mast lists $m1 instances in load-1, expected $per_svc"
+sleep 2
+nacos_rss_load="$(rss_kb "$nacos_pid")" mast_rss_load="$(rss_kb "$mast_pid")"
+log "RSS after $load_n configs + $load_n instances: r-nacos $(mib "$nacos_rss_load"), mast $(mib "$mast_rss_load")"
+
+# 4. Workloads, alternating r-nacos, Mast, r-nacos, Mast ...
+workloads=(publish read register list)
+declare -A rps p50 p99 non2xx badb sock cpu reqs
+for w in "${workloads[@]}"; do
+  for t in nacos mast; do
+    rps[$t.$w]="" p50[$t.$w]="" p99[$t.$w]=""
+    non2xx[$t.$w]=0 badb[$t.$w]=0 sock[$t.$w]=0 cpu[$t.$w]=0 reqs[$t.$w]=0
+  done
+  for r in $(seq 1 "$rounds"); do
+    for t in nacos mast; do
+      if [ "$t" = nacos ]; then pid="$nacos_pid"; else pid="$mast_pid"; fi
+      c0="$(cpu_us "$pid")"
+      res="$(run_wrk "$t" "$w" "r$r" "${secs}s")"
+      c1="$(cpu_us "$pid")"
+      log "$w round $r $t: $res cpu_us=$((c1 - c0))"
+      rps[$t.$w]+="$(field "$res" rps) "
+      p50[$t.$w]+="$(field "$res" p50_us) "
+      p99[$t.$w]+="$(field "$res" p99_us) "
+      non2xx[$t.$w]=$((non2xx[$t.$w] + $(field "$res" non2xx)))
+      badb[$t.$w]=$((badb[$t.$w] + $(field "$res" bad_body)))
+      sock[$t.$w]=$((sock[$t.$w] + $(field "$res" sock_errors)))
+      cpu[$t.$w]=$((cpu[$t.$w] + c1 - c0))
+      reqs[$t.$w]=$((reqs[$t.$w] + $(field "$res" requests)))
+      sleep 1
+    done
+  done
+done
+
+# 5. Report.
+median() { tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
+per_req() { awk -v c="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", c / n; else print "-" }'; }
+
+label() {
+  case "$1" in
+    publish) echo "publish distinct configs" ;;
+    read) echo "read one config" ;;
+    register) echo "register distinct instances" ;;
+    list) echo "list a service of 10" ;;
+  esac
+}
+
+{
+  echo "## r-nacos vs Mast: Nacos v1 open API vs /mast/v1"
+  echo
+  echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -sr); $rnacos_version; mast $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')."
+  echo "wrk $wthreads thread(s), $conns connections, ${secs}s per run, $rounds round(s), runs alternating r-nacos, Mast, r-nacos, Mast …;"
+  echo "req/s and p50/p99 are medians over the rounds; non-2xx / bad body / socket errors are totals;"
+  echo "CPU µs/req is the server's utime+stime over all rounds divided by all rounds' requests."
+  echo
+  echo "| workload | r-nacos req/s | Mast req/s | Mast / r-nacos | r-nacos p50 / p99 ms | Mast p50 / p99 ms | r-nacos non-2xx / bad / sock | Mast non-2xx / bad / sock | r-nacos CPU µs/req | Mast CPU µs/req |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for w in "${workloads[@]}"; do
+    nr="$(median "${rps[nacos.$w]}")" mr="$(median "${rps[mast.$w]}")"
+    ratio="$(awk -v a="$mr" -v b="$nr" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+    printf '| %s | %.0f | %.0f | %s | %s / %s | %s / %s | %s / %s / %s | %s / %s / %s | %s | %s |\n' \
+      "$(label "$w")" "$nr" "$mr" "$ratio" \
+      "$(ms "$(median "${p50[nacos.$w]}")")" "$(ms "$(median "${p99[nacos.$w]}")")" \
+      "$(ms "$(median "${p50[mast.$w]}")")" "$(ms "$(median "${p99[mast.$w]}")")" \
+      "${non2xx[nacos.$w]}" "${badb[nacos.$w]}" "${sock[nacos.$w]}" \
+      "${non2xx[mast.$w]}" "${badb[mast.$w]}" "${sock[mast.$w]}" \
+      "$(per_req "${cpu[nacos.$w]}" "${reqs[nacos.$w]}")" "$(per_req "${cpu[mast.$w]}" "${reqs[mast.$w]}")"
+  done
+  echo
+  echo "- RSS idle (after start and setup): r-nacos $(mib "$nacos_rss_idle"), Mast $(mib "$mast_rss_idle")"
+  echo "- RSS after $load_n configs + $load_n instances (before the workloads): r-nacos $(mib "$nacos_rss_load"), Mast $(mib "$mast_rss_load")"
+  echo "- RSS at the end: r-nacos $(mib "$(rss_kb "$nacos_pid")"), Mast $(mib "$(rss_kb "$mast_pid")")"
+} >"$run_dir/RESULTS.md"
+
+mkdir -p "$(dirname "$out_md")"
+cp "$run_dir/RESULTS.md" "$out_md"
+cat "$out_md"
+log "written to $out_md (wrk outputs and server logs in $run_dir)"
