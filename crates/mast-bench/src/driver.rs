@@ -123,6 +123,20 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The report of a workload named `workload` from this outcome: counts, elapsed time,
+    /// latency summary and the first error.
+    pub fn into_report(self, workload: &str) -> crate::stats::Report {
+        let mut report = crate::stats::Report::new(
+            workload,
+            self.ops,
+            self.errors,
+            self.elapsed,
+            self.latency.summary(),
+        );
+        report.first_error = self.first_error;
+        report
+    }
+
     /// Adds another outcome's counts and latencies (elapsed times are not added).
     pub fn absorb(&mut self, other: &Outcome) {
         self.ops += other.ops;

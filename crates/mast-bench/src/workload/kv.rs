@@ -73,14 +73,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<Report> {
         },
     )
     .await;
-    let mut report = Report::new(
-        "put",
-        out.ops,
-        out.errors,
-        out.elapsed,
-        out.latency.summary(),
-    );
-    report.first_error = out.first_error;
+    let report = out.into_report("put");
     Ok(ctx.report(
         report,
         params([
@@ -176,14 +169,7 @@ pub async fn range(args: RangeArgs) -> anyhow::Result<Report> {
         },
     )
     .await;
-    let mut report = Report::new(
-        "range",
-        out.ops,
-        out.errors,
-        out.elapsed,
-        out.latency.summary(),
-    );
-    report.first_error = out.first_error;
+    let report = out.into_report("range");
     Ok(ctx.report(
         report,
         params([
@@ -269,14 +255,7 @@ pub async fn txn_put(args: TxnPutArgs) -> anyhow::Result<Report> {
         },
     )
     .await;
-    let mut report = Report::new(
-        "txn-put",
-        out.ops,
-        out.errors,
-        out.elapsed,
-        out.latency.summary(),
-    );
-    report.first_error = out.first_error;
+    let report = out.into_report("txn-put");
     Ok(ctx.report(
         report,
         params([
@@ -331,17 +310,11 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<Report> {
         batch,
     )
     .await;
-    let mut report = Report::new(
-        "load",
-        out.ops,
-        out.errors,
-        out.elapsed,
-        out.latency.summary(),
-    );
-    report.first_error = out.first_error;
+    let (ops, elapsed) = (out.ops, out.elapsed);
+    let mut report = out.into_report("load");
     report.extra.insert(
         "keys_per_sec".into(),
-        json!(((out.ops * batch).min(args.keys)) as f64 / out.elapsed.as_secs_f64().max(1e-9)),
+        json!(((ops * batch).min(args.keys)) as f64 / elapsed.as_secs_f64().max(1e-9)),
     );
     Ok(ctx.report(
         report,
