@@ -4,7 +4,9 @@
 //! - [`index`]: the in-memory key index (key → generations of revisions), as etcd's
 //!   `treeIndex`; values are not in memory.
 //! - [`store`]: the redb tables and the write path: a batch of [`Command`]s applied in one
-//!   durable transaction, with reads served at the last committed revision.
+//!   redb transaction and logged, with reads served at the last durable revision.
+//! - [`wal`]: the write-ahead log that makes a batch durable with one `fdatasync`, replayed
+//!   on open after the last checkpoint.
 //! - [`txn`]: Range, Put, DeleteRange and Txn with etcd's semantics.
 //! - [`lease`]: the applied lease table (granted TTLs and attached keys; no clocks).
 //! - [`auth`]: the applied auth state (users, roles, key permissions) and the permission
@@ -21,10 +23,13 @@ pub mod lease;
 pub mod revision;
 pub mod store;
 pub mod txn;
+pub mod wal;
 
 pub use auth::{AuthCommand, AuthError, AuthState};
 pub use error::{MvccError, StorageError};
 pub use lease::{LeaseId, LeaseRecord, LeaseTable};
 pub use revision::Revision;
-pub use store::{Applied, Command, DEFAULT_CACHE_BYTES, MAX_LEASE_TTL, Store, StoreStatus};
+pub use store::{
+    Applied, Command, DEFAULT_CACHE_BYTES, MAX_LEASE_TTL, Staged, Store, StoreOptions, StoreStatus,
+};
 pub use txn::{CommandResult, is_txn_readonly};

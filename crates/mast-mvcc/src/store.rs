@@ -1,12 +1,16 @@
 //! The store: redb tables on disk, the key index, the lease table and the auth state in memory,
 //! and the write path that applies commands to them.
 //!
-//! Writes arrive as a batch of [`Command`]s applied in order inside one redb write transaction
-//! that is committed with immediate durability (fsync) before the results are returned: the
-//! caller groups concurrent requests into one batch, so one fsync serves many writes. The
-//! in-memory index is updated while applying, but readers only look at revisions up to the
-//! last *committed* one, so they never observe a write that is not on disk. No lock is held
-//! across the commit.
+//! Writes arrive as a batch of [`Command`]s applied in order inside one redb write transaction.
+//! [`Store::stage`] applies a batch to memory and to redb with a non-durable commit and writes
+//! it as one record to the write-ahead log ([`crate::wal`]) without syncing; [`Store::sync`]
+//! then makes every staged batch durable with one `fdatasync` of the log, and
+//! [`Store::publish`] lets readers see it. The caller groups concurrent requests into one batch
+//! and can stage the next batch while the last one syncs, so one fsync serves many writes.
+//! When the log is full (and for auth changes, which are never logged) the batch is committed
+//! to redb durably instead — a checkpoint — and the log starts again. Readers only look at
+//! revisions up to the last *published* one, so they never observe a write that is not on
+//! disk. No lock is held across a sync.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -88,6 +92,48 @@ pub enum Command {
     /// Changes the auth state; never changes the store revision. The caller has checked that
     /// the requester may (admin), and hashed any password.
     Auth(AuthCommand),
+    /// Creates lease `id` with `ttl` seconds and then applies `put` (whose `lease` must be
+    /// `id`), as a `LeaseGrant` followed by a `Put` would, in one command: registering a
+    /// service instance. Fails with nothing changed when lease `id` exists.
+    LeaseGrantPut {
+        /// The new lease's ID, non-zero.
+        id: LeaseId,
+        /// Granted TTL in seconds.
+        ttl: i64,
+        /// The put attached to the new lease.
+        put: PutRequest,
+    },
+}
+
+/// Options of [`Store::open_with_options`].
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Size of redb's page cache in bytes.
+    pub cache_bytes: usize,
+    /// Size of the write-ahead log file in bytes (at least [`crate::wal::MIN_WAL_BYTES`]); a
+    /// checkpoint happens each time it fills. Only used when the log file is created.
+    pub wal_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            wal_bytes: crate::wal::DEFAULT_WAL_BYTES,
+        }
+    }
+}
+
+/// A batch applied by [`Store::stage`]: its outcome, and what to pass to [`Store::publish`]
+/// once it is durable.
+#[derive(Debug)]
+pub struct Staged {
+    /// Results, events and the revision after the batch.
+    pub applied: Applied,
+    /// The applied index after the batch.
+    pub applied_index: u64,
+    /// The batch is already durable (it was checkpointed); no [`Store::sync`] is needed.
+    pub durable: bool,
 }
 
 /// The outcome of one batch.
@@ -116,12 +162,17 @@ pub struct StoreStatus {
     pub db_size_in_use: u64,
     /// Number of keys with indexed history.
     pub keys: usize,
+    /// Durable redb commits (checkpoints of the write-ahead log) since the store was opened.
+    pub checkpoints: u64,
+    /// Bytes of write-ahead log records since the last checkpoint.
+    pub wal_used: u64,
 }
 
 struct WriterState {
     /// Revision after the last applied (maybe not yet committed) command.
     rev: i64,
     applied_index: u64,
+    wal: crate::wal::Wal,
 }
 
 /// The MVCC store. Share it behind an `Arc`: reads run concurrently from any thread; writes go
@@ -136,11 +187,15 @@ pub struct Store {
     /// Replaced as a whole after the batch that changed it commits, so readers never see an
     /// auth change that is not on disk.
     auth: RwLock<AuthState>,
-    /// The newest revision whose batch is on disk; readers never look past it.
+    /// The newest revision whose batch is on disk and published; readers never look past it.
     committed_rev: AtomicI64,
+    /// The write-ahead log's file, synced by [`Store::sync`] without the writer lock.
+    wal_file: std::sync::Arc<std::fs::File>,
     /// The compacted revision; written under the index write lock.
     compact_rev: AtomicI64,
     applied_index: AtomicU64,
+    /// Durable redb commits so far (log full, auth change, close, defragment, snapshot).
+    checkpoints: AtomicU64,
     writer: Mutex<WriterState>,
     poisoned: AtomicBool,
 }
@@ -208,11 +263,27 @@ impl Store {
     /// # Errors
     /// [`StorageError`] when the directory or database cannot be created, opened or read.
     pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<Store, StorageError> {
+        Self::open_with_options(
+            dir,
+            StoreOptions {
+                cache_bytes,
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    /// As [`Store::open`], with explicit options. Replays the write-ahead log's records after
+    /// the last checkpoint, then checkpoints.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the directory, database or log cannot be created, opened or read.
+    pub fn open_with_options(dir: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("mast.redb");
         let db = Database::builder()
-            .set_cache_size(cache_bytes)
+            .set_cache_size(opts.cache_bytes)
             .create(&path)?;
+        let wal = crate::wal::Wal::open(dir, opts.wal_bytes)?;
         let w = db.begin_write()?;
         {
             w.open_table(KV)?;
@@ -269,21 +340,44 @@ impl Store {
             auth_revision = auth.revision(),
             "store recovered"
         );
-        Ok(Store {
+        let records = wal.replay(applied)?;
+        let store = Store {
             db: RwLock::new(Some(db)),
             path,
             index: RwLock::new(index),
             leases: RwLock::new(leases),
             auth: RwLock::new(auth),
             committed_rev: AtomicI64::new(rev),
+            wal_file: wal.file(),
             compact_rev: AtomicI64::new(compact),
             applied_index: AtomicU64::new(applied),
+            checkpoints: AtomicU64::new(0),
             writer: Mutex::new(WriterState {
                 rev,
                 applied_index: applied,
+                wal,
             }),
             poisoned: AtomicBool::new(false),
-        })
+        };
+        if !records.is_empty() {
+            let mut w = store.writer.lock().expect("writer lock");
+            let mut commands = 0;
+            for r in &records {
+                debug_assert_eq!(r.first_index, w.applied_index + 1);
+                store.apply_locked(&mut w, &r.commands, false)?;
+                commands += r.commands.len();
+            }
+            store.checkpoint_locked(&mut w)?;
+            store.committed_rev.store(w.rev, Ordering::Release);
+            store.applied_index.store(w.applied_index, Ordering::Release);
+            tracing::info!(
+                records = records.len(),
+                commands,
+                revision = w.rev,
+                "replayed the write-ahead log"
+            );
+        }
+        Ok(store)
     }
 
     fn db(&self) -> Result<DbGuard<'_>, StorageError> {
@@ -303,7 +397,12 @@ impl Store {
     /// # Errors
     /// [`StorageError`] when redb reports an error while closing.
     pub fn close(&self) -> Result<(), StorageError> {
-        let _writer = self.writer.lock().expect("writer lock");
+        let mut w = self.writer.lock().expect("writer lock");
+        let open = self.db.read().is_ok_and(|d| d.is_some());
+        if open && !self.poisoned.load(Ordering::Acquire) {
+            // Everything staged goes into redb for good, so the next open replays nothing.
+            self.checkpoint_locked(&mut w)?;
+        }
         let mut db = self
             .db
             .write()
@@ -320,7 +419,8 @@ impl Store {
     /// # Errors
     /// [`StorageError`] when redb cannot compact the file.
     pub fn defragment(&self) -> Result<bool, StorageError> {
-        let _writer = self.writer.lock().expect("writer lock");
+        let mut w = self.writer.lock().expect("writer lock");
+        self.checkpoint_locked(&mut w)?;
         let mut db = self
             .db
             .write()
@@ -367,6 +467,8 @@ impl Store {
             db_size,
             db_size_in_use: in_use.min(db_size),
             keys: self.index.read().expect("index lock").len(),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
+            wal_used: self.writer.lock().expect("writer lock").wal.used(),
         })
     }
 
@@ -512,14 +614,35 @@ impl Store {
     /// [`StorageError`] when the disk fails; the store then refuses every later write (its
     /// memory may be ahead of the disk) until it is reopened.
     pub fn apply(&self, cmds: &[Command]) -> Result<Applied, StorageError> {
+        let staged = self.stage(cmds)?;
+        if !staged.durable {
+            self.sync()?;
+        }
+        self.publish(staged.applied.revision, staged.applied_index);
+        Ok(staged.applied)
+    }
+
+    /// Applies `cmds` in order to memory and redb and writes them to the write-ahead log, but
+    /// neither syncs nor lets readers see them: call [`Store::sync`] (unless
+    /// [`Staged::durable`]) and then [`Store::publish`], in staging order. Batches are staged
+    /// one at a time; a later batch may be staged before an earlier one is synced.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the disk fails; the store then refuses every later write (restart
+    /// to recover from the log).
+    pub fn stage(&self, cmds: &[Command]) -> Result<Staged, StorageError> {
         let mut w = self.writer.lock().expect("writer lock");
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StorageError(
                 "store failed earlier; restart to recover".into(),
             ));
         }
-        match self.apply_locked(&mut w, cmds) {
-            Ok(applied) => Ok(applied),
+        match self.apply_locked(&mut w, cmds, true) {
+            Ok((applied, durable)) => Ok(Staged {
+                applied,
+                applied_index: w.applied_index,
+                durable,
+            }),
             Err(e) => {
                 self.poisoned.store(true, Ordering::Release);
                 tracing::error!(error = %e, "write batch failed; store refuses further writes");
@@ -528,10 +651,59 @@ impl Store {
         }
     }
 
-    fn apply_locked(&self, w: &mut WriterState, cmds: &[Command]) -> Result<Applied, StorageError> {
+    /// Makes every staged batch durable: one `fdatasync` of the write-ahead log. Runs without
+    /// the writer lock, so the next batch can be staged meanwhile.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the sync fails; the store then refuses every later write (the log's
+    /// state on disk is unknown, as etcd treats a failed WAL sync).
+    pub fn sync(&self) -> Result<(), StorageError> {
+        match self.wal_file.sync_data() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.poisoned.store(true, Ordering::Release);
+                tracing::error!(error = %e, "write-ahead log sync failed; store refuses further writes");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Lets readers see every revision up to `revision` (a staged batch's, after it is
+    /// durable) and reports `applied_index` as applied.
+    pub fn publish(&self, revision: i64, applied_index: u64) {
+        self.committed_rev.fetch_max(revision, Ordering::AcqRel);
+        self.applied_index
+            .fetch_max(applied_index, Ordering::AcqRel);
+    }
+
+    /// A durable redb commit of everything applied so far; the log then starts again.
+    fn checkpoint_locked(&self, w: &mut WriterState) -> Result<(), StorageError> {
         let db = self.db()?;
         let mut wtxn = db.begin_write()?;
         wtxn.set_durability(Durability::Immediate)?;
+        wtxn.commit()?;
+        w.wal.reset();
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Applies `cmds`; with `log`, also writes them to the write-ahead log or, when they cannot
+    /// be logged, commits durably. Returns the outcome and whether the batch is durable.
+    fn apply_locked(
+        &self,
+        w: &mut WriterState,
+        cmds: &[Command],
+        log: bool,
+    ) -> Result<(Applied, bool), StorageError> {
+        let db = self.db()?;
+        let first_index = w.applied_index + 1;
+        let mut wtxn = db.begin_write()?;
+        let mut durable = log && !crate::wal::Wal::encodes(cmds);
+        wtxn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
         let mut results = Vec::with_capacity(cmds.len());
         let mut events = Vec::new();
         // The auth state as this batch leaves it, cloned at the batch's first auth command and
@@ -557,6 +729,30 @@ impl Store {
                     Command::Compact(c) => self.compact(&mut ctx, c.revision, &mut meta),
                     Command::LeaseGrant { id, ttl } => self.lease_grant(*id, *ttl, &mut lease_t),
                     Command::LeaseRevoke { id } => ctx.lease_revoke(*id, &mut lease_t),
+                    Command::LeaseGrantPut { id, ttl, put } => {
+                        if put.lease != *id {
+                            Err(MvccError::LeaseNotFound)
+                        } else {
+                            match self.lease_grant(*id, *ttl, &mut lease_t) {
+                                Ok(_) => match ctx.put_cmd(put) {
+                                    Ok(CommandResult::Put(r)) => Ok(CommandResult::LeaseGrantPut {
+                                        id: *id,
+                                        ttl: *ttl,
+                                        put: r,
+                                    }),
+                                    Ok(other) => Ok(other),
+                                    Err(e) => {
+                                        // Nothing changed after all: the new lease goes too.
+                                        match ctx.lease_revoke(*id, &mut lease_t) {
+                                            Err(MvccError::Storage(s)) => Err(MvccError::Storage(s)),
+                                            _ => Err(e),
+                                        }
+                                    }
+                                },
+                                Err(e) => Err(e),
+                            }
+                        }
+                    }
                     Command::Auth(c) => {
                         if auth_t.is_none() {
                             auth_t = Some(AuthTables {
@@ -585,17 +781,27 @@ impl Store {
             meta.insert(META_REVISION, w.rev)?;
             meta.insert(META_APPLIED, w.applied_index as i64)?;
         }
+        if log && !durable && !w.wal.append(first_index, cmds)? {
+            // The log is full: this batch becomes the checkpoint.
+            durable = true;
+            wtxn.set_durability(Durability::Immediate)?;
+        }
         wtxn.commit()?;
+        if durable {
+            w.wal.reset();
+            self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(auth) = staged_auth {
             *self.auth.write().expect("auth lock") = auth;
         }
-        self.applied_index.store(w.applied_index, Ordering::Release);
-        self.committed_rev.store(w.rev, Ordering::Release);
-        Ok(Applied {
-            results,
-            events,
-            revision: w.rev,
-        })
+        Ok((
+            Applied {
+                results,
+                events,
+                revision: w.rev,
+            },
+            durable,
+        ))
     }
 
     fn lease_grant(
@@ -727,9 +933,14 @@ impl Store {
     /// # Errors
     /// [`StorageError`] when reading or writing fails.
     pub fn snapshot_to(&self, dest: &Path) -> Result<i64, StorageError> {
-        let rev = self.revision();
-        let db = self.db()?;
-        let r = db.begin_read()?;
+        let (rev, r) = {
+            // Everything staged is made durable first, so the copy holds nothing a crash
+            // could take back.
+            let mut w = self.writer.lock().expect("writer lock");
+            self.checkpoint_locked(&mut w)?;
+            let db = self.db()?;
+            (w.rev, db.begin_read()?)
+        };
         let out = Database::create(dest)?;
         let w = out.begin_write()?;
         {

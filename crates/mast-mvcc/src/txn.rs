@@ -45,6 +45,15 @@ pub enum CommandResult {
         /// Store revision after the revoke.
         revision: i64,
     },
+    /// A lease was created and a put attached to it (`Command::LeaseGrantPut`).
+    LeaseGrantPut {
+        /// The lease's ID.
+        id: LeaseId,
+        /// Its TTL in seconds.
+        ttl: i64,
+        /// The put's result.
+        put: PutResponse,
+    },
     /// An auth command was applied (or was a no-op); the store revision is unchanged.
     Auth {
         /// The auth revision after the command.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use mast_mvcc::{Command, CommandResult, MvccError, Store};
+use mast_mvcc::{Command, CommandResult, MvccError, Store, StoreOptions};
 use mast_proto::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest,
@@ -26,6 +26,9 @@ enum Op {
     Compact(u8),
     RangeAt(u8, u8, u8),
     Reopen,
+    /// Copy the live store's files (what a process killed now leaves on disk) and open the
+    /// copy: the write-ahead log replays every acknowledged batch.
+    Crash,
 }
 
 fn key(k: u8) -> Bytes {
@@ -41,6 +44,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::Compact),
         3 => (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(a, b, r)| Op::RangeAt(a, b, r)),
         1 => Just(Op::Reopen),
+        1 => Just(Op::Crash),
     ]
 }
 
@@ -91,8 +95,13 @@ fn apply_one(store: &Store, cmd: Command) -> Result<CommandResult, MvccError> {
 }
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path()).unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
+    // A small log, so that runs fill it and checkpoint.
+    let opts = StoreOptions {
+        wal_bytes: mast_mvcc::wal::MIN_WAL_BYTES,
+        ..StoreOptions::default()
+    };
+    let mut store = Store::open_with_options(dir.path(), opts).unwrap();
     let mut m = Model {
         states: vec![BTreeMap::new(), BTreeMap::new()],
         compact: -1,
@@ -257,7 +266,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Reopen => {
                 drop(store);
-                store = Store::open(dir.path()).unwrap();
+                store = Store::open_with_options(dir.path(), opts).unwrap();
+                prop_assert_eq!(store.revision(), m.rev());
+                prop_assert_eq!(store.compact_revision(), m.compact);
+            }
+            Op::Crash => {
+                let copy = tempfile::tempdir().unwrap();
+                for f in ["mast.redb", "wal.log"] {
+                    std::fs::copy(dir.path().join(f), copy.path().join(f)).unwrap();
+                }
+                drop(store);
+                dir = copy;
+                store = Store::open_with_options(dir.path(), opts).unwrap();
                 prop_assert_eq!(store.revision(), m.rev());
                 prop_assert_eq!(store.compact_revision(), m.compact);
             }

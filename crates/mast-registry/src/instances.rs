@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mast_model::{Instance, check_name, instance_key, parse_instance_key, service_prefix};
 use mast_proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
+    LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
 };
 use mast_proto::mvccpb::KeyValue;
 use mast_server::Node;
@@ -372,13 +372,6 @@ pub async fn register(
     let who = node.authenticate_caller(&caller)?;
     node.check_range(&who, key.as_bytes(), &[], true)?;
 
-    let lease_id = if req.ephemeral.unwrap_or(true) {
-        lease::grant(node, &caller, LeaseGrantRequest { ttl, id: 0 })
-            .await?
-            .id
-    } else {
-        0
-    };
     let mut inst = Instance::new(req.host, req.port);
     inst.weight = weight;
     inst.metadata = req.metadata;
@@ -386,26 +379,18 @@ pub async fn register(
     inst.zone = req.zone.filter(|z| !z.is_empty());
     inst.registered_at = Some(etcd::now_ms());
     let value = inst.to_json();
-    let put = kv::put(
-        node,
-        &caller,
-        PutRequest {
-            key: key.clone().into_bytes().into(),
-            value: value.clone().into(),
-            lease: lease_id,
-            prev_kv: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    let put = match put {
-        Ok(p) => p,
-        Err(e) => {
-            if lease_id != 0 {
-                revoke_if_unused(node, &caller, lease_id).await;
-            }
-            return Err(e.into());
-        }
+    let put_req = PutRequest {
+        key: key.clone().into_bytes().into(),
+        value: value.clone().into(),
+        prev_kv: true,
+        ..Default::default()
+    };
+    // An ephemeral instance: its lease and its key in one write (one fsync, one revision).
+    let (lease_id, put) = if req.ephemeral.unwrap_or(true) {
+        let (id, _ttl, put) = kv::put_with_new_lease(node, &caller, ttl, put_req).await?;
+        (id, put)
+    } else {
+        (0, kv::put(node, &caller, put_req).await?)
     };
     if let Some(prev) = &put.prev_kv
         && prev.lease != 0

@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// Size of the store's page cache in bytes.
     pub cache_bytes: usize,
+    /// Size of the write-ahead log file in bytes; the store checkpoints each time it fills
+    /// (`--wal-size-mb`, used when the log is created).
+    pub wal_bytes: u64,
     /// TLS on the client port; plain TCP when `None`.
     pub tls: Option<crate::tls::TlsConfig>,
     /// How auth tokens are made (`--auth-token`).
@@ -64,6 +67,7 @@ impl ServerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_notify_interval: Duration::from_secs(600),
             cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
+            wal_bytes: mast_mvcc::wal::DEFAULT_WAL_BYTES,
             tls: None,
             auth_token: crate::tokens::TokenConfig::Simple,
             auth_token_ttl: Duration::from_secs(300),
@@ -140,7 +144,13 @@ impl Node {
     ) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)?;
         let identity = Identity::load_or_create(&config.data_dir)?;
-        let store = Arc::new(Store::open_with(&config.data_dir, config.cache_bytes)?);
+        let store = Arc::new(Store::open_with_options(
+            &config.data_dir,
+            mast_mvcc::StoreOptions {
+                cache_bytes: config.cache_bytes,
+                wal_bytes: config.wal_bytes,
+            },
+        )?);
         let lessor = Arc::new(Lessor::new(Box::new(SystemClock::default())));
         // After a restart every lease gets its full TTL again, as etcd's lessor promotion.
         for (id, rec) in store.leases().iter() {

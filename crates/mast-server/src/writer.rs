@@ -1,22 +1,38 @@
-//! The write path: a single thread that groups concurrent commands into one durable batch.
+//! The write path: a writer thread that groups concurrent commands into batches, and a sync
+//! thread that makes them durable.
 //!
-//! Requests send a [`Command`] with a reply channel; the writer thread takes every command that
-//! is waiting (up to [`MAX_BATCH`]), applies them with [`Store::apply`] (one fsync for all),
-//! then replies to each and publishes the batch's events to the watch hub. While one batch is
-//! being written the next one queues up, so the fsync rate bounds batches, not writes.
+//! Requests send a [`Command`] with a reply channel. The writer thread takes every command that
+//! is waiting (up to [`MAX_BATCH`]) and stages them as one batch ([`Store::stage`]: applied to
+//! memory and redb, written to the write-ahead log, not yet synced or visible), then hands the
+//! batch to the sync thread and goes on to the next. The sync thread takes every staged batch
+//! that is waiting, syncs the log once for all of them ([`Store::sync`]), and then, batch by
+//! batch in order, makes them visible ([`Store::publish`]), publishes their events to the watch
+//! hub and replies. So the fsync of one group overlaps the applying of the next, and the fsync
+//! rate bounds groups, not writes.
 
 use std::sync::Arc;
 
-use mast_mvcc::{Applied, Command, CommandResult, MvccError, Store};
+use mast_mvcc::{Command, CommandResult, MvccError, Staged, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lessor::Lessor;
 use crate::watch::WatchHub;
 
-/// Most commands applied in one batch (one redb transaction, one fsync).
+/// Most commands applied in one batch (one redb transaction, one log record).
 pub const MAX_BATCH: usize = 1024;
 
+/// Most staged batches waiting for the sync thread; the writer waits beyond that.
+const MAX_STAGED: usize = 8;
+
 type Reply = oneshot::Sender<Result<CommandResult, MvccError>>;
+
+/// A staged batch on its way to the sync thread.
+struct Pending {
+    staged: Staged,
+    /// Leases the batch revoked (the lessor forgets them once the batch is durable).
+    revoked: Vec<i64>,
+    replies: Vec<Reply>,
+}
 
 /// A handle for submitting commands to the writer thread. Cheap to clone.
 #[derive(Clone)]
@@ -25,12 +41,18 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread over `store`. It stops when every handle is dropped.
+    /// Starts the writer and sync threads over `store`. They stop when every handle is dropped.
     pub fn start(store: Arc<Store>, hub: Arc<WatchHub>, lessor: Arc<Lessor>) -> Writer {
         let (tx, rx) = mpsc::channel::<(Command, Reply)>(4 * MAX_BATCH);
+        let (staged_tx, staged_rx) = std::sync::mpsc::sync_channel::<Pending>(MAX_STAGED);
+        let sync_store = store.clone();
+        std::thread::Builder::new()
+            .name("mast-sync".into())
+            .spawn(move || sync_loop(sync_store, hub, lessor, staged_rx))
+            .expect("spawn sync thread");
         std::thread::Builder::new()
             .name("mast-writer".into())
-            .spawn(move || run(store, hub, lessor, rx))
+            .spawn(move || write_loop(store, rx, staged_tx))
             .expect("spawn writer thread");
         Writer { tx }
     }
@@ -51,11 +73,10 @@ impl Writer {
     }
 }
 
-fn run(
+fn write_loop(
     store: Arc<Store>,
-    hub: Arc<WatchHub>,
-    lessor: Arc<Lessor>,
     mut rx: mpsc::Receiver<(Command, Reply)>,
+    staged_tx: std::sync::mpsc::SyncSender<Pending>,
 ) {
     let mut cmds = Vec::with_capacity(MAX_BATCH);
     let mut replies = Vec::with_capacity(MAX_BATCH);
@@ -71,31 +92,23 @@ fn run(
                 Err(_) => break,
             }
         }
-        let batch = cmds.len();
-        metrics::histogram!("mast_writer_batch_size").record(batch as f64);
-        match store.apply(&cmds) {
-            Ok(Applied {
-                results,
-                events,
-                revision,
-            }) => {
-                for r in results.iter().flatten() {
-                    match r {
-                        CommandResult::LeaseGrant { id, ttl } => lessor.granted(*id, *ttl),
-                        CommandResult::LeaseRevoke { .. } => {}
-                        _ => {}
-                    }
-                }
-                for cmd in &cmds {
-                    if let Command::LeaseRevoke { id } = cmd {
-                        lessor.revoked(*id);
-                    }
-                }
-                // Events go to watchers before the replies: a client that sees its put
-                // acknowledged and then creates a watch never misses its own write.
-                hub.publish(revision, events);
-                for (reply, result) in replies.drain(..).zip(results) {
-                    let _ = reply.send(result);
+        metrics::histogram!("mast_writer_batch_size").record(cmds.len() as f64);
+        match store.stage(&cmds) {
+            Ok(staged) => {
+                let revoked = cmds
+                    .iter()
+                    .filter_map(|c| match c {
+                        Command::LeaseRevoke { id } => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
+                let pending = Pending {
+                    staged,
+                    revoked,
+                    replies: std::mem::take(&mut replies),
+                };
+                if staged_tx.send(pending).is_err() {
+                    return;
                 }
             }
             Err(e) => {
@@ -105,5 +118,57 @@ fn run(
             }
         }
         cmds.clear();
+    }
+}
+
+fn sync_loop(
+    store: Arc<Store>,
+    hub: Arc<WatchHub>,
+    lessor: Arc<Lessor>,
+    rx: std::sync::mpsc::Receiver<Pending>,
+) {
+    let mut group = Vec::with_capacity(MAX_STAGED);
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        while let Ok(more) = rx.try_recv() {
+            group.push(more);
+        }
+        let synced = if group.iter().all(|p| p.staged.durable) {
+            Ok(())
+        } else {
+            metrics::histogram!("mast_sync_group_batches").record(group.len() as f64);
+            store.sync()
+        };
+        for p in group.drain(..) {
+            let Pending {
+                staged,
+                revoked,
+                replies,
+            } = p;
+            if let Err(e) = &synced {
+                for reply in replies {
+                    let _ = reply.send(Err(MvccError::Storage(e.0.clone())));
+                }
+                continue;
+            }
+            let applied = staged.applied;
+            store.publish(applied.revision, staged.applied_index);
+            for r in applied.results.iter().flatten() {
+                if let CommandResult::LeaseGrant { id, ttl }
+                | CommandResult::LeaseGrantPut { id, ttl, .. } = r
+                {
+                    lessor.granted(*id, *ttl);
+                }
+            }
+            for id in revoked {
+                lessor.revoked(id);
+            }
+            // Events go to watchers before the replies: a client that sees its put
+            // acknowledged and then creates a watch never misses its own write.
+            hub.publish(applied.revision, applied.events);
+            for (reply, result) in replies.into_iter().zip(applied.results) {
+                let _ = reply.send(result);
+            }
+        }
     }
 }

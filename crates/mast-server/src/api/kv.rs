@@ -208,6 +208,53 @@ pub async fn put(node: &Node, caller: &Caller, req: PutRequest) -> Result<PutRes
     }
 }
 
+/// A `LeaseGrant` of `ttl` seconds (ID chosen by the server) and a `Put` attached to the new
+/// lease, as one write: what registering a service instance needs. Checks and errors are those
+/// of the two requests (`req.lease` is ignored). Returns the granted lease ID and TTL (seconds)
+/// and the put's response.
+///
+/// # Errors
+/// As [`put`] and `LeaseGrant`.
+pub async fn put_with_new_lease(
+    node: &Node,
+    caller: &Caller,
+    ttl: i64,
+    mut req: PutRequest,
+) -> Result<(i64, i64, PutResponse), Status> {
+    if ttl > mast_mvcc::MAX_LEASE_TTL {
+        return Err(status_of(mast_mvcc::MvccError::LeaseTtlTooLarge));
+    }
+    let ttl = ttl.max(crate::lessor::MIN_LEASE_TTL);
+    req.lease = 0;
+    check_put(&req)?;
+    check_size(node, &req)?;
+    let who = node.authenticate_caller(caller)?;
+    node.check_range(&who, &req.key, &[], true)?;
+    if req.prev_kv {
+        node.check_range(&who, &req.key, &[], false)?;
+    }
+    let mut attempts = 0;
+    loop {
+        let id = crate::api::lease::random_lease_id();
+        req.lease = id;
+        let cmd = Command::LeaseGrantPut {
+            id,
+            ttl,
+            put: req.clone(),
+        };
+        match node.write(cmd).await {
+            Ok(CommandResult::LeaseGrantPut { id, ttl, mut put }) => {
+                put.header = node.complete(put.header);
+                return Ok((id, ttl, put));
+            }
+            Ok(other) => return Err(Status::internal(format!("unexpected result {other:?}"))),
+            // A random ID that happened to be taken: pick another.
+            Err(mast_mvcc::MvccError::LeaseExists) if attempts < 8 => attempts += 1,
+            Err(e) => return Err(status_of(e)),
+        }
+    }
+}
+
 /// DeleteRange, as etcd's `KV.DeleteRange`.
 ///
 /// # Errors

@@ -53,8 +53,7 @@ pub async fn grant(
         let id = if req.id != 0 {
             req.id
         } else {
-            let v = (rand::random::<u64>() >> 1) as i64;
-            if v == 0 { 1 } else { v }
+            random_lease_id()
         };
         match node.write(Command::LeaseGrant { id, ttl }).await {
             Ok(CommandResult::LeaseGrant { id, ttl }) => {
@@ -71,6 +70,12 @@ pub async fn grant(
             Err(e) => return Err(status_of(e)),
         }
     }
+}
+
+/// A random positive 63-bit lease ID, as etcd picks one for `LeaseGrant` with ID 0.
+pub fn random_lease_id() -> i64 {
+    let v = (rand::random::<u64>() >> 1) as i64;
+    if v == 0 { 1 } else { v }
 }
 
 /// LeaseRevoke, as etcd: deletes the lease and its keys in one revision.
