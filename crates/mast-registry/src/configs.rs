@@ -341,12 +341,21 @@ fn check_expected(expected: Option<u64>, current: u64) -> ApiResult<()> {
     }
 }
 
-/// Validates off the async workers (parsing and schema checks may be slow on large content).
+/// Content up to this many bytes without a schema is validated on the async worker: parsing
+/// it takes microseconds, less than handing it to a blocking thread.
+const INLINE_VALIDATE_BYTES: usize = 16 * 1024;
+
+/// Validates off the async workers (parsing and schema checks may be slow on large content),
+/// or inline for small content without a schema.
 async fn validate(
     format: ConfigFormat,
     content: &str,
     schema: Option<&serde_json::Value>,
 ) -> ApiResult<()> {
+    if schema.is_none() && content.len() <= INLINE_VALIDATE_BYTES {
+        format.validate(content.as_bytes(), None)?;
+        return Ok(());
+    }
     let content = content.to_string();
     let schema = schema.cloned();
     tokio::task::spawn_blocking(move || format.validate(content.as_bytes(), schema.as_ref()))
