@@ -30,7 +30,7 @@
 # Environment:
 #   NACOS_BENCH_SECS     seconds per run (default 15; tiny: 2)
 #   NACOS_BENCH_ROUNDS   rounds (default 3; tiny: 1)
-#   NACOS_BENCH_CONNS    wrk connections (default 32)
+#   NACOS_BENCH_CONNS    wrk connections (default 50, as issue 6 measured r-nacos)
 #   NACOS_BENCH_THREADS  wrk threads (default 1: on 2 cores wrk shares the machine with the server)
 #   NACOS_BENCH_LOAD     configs and instances loaded for the RSS measurement (default 10000)
 #   NACOS_BENCH_OUT      Markdown output (default target/nacos-compare/RESULTS.md)
@@ -52,7 +52,7 @@ if [ "$tiny" = 1 ]; then
 else
   secs="${NACOS_BENCH_SECS:-15}" rounds="${NACOS_BENCH_ROUNDS:-3}"
 fi
-conns="${NACOS_BENCH_CONNS:-32}"
+conns="${NACOS_BENCH_CONNS:-50}"
 wthreads="${NACOS_BENCH_THREADS:-1}"
 load_n="${NACOS_BENCH_LOAD:-10000}"
 bench_dir="${NACOS_BENCH_DIR:-$repo/target/nacos-compare}"
@@ -224,7 +224,11 @@ for i in $(seq 1 10); do
     -d "{\"id\":\"l$i\",\"host\":\"192.168.0.$i\",\"port\":9000,\"ttl\":3600}" >/dev/null ||
     die "mast register failed"
 done
-sleep 1
+# r-nacos applies writes asynchronously: wait (bounded, 10 s) until the read-back matches.
+for _ in $(seq 1 50); do
+  [ "$(nacos_get "$read_id" || true)" = "$read_content" ] && [ "$(nacos_count "$list_svc" 2>/dev/null || echo 0)" = 10 ] && break
+  sleep 0.2
+done
 [ "$(nacos_get "$read_id")" = "$read_content" ] || die "r-nacos read-back mismatch"
 [ "$(mast_get_content "$read_id")" = "$read_content" ] || die "mast read-back mismatch"
 [ "$(nacos_count "$list_svc")" = 10 ] || die "r-nacos lists $(nacos_count "$list_svc") instances, expected 10"

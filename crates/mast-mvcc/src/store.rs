@@ -513,6 +513,38 @@ impl Store {
 
     /// Collects the index entries for a range at `rev` (after checking `rev`), releasing the
     /// index lock before any disk read.
+    /// The `mod_revision` of each of `keys` at the current revision (`None`: absent then),
+    /// and that revision, read from the index only (no disk). Lets a caller tell whether
+    /// something it rendered from these keys earlier is still current.
+    pub fn mod_revisions(&self, keys: &[&[u8]]) -> (i64, Vec<Option<i64>>) {
+        let index = self.index.read().expect("index lock");
+        let rev = self.revision();
+        let mods = keys
+            .iter()
+            .map(|k| {
+                index
+                    .history(k)
+                    .and_then(|h| h.get(rev))
+                    .map(|e| e.modified.main)
+            })
+            .collect();
+        (rev, mods)
+    }
+
+    /// Whether `[key, range_end)` (etcd's `range_end` conventions) holds at most `n` keys at
+    /// the current revision. Visits at most `n + 1` index entries and reads nothing from disk:
+    /// a cheap way to decide whether a range is small enough to serve inline.
+    pub fn has_at_most(&self, key: &[u8], range_end: &[u8], n: usize) -> bool {
+        let rev = self.revision();
+        let index = self.index.read().expect("index lock");
+        let mut seen = 0usize;
+        index.visit(key, RangeEnd::from_request(range_end), rev, |_, _| {
+            seen += 1;
+            seen <= n
+        });
+        seen <= n
+    }
+
     pub(crate) fn index_range(
         &self,
         key: &[u8],

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use mast_model::config::{CONTENT_PREFIX, META_PREFIX};
 use mast_model::{
     ConfigFormat, ConfigHistoryEntry, ConfigId, ConfigMeta, HistoryOp, check_name, check_schema,
@@ -544,21 +546,54 @@ pub async fn get(
     State(st): State<AppState>,
     Call(caller): Call,
     PathParams((ns, group, data_id)): PathParams<(String, String, String)>,
-) -> ApiResult<Json<ConfigView>> {
+) -> ApiResult<Response> {
     let node = &st.node;
     let id = config_id(&ns, &group, &data_id)?;
-    let (content, revision) = etcd::get(node, &caller, &id.content_key(), 0).await?;
+    let (content_key, meta_key) = (id.content_key(), id.meta_key());
+    // The checks the two reads below make, done first so a cached answer gets them too.
+    let who = node.authenticate_caller(&caller)?;
+    node.check_range(&who, content_key.as_bytes(), &[], false)?;
+    node.check_range(&who, meta_key.as_bytes(), &[], false)?;
+    let (_, mods) = node
+        .store
+        .mod_revisions(&[content_key.as_bytes(), meta_key.as_bytes()]);
+    if let Some(content_rev) = mods[0]
+        && let Some(body) = st.read_cache.get(&content_key, content_rev, mods[1])
+    {
+        return Ok(json_bytes(body));
+    }
+    let (content, revision) = etcd::get(node, &caller, &content_key, 0).await?;
     let Some(content) = content else {
         return Err(not_found(&id));
     };
     // The metadata as of the same revision, so the two agree.
-    let (meta, _) = etcd::get(node, &caller, &id.meta_key(), revision).await?;
-    let meta = parse_meta(meta.as_ref());
-    Ok(Json(ConfigView {
+    let (meta_kv, _) = etcd::get(node, &caller, &meta_key, revision).await?;
+    let meta = parse_meta(meta_kv.as_ref());
+    let view = ConfigView {
         summary: ConfigSummary::new(&id, meta.as_ref(), content.mod_revision),
         content: content_string(&content),
         schema: meta.and_then(|m| m.schema),
-    }))
+    };
+    let body = Bytes::from(to_json(&view)?);
+    st.read_cache.put(
+        &content_key,
+        content.mod_revision,
+        meta_kv.as_ref().map(|kv| kv.mod_revision),
+        body.clone(),
+    );
+    Ok(json_bytes(body))
+}
+
+/// A 200 answer with a JSON body already encoded.
+fn json_bytes(body: Bytes) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn not_found(id: &ConfigId) -> ApiError {

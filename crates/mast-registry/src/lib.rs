@@ -27,6 +27,7 @@ pub mod etcd;
 pub mod events;
 pub mod instances;
 pub mod openapi;
+pub mod read_cache;
 
 use std::sync::Arc;
 
@@ -91,6 +92,8 @@ pub struct AppState {
     pub config: Arc<RegistryConfig>,
     /// Permits for event streams.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// Rendered config reads, kept while current.
+    pub read_cache: Arc<read_cache::ReadCache>,
 }
 
 /// The API's routes for `node`, with settings from the environment
@@ -106,6 +109,7 @@ pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
         node,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
         config: Arc::new(config),
+        read_cache: Arc::default(),
     };
     let na = error::method_not_allowed;
     Router::new()

@@ -1106,3 +1106,67 @@ async fn openapi_document_matches_routes() {
     );
     t.stop().await;
 }
+
+/// Reads are answered from a cache of rendered answers while the content and metadata keys are
+/// unchanged: every change, through this API or through plain etcd writes, shows at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reads_follow_every_change() {
+    let t = TestServer::start().await;
+    let path = format!("{CFG}/cache.json");
+    let (s, v) = t
+        .call(Method::PUT, &path, Some(json!({"content": "{\"a\":1}"})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, first) = t.get(&path).await;
+    let (_, again) = t.get(&path).await;
+    assert_eq!(first, again, "a repeated read answers the same");
+    assert_eq!(first["content"], "{\"a\":1}");
+    assert_eq!(first["version"], 1);
+
+    t.call(Method::PUT, &path, Some(json!({"content": "{\"a\":2}"})))
+        .await;
+    let (_, v) = t.get(&path).await;
+    assert_eq!((v["content"].clone(), v["version"].clone()), (json!("{\"a\":2}"), json!(2)));
+
+    // A plain etcd put of the content key (metadata unchanged).
+    let key = "/configs/dev/DEFAULT_GROUP/cache.json";
+    let (s, r) = t
+        .call(
+            Method::POST,
+            "/v3/kv/put",
+            Some(json!({"key": b64(key), "value": b64("{\"a\":3}")})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let (_, v) = t.get(&path).await;
+    assert_eq!(v["content"], "{\"a\":3}");
+    assert_eq!(v["revision"].as_i64().unwrap(), t.revision().await);
+
+    // A plain etcd put of the metadata key alone (content unchanged).
+    let meta_key = "/config-meta/dev/DEFAULT_GROUP/cache.json";
+    let (meta, _) = t.etcd_get(meta_key).await.unwrap();
+    let mut meta: Value = serde_json::from_slice(&meta).unwrap();
+    meta["description"] = json!("changed by etcd");
+    let (s, r) = t
+        .call(
+            Method::POST,
+            "/v3/kv/put",
+            Some(json!({"key": b64(meta_key), "value": b64(&meta.to_string())})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let (_, v) = t.get(&path).await;
+    assert_eq!(v["description"], "changed by etcd");
+
+    // Delete: gone; publish again: back, with the next version.
+    let (s, _) = t.call(Method::DELETE, &path, None).await;
+    assert!(s.is_success());
+    let (s, _) = t.get(&path).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    t.call(Method::PUT, &path, Some(json!({"content": "{\"a\":4}"})))
+        .await;
+    let (_, v) = t.get(&path).await;
+    assert_eq!(v["content"], "{\"a\":4}");
+    assert_eq!(v["version"], 4);
+    t.stop().await;
+}

@@ -157,6 +157,10 @@ fn check_intervals(
     Ok((puts, dels))
 }
 
+/// Ranges over at most this many keys are read on the async worker; larger ones on the
+/// blocking pool.
+const INLINE_RANGE_KEYS: usize = 64;
+
 /// Range, as etcd's `KV.Range`.
 ///
 /// # Errors
@@ -171,10 +175,15 @@ pub async fn range(
     let who = node.authenticate_caller(caller)?;
     node.check_range(&who, &req.key, &req.range_end, false)?;
     let store = node.store.clone();
-    let mut resp = if req.limit > 0 || req.count_only || req.range_end.is_empty() {
+    let small = req.limit > 0 && req.limit <= INLINE_RANGE_KEYS as i64;
+    let mut resp = if small
+        || req.count_only
+        || req.range_end.is_empty()
+        || store.has_at_most(&req.key, &req.range_end, INLINE_RANGE_KEYS)
+    {
         store.range(&req).map_err(status_of)?
     } else {
-        // Unbounded scans read many rows: keep them off the async workers.
+        // Scans that read many rows: keep them off the async workers.
         tokio::task::spawn_blocking(move || store.range(&req))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
