@@ -8,6 +8,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 
+use smallvec::SmallVec;
+
 use crate::revision::Revision;
 
 /// One life of a key: from its creating put to its tombstone (if any).
@@ -18,15 +20,17 @@ struct Generation {
     /// Revision of the put that created the key.
     created: Revision,
     /// Revisions still indexed, oldest first; the last one is the tombstone in a closed
-    /// generation.
-    revs: Vec<Revision>,
+    /// generation. Inline while there is one (most keys of a registry or config center are
+    /// written once between compactions), so such a key costs no allocation here.
+    revs: SmallVec<[Revision; 1]>,
 }
 
 /// The history of one key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyHistory {
     /// Generations oldest first; the last one is open (maybe empty, after a tombstone).
-    generations: Vec<Generation>,
+    /// Inline while there is one.
+    generations: SmallVec<[Generation; 1]>,
 }
 
 /// What the index knows about the version of a key visible at some revision.
@@ -62,7 +66,7 @@ impl KeyHistory {
         self.generations.push(Generation {
             ver,
             created,
-            revs: vec![modified],
+            revs: smallvec::smallvec![modified],
         });
     }
 

@@ -15,7 +15,90 @@ pub struct LeaseRecord {
     /// The granted TTL in seconds (after raising to the minimum).
     pub ttl: i64,
     /// Keys currently attached, in key order.
-    pub keys: BTreeSet<Vec<u8>>,
+    pub keys: LeaseKeys,
+}
+
+/// Most keys [`LeaseKeys`] keeps in a sorted inline list before switching to a tree.
+const FEW_KEYS: usize = 8;
+
+/// The keys attached to one lease, in key order. A registry lease usually holds one key: up to
+/// [`FEW_KEYS`] live in a sorted list (the first inline, no allocation for the set itself),
+/// more in a `BTreeSet`, so a lease with many keys still inserts in O(log n).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseKeys {
+    /// Up to [`FEW_KEYS`] keys, sorted.
+    Few(smallvec::SmallVec<[Vec<u8>; 1]>),
+    /// More keys.
+    Many(BTreeSet<Vec<u8>>),
+}
+
+impl Default for LeaseKeys {
+    fn default() -> Self {
+        LeaseKeys::Few(smallvec::SmallVec::new())
+    }
+}
+
+impl LeaseKeys {
+    /// Keys in key order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &Vec<u8>> + '_> {
+        match self {
+            LeaseKeys::Few(v) => Box::new(v.iter()),
+            LeaseKeys::Many(t) => Box::new(t.iter()),
+        }
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        match self {
+            LeaseKeys::Few(v) => v.len(),
+            LeaseKeys::Many(t) => t.len(),
+        }
+    }
+
+    /// True when no key is attached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `key` is attached.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            LeaseKeys::Few(v) => v.iter().any(|k| k.as_slice() == key),
+            LeaseKeys::Many(t) => t.contains(key),
+        }
+    }
+
+    fn insert(&mut self, key: &[u8]) {
+        match self {
+            LeaseKeys::Few(v) => match v.binary_search_by(|k| k.as_slice().cmp(key)) {
+                Ok(_) => {}
+                Err(i) if v.len() < FEW_KEYS => v.insert(i, key.to_vec()),
+                Err(_) => {
+                    let mut t: BTreeSet<Vec<u8>> = v.drain(..).collect();
+                    t.insert(key.to_vec());
+                    *self = LeaseKeys::Many(t);
+                }
+            },
+            LeaseKeys::Many(t) => {
+                if !t.contains(key) {
+                    t.insert(key.to_vec());
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        match self {
+            LeaseKeys::Few(v) => {
+                if let Ok(i) = v.binary_search_by(|k| k.as_slice().cmp(key)) {
+                    v.remove(i);
+                }
+            }
+            LeaseKeys::Many(t) => {
+                t.remove(key);
+            }
+        }
+    }
 }
 
 /// Every lease and every key's lease.
@@ -56,14 +139,14 @@ impl LeaseTable {
             id,
             LeaseRecord {
                 ttl,
-                keys: BTreeSet::new(),
+                keys: LeaseKeys::default(),
             },
         );
     }
 
     pub(crate) fn remove(&mut self, id: LeaseId) -> Option<LeaseRecord> {
         let rec = self.leases.remove(&id)?;
-        for k in &rec.keys {
+        for k in rec.keys.iter() {
             self.key_lease.remove(k);
         }
         Some(rec)
@@ -85,7 +168,37 @@ impl LeaseTable {
         if id != 0
             && let Some(rec) = self.leases.get_mut(&id)
         {
-            rec.keys.insert(key.to_vec());
+            rec.keys.insert(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_keys_stay_sorted_and_unique_across_the_switch_to_a_tree() {
+        let mut t = LeaseTable::default();
+        t.insert(1, 10);
+        let keys: Vec<Vec<u8>> = (0..20u8).rev().map(|i| vec![b'k', i]).collect();
+        for (n, k) in keys.iter().enumerate() {
+            t.set_key_lease(k, 1);
+            t.set_key_lease(k, 1);
+            let rec = t.get(1).unwrap();
+            assert_eq!(rec.keys.len(), n + 1);
+            let got: Vec<&Vec<u8>> = rec.keys.iter().collect();
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "sorted: {got:?}");
+        }
+        assert!(matches!(t.get(1).unwrap().keys, LeaseKeys::Many(_)));
+        // Moving a key to another lease detaches it from the first.
+        t.insert(2, 10);
+        t.set_key_lease(&keys[0], 2);
+        assert!(!t.get(1).unwrap().keys.contains(&keys[0]));
+        assert!(t.get(2).unwrap().keys.contains(&keys[0]));
+        t.set_key_lease(&keys[0], 0);
+        assert!(t.get(2).unwrap().keys.is_empty());
+        let removed = t.remove(1).unwrap();
+        assert_eq!(removed.keys.len(), 19);
     }
 }

@@ -27,7 +27,7 @@ pub mod wal;
 
 pub use auth::{AuthCommand, AuthError, AuthState};
 pub use error::{MvccError, StorageError};
-pub use lease::{LeaseId, LeaseRecord, LeaseTable};
+pub use lease::{LeaseId, LeaseKeys, LeaseRecord, LeaseTable};
 pub use revision::Revision;
 pub use store::{
     Applied, Command, DEFAULT_CACHE_BYTES, MAX_LEASE_TTL, Staged, Store, StoreOptions, StoreStatus,
