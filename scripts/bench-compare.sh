@@ -361,5 +361,8 @@ jq -n \
 
 mkdir -p "$(dirname "$out_md")"
 plot="$(dirname "$out_md")/benchmarks.svg"
-"$bench_bin" report --results "$results" --out "$out_md" --plot "$plot"
+# The r-nacos comparison (scripts/nacos-compare.sh) and the hand-written profile notes are
+# kept in benchmarks/ and appended as they are.
+"$bench_bin" report --results "$results" --out "$out_md" --plot "$plot" \
+  --include benchmarks/nacos.md --include benchmarks/notes.md
 log "results in $results; wrote $out_md and $plot"

@@ -33,7 +33,9 @@
 #   NACOS_BENCH_CONNS    wrk connections (default 50, as issue 6 measured r-nacos)
 #   NACOS_BENCH_THREADS  wrk threads (default 1: on 2 cores wrk shares the machine with the server)
 #   NACOS_BENCH_LOAD     configs and instances loaded for the RSS measurement (default 10000)
-#   NACOS_BENCH_OUT      Markdown output (default target/nacos-compare/RESULTS.md)
+#   NACOS_BENCH_OUT      Markdown output (default: benchmarks/nacos.md for a full run, which
+#                        is also spliced into BENCHMARKS.md between its include markers;
+#                        target/nacos-compare/RESULTS.md when seconds/rounds are overridden)
 #   NACOS_BENCH_DIR      where data dirs and logs go (default target/nacos-compare; a real disk)
 #   NACOS_BENCH_TINY=1   quick mode
 #   NACOS_BENCH_SKIP_BUILD=1  use target/release/mast as is
@@ -56,7 +58,13 @@ conns="${NACOS_BENCH_CONNS:-50}"
 wthreads="${NACOS_BENCH_THREADS:-1}"
 load_n="${NACOS_BENCH_LOAD:-10000}"
 bench_dir="${NACOS_BENCH_DIR:-$repo/target/nacos-compare}"
-out_md="${NACOS_BENCH_OUT:-$bench_dir/RESULTS.md}"
+# A full run writes benchmarks/nacos.md (committed; BENCHMARKS.md includes it); quick runs
+# write under target/.
+if [ "$tiny" = 1 ] || [ -n "${NACOS_BENCH_SECS:-}" ] || [ -n "${NACOS_BENCH_ROUNDS:-}" ]; then
+  out_md="${NACOS_BENCH_OUT:-$bench_dir/RESULTS.md}"
+else
+  out_md="${NACOS_BENCH_OUT:-$repo/benchmarks/nacos.md}"
+fi
 lua="$repo/scripts/nacos/bench.lua"
 mast_bin="$repo/target/release/mast"
 
@@ -352,9 +360,54 @@ label() {
   echo "- RSS idle (after start and setup): r-nacos $(mib "$nacos_rss_idle"), Mast $(mib "$mast_rss_idle")"
   echo "- RSS after $load_n configs + $load_n instances (before the workloads): r-nacos $(mib "$nacos_rss_load"), Mast $(mib "$mast_rss_load")"
   echo "- RSS at the end: r-nacos $(mib "$(rss_kb "$nacos_pid")"), Mast $(mib "$(rss_kb "$mast_pid")")"
+  echo
+  echo "**Durability differs:** Mast answers a publish or a registration only after its write-ahead"
+  echo "log record is fsynced (group commit: one fdatasync for every request waiting), and an"
+  echo "instance's lease is stored too, so both survive a crash or power loss. r-nacos 0.8.8 does not"
+  echo "fsync before answering a publish, and keeps ephemeral instances in memory only."
+  echo
+  echo "### Targets (issue 6)"
+  echo
+  echo "| target | measured | met |"
+  echo "|---|---|---|"
+  target_row() { # label workload minimum
+    local r
+    r="$(awk -v a="$(median "${rps[mast.$2]}")" -v b="$(median "${rps[nacos.$2]}")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print 0 }')"
+    echo "| $1 ≥ $3× r-nacos | ${r}× | $(awk -v r="$r" -v m="$3" 'BEGIN { print (r >= m) ? "yes" : "**no**" }') |"
+  }
+  target_row "durable publish" publish 2
+  target_row "read one config" read 1.5
+  target_row "register" register 1.5
+  target_row "list a service of 10 (a read)" list 1.5
+  echo "| memory with $load_n configs + $load_n instances ≤ r-nacos | $(mib "$mast_rss_load") vs $(mib "$nacos_rss_load") | $(awk -v a="$mast_rss_load" -v b="$nacos_rss_load" 'BEGIN { print (a <= b) ? "yes" : "**no**" }') |"
+  echo
+  echo "### Exact commands"
+  echo
+  echo '```sh'
+  echo "bash scripts/nacos-compare.sh   # this run: NACOS_BENCH_SECS=$secs NACOS_BENCH_ROUNDS=$rounds NACOS_BENCH_CONNS=$conns"
+  echo "# servers (fresh data directories)"
+  echo "RUST_LOG=warn RNACOS_HTTP_PORT=<port> RNACOS_GRPC_PORT=<port> RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 RNACOS_HTTP_CONSOLE_PORT=0 RNACOS_NAMING_HEALTH_TIMEOUT_SECOND=36000 RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND=72000 RNACOS_ENABLE_OPEN_API_AUTH=false rnacos"
+  echo "RUST_LOG=warn target/release/mast serve --data-dir <dir> --listen-client-urls http://127.0.0.1:<port>"
+  echo "# each workload, each server, alternating; scripts/nacos/bench.lua checks every response"
+  echo "BENCH_TARGET=nacos|mast BENCH_WORKLOAD=publish|read|register|list wrk -t$wthreads -c$conns -d${secs}s --timeout 10s -s scripts/nacos/bench.lua http://127.0.0.1:<port>"
+  echo "# load for the RSS line"
+  echo "python3 scripts/nacos/load.py nacos|mast configs|instances http://127.0.0.1:<port> $load_n 8"
+  echo '```'
 } >"$run_dir/RESULTS.md"
 
 mkdir -p "$(dirname "$out_md")"
 cp "$run_dir/RESULTS.md" "$out_md"
 cat "$out_md"
+# Replace the included copy in BENCHMARKS.md, when it has one (see `mast-bench report --include`).
+if [ "$out_md" = "$repo/benchmarks/nacos.md" ] && grep -q '^<!-- include: benchmarks/nacos.md -->' "$repo/BENCHMARKS.md" 2>/dev/null; then
+  python3 - "$repo/BENCHMARKS.md" "$out_md" <<'PY'
+import sys
+md_path, inc_path = sys.argv[1], sys.argv[2]
+md = open(md_path).read()
+begin, end = "<!-- include: benchmarks/nacos.md -->\n", "\n<!-- end include: benchmarks/nacos.md -->"
+i, j = md.index(begin) + len(begin), md.index(end)
+open(md_path, "w").write(md[:i] + open(inc_path).read().rstrip() + md[j:])
+PY
+  log "updated the r-nacos section of BENCHMARKS.md"
+fi
 log "written to $out_md (wrk outputs and server logs in $run_dir)"

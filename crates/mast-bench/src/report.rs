@@ -36,6 +36,12 @@ pub struct ReportArgs {
     /// The SVG plot to write (default: `benchmarks.svg` beside --out).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Markdown files appended after the generated sections, in order (e.g. the r-nacos
+    /// comparison and the hand-written profile notes). Each is wrapped in
+    /// `<!-- include: PATH -->` … `<!-- end include: PATH -->` so a script can later replace
+    /// it in place. Missing files are skipped.
+    #[arg(long)]
+    include: Vec<PathBuf>,
 }
 
 /// What the comparison script measured on the server process during one run.
@@ -98,7 +104,18 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let md = markdown(&rows, &meta, &commands, &loads, fsync.as_ref(), &plot_name);
+    let mut md = markdown(&rows, &meta, &commands, &loads, fsync.as_ref(), &plot_name);
+    for inc in &args.include {
+        let Ok(text) = std::fs::read_to_string(inc) else {
+            eprintln!("skipping {} (not readable)", inc.display());
+            continue;
+        };
+        let name = inc.display();
+        md.push_str(&format!(
+            "\n<!-- include: {name} -->\n{}\n<!-- end include: {name} -->\n",
+            text.trim_end()
+        ));
+    }
     std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {} and {}", args.out.display(), plot.display());
     Ok(())
@@ -855,13 +872,21 @@ mod tests {
         .unwrap();
         std::fs::write(dir.join("commands.txt"), "mast-bench put --clients 100\n").unwrap();
         let out = dir.join("BENCHMARKS.md");
+        let notes = dir.join("notes.md");
+        std::fs::write(&notes, "## Notes\n\nhand-written\n").unwrap();
         run(&ReportArgs {
             results: dir.clone(),
             out: out.clone(),
             plot: None,
+            include: vec![dir.join("missing.md"), notes.clone()],
         })
         .unwrap();
         let md = std::fs::read_to_string(&out).unwrap();
+        let wrapped = format!(
+            "<!-- include: {n} -->\n## Notes\n\nhand-written\n<!-- end include: {n} -->",
+            n = notes.display()
+        );
+        assert!(md.contains(&wrapped), "{md}");
         assert!(md.contains("| put |"), "{md}");
         assert!(md.contains("2.40×"), "{md}");
         assert!(md.contains("test cpu"));
