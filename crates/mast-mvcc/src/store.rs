@@ -111,8 +111,12 @@ pub struct StoreOptions {
     /// Size of redb's page cache in bytes.
     pub cache_bytes: usize,
     /// Size of the write-ahead log file in bytes (at least [`crate::wal::MIN_WAL_BYTES`]); a
-    /// checkpoint happens each time it fills. Only used when the log file is created.
+    /// checkpoint happens at the latest when it fills. Only used when the log file is created.
     pub wal_bytes: u64,
+    /// Bytes of log records after which the next batch is a checkpoint (a durable redb
+    /// commit). Smaller: shorter pauses and less memory for redb's buffered pages, more
+    /// redb fsyncs; replay after a crash covers at most this much.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -120,9 +124,13 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
             wal_bytes: crate::wal::DEFAULT_WAL_BYTES,
+            checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
         }
     }
 }
+
+/// Default [`StoreOptions::checkpoint_bytes`]: 8 MiB.
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A batch applied by [`Store::stage`]: its outcome, and what to pass to [`Store::publish`]
 /// once it is durable.
@@ -196,6 +204,8 @@ pub struct Store {
     applied_index: AtomicU64,
     /// Durable redb commits so far (log full, auth change, close, defragment, snapshot).
     checkpoints: AtomicU64,
+    /// [`StoreOptions::checkpoint_bytes`].
+    checkpoint_bytes: u64,
     writer: Mutex<WriterState>,
     poisoned: AtomicBool,
 }
@@ -352,6 +362,7 @@ impl Store {
             compact_rev: AtomicI64::new(compact),
             applied_index: AtomicU64::new(applied),
             checkpoints: AtomicU64::new(0),
+            checkpoint_bytes: opts.checkpoint_bytes,
             writer: Mutex::new(WriterState {
                 rev,
                 applied_index: applied,
@@ -812,6 +823,11 @@ impl Store {
             }
             meta.insert(META_REVISION, w.rev)?;
             meta.insert(META_APPLIED, w.applied_index as i64)?;
+        }
+        if log && !durable && w.wal.used() >= self.checkpoint_bytes {
+            // Enough logged since the last checkpoint: this batch is the next one.
+            durable = true;
+            wtxn.set_durability(Durability::Immediate)?;
         }
         if log && !durable && !w.wal.append(first_index, cmds)? {
             // The log is full: this batch becomes the checkpoint.

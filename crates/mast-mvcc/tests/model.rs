@@ -96,9 +96,10 @@ fn apply_one(store: &Store, cmd: Command) -> Result<CommandResult, MvccError> {
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut dir = tempfile::tempdir().unwrap();
-    // A small log, so that runs fill it and checkpoint.
+    // A small log and checkpoint interval, so that runs reach both and checkpoint.
     let opts = StoreOptions {
         wal_bytes: mast_mvcc::wal::MIN_WAL_BYTES,
+        checkpoint_bytes: 2048,
         ..StoreOptions::default()
     };
     let mut store = Store::open_with_options(dir.path(), opts).unwrap();

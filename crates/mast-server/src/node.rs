@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// Size of the write-ahead log file in bytes; the store checkpoints each time it fills
     /// (`--wal-size-mb`, used when the log is created).
     pub wal_bytes: u64,
+    /// Log bytes between checkpoints (durable redb commits) (`--checkpoint-mb`).
+    pub checkpoint_bytes: u64,
     /// TLS on the client port; plain TCP when `None`.
     pub tls: Option<crate::tls::TlsConfig>,
     /// How auth tokens are made (`--auth-token`).
@@ -68,6 +70,7 @@ impl ServerConfig {
             watch_progress_notify_interval: Duration::from_secs(600),
             cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
             wal_bytes: mast_mvcc::wal::DEFAULT_WAL_BYTES,
+            checkpoint_bytes: mast_mvcc::store::DEFAULT_CHECKPOINT_BYTES,
             tls: None,
             auth_token: crate::tokens::TokenConfig::Simple,
             auth_token_ttl: Duration::from_secs(300),
@@ -149,6 +152,7 @@ impl Node {
             mast_mvcc::StoreOptions {
                 cache_bytes: config.cache_bytes,
                 wal_bytes: config.wal_bytes,
+                checkpoint_bytes: config.checkpoint_bytes,
             },
         )?);
         let lessor = Arc::new(Lessor::new(Box::new(SystemClock::default())));

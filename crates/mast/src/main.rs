@@ -64,9 +64,13 @@ struct ServeArgs {
     #[arg(long, env = "MAST_CACHE_MB", default_value_t = 128)]
     cache_mb: usize,
     /// Size of the write-ahead log file in MiB, zero-filled when created; the store makes a
-    /// durable checkpoint each time it fills.
+    /// durable checkpoint at the latest when it fills.
     #[arg(long, env = "MAST_WAL_SIZE_MB", default_value_t = 64)]
     wal_size_mb: u64,
+    /// MiB of write-ahead log records between checkpoints (durable redb commits): smaller
+    /// means shorter pauses and less memory for buffered pages, larger fewer redb fsyncs.
+    #[arg(long, env = "MAST_CHECKPOINT_MB", default_value_t = 8)]
+    checkpoint_mb: u64,
     /// How auth tokens are made: `simple`, or
     /// `jwt,pub-key=<path>,priv-key=<path>,sign-method=<RS256|ES256|HS256|…>[,ttl=5m]`.
     #[arg(long, env = "MAST_AUTH_TOKEN", default_value = "simple")]
@@ -170,6 +174,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_request_bytes = args.max_request_bytes;
     config.cache_bytes = args.cache_mb.max(1) * 1024 * 1024;
     config.wal_bytes = args.wal_size_mb.max(1) * 1024 * 1024;
+    config.checkpoint_bytes = args.checkpoint_mb.max(1) * 1024 * 1024;
     config.tls = tls;
     config.auth_token = mast_server::tokens::TokenConfig::parse(&args.auth_token)?;
     config.auth_token_ttl = Duration::from_secs(args.auth_token_ttl.max(1));
