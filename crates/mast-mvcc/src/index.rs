@@ -12,6 +12,12 @@ use smallvec::SmallVec;
 
 use crate::revision::Revision;
 
+/// Keys of at most this many bytes are stored inline in the index (no heap allocation).
+pub const INLINE_KEY_BYTES: usize = 16;
+
+/// A key as the index stores it; ordered as its bytes.
+type IndexKey = SmallVec<[u8; INLINE_KEY_BYTES]>;
+
 /// One life of a key: from its creating put to its tombstone (if any).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Generation {
@@ -154,7 +160,8 @@ impl KeyHistory {
 /// The key index of the whole store: an ordered map from key to its history.
 #[derive(Debug, Default)]
 pub struct Index {
-    keys: BTreeMap<Vec<u8>, KeyHistory>,
+    /// Keys up to [`INLINE_KEY_BYTES`] bytes live inside the map's nodes, without an allocation.
+    keys: BTreeMap<IndexKey, KeyHistory>,
 }
 
 /// The end of a range request, decoded from etcd's `range_end` conventions.
@@ -216,7 +223,7 @@ impl Index {
             None => {
                 let mut h = KeyHistory::default();
                 h.put(rev);
-                self.keys.insert(key.to_vec(), h);
+                self.keys.insert(IndexKey::from_slice(key), h);
             }
         }
     }
@@ -245,7 +252,7 @@ impl Index {
             None => {
                 let mut h = KeyHistory::default();
                 h.restore(created, modified, version);
-                self.keys.insert(key.to_vec(), h);
+                self.keys.insert(IndexKey::from_slice(key), h);
             }
         }
     }

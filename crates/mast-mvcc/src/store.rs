@@ -53,9 +53,9 @@ const META_AUTH_REVISION: &str = "auth_revision";
 /// Flag byte of a row that records a delete.
 const TOMBSTONE: u8 = 1;
 
-/// Default size of redb's page cache in bytes (128 MiB). Values are read through it; the key
-/// index lives outside it.
-pub const DEFAULT_CACHE_BYTES: usize = 128 * 1024 * 1024;
+/// Default size of redb's page cache in bytes (64 MiB; the operating system caches the file
+/// too). Values are read through it; the key index lives outside it.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The largest lease TTL in seconds, as etcd's `MaxLeaseTTL`.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;

@@ -61,7 +61,7 @@ struct ServeArgs {
     )]
     watch_progress_notify_interval: u64,
     /// Size of the store's page cache in MiB.
-    #[arg(long, env = "MAST_CACHE_MB", default_value_t = 128)]
+    #[arg(long, env = "MAST_CACHE_MB", default_value_t = 64)]
     cache_mb: usize,
     /// Size of the write-ahead log file in MiB, zero-filled when created; the store makes a
     /// durable checkpoint at the latest when it fills.
