@@ -10,7 +10,7 @@
 #   1. installs etcd-server + etcd-client (Debian's etcd 3.4), curl and jq when missing;
 #   2. builds `mast` and `mast-bench` in release mode;
 #   3. starts etcd and `mast serve` on loopback, each on an empty data directory on the same
-#      disk, both durable (etcd fsyncs its WAL before answering a write; Mast fsyncs every
+#      disk, both durable (etcd fsyncs its WAL before answering a write; Mast fsyncs its WAL for every
 #      write batch before answering);
 #   4. runs every workload against both, one after the other (which server goes first
 #      alternates), recording each server's CPU time (utime + stime from /proc/PID/stat), RSS
@@ -93,7 +93,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq >/dev/null
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-etcd_version="$(/usr/bin/etcd --version | head -1 | sed 's/^etcd Version: //')"
+etcd_version="$(/usr/bin/etcd --version | sed -n 's/^etcd Version: //p')"  # sed reads it all: no SIGPIPE under pipefail
 case "$etcd_version" in
   3.4.*) ;;
   *) log "warning: etcd $etcd_version is not 3.4" ;;
@@ -190,7 +190,7 @@ cpu_seconds() { # PID: user + system CPU seconds so far
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 fsync_count() { # SERVER: fsyncs so far, from its /metrics (empty if not exposed)
   local metric
-  if [ "$1" = etcd ]; then metric=etcd_disk_wal_fsync_duration_seconds_count; else metric=mast_writer_batch_size_count; fi
+  if [ "$1" = etcd ]; then metric=etcd_disk_wal_fsync_duration_seconds_count; else metric=mast_fsyncs_total; fi
   # A metric not yet recorded (no write so far) counts as 0; an unreachable /metrics as unknown.
   local text
   text="$(curl -s --max-time 5 "http://127.0.0.1:$(port_of "$1")/metrics")" || return 0
@@ -344,7 +344,7 @@ fs_type="$(df -T "$work" | awk 'NR == 2 { print $2 " on " $1 }')"
 jq -n \
   --arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --arg scale "$scale" \
-  --arg cpu "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)" \
+  --arg cpu "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | sed -n 1p)" \
   --arg cores "$(nproc)" \
   --arg memory "$mem" \
   --arg kernel "$(uname -sr)" \
@@ -354,7 +354,7 @@ jq -n \
   --arg etcd "etcd $etcd_version ($(/usr/bin/etcd --version | sed -n 's/^Go Version: //p'), Debian package)" \
   --arg mast "$("$mast_bin" --version) (git $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown), release build)" \
   --arg rustc "$(rustc --version)" \
-  --arg durability "Both servers are single members with a data directory on the same disk, and both answer a write only once it is on disk: etcd appends it to its WAL and fsyncs (fdatasync) before replying (its default; no --unsafe-no-fsync), Mast commits each write batch to redb with an fsync before replying. Both batch concurrent writes under one fsync (group commit)." \
+  --arg durability "Both servers are single members with a data directory on the same disk, and both answer a write only once it is on disk: etcd appends it to its WAL and fsyncs (fdatasync) before replying (its default; no --unsafe-no-fsync), Mast appends each write batch to its write-ahead log and fsyncs it (fdatasync) before replying, applying the batch to redb without an fsync and committing redb durably every 8 MiB of log (a checkpoint). Both batch concurrent writes under one fsync (group commit)." \
   --arg etcd_command "$(etcd_cmd DATA_DIR)" \
   --arg mast_command "$(mast_cmd DATA_DIR | sed "s|$repo/||")" \
   '$ARGS.named' >"$results/meta.json"

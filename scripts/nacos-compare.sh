@@ -261,7 +261,7 @@ run_wrk() {
     wrk -t"$wthreads" -c"$conns" -d"$4" --timeout 10s -s "$lua" "$url" >"$out" 2>&1 ||
     die "wrk failed: $(tail -n 5 "$out")"
   grep -q '^RESULT ' "$out" || die "no RESULT in $out: $(tail -n 5 "$out")"
-  if grep -q '^bad body\|^non-2xx' "$out"; then grep '^bad body\|^non-2xx' "$out" | head -n 3 >&2; fi
+  if grep -q '^bad body\|^non-2xx' "$out"; then grep '^bad body\|^non-2xx' "$out" | sed -n 1,3p >&2; fi
   grep '^RESULT ' "$out" | tail -n 1
 }
 field() { # "RESULT k=v ..." key

@@ -416,7 +416,7 @@ fn markdown(
         "CPU = user + system seconds the server process used during the run (from \
          `/proc/PID/stat`); RSS after the run (`VmRSS`). Writes per fsync = acknowledged write \
          requests / fsync calls the server reported on `/metrics` during the run (etcd: \
-         `etcd_disk_wal_fsync_duration_seconds_count`; Mast: `mast_writer_batch_size_count`). \
+         `etcd_disk_wal_fsync_duration_seconds_count`; Mast: `mast_fsyncs_total`, log syncs plus checkpoints). \
          The benchmark client shares the machine: its own CPU seconds (the whole `mast-bench` \
          process, setup included) show how much of the 2 cores the load generator took.\n"
     );

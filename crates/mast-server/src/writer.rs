@@ -95,6 +95,10 @@ fn write_loop(
         metrics::histogram!("mast_writer_batch_size").record(cmds.len() as f64);
         match store.stage(&cmds) {
             Ok(staged) => {
+                if staged.durable {
+                    // A checkpoint: redb's own fsync.
+                    metrics::counter!("mast_fsyncs_total").increment(1);
+                }
                 let revoked = cmds
                     .iter()
                     .filter_map(|c| match c {
@@ -137,6 +141,7 @@ fn sync_loop(
             Ok(())
         } else {
             metrics::histogram!("mast_sync_group_batches").record(group.len() as f64);
+            metrics::counter!("mast_fsyncs_total").increment(1);
             store.sync()
         };
         for p in group.drain(..) {
