@@ -193,18 +193,29 @@ pub async fn range(
     Ok(resp)
 }
 
-/// Put, as etcd's `KV.Put`.
-///
-/// # Errors
-/// etcd's errors for an empty key, a too large request, a missing lease or key.
-pub async fn put(node: &Node, caller: &Caller, req: PutRequest) -> Result<PutResponse, Status> {
-    check_put(&req)?;
-    check_size(node, &req)?;
+/// The checks of a Put before it is written: shape, size, the caller's write permission on
+/// the key (and read permission when it asks for the previous value). Returns the caller.
+fn check_put_request(
+    node: &Node,
+    caller: &Caller,
+    req: &PutRequest,
+) -> Result<crate::authz::Identity, Status> {
+    check_put(req)?;
+    check_size(node, req)?;
     let who = node.authenticate_caller(caller)?;
     node.check_range(&who, &req.key, &[], true)?;
     if req.prev_kv {
         node.check_range(&who, &req.key, &[], false)?;
     }
+    Ok(who)
+}
+
+/// Put, as etcd's `KV.Put`.
+///
+/// # Errors
+/// etcd's errors for an empty key, a too large request, a missing lease or key.
+pub async fn put(node: &Node, caller: &Caller, req: PutRequest) -> Result<PutResponse, Status> {
+    let who = check_put_request(node, caller, &req)?;
     if req.lease != 0 {
         node.check_lease_keys(&who, req.lease, true)?;
     }
@@ -235,13 +246,7 @@ pub async fn put_with_new_lease(
     }
     let ttl = ttl.max(crate::lessor::MIN_LEASE_TTL);
     req.lease = 0;
-    check_put(&req)?;
-    check_size(node, &req)?;
-    let who = node.authenticate_caller(caller)?;
-    node.check_range(&who, &req.key, &[], true)?;
-    if req.prev_kv {
-        node.check_range(&who, &req.key, &[], false)?;
-    }
+    check_put_request(node, caller, &req)?;
     let mut attempts = 0;
     loop {
         let id = crate::api::lease::random_lease_id();
