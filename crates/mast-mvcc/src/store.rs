@@ -380,7 +380,9 @@ impl Store {
             }
             store.checkpoint_locked(&mut w)?;
             store.committed_rev.store(w.rev, Ordering::Release);
-            store.applied_index.store(w.applied_index, Ordering::Release);
+            store
+                .applied_index
+                .store(w.applied_index, Ordering::Release);
             tracing::info!(
                 records = records.len(),
                 commands,
@@ -787,7 +789,9 @@ impl Store {
                                     Err(e) => {
                                         // Nothing changed after all: the new lease goes too.
                                         match ctx.lease_revoke(*id, &mut lease_t) {
-                                            Err(MvccError::Storage(s)) => Err(MvccError::Storage(s)),
+                                            Err(MvccError::Storage(s)) => {
+                                                Err(MvccError::Storage(s))
+                                            }
                                             _ => Err(e),
                                         }
                                     }

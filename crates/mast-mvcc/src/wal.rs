@@ -41,6 +41,9 @@ use crate::store::Command;
 /// Bytes before a record's payload.
 const HEADER: usize = 20;
 
+/// Largest encoding buffer kept between records, in bytes.
+const KEEP_BUFFER_BYTES: usize = 1024 * 1024;
+
 /// Default size of the log file in bytes (64 MiB, as an etcd WAL segment).
 pub const DEFAULT_WAL_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -192,21 +195,27 @@ impl Wal {
     ///
     /// # Errors
     /// [`StorageError`] when the write fails.
-    pub(crate) fn append(&mut self, first_index: u64, cmds: &[Command]) -> Result<bool, StorageError> {
+    pub(crate) fn append(
+        &mut self,
+        first_index: u64,
+        cmds: &[Command],
+    ) -> Result<bool, StorageError> {
+        // Sized first, so a batch that cannot fit is refused without encoding it.
+        let len: usize = cmds.iter().map(|c| 5 + body_len(c)).sum();
+        let total = (HEADER + len) as u64;
+        // Four zero bytes follow each record: the end mark for replay, overwritten by the next
+        // record, so a scan never runs on into older records further in the file.
+        if len > u32::MAX as usize || self.offset + total + 4 > self.size {
+            return Ok(false);
+        }
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
+        buf.reserve(HEADER + len + 4);
         buf.resize(HEADER, 0);
         for c in cmds {
             encode_command(c, &mut buf);
         }
-        let len = buf.len() - HEADER;
-        // A zero record after this one marks the end for replay even over stale bytes with a
-        // matching index (there are none: indexes only grow, but the marker costs 4 bytes).
-        let total = buf.len() as u64;
-        if len > u32::MAX as usize || self.offset + total + 4 > self.size {
-            self.buf = buf;
-            return Ok(false);
-        }
+        debug_assert_eq!(buf.len() as u64, total);
         buf[0..4].copy_from_slice(&(len as u32).to_le_bytes());
         buf[8..16].copy_from_slice(&first_index.to_le_bytes());
         buf[16..20].copy_from_slice(&(cmds.len() as u32).to_le_bytes());
@@ -217,7 +226,10 @@ impl Wal {
         buf.extend_from_slice(&[0u8; 4]);
         let res = self.file.write_all_at(&buf, self.offset);
         self.offset += total;
-        self.buf = buf;
+        // Keep the buffer for the next record, unless one large batch grew it.
+        if buf.capacity() <= KEEP_BUFFER_BYTES {
+            self.buf = buf;
+        }
         res?;
         Ok(true)
     }
@@ -240,6 +252,20 @@ fn put_body(buf: &mut Vec<u8>, tag: u8, body_len: usize, f: impl FnOnce(&mut Vec
     let start = buf.len();
     f(buf);
     debug_assert_eq!(buf.len() - start, body_len);
+}
+
+/// Bytes of a command's body in a record (after its tag and length).
+fn body_len(c: &Command) -> usize {
+    match c {
+        Command::Put(p) => p.encoded_len(),
+        Command::DeleteRange(d) => d.encoded_len(),
+        Command::Txn(t) => t.encoded_len(),
+        Command::Compact(c) => c.encoded_len(),
+        Command::LeaseGrant { .. } => 16,
+        Command::LeaseRevoke { .. } => 8,
+        Command::LeaseGrantPut { put, .. } => 16 + put.encoded_len(),
+        Command::Auth(_) => 0,
+    }
 }
 
 fn encode_command(c: &Command, buf: &mut Vec<u8>) {
@@ -379,12 +405,15 @@ mod tests {
         assert!(wal.append(4, &b).unwrap());
 
         // A torn second record: its CRC fails, the first still replays.
-        let first_len = HEADER as u64 + u32::from_le_bytes({
-            let mut l = [0u8; 4];
-            wal.file.read_exact_at(&mut l, 0).unwrap();
-            l
-        }) as u64;
-        wal.file.write_all_at(&[0xff], first_len + HEADER as u64 + 2).unwrap();
+        let first_len = HEADER as u64
+            + u32::from_le_bytes({
+                let mut l = [0u8; 4];
+                wal.file.read_exact_at(&mut l, 0).unwrap();
+                l
+            }) as u64;
+        wal.file
+            .write_all_at(&[0xff], first_len + HEADER as u64 + 2)
+            .unwrap();
         let got = wal.replay(0).unwrap();
         assert_eq!(got.len(), 1);
 

@@ -18,9 +18,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mast_model::{Instance, check_name, instance_key, parse_instance_key, service_prefix};
-use mast_proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
-};
+use mast_proto::etcdserverpb::{LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest};
 use mast_proto::mvccpb::KeyValue;
 use mast_server::Node;
 use mast_server::api::{kv, lease};

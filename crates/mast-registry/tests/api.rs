@@ -1126,7 +1126,10 @@ async fn config_reads_follow_every_change() {
     t.call(Method::PUT, &path, Some(json!({"content": "{\"a\":2}"})))
         .await;
     let (_, v) = t.get(&path).await;
-    assert_eq!((v["content"].clone(), v["version"].clone()), (json!("{\"a\":2}"), json!(2)));
+    assert_eq!(
+        (v["content"].clone(), v["version"].clone()),
+        (json!("{\"a\":2}"), json!(2))
+    );
 
     // A plain etcd put of the content key (metadata unchanged).
     let key = "/configs/dev/DEFAULT_GROUP/cache.json";
