@@ -246,14 +246,6 @@ impl Wal {
     }
 }
 
-fn put_body(buf: &mut Vec<u8>, tag: u8, body_len: usize, f: impl FnOnce(&mut Vec<u8>)) {
-    buf.push(tag);
-    buf.extend_from_slice(&(body_len as u32).to_le_bytes());
-    let start = buf.len();
-    f(buf);
-    debug_assert_eq!(buf.len() - start, body_len);
-}
-
 /// Bytes of a command's body in a record (after its tag and length).
 fn body_len(c: &Command) -> usize {
     match c {
@@ -268,34 +260,41 @@ fn body_len(c: &Command) -> usize {
     }
 }
 
+/// Appends `c` as tag, body length ([`body_len`]) and body.
 fn encode_command(c: &Command, buf: &mut Vec<u8>) {
+    let (tag, len) = (tag_of(c), body_len(c));
+    buf.push(tag);
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    let start = buf.len();
     match c {
-        Command::Put(p) => put_body(buf, TAG_PUT, p.encoded_len(), |b| {
-            p.encode(b).expect("vec grows")
-        }),
-        Command::DeleteRange(d) => put_body(buf, TAG_DELETE, d.encoded_len(), |b| {
-            d.encode(b).expect("vec grows")
-        }),
-        Command::Txn(t) => put_body(buf, TAG_TXN, t.encoded_len(), |b| {
-            t.encode(b).expect("vec grows")
-        }),
-        Command::Compact(c) => put_body(buf, TAG_COMPACT, c.encoded_len(), |b| {
-            c.encode(b).expect("vec grows")
-        }),
-        Command::LeaseGrant { id, ttl } => put_body(buf, TAG_LEASE_GRANT, 16, |b| {
-            b.extend_from_slice(&id.to_le_bytes());
-            b.extend_from_slice(&ttl.to_le_bytes());
-        }),
-        Command::LeaseRevoke { id } => put_body(buf, TAG_LEASE_REVOKE, 8, |b| {
-            b.extend_from_slice(&id.to_le_bytes())
-        }),
-        Command::LeaseGrantPut { id, ttl, put } => {
-            put_body(buf, TAG_GRANT_PUT, 16 + put.encoded_len(), |b| {
-                b.extend_from_slice(&id.to_le_bytes());
-                b.extend_from_slice(&ttl.to_le_bytes());
-                put.encode(b).expect("vec grows");
-            })
+        Command::Put(p) => p.encode(buf).expect("vec grows"),
+        Command::DeleteRange(d) => d.encode(buf).expect("vec grows"),
+        Command::Txn(t) => t.encode(buf).expect("vec grows"),
+        Command::Compact(c) => c.encode(buf).expect("vec grows"),
+        Command::LeaseGrant { id, ttl } => {
+            buf.extend_from_slice(&id.to_le_bytes());
+            buf.extend_from_slice(&ttl.to_le_bytes());
         }
+        Command::LeaseRevoke { id } => buf.extend_from_slice(&id.to_le_bytes()),
+        Command::LeaseGrantPut { id, ttl, put } => {
+            buf.extend_from_slice(&id.to_le_bytes());
+            buf.extend_from_slice(&ttl.to_le_bytes());
+            put.encode(buf).expect("vec grows");
+        }
+        Command::Auth(_) => unreachable!("auth batches are checkpointed, never logged"),
+    }
+    debug_assert_eq!(buf.len() - start, len);
+}
+
+fn tag_of(c: &Command) -> u8 {
+    match c {
+        Command::Put(_) => TAG_PUT,
+        Command::DeleteRange(_) => TAG_DELETE,
+        Command::Txn(_) => TAG_TXN,
+        Command::Compact(_) => TAG_COMPACT,
+        Command::LeaseGrant { .. } => TAG_LEASE_GRANT,
+        Command::LeaseRevoke { .. } => TAG_LEASE_REVOKE,
+        Command::LeaseGrantPut { .. } => TAG_GRANT_PUT,
         Command::Auth(_) => unreachable!("auth batches are checkpointed, never logged"),
     }
 }
