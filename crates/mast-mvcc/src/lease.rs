@@ -9,6 +9,51 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// A lease ID, as etcd's `LeaseID` (0 means "no lease").
 pub type LeaseId = i64;
 
+/// Lease rows granted or revoked since the last durable commit.
+///
+/// Lease IDs are random, so every grant written into redb's lease table at once would dirty a
+/// different B-tree leaf (a page copy per registration). The rows wait here instead and go
+/// into the table, sorted, with the next durable commit (a checkpoint). Until then the
+/// write-ahead log holds the commands that made them, and replaying the log after a crash makes
+/// them again. The in-memory [`LeaseTable`] is what reads use, so nothing reads the table
+/// between checkpoints.
+#[derive(Debug, Default)]
+pub(crate) struct PendingLeaseRows(BTreeMap<LeaseId, Option<i64>>);
+
+impl PendingLeaseRows {
+    /// Records a granted lease with its TTL in seconds.
+    pub(crate) fn grant(&mut self, id: LeaseId, ttl: i64) {
+        self.0.insert(id, Some(ttl));
+    }
+
+    /// Records a revoked lease.
+    pub(crate) fn revoke(&mut self, id: LeaseId) {
+        self.0.insert(id, None);
+    }
+
+    /// Writes every recorded change into `table` (the caller commits it durably) and forgets
+    /// them.
+    ///
+    /// # Errors
+    /// redb's error when a write fails.
+    pub(crate) fn write_to(
+        &mut self,
+        table: &mut redb::Table<'_, i64, i64>,
+    ) -> Result<(), redb::StorageError> {
+        for (id, ttl) in std::mem::take(&mut self.0) {
+            match ttl {
+                Some(ttl) => {
+                    table.insert(id, ttl)?;
+                }
+                None => {
+                    table.remove(id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One lease as applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaseRecord {

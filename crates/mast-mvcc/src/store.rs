@@ -181,6 +181,8 @@ struct WriterState {
     rev: i64,
     applied_index: u64,
     wal: crate::wal::Wal,
+    /// Lease rows waiting for the next durable commit.
+    lease_rows: crate::lease::PendingLeaseRows,
 }
 
 /// The MVCC store. Share it behind an `Arc`: reads run concurrently from any thread; writes go
@@ -367,6 +369,7 @@ impl Store {
                 rev,
                 applied_index: applied,
                 wal,
+                lease_rows: Default::default(),
             }),
             poisoned: AtomicBool::new(false),
         };
@@ -726,6 +729,7 @@ impl Store {
         let db = self.db()?;
         let mut wtxn = db.begin_write()?;
         wtxn.set_durability(Durability::Immediate)?;
+        w.lease_rows.write_to(&mut wtxn.open_table(LEASES)?)?;
         wtxn.commit()?;
         w.wal.reset();
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -757,7 +761,6 @@ impl Store {
         {
             let mut kv = wtxn.open_table(KV)?;
             let mut meta = wtxn.open_table(META)?;
-            let mut lease_t = wtxn.open_table(LEASES)?;
             // Opened only for a batch that has an auth command.
             let mut auth_t = None;
             for cmd in cmds {
@@ -772,13 +775,15 @@ impl Store {
                     Command::DeleteRange(d) => ctx.delete_cmd(d),
                     Command::Txn(t) => ctx.txn_cmd(t),
                     Command::Compact(c) => self.compact(&mut ctx, c.revision, &mut meta),
-                    Command::LeaseGrant { id, ttl } => self.lease_grant(*id, *ttl, &mut lease_t),
-                    Command::LeaseRevoke { id } => ctx.lease_revoke(*id, &mut lease_t),
+                    Command::LeaseGrant { id, ttl } => {
+                        self.lease_grant(*id, *ttl, &mut w.lease_rows)
+                    }
+                    Command::LeaseRevoke { id } => ctx.lease_revoke(*id, &mut w.lease_rows),
                     Command::LeaseGrantPut { id, ttl, put } => {
                         if put.lease != *id {
                             Err(MvccError::LeaseNotFound)
                         } else {
-                            match self.lease_grant(*id, *ttl, &mut lease_t) {
+                            match self.lease_grant(*id, *ttl, &mut w.lease_rows) {
                                 Ok(_) => match ctx.put_cmd(put) {
                                     Ok(CommandResult::Put(r)) => Ok(CommandResult::LeaseGrantPut {
                                         id: *id,
@@ -788,7 +793,7 @@ impl Store {
                                     Ok(other) => Ok(other),
                                     Err(e) => {
                                         // Nothing changed after all: the new lease goes too.
-                                        match ctx.lease_revoke(*id, &mut lease_t) {
+                                        match ctx.lease_revoke(*id, &mut w.lease_rows) {
                                             Err(MvccError::Storage(s)) => {
                                                 Err(MvccError::Storage(s))
                                             }
@@ -838,6 +843,9 @@ impl Store {
             durable = true;
             wtxn.set_durability(Durability::Immediate)?;
         }
+        if durable {
+            w.lease_rows.write_to(&mut wtxn.open_table(LEASES)?)?;
+        }
         wtxn.commit()?;
         if durable {
             w.wal.reset();
@@ -860,7 +868,7 @@ impl Store {
         &self,
         id: LeaseId,
         ttl: i64,
-        table: &mut redb::Table<'_, i64, i64>,
+        rows: &mut crate::lease::PendingLeaseRows,
     ) -> Result<CommandResult, MvccError> {
         if ttl > MAX_LEASE_TTL {
             return Err(MvccError::LeaseTtlTooLarge);
@@ -869,7 +877,7 @@ impl Store {
         if leases.contains(id) {
             return Err(MvccError::LeaseExists);
         }
-        table.insert(id, ttl).map_err(StorageError::from)?;
+        rows.grant(id, ttl);
         leases.insert(id, ttl);
         Ok(CommandResult::LeaseGrant { id, ttl })
     }

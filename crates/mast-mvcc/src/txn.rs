@@ -297,7 +297,7 @@ impl WriteCtx<'_, '_, '_> {
     pub(crate) fn lease_revoke(
         &mut self,
         id: LeaseId,
-        table: &mut redb::Table<'_, i64, i64>,
+        rows: &mut crate::lease::PendingLeaseRows,
     ) -> Result<CommandResult, MvccError> {
         let keys: Vec<Vec<u8>> = match self.store.leases().get(id) {
             Some(rec) => rec.keys.iter().cloned().collect(),
@@ -309,7 +309,7 @@ impl WriteCtx<'_, '_, '_> {
                 self.tombstone(&key)?;
             }
         }
-        table.remove(id).map_err(StorageError::from)?;
+        rows.revoke(id);
         self.store.remove_lease(id);
         Ok(CommandResult::LeaseRevoke {
             revision: self.read_rev(),
