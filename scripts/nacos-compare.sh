@@ -32,6 +32,9 @@
 #   NACOS_BENCH_ROUNDS   rounds (default 3; tiny: 1)
 #   NACOS_BENCH_CONNS    wrk connections (default 50, as issue 6 measured r-nacos)
 #   NACOS_BENCH_THREADS  wrk threads (default 1: on 2 cores wrk shares the machine with the server)
+#   NACOS_BENCH_SERVER_THREADS  request-serving threads of both servers: r-nacos's
+#                        RNACOS_HTTP_WORKERS (actix workers) and Mast's MAST_WORKER_THREADS
+#                        (tokio workers); default: unset, each server's own default (one per core)
 #   NACOS_BENCH_LOAD     configs and instances loaded for the RSS measurement (default 10000)
 #   NACOS_BENCH_OUT      Markdown output (default: benchmarks/nacos.md for a full run, which
 #                        is also spliced into BENCHMARKS.md between its include markers;
@@ -57,6 +60,14 @@ fi
 conns="${NACOS_BENCH_CONNS:-50}"
 wthreads="${NACOS_BENCH_THREADS:-1}"
 load_n="${NACOS_BENCH_LOAD:-10000}"
+server_threads="${NACOS_BENCH_SERVER_THREADS:-}"
+# Extra environment for each server when NACOS_BENCH_SERVER_THREADS is set (same for both).
+nacos_threads_env=() mast_threads_env=()
+if [ -n "$server_threads" ]; then
+  [[ "$server_threads" =~ ^[1-9][0-9]*$ ]] || { echo "nacos-compare: NACOS_BENCH_SERVER_THREADS must be a positive integer" >&2; exit 1; }
+  nacos_threads_env=("RNACOS_HTTP_WORKERS=$server_threads")
+  mast_threads_env=("MAST_WORKER_THREADS=$server_threads")
+fi
 bench_dir="${NACOS_BENCH_DIR:-$repo/target/nacos-compare}"
 # A full run writes benchmarks/nacos.md (committed; BENCHMARKS.md includes it); quick runs
 # write under target/.
@@ -157,14 +168,14 @@ log "starting r-nacos on $nacos_url (data $run_dir/nacos)"
     RNACOS_RAFT_NODE_ADDR="127.0.0.1:$nacos_grpc" RNACOS_HTTP_CONSOLE_PORT=0 \
     RNACOS_DATA_DIR="$run_dir/nacos/data" \
     RNACOS_NAMING_HEALTH_TIMEOUT_SECOND=36000 RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND=72000 \
-    RNACOS_ENABLE_OPEN_API_AUTH=false \
+    RNACOS_ENABLE_OPEN_API_AUTH=false "${nacos_threads_env[@]}" \
     "$rnacos_bin"
 ) >"$run_dir/nacos.log" 2>&1 &
 nacos_pid=$!
 pids+=("$nacos_pid")
 
 log "starting mast on $mast_url (data $run_dir/mast)"
-RUST_LOG=warn "$mast_bin" serve --name nacos-compare --data-dir "$run_dir/mast/data" \
+env RUST_LOG=warn "${mast_threads_env[@]}" "$mast_bin" serve --name nacos-compare --data-dir "$run_dir/mast/data" \
   --listen-client-urls "$mast_url" >"$run_dir/mast.log" 2>&1 &
 mast_pid=$!
 pids+=("$mast_pid")
@@ -339,6 +350,7 @@ label() {
   echo "## r-nacos vs Mast: Nacos v1 open API vs /mast/v1"
   echo
   echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -sr); $rnacos_version; mast $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')."
+  echo "Request-serving threads: ${server_threads:-the default of each server (one per core)}${server_threads:+ for both (r-nacos RNACOS_HTTP_WORKERS, Mast MAST_WORKER_THREADS)}."
   echo "wrk $wthreads thread(s), $conns connections, ${secs}s per run, $rounds round(s), runs alternating r-nacos, Mast, r-nacos, Mast …;"
   echo "req/s and p50/p99 are medians over the rounds; non-2xx / bad body / socket errors are totals;"
   echo "CPU µs/req is the server's utime+stime over all rounds divided by all rounds' requests."
@@ -384,10 +396,10 @@ label() {
   echo "### Exact commands"
   echo
   echo '```sh'
-  echo "bash scripts/nacos-compare.sh   # this run: NACOS_BENCH_SECS=$secs NACOS_BENCH_ROUNDS=$rounds NACOS_BENCH_CONNS=$conns"
+  echo "bash scripts/nacos-compare.sh   # this run: NACOS_BENCH_SECS=$secs NACOS_BENCH_ROUNDS=$rounds NACOS_BENCH_CONNS=$conns${server_threads:+ NACOS_BENCH_SERVER_THREADS=$server_threads}"
   echo "# servers (fresh data directories)"
-  echo "RUST_LOG=warn RNACOS_HTTP_PORT=<port> RNACOS_GRPC_PORT=<port> RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 RNACOS_HTTP_CONSOLE_PORT=0 RNACOS_NAMING_HEALTH_TIMEOUT_SECOND=36000 RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND=72000 RNACOS_ENABLE_OPEN_API_AUTH=false rnacos"
-  echo "RUST_LOG=warn target/release/mast serve --data-dir <dir> --listen-client-urls http://127.0.0.1:<port>"
+  echo "RUST_LOG=warn ${nacos_threads_env[*]}${server_threads:+ }RNACOS_HTTP_PORT=<port> RNACOS_GRPC_PORT=<port> RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 RNACOS_HTTP_CONSOLE_PORT=0 RNACOS_NAMING_HEALTH_TIMEOUT_SECOND=36000 RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND=72000 RNACOS_ENABLE_OPEN_API_AUTH=false rnacos"
+  echo "RUST_LOG=warn ${mast_threads_env[*]}${server_threads:+ }target/release/mast serve --data-dir <dir> --listen-client-urls http://127.0.0.1:<port>"
   echo "# each workload, each server, alternating; scripts/nacos/bench.lua checks every response"
   echo "BENCH_TARGET=nacos|mast BENCH_WORKLOAD=publish|read|register|list wrk -t$wthreads -c$conns -d${secs}s --timeout 10s -s scripts/nacos/bench.lua http://127.0.0.1:<port>"
   echo "# load for the RSS line"

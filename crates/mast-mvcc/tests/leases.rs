@@ -55,7 +55,11 @@ fn load(store: &Store, n: i64) -> Leases {
             Command::LeaseGrant { id, ttl: 30 + i }
         };
         let applied = store.apply(&[cmd]).unwrap();
-        assert!(applied.results[0].is_ok(), "grant {id}: {:?}", applied.results);
+        assert!(
+            applied.results[0].is_ok(),
+            "grant {id}: {:?}",
+            applied.results
+        );
         if i % 3 == 0 {
             let applied = store.apply(&[Command::LeaseRevoke { id }]).unwrap();
             assert!(applied.results[0].is_ok(), "revoke {id}");
@@ -113,7 +117,9 @@ fn a_snapshot_holds_leases_not_yet_checkpointed() {
     let store = Store::open_with_options(dir.path(), StoreOptions::default()).unwrap();
     let want = load(&store, 50);
     let snap_dir = tempfile::tempdir().unwrap();
-    store.snapshot_to(&snap_dir.path().join("mast.redb")).unwrap();
+    store
+        .snapshot_to(&snap_dir.path().join("mast.redb"))
+        .unwrap();
     let restored = Store::open_with_options(snap_dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(leases_of(&restored), want);
 }

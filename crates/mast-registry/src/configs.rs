@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use mast_model::config::{CONTENT_PREFIX, META_PREFIX};
 use mast_model::{
@@ -560,7 +560,7 @@ pub async fn get(
     if let Some(content_rev) = mods[0]
         && let Some(body) = st.read_cache.get(&content_key, content_rev, mods[1])
     {
-        return Ok(json_bytes(body));
+        return Ok(crate::json_bytes(body));
     }
     let (content, revision) = etcd::get(node, &caller, &content_key, 0).await?;
     let Some(content) = content else {
@@ -581,19 +581,7 @@ pub async fn get(
         meta_kv.as_ref().map(|kv| kv.mod_revision),
         body.clone(),
     );
-    Ok(json_bytes(body))
-}
-
-/// A 200 answer with a JSON body already encoded.
-fn json_bytes(body: Bytes) -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    Ok(crate::json_bytes(body))
 }
 
 fn not_found(id: &ConfigId) -> ApiError {

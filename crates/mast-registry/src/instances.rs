@@ -25,9 +25,12 @@ use mast_server::api::{kv, lease};
 use mast_server::authz::Caller;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, Call, ErrorCode, JsonBody, PathParams, QueryParams};
 use crate::etcd;
+use crate::list_cache::ServiceEntry;
 
 /// Default lease TTL of a registration, as the seeds' `client.lease(10)`.
 pub const DEFAULT_TTL: i64 = 10;
@@ -258,25 +261,60 @@ pub async fn list_services(
     }))
 }
 
-/// `GET /mast/v1/services/{service}/instances?healthy=&enabled=`.
+/// `GET /mast/v1/services/{service}/instances?healthy=&enabled=`: an [`InstanceList`].
+///
+/// The instances' JSON comes from the [`crate::list_cache`] while the service's keys are
+/// unchanged (checked in the index on every call, after the same auth check a Range of the
+/// prefix makes); the lease fields are always current.
+///
+/// # Errors
+/// 400 for a bad service name, 401/403 from auth, etcd errors.
 pub async fn list_instances(
     State(st): State<AppState>,
     Call(caller): Call,
     PathParams(service): PathParams<String>,
     QueryParams(filter): QueryParams<InstanceFilter>,
-) -> ApiResult<Json<InstanceList>> {
+) -> ApiResult<Response> {
     check_name("service", &service)?;
-    let resp = etcd::range_prefix(&st.node, &caller, &service_prefix(&service), 0, false).await?;
-    let instances = read_instances(&st.node, &resp.kvs)
-        .into_iter()
-        .filter(|v| filter.healthy.is_none_or(|h| v.healthy == h))
-        .filter(|v| filter.enabled.is_none_or(|e| v.enabled == e))
-        .collect();
-    Ok(Json(InstanceList {
-        revision: etcd::revision_of(&resp),
-        service,
-        instances,
-    }))
+    let node = &st.node;
+    let prefix = service_prefix(&service);
+    let end = mast_model::prefix_end(prefix.as_bytes());
+    // The check the Range below makes, done first so a cached list gets it too.
+    let who = node.authenticate_caller(&caller)?;
+    node.check_range(&who, prefix.as_bytes(), &end, false)?;
+    let (mut revision, count, max_mod) = node.store.range_summary(prefix.as_bytes(), &end);
+    let entry = match st.list_cache.get(&service, count, max_mod) {
+        Some(entry) => entry,
+        None => {
+            let resp = etcd::range_prefix(node, &caller, &prefix, 0, false).await?;
+            revision = etcd::revision_of(&resp);
+            let entry = Arc::new(ServiceEntry::new(node, &resp.kvs));
+            st.list_cache.put(&service, entry.clone());
+            entry
+        }
+    };
+    let mut out = String::with_capacity(64 + service.len() + entry.json_len());
+    out.push_str("{\"revision\":");
+    out.push_str(&revision.to_string());
+    out.push_str(",\"service\":");
+    out.push_str(&serde_json::to_string(&service).map_err(|e| ApiError::internal(e.to_string()))?);
+    out.push_str(",\"instances\":[");
+    let mut first = true;
+    for inst in &entry.instances {
+        let fields = inst.lease_fields(node);
+        if filter.healthy.is_some_and(|h| fields.healthy != h)
+            || filter.enabled.is_some_and(|e| inst.enabled() != e)
+        {
+            continue;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        inst.write(fields, &mut out);
+    }
+    out.push_str("]}");
+    Ok(crate::json_bytes(out.into()))
 }
 
 async fn read_one(

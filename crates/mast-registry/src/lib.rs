@@ -19,20 +19,25 @@
 //! functions (`mast_server::api::kv`, `lease`, `watch`) with the HTTP caller's token, so each
 //! change is one ordinary durable, atomic etcd operation (a Put, a DeleteRange or a Txn) and
 //! auth applies exactly as it does to etcd clients. Nothing here touches the store directly
-//! except read-only lease timing for health.
+//! except read-only lease timing for health, and the index lookups ([`mast_mvcc::Store::mod_revisions`],
+//! [`mast_mvcc::Store::range_summary`]) by which the read caches tell whether a rendered
+//! answer is still current, made after the same auth checks the etcd read would make.
 
 pub mod configs;
 pub mod error;
 pub mod etcd;
 pub mod events;
 pub mod instances;
+pub mod list_cache;
 pub mod openapi;
 pub mod read_cache;
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use bytes::Bytes;
 use mast_server::Node;
 
 pub use error::{ApiError, ErrorCode};
@@ -94,6 +99,8 @@ pub struct AppState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Rendered config reads, kept while current.
     pub read_cache: Arc<read_cache::ReadCache>,
+    /// Rendered instance lists, kept while current.
+    pub list_cache: Arc<list_cache::ListCache>,
 }
 
 /// The API's routes for `node`, with settings from the environment
@@ -110,6 +117,7 @@ pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
         config: Arc::new(config),
         read_cache: Arc::default(),
+        list_cache: Arc::default(),
     };
     let na = error::method_not_allowed;
     Router::new()
@@ -161,4 +169,16 @@ pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
         )
         .route("/mast/v1/events", get(events::stream).fallback(na))
         .with_state(state)
+}
+
+/// A 200 answer with a JSON body already encoded.
+pub(crate) fn json_bytes(body: Bytes) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }

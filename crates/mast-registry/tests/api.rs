@@ -1173,3 +1173,151 @@ async fn config_reads_follow_every_change() {
     assert_eq!(v["version"], 4);
     t.stop().await;
 }
+
+/// `GET {svc}/instances{query}`, which must succeed.
+async fn list(t: &TestServer, query: &str) -> Value {
+    let (s, v) = t
+        .get(&format!("/mast/v1/services/cached/instances{query}"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+/// An instance as listed, without `ttl` (whole seconds left, which may tick between two reads).
+fn without_ttl(mut v: Value) -> Value {
+    v.as_object_mut().unwrap().remove("ttl");
+    v
+}
+
+/// Instance lists are assembled from kept renderings while the service's keys are unchanged:
+/// they must equal the single-instance answer field for field, and every change, through this
+/// API or through plain etcd writes, shows at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_lists_follow_every_change() {
+    let t = TestServer::start().await;
+    let svc = "/mast/v1/services/cached";
+    let (s, v) = t
+        .call(
+            Method::POST,
+            &format!("{svc}/instances"),
+            // A label named like a lease field must not confuse the list.
+            Some(
+                json!({"id": "i1", "host": "h1", "port": 1, "ttl": 60, "zone": "z\"1",
+                        "metadata": {"healthy": "label", "ttl": "x"}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let lease = v["leaseId"].as_str().unwrap().to_string();
+    let (s, v) = t
+        .call(
+            Method::POST,
+            &format!("{svc}/instances"),
+            Some(json!({"id": "i2", "host": "h2", "port": 2, "ephemeral": false, "weight": 0.5})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+
+    let first = list(&t, "").await;
+    assert_eq!(ids(&first), ["i1", "i2"]);
+    assert_eq!(first["service"], "cached");
+    assert_eq!(first["revision"].as_i64().unwrap(), t.revision().await);
+    for inst in first["instances"].as_array().unwrap() {
+        let id = inst["id"].as_str().unwrap();
+        let (s, one) = t.get(&format!("{svc}/instances/{id}")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(without_ttl(inst.clone()), without_ttl(one), "instance {id}");
+    }
+    assert_eq!(first["instances"][0]["leaseId"], lease.as_str());
+    assert!(first["instances"][0]["ttl"].as_i64().unwrap() > 50);
+    assert_eq!(first["instances"][0]["metadata"]["healthy"], "label");
+    assert!(first["instances"][1].get("ttl").is_none());
+    assert!(first["instances"][1].get("leaseId").is_none());
+    let again = list(&t, "").await;
+    assert_eq!(
+        first["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned()
+            .map(without_ttl)
+            .collect::<Vec<_>>(),
+        again["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned()
+            .map(without_ttl)
+            .collect::<Vec<_>>(),
+        "a repeated list answers the same"
+    );
+
+    // A plain etcd put of i2's key.
+    let (s, r) = t
+        .call(
+            Method::POST,
+            "/v3/kv/put",
+            Some(json!({"key": b64("/services/cached/i2"),
+                        "value": b64(r#"{"host":"h2","port":9999}"#)})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let v = list(&t, "").await;
+    assert_eq!(v["instances"][1]["port"], 9999);
+    assert_eq!(v["revision"].as_i64().unwrap(), t.revision().await);
+
+    // A key that is not an instance: not listed, and the list still follows the revision.
+    t.call(
+        Method::POST,
+        "/v3/kv/put",
+        Some(json!({"key": b64("/services/cached/zz"), "value": b64("not json")})),
+    )
+    .await;
+    let v = list(&t, "").await;
+    assert_eq!(ids(&v), ["i1", "i2"]);
+    assert_eq!(v["revision"].as_i64().unwrap(), t.revision().await);
+
+    // Disabled: the filters see it at once.
+    let (s, r) = t
+        .call(
+            Method::PATCH,
+            &format!("{svc}/instances/i1"),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(ids(&list(&t, "?enabled=false").await), ["i1"]);
+    assert_eq!(ids(&list(&t, "?enabled=true").await), ["i2"]);
+    assert_eq!(ids(&list(&t, "?healthy=true").await), ["i1", "i2"]);
+
+    // A new instance put and deleted again leaves the same keys: the same list.
+    for (method, path) in [("put", "/v3/kv/put"), ("delete", "/v3/kv/deleterange")] {
+        let body = if method == "put" {
+            json!({"key": b64("/services/cached/i3"), "value": b64(r#"{"host":"h3","port":3}"#)})
+        } else {
+            json!({"key": b64("/services/cached/i3")})
+        };
+        let (s, r) = t.call(Method::POST, path, Some(body)).await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        if method == "put" {
+            assert_eq!(ids(&list(&t, "").await), ["i1", "i2", "i3"]);
+        }
+    }
+    assert_eq!(ids(&list(&t, "").await), ["i1", "i2"]);
+
+    // Revoking i1's lease through etcd deletes its key: gone from the list.
+    let (s, r) = t
+        .call(Method::POST, "/v3/lease/revoke", Some(json!({"ID": lease})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(ids(&list(&t, "").await), ["i2"]);
+    // A plain etcd delete of i2.
+    t.call(
+        Method::POST,
+        "/v3/kv/deleterange",
+        Some(json!({"key": b64("/services/cached/i2")})),
+    )
+    .await;
+    assert!(ids(&list(&t, "").await).is_empty());
+    t.stop().await;
+}

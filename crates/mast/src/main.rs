@@ -60,6 +60,11 @@ struct ServeArgs {
         default_value_t = 600
     )]
     watch_progress_notify_interval: u64,
+    /// Threads that serve requests (gRPC and HTTP); default: one per CPU core. Writes are
+    /// applied and synced on two threads of their own besides these. On a machine shared with
+    /// a busy neighbour (a load generator, say), fewer than the cores can serve more.
+    #[arg(long, env = "MAST_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
     /// Size of the store's page cache in MiB.
     #[arg(long, env = "MAST_CACHE_MB", default_value_t = 64)]
     cache_mb: usize,
@@ -212,7 +217,15 @@ async fn shutdown_signal() {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Cmd::Serve(ServeArgs {
+        worker_threads: Some(n),
+        ..
+    }) = &cli.command
+    {
+        runtime.worker_threads(usize::from(*n));
+    }
+    let result = runtime
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
