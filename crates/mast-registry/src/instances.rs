@@ -90,10 +90,22 @@ impl InstanceView {
     pub fn from_kv(node: &Node, kv: &KeyValue) -> Option<InstanceView> {
         let (service, id) = parse_instance_key(&kv.key)?;
         let inst = Instance::from_json(&kv.value).ok()?;
+        Some(Self::from_instance(node, service, id, inst, kv))
+    }
+
+    /// The view of `inst`, stored at `kv` (whose value is `inst` as JSON) under `service` and
+    /// `id`: what [`InstanceView::from_kv`] gives for `kv`, without parsing the value again.
+    pub fn from_instance(
+        node: &Node,
+        service: &str,
+        id: &str,
+        inst: Instance,
+        kv: &KeyValue,
+    ) -> InstanceView {
         let timing = (kv.lease != 0)
             .then(|| node.lessor.timing(kv.lease))
             .flatten();
-        Some(InstanceView {
+        InstanceView {
             service: service.to_string(),
             id: id.to_string(),
             host: inst.host,
@@ -111,7 +123,7 @@ impl InstanceView {
             granted_ttl: timing.map(|t| t.granted_ttl),
             create_revision: kv.create_revision,
             mod_revision: kv.mod_revision,
-        })
+        }
     }
 }
 
@@ -412,10 +424,10 @@ pub async fn register(
     inst.enabled = req.enabled.unwrap_or(true);
     inst.zone = req.zone.filter(|z| !z.is_empty());
     inst.registered_at = Some(etcd::now_ms());
-    let value = inst.to_json();
+    let value = bytes::Bytes::from(inst.to_json());
     let put_req = PutRequest {
         key: key.clone().into_bytes().into(),
-        value: value.clone().into(),
+        value: value.clone(),
         prev_kv: true,
         ..Default::default()
     };
@@ -436,13 +448,13 @@ pub async fn register(
     let rev = put.header.as_ref().map_or(0, |h| h.revision);
     let stored = KeyValue {
         key: key.into_bytes().into(),
-        value: value.into(),
+        value,
         lease: lease_id,
         create_revision: put.prev_kv.as_ref().map_or(rev, |p| p.create_revision),
         mod_revision: rev,
         version: put.prev_kv.as_ref().map_or(1, |p| p.version + 1),
     };
-    let view = InstanceView::from_kv(node, &stored).ok_or_else(|| not_an_instance(&stored))?;
+    let view = InstanceView::from_instance(node, &service, &id, inst, &stored);
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 

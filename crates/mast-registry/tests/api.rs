@@ -1209,6 +1209,9 @@ async fn instance_lists_follow_every_change() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let lease = v["leaseId"].as_str().unwrap().to_string();
+    // The registration's answer is the instance as a read shows it.
+    let (_, read) = t.get(&format!("{svc}/instances/i1")).await;
+    assert_eq!(without_ttl(v.clone()), without_ttl(read));
     let (s, v) = t
         .call(
             Method::POST,
