@@ -248,7 +248,7 @@ for _ in $(seq 1 50); do
   [ "$(nacos_get "$read_id" || true)" = "$read_content" ] && [ "$(nacos_count "$list_svc" 2>/dev/null || echo 0)" = 10 ] && break
   sleep 0.2
 done
-[ "$(nacos_get "$read_id")" = "$read_content" ] || die "r-nacos read-back mismatch"
+[ "$(nacos_get "$read_id")" = "$read_content" ] || die "r-nacos read-back mismatch$(grep -q panicked "$run_dir/nacos.log" && echo " (r-nacos panicked; see $run_dir/nacos.log)")"
 [ "$(mast_get_content "$read_id")" = "$read_content" ] || die "mast read-back mismatch"
 [ "$(nacos_count "$list_svc")" = 10 ] || die "r-nacos lists $(nacos_count "$list_svc") instances, expected 10"
 [ "$(mast_count "$list_svc")" = 10 ] || die "mast lists $(mast_count "$list_svc") instances, expected 10"
