@@ -13,7 +13,8 @@ pub type LeaseId = i64;
 ///
 /// Lease IDs are random, so every grant written into redb's lease table at once would dirty a
 /// different B-tree leaf (a page copy per registration). The rows wait here instead and go
-/// into the table, sorted, with the next durable commit (a checkpoint). Until then the
+/// into the table, sorted, with the next durable commit (a checkpoint), or with the batch that
+/// finds a few thousand waiting (so a checkpoint's pause stays short). Until then the
 /// write-ahead log holds the commands that made them, and replaying the log after a crash makes
 /// them again. The in-memory [`LeaseTable`] is what reads use, so nothing reads the table
 /// between checkpoints.
@@ -24,6 +25,11 @@ impl PendingLeaseRows {
     /// Records a granted lease with its TTL in seconds.
     pub(crate) fn grant(&mut self, id: LeaseId, ttl: i64) {
         self.0.insert(id, Some(ttl));
+    }
+
+    /// How many changes are waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// Records a revoked lease.

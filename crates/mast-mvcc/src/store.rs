@@ -39,6 +39,10 @@ pub(crate) const KV: TableDefinition<u128, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 /// Leases: ID → granted TTL in seconds.
 const LEASES: TableDefinition<i64, i64> = TableDefinition::new("lease");
+
+/// Lease rows waiting for a checkpoint beyond which a batch writes them anyway (without a
+/// durable commit), so a checkpoint never has more than this many to insert.
+const LEASE_ROWS_FLUSH: usize = 4096;
 /// Auth users: name → encoded `authpb.User` (password holds the bcrypt hash).
 const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_users");
 /// Auth roles: name → encoded `authpb.Role`.
@@ -867,7 +871,7 @@ impl Store {
             durable = true;
             wtxn.set_durability(Durability::Immediate)?;
         }
-        if durable {
+        if durable || w.lease_rows.len() >= LEASE_ROWS_FLUSH {
             w.lease_rows.write_to(&mut wtxn.open_table(LEASES)?)?;
         }
         wtxn.commit()?;
