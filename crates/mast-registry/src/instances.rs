@@ -30,7 +30,7 @@ use std::sync::Arc;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, Call, ErrorCode, JsonBody, PathParams, QueryParams};
 use crate::etcd;
-use crate::list_cache::ServiceEntry;
+use crate::list_cache::{LeaseFields, ServiceEntry};
 
 /// Default lease TTL of a registration, as the seeds' `client.lease(10)`.
 pub const DEFAULT_TTL: i64 = 10;
@@ -102,9 +102,7 @@ impl InstanceView {
         inst: Instance,
         kv: &KeyValue,
     ) -> InstanceView {
-        let timing = (kv.lease != 0)
-            .then(|| node.lessor.timing(kv.lease))
-            .flatten();
+        let lease = LeaseFields::of(node, kv.lease);
         InstanceView {
             service: service.to_string(),
             id: id.to_string(),
@@ -116,11 +114,11 @@ impl InstanceView {
             zone: inst.zone,
             registered_at: inst.registered_at,
             extra: inst.extra,
-            healthy: kv.lease == 0 || timing.is_some(),
+            healthy: lease.healthy,
             ephemeral: kv.lease != 0,
             lease_id: (kv.lease != 0).then(|| kv.lease.to_string()),
-            ttl: timing.map(|t| t.remaining),
-            granted_ttl: timing.map(|t| t.granted_ttl),
+            ttl: lease.timing.map(|(remaining, _)| remaining),
+            granted_ttl: lease.timing.map(|(_, granted)| granted),
             create_revision: kv.create_revision,
             mod_revision: kv.mod_revision,
         }
@@ -149,18 +147,6 @@ pub struct ServiceList {
     pub revision: i64,
     /// Services by name.
     pub services: Vec<ServiceSummary>,
-}
-
-/// `GET /mast/v1/services/{service}/instances`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InstanceList {
-    /// Revision the list was read at.
-    pub revision: i64,
-    /// Service name.
-    pub service: String,
-    /// Matching instances, by id.
-    pub instances: Vec<InstanceView>,
 }
 
 /// Filters of the instance list.
@@ -273,7 +259,9 @@ pub async fn list_services(
     }))
 }
 
-/// `GET /mast/v1/services/{service}/instances?healthy=&enabled=`: an [`InstanceList`].
+/// `GET /mast/v1/services/{service}/instances?healthy=&enabled=`: `{"revision", "service",
+/// "instances"}`, where `revision` is the revision the list was read at and `instances` the
+/// matching [`InstanceView`]s, by id.
 ///
 /// The instances' JSON comes from the [`crate::list_cache`] while the service's keys are
 /// unchanged (checked in the index on every call, after the same auth check a Range of the

@@ -47,8 +47,23 @@ pub struct RenderedInstance {
 pub struct LeaseFields {
     /// Lease alive, or no lease.
     pub healthy: bool,
-    lease: i64,
-    timing: Option<(i64, i64)>,
+    /// The key's lease (0: none).
+    pub lease: i64,
+    /// `(seconds left, granted TTL in seconds)` while the lease is alive.
+    pub timing: Option<(i64, i64)>,
+}
+
+impl LeaseFields {
+    /// The fields of an instance whose key is attached to `lease` (0: none), from the node's
+    /// lessor: healthy while the lease is alive, or always without one.
+    pub fn of(node: &Node, lease: i64) -> LeaseFields {
+        let timing = (lease != 0).then(|| node.lessor.timing(lease)).flatten();
+        LeaseFields {
+            healthy: lease == 0 || timing.is_some(),
+            lease,
+            timing: timing.map(|t| (t.remaining, t.granted_ttl)),
+        }
+    }
 }
 
 impl RenderedInstance {
@@ -76,16 +91,9 @@ impl RenderedInstance {
         self.enabled
     }
 
-    /// The lease fields as of now, from the node's lessor (as [`InstanceView::from_kv`]).
+    /// The lease fields as of now.
     pub fn lease_fields(&self, node: &Node) -> LeaseFields {
-        let timing = (self.lease != 0)
-            .then(|| node.lessor.timing(self.lease))
-            .flatten();
-        LeaseFields {
-            healthy: self.lease == 0 || timing.is_some(),
-            lease: self.lease,
-            timing: timing.map(|t| (t.remaining, t.granted_ttl)),
-        }
+        LeaseFields::of(node, self.lease)
     }
 
     /// Appends the instance's JSON with `fields` to `out`; the same text

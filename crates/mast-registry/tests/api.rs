@@ -1189,6 +1189,17 @@ fn without_ttl(mut v: Value) -> Value {
     v
 }
 
+/// A list's instances, each without `ttl`.
+fn instances_without_ttl(list: &Value) -> Vec<Value> {
+    list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        .map(without_ttl)
+        .collect()
+}
+
 /// Instance lists are assembled from kept renderings while the service's keys are unchanged:
 /// they must equal the single-instance answer field for field, and every change, through this
 /// API or through plain etcd writes, shows at once.
@@ -1238,20 +1249,8 @@ async fn instance_lists_follow_every_change() {
     assert!(first["instances"][1].get("leaseId").is_none());
     let again = list(&t, "").await;
     assert_eq!(
-        first["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .cloned()
-            .map(without_ttl)
-            .collect::<Vec<_>>(),
-        again["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .cloned()
-            .map(without_ttl)
-            .collect::<Vec<_>>(),
+        instances_without_ttl(&first),
+        instances_without_ttl(&again),
         "a repeated list answers the same"
     );
 
