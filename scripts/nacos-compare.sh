@@ -31,10 +31,13 @@
 #   NACOS_BENCH_SECS     seconds per run (default 15; tiny: 2)
 #   NACOS_BENCH_ROUNDS   rounds (default 3; tiny: 1)
 #   NACOS_BENCH_CONNS    wrk connections (default 50, as issue 6 measured r-nacos)
-#   NACOS_BENCH_THREADS  wrk threads (default 1: on 2 cores wrk shares the machine with the server)
+#   NACOS_BENCH_THREADS  wrk threads (default 2, wrk's own default. With one, wrk's single
+#                        thread was the limit for the faster server: three busy threads on two
+#                        cores get two thirds of a core each, and wrk needs about 11 µs a
+#                        request, so reads stopped near 64k/s with a sixth of the CPU idle)
 #   NACOS_BENCH_SERVER_THREADS  request-serving threads of both servers: r-nacos's
 #                        RNACOS_HTTP_WORKERS (actix workers) and Mast's MAST_WORKER_THREADS
-#                        (tokio workers); default: unset, each server's own default (one per core)
+#                        (connection threads); default: unset, each server's own default (one per core)
 #   NACOS_BENCH_LOAD     configs and instances loaded for the RSS measurement (default 10000)
 #   NACOS_BENCH_OUT      Markdown output (default: benchmarks/nacos.md for a full run, which
 #                        is also spliced into BENCHMARKS.md between its include markers;
@@ -58,7 +61,7 @@ else
   secs="${NACOS_BENCH_SECS:-15}" rounds="${NACOS_BENCH_ROUNDS:-3}"
 fi
 conns="${NACOS_BENCH_CONNS:-50}"
-wthreads="${NACOS_BENCH_THREADS:-1}"
+wthreads="${NACOS_BENCH_THREADS:-2}"
 load_n="${NACOS_BENCH_LOAD:-10000}"
 server_threads="${NACOS_BENCH_SERVER_THREADS:-}"
 # Extra environment for each server when NACOS_BENCH_SERVER_THREADS is set (same for both).

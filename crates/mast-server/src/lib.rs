@@ -17,6 +17,7 @@
 pub mod api;
 pub mod authority;
 pub mod authz;
+mod conn_threads;
 pub mod http;
 pub mod lessor;
 pub mod node;

@@ -45,6 +45,11 @@ pub struct ServerConfig {
     pub auth_token_ttl: Duration,
     /// Root password to bootstrap auth with at first start (`MAST_ROOT_PASSWORD`).
     pub root_password: Option<Secret>,
+    /// Threads that serve plain-TCP client connections, each with a single-threaded runtime
+    /// of its own (`--worker-threads`; default one per CPU core); 0 serves them on the
+    /// calling tokio runtime instead. TLS connections are always served on the calling
+    /// runtime.
+    pub conn_threads: usize,
 }
 
 /// A string that never shows in logs or `Debug` output.
@@ -59,7 +64,7 @@ impl std::fmt::Debug for Secret {
 
 impl ServerConfig {
     /// The defaults of `mast serve`: member `default`, data in `./mast-data`, clients on
-    /// `127.0.0.1:2379`.
+    /// `127.0.0.1:2379`, one connection thread per CPU core.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             name: "default".into(),
@@ -75,6 +80,7 @@ impl ServerConfig {
             auth_token: crate::tokens::TokenConfig::Simple,
             auth_token_ttl: Duration::from_secs(300),
             root_password: None,
+            conn_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

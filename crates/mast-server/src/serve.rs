@@ -29,7 +29,10 @@ pub struct Server {
     node: Arc<Node>,
     addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
+    /// Turned true when the shutdown grace is over: connection threads drop what is left.
+    force: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    conns: Vec<crate::conn_threads::ConnThreads>,
 }
 
 /// Builds the router that serves every gRPC service and HTTP route of `node`.
@@ -130,6 +133,7 @@ impl Server {
     ) -> anyhow::Result<Server> {
         crate::http::prometheus();
         let (stop, stop_rx) = watch::channel(false);
+        let (force, force_rx) = watch::channel(false);
         let node = Node::open(config, stop_rx.clone())?;
         node.spawn_lease_expiry();
         if let Some(password) = node.config.root_password.clone() {
@@ -144,6 +148,7 @@ impl Server {
         let app = app_with(node.clone(), extra(node.clone()));
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
+        let mut conns = Vec::new();
         let tls = match &node.config.tls {
             Some(t) => Some(t.server_config()?),
             None => None,
@@ -153,15 +158,27 @@ impl Server {
             let local = listener.local_addr()?;
             addrs.push(local);
             let rx = stop_rx.clone();
-            let task = match &tls {
-                Some(cfg) => spawn_serve(
+            match &tls {
+                Some(cfg) => tasks.push(spawn_serve(
                     crate::tls::TlsListener::new(listener, cfg.clone())?,
                     app.clone(),
                     rx,
-                ),
-                None => spawn_serve(crate::authority::FixListener(listener), app.clone(), rx),
-            };
-            tasks.push(task);
+                )),
+                None if node.config.conn_threads > 0 => {
+                    conns.push(crate::conn_threads::ConnThreads::start(
+                        listener,
+                        node.config.conn_threads,
+                        app.clone(),
+                        rx,
+                        force_rx.clone(),
+                    )?);
+                }
+                None => tasks.push(spawn_serve(
+                    crate::authority::FixListener(listener),
+                    app.clone(),
+                    rx,
+                )),
+            }
             let scheme = if tls.is_some() { "https" } else { "http" };
             tracing::info!(address = %local, scheme, "serving etcd v3 gRPC, JSON gateway, /health and /metrics");
         }
@@ -169,7 +186,9 @@ impl Server {
             node,
             addrs,
             stop,
+            force,
             tasks,
+            conns,
         })
     }
 
@@ -187,12 +206,30 @@ impl Server {
     /// connections to close. Every acknowledged write is already on disk.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let abort = t.abort_handle();
-            if tokio::time::timeout(SHUTDOWN_GRACE, t).await.is_err() {
-                abort.abort();
+        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
+        let conns = self.conns;
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        let waiting = tokio::spawn(async move {
+            for t in self.tasks {
+                let _ = t.await;
             }
+            for c in conns {
+                c.join().await;
+            }
+            let _ = done_tx.send(());
+        });
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut done_rx)
+            .await
+            .is_err()
+        {
+            for a in aborts {
+                a.abort();
+            }
+            let _ = self.force.send(true);
+            // Connection threads drop their runtimes now; that takes moments, not seconds.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, done_rx).await;
         }
+        drop(waiting);
         // Close the database now (waiting for in-flight reads and the current write batch),
         // so the file is released even if a connection task still holds the node.
         if let Err(e) = self.node.store.close() {

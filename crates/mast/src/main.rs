@@ -60,9 +60,10 @@ struct ServeArgs {
         default_value_t = 600
     )]
     watch_progress_notify_interval: u64,
-    /// Threads that serve requests (gRPC and HTTP); default: one per CPU core. Writes are
-    /// applied and synced on two threads of their own besides these. On a machine shared with
-    /// a busy neighbour (a load generator, say), fewer than the cores can serve more.
+    /// Threads that serve client connections (gRPC and HTTP), each connection on one of them
+    /// for its whole life; default: one per CPU core. Writes are applied and synced on two
+    /// threads of their own besides these. On a machine shared with a busy neighbour (a load
+    /// generator, say), fewer than the cores can serve more.
     #[arg(long, env = "MAST_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
     /// Size of the store's page cache in MiB.
@@ -184,6 +185,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.auth_token = mast_server::tokens::TokenConfig::parse(&args.auth_token)?;
     config.auth_token_ttl = Duration::from_secs(args.auth_token_ttl.max(1));
     config.root_password = root_password;
+    if let Some(n) = args.worker_threads {
+        config.conn_threads = usize::from(n);
+    }
     config.watch_progress_notify_interval =
         Duration::from_secs(args.watch_progress_notify_interval.max(1));
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "starting mast");
