@@ -11,8 +11,9 @@ pub type LeaseId = i64;
 
 /// Lease rows granted or revoked since the last durable commit.
 ///
-/// Lease IDs are random, so every grant written into redb's lease table at once would dirty a
-/// different B-tree leaf (a page copy per registration). The rows wait here instead and go
+/// Writing each grant into redb's lease table at once costs a B-tree insert per registration
+/// (and a page copy per registration when IDs are scattered: clients may pick their own, and
+/// the server's grow only within one run). The rows wait here instead and go
 /// into the table, sorted, with the next durable commit (a checkpoint), or with the batch that
 /// finds a few thousand waiting (so a checkpoint's pause stays short). Until then the
 /// write-ahead log holds the commands that made them, and replaying the log after a crash makes

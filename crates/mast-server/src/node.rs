@@ -140,6 +140,45 @@ pub struct Node {
     pub tokens: crate::tokens::TokenProvider,
     /// Slows down password guessing.
     pub throttle: crate::tokens::LoginThrottle,
+    /// Picks the IDs of leases granted with ID 0.
+    pub lease_ids: LeaseIds,
+}
+
+/// Picks lease IDs as etcd's `idutil.Generator` does for `LeaseGrant` with ID 0: the member
+/// ID's low 16 bits, then 48 bits that start at the start time in milliseconds shifted left by
+/// 8 and grow by one for every ID; the top bit is cleared so the ID is a positive `int64`.
+///
+/// IDs of one run grow in order, so the store's lease table takes each new one at its end
+/// (random IDs dirtied a different B-tree page each). A restart starts above the last run's
+/// IDs unless that run made more than 256 IDs per millisecond since it started.
+pub struct LeaseIds {
+    prefix: u64,
+    suffix: std::sync::atomic::AtomicU64,
+}
+
+impl LeaseIds {
+    /// Bits below the member prefix.
+    const SUFFIX_BITS: u32 = 48;
+
+    /// A generator for member `member_id` started at `now_ms` (milliseconds since the Unix
+    /// epoch).
+    pub fn new(member_id: u64, now_ms: u64) -> LeaseIds {
+        LeaseIds {
+            prefix: member_id << Self::SUFFIX_BITS,
+            suffix: std::sync::atomic::AtomicU64::new(now_ms << 8),
+        }
+    }
+
+    /// The next ID: positive, and never 0.
+    pub fn next(&self) -> i64 {
+        let suffix = self
+            .suffix
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(1);
+        let low = suffix & ((1u64 << Self::SUFFIX_BITS) - 1);
+        let id = ((self.prefix | low) & (i64::MAX as u64)) as i64;
+        if id == 0 { 1 } else { id }
+    }
 }
 
 impl Node {
@@ -180,6 +219,12 @@ impl Node {
             started: std::time::Instant::now(),
             tokens,
             throttle: crate::tokens::LoginThrottle::default(),
+            lease_ids: LeaseIds::new(
+                identity.member_id,
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            ),
         }))
     }
 
@@ -237,5 +282,31 @@ impl Node {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeaseIds;
+
+    #[test]
+    fn lease_ids_grow_carry_the_member_and_stay_positive() {
+        let member = 0xabcd_1234_5678_9f0e_u64;
+        let ids = LeaseIds::new(member, 1_763_880_000_000);
+        let picked: Vec<i64> = (0..1000).map(|_| ids.next()).collect();
+        assert!(picked.windows(2).all(|w| w[0] < w[1]), "in order");
+        for id in &picked {
+            assert!(*id > 0);
+            // The member's low 16 bits, less the sign bit.
+            assert_eq!((*id as u64) >> 48, 0x9f0e & 0x7fff);
+        }
+        // A restart a millisecond later starts above everything the first run picked.
+        let later = LeaseIds::new(member, 1_763_880_000_001);
+        assert!(later.next() > picked[255]);
+        // The 48 low bits wrap instead of spilling into the member bits.
+        let wrap = LeaseIds::new(1, (1u64 << 40) - 1);
+        for _ in 0..300 {
+            assert_eq!((wrap.next() as u64) >> 48, 1);
+        }
     }
 }

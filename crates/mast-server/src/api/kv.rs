@@ -251,7 +251,7 @@ pub async fn put_with_new_lease(
     check_put_request(node, caller, &req)?;
     let mut attempts = 0;
     loop {
-        let id = crate::api::lease::random_lease_id();
+        let id = node.lease_ids.next();
         req.lease = id;
         let cmd = Command::LeaseGrantPut {
             id,
@@ -264,7 +264,7 @@ pub async fn put_with_new_lease(
                 return Ok((id, ttl, put));
             }
             Ok(other) => return Err(Status::internal(format!("unexpected result {other:?}"))),
-            // A random ID that happened to be taken: pick another.
+            // A picked ID that a client had chosen itself: pick the next.
             Err(mast_mvcc::MvccError::LeaseExists) if attempts < 8 => attempts += 1,
             Err(e) => return Err(status_of(e)),
         }

@@ -53,7 +53,7 @@ pub async fn grant(
         let id = if req.id != 0 {
             req.id
         } else {
-            random_lease_id()
+            node.lease_ids.next()
         };
         match node.write(Command::LeaseGrant { id, ttl }).await {
             Ok(CommandResult::LeaseGrant { id, ttl }) => {
@@ -65,17 +65,11 @@ pub async fn grant(
                 });
             }
             Ok(other) => return Err(Status::internal(format!("unexpected result {other:?}"))),
-            // A random ID that happened to be taken: pick another.
+            // A picked ID that a client had chosen itself: pick the next.
             Err(MvccError::LeaseExists) if req.id == 0 && attempts < 8 => attempts += 1,
             Err(e) => return Err(status_of(e)),
         }
     }
-}
-
-/// A random positive 63-bit lease ID, as etcd picks one for `LeaseGrant` with ID 0.
-pub fn random_lease_id() -> i64 {
-    let v = (rand::random::<u64>() >> 1) as i64;
-    if v == 0 { 1 } else { v }
 }
 
 /// LeaseRevoke, as etcd: deletes the lease and its keys in one revision.
