@@ -8,7 +8,8 @@
 //! hands each accepted socket, round-robin, to one thread, whose runtime then owns its I/O, its
 //! HTTP/1.1 or HTTP/2 connection task and the tasks its requests spawn (watch streams, SSE).
 //! The store, the writer and the watch hub are shared as before; their channels work across
-//! runtimes.
+//! runtimes. Each thread has a mailbox for the writer's replies (`writer::Mailbox`), so one
+//! group commit wakes each thread once, not once per reply.
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
@@ -57,7 +58,9 @@ impl ConnThreads {
             let thread = std::thread::Builder::new()
                 .name(format!("mast-conn-{i}"))
                 .spawn(move || {
+                    let mailbox = crate::writer::Mailbox::install();
                     runtime.block_on(async move {
+                        tokio::spawn(mailbox.deliver());
                         let listener = ChannelListener { rx, local };
                         let serve = serve(listener, app, stop);
                         tokio::select! {

@@ -9,8 +9,15 @@
 //! batch in order, makes them visible ([`Store::publish`]), publishes their events to the watch
 //! hub and replies. So the fsync of one group overlaps the applying of the next, and the fsync
 //! rate bounds groups, not writes.
+//!
+//! Replies to requests served on a connection thread go through that thread's [`Mailbox`]: the
+//! sync thread leaves them there and wakes the thread once per group, and a task on the thread
+//! hands them out. Waking each request's task from the sync thread cost a system call per reply
+//! (the runtime's I/O driver is woken through an eventfd), and the tasks woken one by one
+//! answered one by one, an HTTP/2 frame write each.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 
 use mast_mvcc::{Command, CommandResult, MvccError, Staged, Store};
 use tokio::sync::{mpsc, oneshot};
@@ -24,7 +31,82 @@ pub const MAX_BATCH: usize = 1024;
 /// Most staged batches waiting for the sync thread; the writer waits beyond that.
 const MAX_STAGED: usize = 8;
 
-type Reply = oneshot::Sender<Result<CommandResult, MvccError>>;
+type Outcome = Result<CommandResult, MvccError>;
+
+/// Where a command's result goes: the waiting task's channel, and the mailbox of the
+/// connection thread the task runs on, if any.
+struct Reply {
+    tx: oneshot::Sender<Outcome>,
+    mailbox: Option<Arc<Mailbox>>,
+}
+
+/// Results for the tasks of one connection thread, handed over with one wake-up per group
+/// (see the module docs).
+pub(crate) struct Mailbox {
+    waiting: Mutex<Vec<(oneshot::Sender<Outcome>, Outcome)>>,
+    ready: tokio::sync::Notify,
+}
+
+thread_local! {
+    /// The mailbox of the connection thread this is, if it is one.
+    static HOME: RefCell<Option<Arc<Mailbox>>> = const { RefCell::new(None) };
+}
+
+impl Mailbox {
+    /// Makes the calling thread a mailbox's home: replies to commands submitted from it come
+    /// through the mailbox, so [`Mailbox::deliver`] must run on this thread's runtime.
+    pub(crate) fn install() -> Arc<Mailbox> {
+        let mailbox = Arc::new(Mailbox {
+            waiting: Mutex::new(Vec::new()),
+            ready: tokio::sync::Notify::new(),
+        });
+        HOME.with(|h| *h.borrow_mut() = Some(mailbox.clone()));
+        mailbox
+    }
+
+    /// Hands out the replies left in the mailbox as they come. Runs until its runtime stops.
+    pub(crate) async fn deliver(self: Arc<Self>) {
+        let mut batch = Vec::new();
+        loop {
+            self.ready.notified().await;
+            std::mem::swap(&mut batch, &mut *self.waiting.lock().expect("mailbox lock"));
+            for (tx, outcome) in batch.drain(..) {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
+}
+
+/// Sends results and remembers which mailboxes to wake; [`Outbox::wake`] wakes each once.
+#[derive(Default)]
+struct Outbox {
+    touched: Vec<Arc<Mailbox>>,
+}
+
+impl Outbox {
+    fn send(&mut self, reply: Reply, outcome: Outcome) {
+        match reply.mailbox {
+            None => {
+                let _ = reply.tx.send(outcome);
+            }
+            Some(m) => {
+                m.waiting
+                    .lock()
+                    .expect("mailbox lock")
+                    .push((reply.tx, outcome));
+                if !self.touched.iter().any(|t| Arc::ptr_eq(t, &m)) {
+                    self.touched.push(m);
+                }
+            }
+        }
+    }
+
+    fn wake(&mut self) {
+        for m in self.touched.drain(..) {
+            m.ready.notify_one();
+        }
+    }
+}
 
 /// A staged batch on its way to the sync thread.
 struct Pending {
@@ -63,9 +145,10 @@ impl Writer {
     /// The store's refusal ([`MvccError`]), or [`MvccError::Storage`] when the disk failed or
     /// the writer has stopped.
     pub async fn submit(&self, cmd: Command) -> Result<CommandResult, MvccError> {
-        let (reply, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
+        let mailbox = HOME.with(|h| h.borrow().clone());
         self.tx
-            .send((cmd, reply))
+            .send((cmd, Reply { tx, mailbox }))
             .await
             .map_err(|_| MvccError::Storage("writer stopped".into()))?;
         rx.await
@@ -116,9 +199,11 @@ fn write_loop(
                 }
             }
             Err(e) => {
+                let mut outbox = Outbox::default();
                 for reply in replies.drain(..) {
-                    let _ = reply.send(Err(MvccError::Storage(e.0.clone())));
+                    outbox.send(reply, Err(MvccError::Storage(e.0.clone())));
                 }
+                outbox.wake();
             }
         }
         cmds.clear();
@@ -132,6 +217,7 @@ fn sync_loop(
     rx: std::sync::mpsc::Receiver<Pending>,
 ) {
     let mut group = Vec::with_capacity(MAX_STAGED);
+    let mut outbox = Outbox::default();
     while let Ok(first) = rx.recv() {
         group.push(first);
         while let Ok(more) = rx.try_recv() {
@@ -152,7 +238,7 @@ fn sync_loop(
             } = p;
             if let Err(e) = &synced {
                 for reply in replies {
-                    let _ = reply.send(Err(MvccError::Storage(e.0.clone())));
+                    outbox.send(reply, Err(MvccError::Storage(e.0.clone())));
                 }
                 continue;
             }
@@ -172,8 +258,9 @@ fn sync_loop(
             // acknowledged and then creates a watch never misses its own write.
             hub.publish(applied.revision, applied.events);
             for (reply, result) in replies.into_iter().zip(applied.results) {
-                let _ = reply.send(result);
+                outbox.send(reply, result);
             }
         }
+        outbox.wake();
     }
 }
