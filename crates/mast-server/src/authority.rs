@@ -32,8 +32,6 @@ const FLAG_END_STREAM: u8 = 0x1;
 const FLAG_END_HEADERS: u8 = 0x4;
 const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
-/// Passes of the runtime's ready tasks a flush on HTTP/2 may wait for (see `coalesce_writes`).
-const MAX_WRITE_YIELDS: u8 = 3;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -74,11 +72,6 @@ pub struct AuthorityFixStream<S = TcpStream> {
     rewriting: bool,
     /// Read buffer for the socket.
     scratch: Box<[u8]>,
-    /// On HTTP/2: whether the current flush has already yielded once (see `poll_write`).
-    write_yielded: u8,
-    /// Whether the client opened with the HTTP/2 preface (stays true when `mode` turns to
-    /// passthrough after the first header block).
-    h2: bool,
 }
 
 impl<S> AuthorityFixStream<S> {
@@ -99,8 +92,6 @@ impl<S> AuthorityFixStream<S> {
             eof: false,
             rewriting: false,
             scratch: vec![0; MAX_PAYLOAD + FRAME_HEADER].into_boxed_slice(),
-            write_yielded: 0,
-            h2: false,
         }
     }
 
@@ -112,7 +103,6 @@ impl<S> AuthorityFixStream<S> {
                 self.mode = Mode::Passthrough;
             } else if n == PREFACE.len() {
                 self.mode = Mode::H2;
-                self.h2 = true;
                 self.hpack = Some(Box::new(Hpack {
                     decoder: loona_hpack::Decoder::new(),
                     encoder: loona_hpack::Encoder::new(),
@@ -333,46 +323,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for AuthorityFixStream<S> {
     }
 }
 
-impl<S> AuthorityFixStream<S> {
-    /// On HTTP/2, a flush first lets the tasks waiting in this runtime's queue run, up to
-    /// [`MAX_WRITE_YIELDS`] passes, while any wait there. When one group commit answers many
-    /// requests of a connection, the sync thread wakes their handler tasks one after another;
-    /// each puts its response into h2's buffer and wakes the connection task, which would
-    /// otherwise send each answer in its own `writev` (one loopback send, with the receiver's
-    /// wake-up, per answer). Measured with 100 clients putting over one connection: 0.95
-    /// `writev` per put without the passes, 0.52 with one, 0.26 with three. A pass is never a
-    /// timer, and HTTP/1 connections (one request in flight) do not wait.
-    fn coalesce_writes(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.h2 || self.write_yielded >= MAX_WRITE_YIELDS {
-            return Poll::Ready(());
-        }
-        // Worth a pass only while tasks woken from other threads (the writer's replies) wait in
-        // this runtime's queue; otherwise the pass would find nothing and cost a poll of the
-        // I/O driver.
-        let waiting =
-            tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().global_queue_depth());
-        if waiting == 0 {
-            return Poll::Ready(());
-        }
-        self.write_yielded += 1;
-        // `yield_now` asks the scheduler to wake this task after the tasks ready now have run.
-        let yielded = std::pin::pin!(tokio::task::yield_now());
-        match std::future::Future::poll(yielded, cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => Poll::Ready(()),
-        }
-    }
-}
-
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AuthorityFixStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(this.coalesce_writes(cx));
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -380,9 +337,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AuthorityFixStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(this.coalesce_writes(cx));
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -390,11 +345,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AuthorityFixStream<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
-        // The flush is done: the next one yields again before writing.
-        this.write_yielded = 0;
-        Poll::Ready(Ok(()))
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
