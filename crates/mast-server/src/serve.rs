@@ -207,18 +207,16 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
-        let conns = self.conns;
-        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-        let waiting = tokio::spawn(async move {
-            for t in self.tasks {
+        let (tasks, conns) = (self.tasks, self.conns);
+        let mut all_done = std::pin::pin!(async move {
+            for t in tasks {
                 let _ = t.await;
             }
             for c in conns {
                 c.join().await;
             }
-            let _ = done_tx.send(());
         });
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut done_rx)
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut all_done)
             .await
             .is_err()
         {
@@ -227,9 +225,8 @@ impl Server {
             }
             let _ = self.force.send(true);
             // Connection threads drop their runtimes now; that takes moments, not seconds.
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, done_rx).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, all_done).await;
         }
-        drop(waiting);
         // Close the database now (waiting for in-flight reads and the current write batch),
         // so the file is released even if a connection task still holds the node.
         if let Err(e) = self.node.store.close() {
