@@ -19,6 +19,7 @@ mod endpoint;
 mod fsync;
 mod report;
 mod stats;
+mod unary;
 mod workload;
 
 use std::time::Duration;
@@ -32,6 +33,12 @@ use crate::workload::{kv, lease, registry, watch};
 #[derive(Parser, Debug)]
 #[command(name = "mast-bench", version, about)]
 struct Cli {
+    /// Threads of the load generator. With 1 (the default) every client and connection shares
+    /// one thread, so the calls queued on a connection leave in one write and the tool stays
+    /// on one core, leaving the rest of the machine to the server; more spread them over a
+    /// work-stealing runtime.
+    #[arg(long, global = true, default_value_t = 1)]
+    client_threads: usize,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -98,28 +105,36 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one workload on a multi-threaded runtime.
-fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(f)
+/// Runs one workload on `threads` threads: a current-thread runtime for 1 (or 0), else a
+/// multi-threaded one with that many workers.
+fn run<T>(
+    threads: usize,
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let mut rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    rt.enable_all().build()?.block_on(f)
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Cmd::Put(a) => print(&block_on(kv::put(a.clone()))?, a.common.json),
-        Cmd::Range(a) => print(&block_on(kv::range(a.clone()))?, a.common.json),
-        Cmd::TxnPut(a) => print(&block_on(kv::txn_put(a.clone()))?, a.common.json),
-        Cmd::Load(a) => print(&block_on(kv::load(a.clone()))?, a.common.json),
-        Cmd::Watch(a) => print(&block_on(watch::watch(a.clone()))?, a.common.json),
-        Cmd::LeaseKeepalive(a) => {
-            print(&block_on(lease::lease_keepalive(a.clone()))?, a.common.json)
-        }
-        Cmd::Registry(a) => print(&block_on(registry::registry(a.clone()))?, a.common.json),
+    let cli = Cli::parse();
+    let t = cli.client_threads;
+    match cli.command {
+        Cmd::Put(a) => print(&run(t, kv::put(a.clone()))?, a.common.json),
+        Cmd::Range(a) => print(&run(t, kv::range(a.clone()))?, a.common.json),
+        Cmd::TxnPut(a) => print(&run(t, kv::txn_put(a.clone()))?, a.common.json),
+        Cmd::Load(a) => print(&run(t, kv::load(a.clone()))?, a.common.json),
+        Cmd::Watch(a) => print(&run(t, watch::watch(a.clone()))?, a.common.json),
+        Cmd::LeaseKeepalive(a) => print(&run(t, lease::lease_keepalive(a.clone()))?, a.common.json),
+        Cmd::Registry(a) => print(&run(t, registry::registry(a.clone()))?, a.common.json),
         Cmd::Wait(a) => {
             let json = a.json;
-            print(&block_on(wait(a))?, json)
+            print(&run(t, wait(a))?, json)
         }
         Cmd::Fsync(a) => print(&fsync::fsync(&a)?, a.json),
         Cmd::Report(a) => report::run(&a),

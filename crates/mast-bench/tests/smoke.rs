@@ -147,6 +147,11 @@ fn every_workload_runs_against_mast() {
     assert!(r["latency_ms"]["p99_ms"].as_f64().unwrap() > 0.0, "{r}");
     save("01-put", &r);
 
+    // The work-stealing runtime (the default is one thread).
+    let r = run("put", &["--total", "200", "--client-threads", "2"]);
+    assert_clean(&r, "put --client-threads 2");
+    assert_eq!(r["ops"].as_u64(), Some(200), "{r}");
+
     let r = run(
         "put",
         &["--total", "200", "--sequential-keys", "--prefix", "/seq/"],

@@ -41,7 +41,7 @@ pub struct PutArgs {
 /// Runs `put`: single-key writes.
 pub async fn put(args: PutArgs) -> anyhow::Result<Report> {
     let budget = args.common.budget(10_000);
-    let ctx = Ctx::open(&args.common, "put", budget.total).await?;
+    let ctx = Ctx::open_kv(&args.common, "put", budget.total).await?;
     let kvs = Arc::new(ctx.kv_clients(args.common.clients));
     let val = value(args.val_size);
     let prefix = args.prefix.clone().into_bytes();
@@ -55,7 +55,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<Report> {
         budget,
         &ctx.progress,
         move |client, seq| {
-            let mut kv = kvs[client].clone();
+            let kv = kvs[client].clone();
             let n = if seq_keys {
                 seq
             } else {
@@ -120,7 +120,7 @@ pub struct RangeArgs {
 /// Runs `range`: reads of one key or scans of `--scan` keys over a prefilled key space.
 pub async fn range(args: RangeArgs) -> anyhow::Result<Report> {
     let budget = args.common.budget(10_000);
-    let ctx = Ctx::open(&args.common, "range", budget.total).await?;
+    let ctx = Ctx::open_kv(&args.common, "range", budget.total).await?;
     let prefix = args.prefix.clone().into_bytes();
     let space = args.prefill.max(args.scan).max(1);
     if args.prefill > 0 {
@@ -143,7 +143,7 @@ pub async fn range(args: RangeArgs) -> anyhow::Result<Report> {
         budget,
         &ctx.progress,
         move |client, _| {
-            let mut kv = kvs[client].clone();
+            let kv = kvs[client].clone();
             let start = rand::rng().random_range(0..=space - scan);
             let req = RangeRequest {
                 key: key(&prefix, start, key_size),
@@ -156,11 +156,7 @@ pub async fn range(args: RangeArgs) -> anyhow::Result<Report> {
                 ..Default::default()
             };
             async move {
-                let resp = kv
-                    .range(req)
-                    .await
-                    .map_err(|s| rpc_err("range", s))?
-                    .into_inner();
+                let resp = kv.range(req).await.map_err(|s| rpc_err("range", s))?;
                 if check && resp.kvs.len() as u64 != scan {
                     anyhow::bail!("range returned {} keys, expected {scan}", resp.kvs.len());
                 }
@@ -214,7 +210,7 @@ pub struct TxnPutArgs {
 /// txn-put`.
 pub async fn txn_put(args: TxnPutArgs) -> anyhow::Result<Report> {
     let budget = args.common.budget(10_000);
-    let ctx = Ctx::open(&args.common, "txn-put", budget.total).await?;
+    let ctx = Ctx::open_kv(&args.common, "txn-put", budget.total).await?;
     let kvs = Arc::new(ctx.kv_clients(args.common.clients));
     let val = value(args.val_size);
     let prefix = args.prefix.clone().into_bytes();
@@ -226,7 +222,7 @@ pub async fn txn_put(args: TxnPutArgs) -> anyhow::Result<Report> {
         budget,
         &ctx.progress,
         move |client, _| {
-            let mut kv = kvs[client].clone();
+            let kv = kvs[client].clone();
             let first = rand::rng().random_range(0..space);
             let success = (0..ops)
                 .map(|i| RequestOp {
@@ -242,11 +238,7 @@ pub async fn txn_put(args: TxnPutArgs) -> anyhow::Result<Report> {
                 ..Default::default()
             };
             async move {
-                let resp = kv
-                    .txn(req)
-                    .await
-                    .map_err(|s| rpc_err("txn", s))?
-                    .into_inner();
+                let resp = kv.txn(req).await.map_err(|s| rpc_err("txn", s))?;
                 if !resp.succeeded {
                     anyhow::bail!("txn without compares did not succeed");
                 }
@@ -299,7 +291,7 @@ pub struct LoadArgs {
 pub async fn load(args: LoadArgs) -> anyhow::Result<Report> {
     let batch = args.batch.max(1);
     let requests = args.keys.div_ceil(batch);
-    let ctx = Ctx::open(&args.common, "load", Some(requests)).await?;
+    let ctx = Ctx::open_kv(&args.common, "load", Some(requests)).await?;
     let prefix = args.prefix.clone().into_bytes();
     let out = fill(
         &ctx,
@@ -349,7 +341,7 @@ async fn fill(
         budget,
         &ctx.progress,
         move |client, seq| {
-            let mut kv = kvs[client].clone();
+            let kv = kvs[client].clone();
             let first = seq * batch;
             let last = (first + batch).min(n);
             let puts: Vec<PutRequest> = (first..last)

@@ -26,6 +26,7 @@ use tonic::transport::Channel;
 use crate::driver::{Budget, Progress};
 use crate::endpoint::{self, Target};
 use crate::stats::Report;
+use crate::unary::KvConn;
 
 /// Largest response a client accepts (range scans over many keys).
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
@@ -93,14 +94,17 @@ pub struct Ctx {
     pub common: Common,
     /// The checked endpoints.
     pub targets: Vec<Target>,
-    /// One channel per connection.
+    /// One tonic channel per connection (runs opened with [`Ctx::open`]).
     pub channels: Vec<Channel>,
+    /// One lean unary connection per connection (runs opened with [`Ctx::open_kv`]).
+    pub kv: Vec<KvConn>,
     /// The progress bar (hidden with --json).
     pub progress: Progress,
 }
 
 impl Ctx {
-    /// Checks the endpoints and opens the connections.
+    /// Checks the endpoints and opens `--conns` tonic channels, for workloads with streams
+    /// (watch, lease keepalive, registry).
     pub async fn open(common: &Common, label: &str, total: Option<u64>) -> anyhow::Result<Ctx> {
         let targets = endpoint::parse_endpoints(&common.endpoints, common.allow_non_loopback)?;
         let channels = endpoint::connect_all(&targets, common.conns).await?;
@@ -108,18 +112,47 @@ impl Ctx {
             common: common.clone(),
             targets,
             channels,
+            kv: Vec::new(),
             progress: Progress::new(!common.json, label, total),
         })
     }
 
-    /// The channel client (or stream) number `i` uses.
+    /// Checks the endpoints and opens `--conns` lean unary connections ([`KvConn`]), for the
+    /// KV workloads (put, range, txn-put, load).
+    pub async fn open_kv(common: &Common, label: &str, total: Option<u64>) -> anyhow::Result<Ctx> {
+        let targets = endpoint::parse_endpoints(&common.endpoints, common.allow_non_loopback)?;
+        let mut kv = Vec::with_capacity(common.conns.max(1));
+        for i in 0..common.conns.max(1) {
+            kv.push(KvConn::connect(&targets[i % targets.len()], Duration::from_secs(5)).await?);
+        }
+        Ok(Ctx {
+            common: common.clone(),
+            targets,
+            channels: Vec::new(),
+            kv,
+            progress: Progress::new(!common.json, label, total),
+        })
+    }
+
+    /// The channel client (or stream) number `i` uses (a run opened with [`Ctx::open`]).
     pub fn channel(&self, i: usize) -> Channel {
+        assert!(
+            !self.channels.is_empty(),
+            "Ctx::channel needs a run opened with Ctx::open"
+        );
         self.channels[i % self.channels.len()].clone()
     }
 
-    /// A KV client per concurrent client, over the shared connections.
-    pub fn kv_clients(&self, n: usize) -> Vec<KvClient<Channel>> {
-        (0..n.max(1)).map(|i| kv_client(self.channel(i))).collect()
+    /// A KV connection per concurrent client, round-robin over the run's connections (a run
+    /// opened with [`Ctx::open_kv`]).
+    pub fn kv_clients(&self, n: usize) -> Vec<KvConn> {
+        assert!(
+            !self.kv.is_empty(),
+            "Ctx::kv_clients needs a run opened with Ctx::open_kv"
+        );
+        (0..n.max(1))
+            .map(|i| self.kv[i % self.kv.len()].clone())
+            .collect()
     }
 
     /// A report of `workload` with this run's endpoints and the common parameters filled in.
