@@ -100,7 +100,7 @@ cleanup() {
     wait "$p" 2>/dev/null || true
   done
   if [ -n "${run_dir:-}" ] && [ "${NACOS_BENCH_KEEP:-0}" != 1 ]; then
-    rm -rf "$run_dir/nacos/data" "$run_dir/mast/data"
+    rm -rf "$run_dir"/nacos*/data "$run_dir/mast/data"
   fi
 }
 trap cleanup EXIT
@@ -160,22 +160,27 @@ mast_port="$(distinct_port "$nacos_port" "$nacos_grpc")"
 nacos_url="http://127.0.0.1:$nacos_port"
 mast_url="http://127.0.0.1:$mast_port"
 
-mkdir -p "$run_dir/nacos" "$run_dir/mast"
-log "starting r-nacos on $nacos_url (data $run_dir/nacos)"
-# cwd = its data dir, so no stray .env is read and nothing is written elsewhere.
-(
-  cd "$run_dir/nacos"
-  exec env RUST_LOG=warn \
-    RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 \
-    RNACOS_HTTP_PORT="$nacos_port" RNACOS_GRPC_PORT="$nacos_grpc" \
-    RNACOS_RAFT_NODE_ADDR="127.0.0.1:$nacos_grpc" RNACOS_HTTP_CONSOLE_PORT=0 \
-    RNACOS_DATA_DIR="$run_dir/nacos/data" \
-    RNACOS_NAMING_HEALTH_TIMEOUT_SECOND=36000 RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND=72000 \
-    RNACOS_ENABLE_OPEN_API_AUTH=false "${nacos_threads_env[@]}" \
-    "$rnacos_bin"
-) >"$run_dir/nacos.log" 2>&1 &
-nacos_pid=$!
-pids+=("$nacos_pid")
+mkdir -p "$run_dir/mast"
+start_nacos() { # attempt: a fresh data dir per attempt; sets nacos_pid
+  local dir="$run_dir/nacos$([ "$1" = 1 ] || echo ".$1")"
+  mkdir -p "$dir"
+  log "starting r-nacos on $nacos_url (data $dir)"
+  # cwd = its data dir, so no stray .env is read and nothing is written elsewhere.
+  (
+    cd "$dir"
+    exec env RUST_LOG=warn \
+      RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 \
+      RNACOS_HTTP_PORT="$nacos_port" RNACOS_GRPC_PORT="$nacos_grpc" \
+      RNACOS_RAFT_NODE_ADDR="127.0.0.1:$nacos_grpc" RNACOS_HTTP_CONSOLE_PORT=0 \
+      RNACOS_DATA_DIR="$dir/data" \
+      RNACOS_NAMING_HEALTH_TIMEOUT_SECOND=36000 RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND=72000 \
+      RNACOS_ENABLE_OPEN_API_AUTH=false "${nacos_threads_env[@]}" \
+      "$rnacos_bin"
+  ) >"$run_dir/nacos.log" 2>&1 &
+  nacos_pid=$!
+  pids+=("$nacos_pid")
+}
+start_nacos 1
 
 log "starting mast on $mast_url (data $run_dir/mast)"
 env RUST_LOG=warn "${mast_threads_env[@]}" "$mast_bin" serve --name nacos-compare --data-dir "$run_dir/mast/data" \
@@ -193,6 +198,30 @@ wait_http() { # name url pid
   die "$1 did not answer at $2"
 }
 wait_http nacos "$nacos_url/nacos/v1/cs/configs?dataId=x&group=x" "$nacos_pid"
+# r-nacos 0.8.8 sometimes panics on its first write when that write races its single-node raft
+# start-up (an unwrap in raftapply.rs): probe with a write, and on a panic start it again on a
+# fresh data directory (at most 3 attempts).
+for attempt in 1 2 3; do
+  for _ in $(seq 1 20); do
+    curl -sf -XPOST "$nacos_url/nacos/v1/cs/configs" -d dataId=startup-probe -d group=probe \
+      -d content=ok >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  sleep 0.5
+  if ! grep -q panicked "$run_dir/nacos.log" &&
+    [ "$(curl -sf "$nacos_url/nacos/v1/cs/configs?dataId=startup-probe&group=probe" || true)" = ok ]; then
+    break
+  fi
+  [ "$attempt" = 3 ] && die "r-nacos failed its start-up probe 3 times; see $run_dir/nacos.log"
+  log "r-nacos failed its start-up probe (attempt $attempt); restarting it on a fresh data dir"
+  cp "$run_dir/nacos.log" "$run_dir/nacos.attempt$attempt.log"
+  kill "$nacos_pid" 2>/dev/null || true
+  wait "$nacos_pid" 2>/dev/null || true
+  start_nacos "$((attempt + 1))"
+  wait_http nacos "$nacos_url/nacos/v1/cs/configs?dataId=x&group=x" "$nacos_pid"
+done
+curl -sf -XDELETE "$nacos_url/nacos/v1/cs/configs?dataId=startup-probe&group=probe" >/dev/null ||
+  die "r-nacos: deleting the start-up probe failed"
 wait_http mast "$mast_url/mast/v1/openapi.json" "$mast_pid"
 
 # Both must listen on loopback only.
