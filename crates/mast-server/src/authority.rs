@@ -19,6 +19,8 @@ use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::combine::CombinedWrites;
+
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Frame header length in bytes.
@@ -59,7 +61,7 @@ struct Hpack {
 }
 
 /// A client connection whose HTTP/2 `:authority` values are made acceptable to h2.
-pub struct AuthorityFixStream<S = TcpStream> {
+pub struct AuthorityFixStream<S = CombinedWrites<TcpStream>> {
     inner: S,
     mode: Mode,
     raw: BytesMut,
@@ -353,7 +355,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AuthorityFixStream<S> {
     }
 }
 
-/// A TCP listener whose connections are [`AuthorityFixStream`]s, with `TCP_NODELAY` set.
+/// A TCP listener whose connections are [`AuthorityFixStream`]s over [`CombinedWrites`], with
+/// `TCP_NODELAY` set.
 pub struct FixListener(pub TcpListener);
 
 impl axum::serve::Listener for FixListener {
@@ -365,7 +368,7 @@ impl axum::serve::Listener for FixListener {
             match self.0.accept().await {
                 Ok((tcp, addr)) => {
                     let _ = tcp.set_nodelay(true);
-                    return (AuthorityFixStream::new(tcp), addr);
+                    return (AuthorityFixStream::new(CombinedWrites::new(tcp)), addr);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little instead of spinning.

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::authority::AuthorityFixStream;
+use crate::combine::CombinedWrites;
 use crate::serve::ClientAddr;
 
 /// A socket accepted by the accept loop, waiting for its connection thread.
@@ -155,7 +156,7 @@ impl axum::serve::Listener for ChannelListener {
             match tokio::net::TcpStream::from_std(std) {
                 Ok(tcp) => {
                     let _ = tcp.set_nodelay(true);
-                    return (AuthorityFixStream::new(tcp), addr);
+                    return (AuthorityFixStream::new(CombinedWrites::new(tcp)), addr);
                 }
                 Err(e) => tracing::warn!(error = %e, "registering a connection failed"),
             }

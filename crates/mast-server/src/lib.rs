@@ -17,6 +17,7 @@
 pub mod api;
 pub mod authority;
 pub mod authz;
+pub mod combine;
 mod conn_threads;
 pub mod http;
 pub mod lessor;
