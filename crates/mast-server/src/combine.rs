@@ -1,4 +1,5 @@
-//! Write combining for client connections: the frames of many answers leave in one system call.
+//! Write combining for client connections: the frames of many answers leave in one system call
+//! (or, over TLS, in one TLS record).
 //!
 //! h2 (under hyper and tonic) copies a DATA frame's payload into its write buffer only below a
 //! threshold: 256 bytes when the socket has vectored writes, 1 KiB when it does not. A bigger

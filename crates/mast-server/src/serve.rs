@@ -92,7 +92,7 @@ impl axum::extract::connect_info::Connected<PlainStream<'_>> for ClientAddr {
 
 impl axum::extract::connect_info::Connected<TlsIncoming<'_>> for ClientAddr {
     fn connect_info(stream: TlsIncoming<'_>) -> Self {
-        let cn = crate::tls::peer_common_name(stream.io().get_ref());
+        let cn = crate::tls::peer_common_name(stream.io().get_ref().get_ref());
         ClientAddr(*stream.remote_addr(), cn)
     }
 }

@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::authority::AuthorityFixStream;
+use crate::combine::CombinedWrites;
 
 /// TLS settings of the client port.
 #[derive(Clone, Debug, Default)]
@@ -94,7 +95,7 @@ pub fn peer_common_name(tls: &TlsStream<tokio::net::TcpStream>) -> Option<Arc<st
 pub struct TlsListener {
     local: std::net::SocketAddr,
     rx: mpsc::Receiver<(
-        AuthorityFixStream<TlsStream<tokio::net::TcpStream>>,
+        AuthorityFixStream<CombinedWrites<TlsStream<tokio::net::TcpStream>>>,
         std::net::SocketAddr,
     )>,
 }
@@ -127,7 +128,8 @@ impl TlsListener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send((AuthorityFixStream::new(tls), addr)).await;
+                            let io = AuthorityFixStream::new(CombinedWrites::new(tls));
+                            let _ = tx.send((io, addr)).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(client = %addr, error = %e, "TLS handshake failed")
@@ -142,7 +144,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = AuthorityFixStream<TlsStream<tokio::net::TcpStream>>;
+    type Io = AuthorityFixStream<CombinedWrites<TlsStream<tokio::net::TcpStream>>>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
