@@ -3,6 +3,7 @@
 //!
 //! Module map:
 //! - [`endpoint`]: endpoint parsing, the loopback guard, connections (`--conns`);
+//! - [`unary`]: the lean unary client (h2 directly) the KV workloads call through;
 //! - [`driver`]: the closed and open loops every workload runs, bounded by count and time, and
 //!   the progress bar;
 //! - [`stats`]: HDR latency histograms and the [`stats::Report`] every run prints (a table, or
