@@ -207,11 +207,17 @@ for attempt in 1 2 3; do
       -d content=ok >/dev/null 2>&1 && break
     sleep 0.1
   done
-  sleep 0.5
-  if ! grep -q panicked "$run_dir/nacos.log" &&
-    [ "$(curl -sf "$nacos_url/nacos/v1/cs/configs?dataId=startup-probe&group=probe" || true)" = ok ]; then
-    break
-  fi
+  # r-nacos applies writes asynchronously: read back for up to 5 s unless it panicked.
+  probed=0
+  for _ in $(seq 1 50); do
+    grep -q panicked "$run_dir/nacos.log" && break
+    if [ "$(curl -sf "$nacos_url/nacos/v1/cs/configs?dataId=startup-probe&group=probe" || true)" = ok ]; then
+      probed=1
+      break
+    fi
+    sleep 0.1
+  done
+  [ "$probed" = 1 ] && break
   [ "$attempt" = 3 ] && die "r-nacos failed its start-up probe 3 times; see $run_dir/nacos.log"
   log "r-nacos failed its start-up probe (attempt $attempt); restarting it on a fresh data dir"
   cp "$run_dir/nacos.log" "$run_dir/nacos.attempt$attempt.log"
