@@ -10,10 +10,11 @@ use std::ops::Bound;
 
 use smallvec::SmallVec;
 
+use crate::lease::LeaseId;
 use crate::revision::Revision;
 
 /// Keys of at most this many bytes are stored inline in the index (no heap allocation).
-pub const INLINE_KEY_BYTES: usize = 16;
+pub const INLINE_KEY_BYTES: usize = 40;
 
 /// A key as the index stores it; ordered as its bytes.
 type IndexKey = SmallVec<[u8; INLINE_KEY_BYTES]>;
@@ -37,6 +38,20 @@ pub struct KeyHistory {
     /// Generations oldest first; the last one is open (maybe empty, after a tombstone).
     /// Inline while there is one.
     generations: SmallVec<[Generation; 1]>,
+    /// The lease the key's newest put attached it to; 0 for none and after a tombstone. Kept
+    /// here so that moving a key between leases needs no key → lease map of its own.
+    lease: LeaseId,
+}
+
+/// What [`Index::put`] reports about the key it just updated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// Revision that created the key's current generation (`create_revision`).
+    pub created: Revision,
+    /// Puts in the current generation including this one (`version`).
+    pub version: i64,
+    /// The lease the key was attached to before this put (0 for none).
+    pub prev_lease: LeaseId,
 }
 
 /// What the index knows about the version of a key visible at some revision.
@@ -51,6 +66,11 @@ pub struct IndexEntry {
 }
 
 impl KeyHistory {
+    /// The lease of the key's newest put (0 for none, or when the key is deleted).
+    pub fn lease(&self) -> LeaseId {
+        self.lease
+    }
+
     fn put(&mut self, rev: Revision) {
         if self.generations.is_empty() {
             self.generations.push(Generation::default());
@@ -66,6 +86,13 @@ impl KeyHistory {
     fn tombstone(&mut self, rev: Revision) {
         self.put(rev);
         self.generations.push(Generation::default());
+    }
+
+    /// The current generation's creation revision and version (after a put).
+    fn current(&self) -> (Revision, i64) {
+        self.generations
+            .last()
+            .map_or((Revision::default(), 0), |g| (g.created, g.ver))
     }
 
     fn restore(&mut self, created: Revision, modified: Revision, ver: i64) {
@@ -216,26 +243,43 @@ impl Index {
         self.keys.get(key)
     }
 
-    /// Records a put of `key` at `rev`.
-    pub fn put(&mut self, key: &[u8], rev: Revision) {
+    /// Records a put of `key` at `rev` attaching it to `lease` (0 for none), with one search
+    /// of the map. Returns the key's `create_revision` and `version` as of this put and the
+    /// lease it had before.
+    pub fn put(&mut self, key: &[u8], rev: Revision, lease: LeaseId) -> PutOutcome {
+        let h = self.keys.entry(IndexKey::from_slice(key)).or_default();
+        h.put(rev);
+        let (created, version) = h.current();
+        let prev_lease = std::mem::replace(&mut h.lease, lease);
+        PutOutcome {
+            created,
+            version,
+            prev_lease,
+        }
+    }
+
+    /// Records a delete of `key` at `rev` and returns the lease the key had (0 for none).
+    /// The key must be live.
+    pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> LeaseId {
         match self.keys.get_mut(key) {
-            Some(h) => h.put(rev),
-            None => {
-                let mut h = KeyHistory::default();
-                h.put(rev);
-                self.keys.insert(IndexKey::from_slice(key), h);
+            Some(h) => {
+                h.tombstone(rev);
+                std::mem::take(&mut h.lease)
             }
+            None => 0,
         }
     }
 
-    /// Records a delete of `key` at `rev`. The key must be live.
-    pub fn tombstone(&mut self, key: &[u8], rev: Revision) {
-        if let Some(h) = self.keys.get_mut(key) {
-            h.tombstone(rev);
-        }
+    /// Live keys attached to a lease, with their lease, in key order.
+    pub fn leased_keys(&self) -> impl Iterator<Item = (&[u8], LeaseId)> {
+        self.keys
+            .iter()
+            .filter(|(_, h)| h.lease != 0)
+            .map(|(k, h)| (k.as_slice(), h.lease))
     }
 
-    /// Rebuilds a key's history from a disk row during recovery, as etcd's `restore`.
+    /// Rebuilds a key's history from a disk row during recovery, as etcd's `restore`. Rows
+    /// must come in revision order; `lease` is the row's lease.
     pub fn restore(
         &mut self,
         key: &[u8],
@@ -243,15 +287,23 @@ impl Index {
         modified: Revision,
         version: i64,
         tombstone: bool,
+        lease: LeaseId,
     ) {
         match self.keys.get_mut(key) {
-            Some(h) if tombstone => h.tombstone(modified),
+            Some(h) if tombstone => {
+                h.tombstone(modified);
+                h.lease = 0;
+            }
             // After a tombstone a put starts a generation whose creation is itself.
-            Some(h) => h.put(modified),
+            Some(h) => {
+                h.put(modified);
+                h.lease = lease;
+            }
             None if tombstone => {}
             None => {
                 let mut h = KeyHistory::default();
                 h.restore(created, modified, version);
+                h.lease = lease;
                 self.keys.insert(IndexKey::from_slice(key), h);
             }
         }
@@ -314,10 +366,32 @@ mod tests {
     #[test]
     fn versions_and_generations() {
         let mut idx = Index::new();
-        idx.put(b"a", r(2));
-        idx.put(b"a", r(3));
-        idx.tombstone(b"a", r(4));
-        idx.put(b"a", r(5));
+        assert_eq!(
+            idx.put(b"a", r(2), 7),
+            PutOutcome {
+                created: r(2),
+                version: 1,
+                prev_lease: 0
+            }
+        );
+        assert_eq!(
+            idx.put(b"a", r(3), 0),
+            PutOutcome {
+                created: r(2),
+                version: 2,
+                prev_lease: 7
+            }
+        );
+        assert_eq!(idx.tombstone(b"a", r(4)), 0);
+        assert_eq!(
+            idx.put(b"a", r(5), 9),
+            PutOutcome {
+                created: r(5),
+                version: 1,
+                prev_lease: 0
+            }
+        );
+
         let h = idx.history(b"a").unwrap();
         assert_eq!(h.get(1), None);
         assert_eq!(
@@ -337,14 +411,17 @@ mod tests {
                 version: 1
             })
         );
+        assert_eq!(idx.leased_keys().collect::<Vec<_>>(), vec![(&b"a"[..], 9)]);
+        assert_eq!(idx.tombstone(b"a", r(6)), 9);
+        assert_eq!(idx.leased_keys().count(), 0);
     }
 
     #[test]
     fn compaction_keeps_visible_revision() {
         let mut idx = Index::new();
-        idx.put(b"a", r(2));
-        idx.put(b"a", r(3));
-        idx.put(b"b", r(4));
+        idx.put(b"a", r(2), 0);
+        idx.put(b"a", r(3), 0);
+        idx.put(b"b", r(4), 0);
         idx.tombstone(b"b", r(5));
         let keep = idx.compact(4);
         assert!(keep.contains(&r(3)));

@@ -4,7 +4,7 @@
 //! lessor, from its clock) and arrives as a revoke command, so that applying the same commands
 //! always gives the same state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A lease ID, as etcd's `LeaseID` (0 means "no lease").
 pub type LeaseId = i64;
@@ -153,11 +153,11 @@ impl LeaseKeys {
     }
 }
 
-/// Every lease and every key's lease.
+/// Every lease with the keys attached to it. Which lease a key has is kept in the key index
+/// ([`crate::index::KeyHistory::lease`]); the two change together in the writer.
 #[derive(Debug, Default)]
 pub struct LeaseTable {
     leases: BTreeMap<LeaseId, LeaseRecord>,
-    key_lease: HashMap<Vec<u8>, LeaseId>,
 }
 
 impl LeaseTable {
@@ -197,28 +197,22 @@ impl LeaseTable {
     }
 
     pub(crate) fn remove(&mut self, id: LeaseId) -> Option<LeaseRecord> {
-        let rec = self.leases.remove(&id)?;
-        for k in rec.keys.iter() {
-            self.key_lease.remove(k);
-        }
-        Some(rec)
+        self.leases.remove(&id)
     }
 
-    /// Attaches `key` to `id` (0 detaches it), detaching it from its previous lease.
-    pub(crate) fn set_key_lease(&mut self, key: &[u8], id: LeaseId) {
-        let old = if id == 0 {
-            self.key_lease.remove(key)
-        } else {
-            self.key_lease.insert(key.to_vec(), id)
-        };
-        if let Some(old) = old
-            && old != id
-            && let Some(rec) = self.leases.get_mut(&old)
+    /// Moves `key` from lease `from` to lease `to` (0 for none on either side); a lease that
+    /// does not exist is skipped.
+    pub(crate) fn move_key(&mut self, key: &[u8], from: LeaseId, to: LeaseId) {
+        if from == to {
+            return;
+        }
+        if from != 0
+            && let Some(rec) = self.leases.get_mut(&from)
         {
             rec.keys.remove(key);
         }
-        if id != 0
-            && let Some(rec) = self.leases.get_mut(&id)
+        if to != 0
+            && let Some(rec) = self.leases.get_mut(&to)
         {
             rec.keys.insert(key);
         }
@@ -235,8 +229,8 @@ mod tests {
         t.insert(1, 10);
         let keys: Vec<Vec<u8>> = (0..20u8).rev().map(|i| vec![b'k', i]).collect();
         for (n, k) in keys.iter().enumerate() {
-            t.set_key_lease(k, 1);
-            t.set_key_lease(k, 1);
+            t.move_key(k, 0, 1);
+            t.move_key(k, 1, 1);
             let rec = t.get(1).unwrap();
             assert_eq!(rec.keys.len(), n + 1);
             let got: Vec<&Vec<u8>> = rec.keys.iter().collect();
@@ -245,12 +239,15 @@ mod tests {
         assert!(matches!(t.get(1).unwrap().keys, LeaseKeys::Many(_)));
         // Moving a key to another lease detaches it from the first.
         t.insert(2, 10);
-        t.set_key_lease(&keys[0], 2);
+        t.move_key(&keys[0], 1, 2);
         assert!(!t.get(1).unwrap().keys.contains(&keys[0]));
         assert!(t.get(2).unwrap().keys.contains(&keys[0]));
-        t.set_key_lease(&keys[0], 0);
+        t.move_key(&keys[0], 2, 0);
         assert!(t.get(2).unwrap().keys.is_empty());
+        // A lease that does not exist is skipped.
+        t.move_key(&keys[1], 1, 99);
+        assert!(!t.get(1).unwrap().keys.contains(&keys[1]));
         let removed = t.remove(1).unwrap();
-        assert_eq!(removed.keys.len(), 19);
+        assert_eq!(removed.keys.len(), 18);
     }
 }

@@ -329,24 +329,23 @@ impl Store {
         }
 
         let mut index = Index::new();
-        let mut key_lease: std::collections::HashMap<Vec<u8>, LeaseId> = Default::default();
         for row in r.open_table(KV)?.iter()? {
             let (k, v) = row?;
             let at = Revision::from_u128(k.value());
             let row = decode_row(v.value())?;
             let created = Revision::new(row.kv.create_revision, 0);
-            index.restore(&row.kv.key, created, at, row.kv.version, row.tombstone);
-            if row.tombstone || row.kv.lease == 0 {
-                key_lease.remove(row.kv.key.as_ref());
-            } else {
-                key_lease.insert(row.kv.key.to_vec(), row.kv.lease);
-            }
+            index.restore(
+                &row.kv.key,
+                created,
+                at,
+                row.kv.version,
+                row.tombstone,
+                row.kv.lease,
+            );
             rev = rev.max(at.main);
         }
-        for (key, id) in key_lease {
-            if leases.contains(id) {
-                leases.set_key_lease(&key, id);
-            }
+        for (key, id) in index.leased_keys() {
+            leases.move_key(key, 0, id);
         }
         drop(meta);
         drop(r);
@@ -782,7 +781,7 @@ impl Store {
             Durability::None
         })?;
         let mut results = Vec::with_capacity(cmds.len());
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(cmds.len());
         // The auth state as this batch leaves it, cloned at the batch's first auth command and
         // published after the commit.
         let mut staged_auth: Option<AuthState> = None;
@@ -914,23 +913,29 @@ impl Store {
         self.leases.read().expect("lease lock").contains(id)
     }
 
-    pub(crate) fn attach(&self, key: &[u8], id: LeaseId) {
-        self.leases
-            .write()
-            .expect("lease lock")
-            .set_key_lease(key, id);
-    }
-
     pub(crate) fn remove_lease(&self, id: LeaseId) -> Option<crate::lease::LeaseRecord> {
         self.leases.write().expect("lease lock").remove(id)
     }
 
-    pub(crate) fn index_put(&self, key: &[u8], rev: Revision) {
-        self.index.write().expect("index lock").put(key, rev);
+    /// Indexes a put of `key` at `rev` with `lease` and moves the key to that lease. Returns
+    /// the key's `create_revision` and `version` as of this put.
+    pub(crate) fn index_put(&self, key: &[u8], rev: Revision, lease: LeaseId) -> (i64, i64) {
+        let out = self.index.write().expect("index lock").put(key, rev, lease);
+        if out.prev_lease != lease {
+            self.leases
+                .write()
+                .expect("lease lock")
+                .move_key(key, out.prev_lease, lease);
+        }
+        (out.created.main, out.version)
     }
 
+    /// Indexes a delete of `key` at `rev` and detaches it from its lease.
     pub(crate) fn index_tombstone(&self, key: &[u8], rev: Revision) {
-        self.index.write().expect("index lock").tombstone(key, rev);
+        let prev = self.index.write().expect("index lock").tombstone(key, rev);
+        if prev != 0 {
+            self.leases.write().expect("lease lock").move_key(key, prev, 0);
+        }
     }
 
     pub(crate) fn index_get(&self, key: &[u8], rev: i64) -> Option<crate::index::IndexEntry> {

@@ -224,10 +224,7 @@ impl WriteCtx<'_, '_, '_> {
             (None, false, false) => (p.value.clone(), p.lease),
         };
         let at = self.next_rev();
-        let (create_revision, version) = match self.store.index_get(&p.key, at.main) {
-            Some(e) => (e.created.main, e.version + 1),
-            None => (at.main, 1),
-        };
+        let (create_revision, version) = self.store.index_put(&p.key, at, lease);
         let kv = KeyValue {
             key: p.key.clone(),
             create_revision,
@@ -239,8 +236,6 @@ impl WriteCtx<'_, '_, '_> {
         self.kv
             .insert(at.to_u128(), encode_row(false, &kv).as_slice())
             .map_err(StorageError::from)?;
-        self.store.index_put(&p.key, at);
-        self.store.attach(&p.key, lease);
         self.changes.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv),
@@ -285,7 +280,6 @@ impl WriteCtx<'_, '_, '_> {
             .insert(at.to_u128(), encode_row(true, &kv).as_slice())
             .map_err(StorageError::from)?;
         self.store.index_tombstone(key, at);
-        self.store.attach(key, 0);
         self.changes.push(Event {
             r#type: EventType::Delete as i32,
             kv: Some(kv),

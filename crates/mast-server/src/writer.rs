@@ -192,7 +192,8 @@ fn write_loop(
                 let pending = Pending {
                     staged,
                     revoked,
-                    replies: std::mem::take(&mut replies),
+                    // Moved out at its exact size; `replies` keeps its capacity.
+                    replies: replies.drain(..).collect(),
                 };
                 if staged_tx.send(pending).is_err() {
                     return;
@@ -244,13 +245,11 @@ fn sync_loop(
             }
             let applied = staged.applied;
             store.publish(applied.revision, staged.applied_index);
-            for r in applied.results.iter().flatten() {
-                if let CommandResult::LeaseGrant { id, ttl }
-                | CommandResult::LeaseGrantPut { id, ttl, .. } = r
-                {
-                    lessor.granted(*id, *ttl);
-                }
-            }
+            lessor.granted_all(applied.results.iter().flatten().filter_map(|r| match r {
+                CommandResult::LeaseGrant { id, ttl }
+                | CommandResult::LeaseGrantPut { id, ttl, .. } => Some((*id, *ttl)),
+                _ => None,
+            }));
             for id in revoked {
                 lessor.revoked(id);
             }
