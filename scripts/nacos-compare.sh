@@ -20,12 +20,14 @@
 #   3. records idle RSS (VmRSS), loads NACOS_BENCH_LOAD (10,000) configs + as many instances
 #      into each, verifies a sample read back, and records RSS again;
 #   4. runs each workload alternating r-nacos, Mast, r-nacos, Mast ... (NACOS_BENCH_ROUNDS
-#      rounds), reading each server's CPU time (utime+stime, /proc/PID/stat) around each run;
+#      rounds), reading each server's CPU time (utime+stime, /proc/PID/stat) around each run
+#      and wrk's own CPU time (bash `time`);
 #   5. writes a Markdown table to stdout and NACOS_BENCH_OUT.
 #
 # Every response is checked by scripts/nacos/bench.lua (status and body). Results per workload:
 # median req/s, median p50/p99 over the rounds, non-2xx and bad-body totals, CPU µs/request
-# (all rounds' CPU / all rounds' requests).
+# (all rounds' CPU / all rounds' requests) of the server and of wrk, and the ratio the CPU per
+# request alone allows on this machine.
 #
 # Environment:
 #   NACOS_BENCH_SECS     seconds per run (default 15; tiny: 2)
@@ -306,12 +308,15 @@ run_wrk() {
   if [ "$1" = nacos ]; then url="$nacos_url" pid="$nacos_pid"; else url="$mast_url" pid="$mast_pid"; fi
   kill -0 "$pid" 2>/dev/null || die "$1 is not running; see $run_dir/$1.log"
   out="$run_dir/wrk-$1-$2-$3.txt"
-  BENCH_TARGET="$1" BENCH_WORKLOAD="$2" BENCH_TAG="$3" \
-    wrk -t"$wthreads" -c"$conns" -d"$4" --timeout 10s -s "$lua" "$url" >"$out" 2>&1 ||
+  # bash's `time` gives wrk's own CPU (user and system seconds): on 2 cores the load generator
+  # shares the machine with the server, so its CPU per request is reported too.
+  local TIMEFORMAT='%3U %3S'
+  { time BENCH_TARGET="$1" BENCH_WORKLOAD="$2" BENCH_TAG="$3" \
+    wrk -t"$wthreads" -c"$conns" -d"$4" --timeout 10s -s "$lua" "$url" >"$out" 2>&1; } 2>"$out.time" ||
     die "wrk failed: $(tail -n 5 "$out")"
   grep -q '^RESULT ' "$out" || die "no RESULT in $out: $(tail -n 5 "$out")"
   if grep -q '^bad body\|^non-2xx' "$out"; then grep '^bad body\|^non-2xx' "$out" | sed -n 1,3p >&2; fi
-  grep '^RESULT ' "$out" | tail -n 1
+  echo "$(grep '^RESULT ' "$out" | tail -n 1) wrk_cpu_us=$(awk '{ printf "%d", ($1 + $2) * 1000000 }' "$out.time")"
 }
 field() { # "RESULT k=v ..." key
   tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print $2 }'
@@ -344,11 +349,11 @@ log "RSS after $load_n configs + $load_n instances: r-nacos $(mib "$nacos_rss_lo
 
 # 4. Workloads, alternating r-nacos, Mast, r-nacos, Mast ...
 workloads=(publish read register list)
-declare -A rps p50 p99 non2xx badb sock cpu reqs
+declare -A rps p50 p99 non2xx badb sock cpu wcpu reqs
 for w in "${workloads[@]}"; do
   for t in nacos mast; do
     rps[$t.$w]="" p50[$t.$w]="" p99[$t.$w]=""
-    non2xx[$t.$w]=0 badb[$t.$w]=0 sock[$t.$w]=0 cpu[$t.$w]=0 reqs[$t.$w]=0
+    non2xx[$t.$w]=0 badb[$t.$w]=0 sock[$t.$w]=0 cpu[$t.$w]=0 wcpu[$t.$w]=0 reqs[$t.$w]=0
   done
   for r in $(seq 1 "$rounds"); do
     for t in nacos mast; do
@@ -364,6 +369,7 @@ for w in "${workloads[@]}"; do
       badb[$t.$w]=$((badb[$t.$w] + $(field "$res" bad_body)))
       sock[$t.$w]=$((sock[$t.$w] + $(field "$res" sock_errors)))
       cpu[$t.$w]=$((cpu[$t.$w] + c1 - c0))
+      wcpu[$t.$w]=$((wcpu[$t.$w] + $(field "$res" wrk_cpu_us)))
       reqs[$t.$w]=$((reqs[$t.$w] + $(field "$res" requests)))
       sleep 1
     done
@@ -391,25 +397,38 @@ label() {
   echo "Request-serving threads: ${server_threads:-the default of each server (one per core)}${server_threads:+ for both (r-nacos RNACOS_HTTP_WORKERS, Mast MAST_WORKER_THREADS)}."
   echo "wrk $wthreads thread(s), $conns connections, ${secs}s per run, $rounds round(s), runs alternating r-nacos, Mast, r-nacos, Mast …;"
   echo "req/s and p50/p99 are medians over the rounds; non-2xx / bad body / socket errors are totals;"
-  echo "CPU µs/req is the server's utime+stime over all rounds divided by all rounds' requests."
+  echo "CPU µs/req is the server's utime+stime over all rounds divided by all rounds' requests; wrk's"
+  echo "own CPU per request (user+system, same division) is shown too, since it runs on the same cores."
   echo
-  echo "| workload | r-nacos req/s | Mast req/s | Mast / r-nacos | r-nacos p50 / p99 ms | Mast p50 / p99 ms | r-nacos non-2xx / bad / sock | Mast non-2xx / bad / sock | r-nacos CPU µs/req | Mast CPU µs/req |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| workload | r-nacos req/s | Mast req/s | Mast / r-nacos | r-nacos p50 / p99 ms | Mast p50 / p99 ms | r-nacos non-2xx / bad / sock | Mast non-2xx / bad / sock | r-nacos CPU µs/req | Mast CPU µs/req | wrk CPU µs/req (r-nacos / Mast) |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for w in "${workloads[@]}"; do
     nr="$(median "${rps[nacos.$w]}")" mr="$(median "${rps[mast.$w]}")"
     ratio="$(awk -v a="$mr" -v b="$nr" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
-    printf '| %s | %.0f | %.0f | %s | %s / %s | %s / %s | %s / %s / %s | %s / %s / %s | %s | %s |\n' \
+    printf '| %s | %.0f | %.0f | %s | %s / %s | %s / %s | %s / %s / %s | %s / %s / %s | %s | %s | %s / %s |\n' \
       "$(label "$w")" "$nr" "$mr" "$ratio" \
       "$(ms "$(median "${p50[nacos.$w]}")")" "$(ms "$(median "${p99[nacos.$w]}")")" \
       "$(ms "$(median "${p50[mast.$w]}")")" "$(ms "$(median "${p99[mast.$w]}")")" \
       "${non2xx[nacos.$w]}" "${badb[nacos.$w]}" "${sock[nacos.$w]}" \
       "${non2xx[mast.$w]}" "${badb[mast.$w]}" "${sock[mast.$w]}" \
-      "$(per_req "${cpu[nacos.$w]}" "${reqs[nacos.$w]}")" "$(per_req "${cpu[mast.$w]}" "${reqs[mast.$w]}")"
+      "$(per_req "${cpu[nacos.$w]}" "${reqs[nacos.$w]}")" "$(per_req "${cpu[mast.$w]}" "${reqs[mast.$w]}")" \
+      "$(per_req "${wcpu[nacos.$w]}" "${reqs[nacos.$w]}")" "$(per_req "${wcpu[mast.$w]}" "${reqs[mast.$w]}")"
   done
   echo
   echo "- RSS idle (after start and setup): r-nacos $(mib "$nacos_rss_idle"), Mast $(mib "$mast_rss_idle")"
   echo "- RSS after $load_n configs + $load_n instances (before the workloads): r-nacos $(mib "$nacos_rss_load"), Mast $(mib "$mast_rss_load")"
   echo "- RSS at the end: r-nacos $(mib "$(rss_kb "$nacos_pid")"), Mast $(mib "$(rss_kb "$mast_pid")")"
+  echo "- CPU per request, server + wrk (µs), and the ratio CPU alone allows when both runs keep the"
+  echo "  $(nproc) cores busy (r-nacos's sum / Mast's sum; a run waiting on the disk or on wakeups stays below it):"
+  for w in "${workloads[@]}"; do
+    awk -v l="$(label "$w")" -v nc="${cpu[nacos.$w]}" -v nw="${wcpu[nacos.$w]}" -v nn="${reqs[nacos.$w]}" \
+      -v mc="${cpu[mast.$w]}" -v mw="${wcpu[mast.$w]}" -v mn="${reqs[mast.$w]}" 'BEGIN {
+        if (nn > 0 && mn > 0) {
+          n = (nc + nw) / nn; m = (mc + mw) / mn
+          printf "  - %s: r-nacos %.1f, Mast %.1f, %.2f×\n", l, n, m, n / m
+        }
+      }'
+  done
   echo
   echo "**Durability differs:** Mast answers a publish or a registration only after its write-ahead"
   echo "log record is fsynced (group commit: one fdatasync for every request waiting), and an"
