@@ -66,11 +66,6 @@ pub struct IndexEntry {
 }
 
 impl KeyHistory {
-    /// The lease of the key's newest put (0 for none, or when the key is deleted).
-    pub fn lease(&self) -> LeaseId {
-        self.lease
-    }
-
     fn put(&mut self, rev: Revision) {
         if self.generations.is_empty() {
             self.generations.push(Generation::default());
@@ -83,9 +78,11 @@ impl KeyHistory {
         g.ver += 1;
     }
 
-    fn tombstone(&mut self, rev: Revision) {
+    /// Ends the current generation at `rev` and returns the lease the key had.
+    fn tombstone(&mut self, rev: Revision) -> LeaseId {
         self.put(rev);
         self.generations.push(Generation::default());
+        std::mem::take(&mut self.lease)
     }
 
     /// The current generation's creation revision and version (after a put).
@@ -261,13 +258,7 @@ impl Index {
     /// Records a delete of `key` at `rev` and returns the lease the key had (0 for none).
     /// The key must be live.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> LeaseId {
-        match self.keys.get_mut(key) {
-            Some(h) => {
-                h.tombstone(rev);
-                std::mem::take(&mut h.lease)
-            }
-            None => 0,
-        }
+        self.keys.get_mut(key).map_or(0, |h| h.tombstone(rev))
     }
 
     /// Live keys attached to a lease, with their lease, in key order.
@@ -292,7 +283,6 @@ impl Index {
         match self.keys.get_mut(key) {
             Some(h) if tombstone => {
                 h.tombstone(modified);
-                h.lease = 0;
             }
             // After a tombstone a put starts a generation whose creation is itself.
             Some(h) => {

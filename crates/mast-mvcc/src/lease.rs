@@ -154,7 +154,7 @@ impl LeaseKeys {
 }
 
 /// Every lease with the keys attached to it. Which lease a key has is kept in the key index
-/// ([`crate::index::KeyHistory::lease`]); the two change together in the writer.
+/// (with the key's history); the two change together in the writer.
 #[derive(Debug, Default)]
 pub struct LeaseTable {
     leases: BTreeMap<LeaseId, LeaseRecord>,

@@ -934,7 +934,10 @@ impl Store {
     pub(crate) fn index_tombstone(&self, key: &[u8], rev: Revision) {
         let prev = self.index.write().expect("index lock").tombstone(key, rev);
         if prev != 0 {
-            self.leases.write().expect("lease lock").move_key(key, prev, 0);
+            self.leases
+                .write()
+                .expect("lease lock")
+                .move_key(key, prev, 0);
         }
     }
 
