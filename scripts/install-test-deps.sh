@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12 machine (run as root):
 #   - etcd-server, etcd-client (real etcd 3.4 + etcdctl, the reference server)
-#   - protobuf-compiler (protoc, for the Rust build)
+#   - protobuf-compiler and libprotobuf-dev (protoc and its well-known .proto files, for the
+#     etcd-client crate's build script)
 #   - node + npm, and tests/node's npm packages (the etcd3 client)
 # Idempotent: whatever is already there is skipped. Quiet: one line per step;
 # a failing step prints its output and the script exits non-zero.
@@ -54,6 +55,9 @@ missing=()
 [ -x /usr/bin/etcd ] || missing+=(etcd-server)
 [ -x /usr/bin/etcdctl ] || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/*.proto) are only a recommendation of
+# protobuf-compiler, which --no-install-recommends leaves out.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 else

@@ -19,6 +19,10 @@ pub enum MvccError {
     /// A lease grant with an ID already in use.
     #[error("lease already exists")]
     LeaseExists,
+    /// A txn that puts a key twice, or puts and deletes it, in one branch (as etcd's
+    /// `ErrGRPCDuplicateKey`).
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
     /// A lease grant with a TTL above [`crate::MAX_LEASE_TTL`] seconds.
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,

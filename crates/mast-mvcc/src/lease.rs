@@ -28,6 +28,15 @@ impl PendingLeaseRows {
         self.0.insert(id, Some(ttl));
     }
 
+    /// Adds `later`'s changes after this one's (a later change of a lease wins).
+    pub(crate) fn merge(&mut self, later: PendingLeaseRows) {
+        if self.0.is_empty() {
+            *self = later;
+        } else {
+            self.0.extend(later.0);
+        }
+    }
+
     /// How many changes are waiting.
     pub(crate) fn len(&self) -> usize {
         self.0.len()

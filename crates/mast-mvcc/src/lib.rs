@@ -1,35 +1,50 @@
-//! Mast's MVCC store: etcd's data model on redb.
+//! Mast's MVCC store: etcd's data model on redb, as a deterministic state machine.
 //!
-//! - [`revision`]: the `(main, sub)` revision and its on-disk encoding.
+//! - [`command`]: the [`Command`]s a log entry carries, their results, and their versioned
+//!   binary encoding.
+//! - [`apply`]: applying one entry, as etcd's applier: Put, DeleteRange, Txn, Compact, leases
+//!   and auth, each checked whole before it changes anything.
+//! - [`store`]: the redb tables and the in-memory state, recovery, checkpoints, and the reads
+//!   (Range, history for watches, hashes, snapshots), served at the last published revision.
+//! - [`log`]: the write-ahead log in front of the store, and [`LoggedStore`], one member's
+//!   durable write path (group commit: many entries per `fdatasync`).
+//! - [`range`]: Range with etcd's semantics.
 //! - [`index`]: the in-memory key index (key → generations of revisions), as etcd's
 //!   `treeIndex`; values are not in memory.
-//! - [`store`]: the redb tables and the write path: a batch of [`Command`]s applied in one
-//!   redb transaction and logged, with reads served at the last durable revision.
-//! - [`wal`]: the write-ahead log that makes a batch durable with one `fdatasync`, replayed
-//!   on open after the last checkpoint.
-//! - [`txn`]: Range, Put, DeleteRange and Txn with etcd's semantics.
 //! - [`lease`]: the applied lease table (granted TTLs and attached keys; no clocks).
 //! - [`auth`]: the applied auth state (users, roles, key permissions) and the permission
 //!   check, as etcd's auth store; no tokens or passwords in clear.
+//! - [`revision`]: the `(main, sub)` revision and its on-disk encoding.
+//! - `rows`, `state`: the table layout and the in-memory part of the state.
 //!
-//! **Architecture invariant:** this crate knows nothing of gRPC, HTTP, tokio or wall-clock
-//! time. It uses the etcd protobuf *messages* as its request and result types, and its results
-//! depend only on the commands applied, so a Raft log can later sit in front of [`Store::apply`].
+//! Modules depend in one direction: `log` → `store` → `apply` → `range` → `state` / `rows` /
+//! `index`; `command` is below `apply` and `log`, and nothing below `store` knows it exists.
+//!
+//! **Architecture invariant:** this crate knows nothing of gRPC, HTTP, tokio, Raft or
+//! wall-clock time. Its results depend only on the entries applied, in order, so the same
+//! entries give the same state and the same `HashKV` on every member.
 
+pub mod apply;
 pub mod auth;
+pub mod command;
 pub mod error;
 pub mod index;
 pub mod lease;
+pub mod log;
+pub mod range;
 pub mod revision;
+mod rows;
+mod state;
 pub mod store;
-pub mod txn;
-pub mod wal;
 
+pub use apply::MAX_LEASE_TTL;
 pub use auth::{AuthCommand, AuthError, AuthState};
+pub use command::{
+    CodecError, Command, CommandResult, DuplicateKey, check_txn_intervals, decode_entry,
+    encode_entry, is_txn_readonly,
+};
 pub use error::{MvccError, StorageError};
 pub use lease::{LeaseId, LeaseKeys, LeaseRecord, LeaseTable};
+pub use log::{LogOptions, LoggedStore, Staged};
 pub use revision::Revision;
-pub use store::{
-    Applied, Command, DEFAULT_CACHE_BYTES, MAX_LEASE_TTL, Staged, Store, StoreOptions, StoreStatus,
-};
-pub use txn::{CommandResult, is_txn_readonly};
+pub use store::{Applied, DEFAULT_CACHE_BYTES, Store, StoreOptions, StoreStatus};

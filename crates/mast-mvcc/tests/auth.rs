@@ -2,7 +2,9 @@
 //! key-space revision left alone.
 
 use bytes::Bytes;
-use mast_mvcc::{AuthCommand, AuthError, AuthState, Command, CommandResult, MvccError, Store};
+use mast_mvcc::{
+    AuthCommand, AuthError, AuthState, Command, CommandResult, LoggedStore, MvccError,
+};
 use mast_proto::authpb::{Permission, permission::Type};
 use mast_proto::etcdserverpb::PutRequest;
 
@@ -64,15 +66,19 @@ fn setup() -> Vec<Command> {
     ]
 }
 
-fn results(store: &Store, cmds: &[Command]) -> Vec<Result<CommandResult, MvccError>> {
+fn open(dir: &std::path::Path) -> LoggedStore {
+    LoggedStore::open(dir, Default::default(), Default::default()).unwrap()
+}
+
+fn results(store: &LoggedStore, cmds: &[Command]) -> Vec<Result<CommandResult, MvccError>> {
     store.apply(cmds).expect("disk").results
 }
 
 #[test]
 fn auth_commands_apply_persist_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    assert_eq!(*store.auth(), AuthState::new());
+    let store = open(dir.path());
+    assert_eq!(*store.store().auth(), AuthState::new());
 
     let cmds = setup();
     for r in results(&store, &cmds) {
@@ -86,9 +92,9 @@ fn auth_commands_apply_persist_and_survive_reopen() {
         }
         s
     };
-    assert_eq!(*store.auth(), expected);
+    assert_eq!(*store.store().auth(), expected);
     {
-        let a = store.auth();
+        let a = store.store().auth();
         assert!(a.enabled());
         // 12 changes on top of revision 1; enabling moves nothing.
         assert_eq!(a.revision(), 13);
@@ -101,7 +107,7 @@ fn auth_commands_apply_persist_and_survive_reopen() {
         assert_eq!(a.password_hash("svc"), None);
     }
     // Auth commands leave the key space alone.
-    assert_eq!(store.revision(), 1);
+    assert_eq!(store.store().revision(), 1);
 
     // Delete a role: users lose it, on disk too.
     let r = results(
@@ -111,15 +117,23 @@ fn auth_commands_apply_persist_and_survive_reopen() {
         })],
     );
     assert_eq!(r, vec![Ok(CommandResult::Auth { revision: 14 })]);
-    let before = store.auth().clone();
+    let before = (*store.store().auth()).clone();
     store.close().unwrap();
     drop(store);
 
-    let store = Store::open(dir.path()).unwrap();
-    assert_eq!(*store.auth(), before);
-    assert_eq!(store.auth().user("alice").unwrap().roles, vec!["reader"]);
-    assert!(store.auth().role("writer").is_none());
-    assert!(!store.auth().is_permitted("alice", b"/app/cfg", b"", true));
+    let store = open(dir.path());
+    assert_eq!(*store.store().auth(), before);
+    assert_eq!(
+        store.store().auth().user("alice").unwrap().roles,
+        vec!["reader"]
+    );
+    assert!(store.store().auth().role("writer").is_none());
+    assert!(
+        !store
+            .store()
+            .auth()
+            .is_permitted("alice", b"/app/cfg", b"", true)
+    );
 
     // A user deleted is gone after reopening.
     results(
@@ -130,16 +144,16 @@ fn auth_commands_apply_persist_and_survive_reopen() {
     .unwrap();
     store.close().unwrap();
     drop(store);
-    let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.auth().user_names(), vec!["alice", "root"]);
-    assert_eq!(store.auth().revision(), 15);
-    assert!(store.auth().enabled());
+    let store = open(dir.path());
+    assert_eq!(store.store().auth().user_names(), vec!["alice", "root"]);
+    assert_eq!(store.store().auth().revision(), 15);
+    assert!(store.store().auth().enabled());
 }
 
 #[test]
 fn refused_auth_commands_change_nothing_and_the_batch_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     let applied = store
         .apply(&[
             put("a"),
@@ -170,14 +184,14 @@ fn refused_auth_commands_change_nothing_and_the_batch_goes_on() {
     // Two puts, two revisions; the auth commands took none.
     assert_eq!(applied.revision, 3);
     assert_eq!(applied.events.len(), 2);
-    assert_eq!(store.auth().revision(), 2);
-    assert!(!store.auth().enabled());
+    assert_eq!(store.store().auth().revision(), 2);
+    assert!(!store.store().auth().enabled());
 }
 
 #[test]
 fn a_no_op_answers_the_current_revision() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     let r = results(&store, &[auth(AuthCommand::Disable)]);
     assert_eq!(r, vec![Ok(CommandResult::Auth { revision: 1 })]);
 }
@@ -185,14 +199,17 @@ fn a_no_op_answers_the_current_revision() {
 #[test]
 fn snapshot_holds_the_auth_state() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     for r in results(&store, &setup()) {
         r.unwrap();
     }
     results(&store, &[put("k")])[0].clone().unwrap();
     let snap = tempfile::tempdir().unwrap();
-    store.snapshot_to(&snap.path().join("mast.redb")).unwrap();
-    let restored = Store::open(snap.path()).unwrap();
-    assert_eq!(*restored.auth(), *store.auth());
-    assert_eq!(restored.revision(), 2);
+    store
+        .store()
+        .snapshot_to(&snap.path().join("mast.redb"))
+        .unwrap();
+    let restored = open(snap.path());
+    assert_eq!(*restored.store().auth(), *store.store().auth());
+    assert_eq!(restored.store().revision(), 2);
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mast_mvcc::{Command, Store, StoreOptions};
+use mast_mvcc::{Command, LogOptions, LoggedStore, Store};
 use mast_proto::etcdserverpb::PutRequest;
 
 /// Lease ID -> (TTL, attached keys), as the store reports it.
@@ -45,7 +45,7 @@ fn crash_copy(from: &Path) -> tempfile::TempDir {
 }
 
 /// Grants `n` leases (half with a key), revokes every third, and returns the store's view.
-fn load(store: &Store, n: i64) -> Leases {
+fn load(store: &LoggedStore, n: i64) -> Leases {
     for i in 1..=n {
         // Spread IDs the way random lease IDs are, so rows land all over the table.
         let id = (i * 7_919_111) % 1_000_003 + 1;
@@ -65,63 +65,65 @@ fn load(store: &Store, n: i64) -> Leases {
             assert!(applied.results[0].is_ok(), "revoke {id}");
         }
     }
-    leases_of(store)
+    leases_of(store.store())
 }
 
 #[test]
 fn leases_come_back_from_the_log_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     // Large checkpoint interval: no checkpoint happens, every row is only in the log.
-    let store = Store::open_with_options(dir.path(), StoreOptions::default()).unwrap();
+    let store = LoggedStore::open(dir.path(), Default::default(), LogOptions::default()).unwrap();
     let want = load(&store, 200);
     assert_eq!(want.len(), 200 - 200 / 3);
-    assert_eq!(store.status().unwrap().checkpoints, 0);
+    assert_eq!(store.store().status().unwrap().checkpoints, 0);
     let copy = crash_copy(dir.path());
-    let reopened = Store::open_with_options(copy.path(), StoreOptions::default()).unwrap();
-    assert_eq!(leases_of(&reopened), want);
+    let reopened =
+        LoggedStore::open(copy.path(), Default::default(), LogOptions::default()).unwrap();
+    assert_eq!(leases_of(reopened.store()), want);
     // The replay ended in a checkpoint: a second crash finds the rows in redb itself.
     let copy2 = crash_copy(copy.path());
     drop(reopened);
-    let again = Store::open_with_options(copy2.path(), StoreOptions::default()).unwrap();
-    assert_eq!(leases_of(&again), want);
+    let again = LoggedStore::open(copy2.path(), Default::default(), LogOptions::default()).unwrap();
+    assert_eq!(leases_of(again.store()), want);
 }
 
 #[test]
 fn leases_survive_checkpoints_crashes_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = StoreOptions {
-        wal_bytes: mast_mvcc::wal::MIN_WAL_BYTES,
+    let opts = LogOptions {
+        wal_bytes: mast_mvcc::log::MIN_WAL_BYTES,
         checkpoint_bytes: 2 * 1024,
-        ..StoreOptions::default()
     };
-    let store = Store::open_with_options(dir.path(), opts).unwrap();
+    let store = LoggedStore::open(dir.path(), Default::default(), opts).unwrap();
     let want = load(&store, 300);
     assert!(
-        store.status().unwrap().checkpoints > 2,
+        store.store().status().unwrap().checkpoints > 2,
         "the small interval makes checkpoints happen between grants"
     );
     let copy = crash_copy(dir.path());
-    let crashed = Store::open_with_options(copy.path(), opts).unwrap();
-    assert_eq!(leases_of(&crashed), want);
+    let crashed = LoggedStore::open(copy.path(), Default::default(), opts).unwrap();
+    assert_eq!(leases_of(crashed.store()), want);
     drop(crashed);
 
     store.close().unwrap();
     drop(store);
-    let reopened = Store::open_with_options(dir.path(), opts).unwrap();
-    assert_eq!(leases_of(&reopened), want);
+    let reopened = LoggedStore::open(dir.path(), Default::default(), opts).unwrap();
+    assert_eq!(leases_of(reopened.store()), want);
 }
 
 #[test]
 fn a_snapshot_holds_leases_not_yet_checkpointed() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with_options(dir.path(), StoreOptions::default()).unwrap();
+    let store = LoggedStore::open(dir.path(), Default::default(), LogOptions::default()).unwrap();
     let want = load(&store, 50);
     let snap_dir = tempfile::tempdir().unwrap();
     store
+        .store()
         .snapshot_to(&snap_dir.path().join("mast.redb"))
         .unwrap();
-    let restored = Store::open_with_options(snap_dir.path(), StoreOptions::default()).unwrap();
-    assert_eq!(leases_of(&restored), want);
+    let restored =
+        LoggedStore::open(snap_dir.path(), Default::default(), LogOptions::default()).unwrap();
+    assert_eq!(leases_of(restored.store()), want);
 }
 
 #[test]
@@ -130,7 +132,7 @@ fn leases_written_between_checkpoints_come_back_after_a_crash() {
     // before any checkpoint, and a crash must still leave every acknowledged lease and no
     // revoked one.
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with_options(dir.path(), StoreOptions::default()).unwrap();
+    let store = LoggedStore::open(dir.path(), Default::default(), LogOptions::default()).unwrap();
     let ids: Vec<i64> = (1..=6000i64)
         .map(|i| (i * 7_919_111) % 1_000_003 + 1)
         .collect();
@@ -151,20 +153,21 @@ fn leases_written_between_checkpoints_come_back_after_a_crash() {
         let applied = store.apply(chunk).unwrap();
         assert!(applied.results.iter().all(|r| r.is_ok()));
     }
-    assert_eq!(store.status().unwrap().checkpoints, 0);
-    let want = leases_of(&store);
+    assert_eq!(store.store().status().unwrap().checkpoints, 0);
+    let want = leases_of(store.store());
     assert_eq!(want.len(), 6000 - 1200);
     let copy = crash_copy(dir.path());
     // A clean close checkpoints and empties the log: the rows written early must be there.
     store.close().unwrap();
     drop(store);
-    let closed = Store::open_with_options(dir.path(), StoreOptions::default()).unwrap();
-    assert_eq!(leases_of(&closed), want);
-    let reopened = Store::open_with_options(copy.path(), StoreOptions::default()).unwrap();
-    assert_eq!(leases_of(&reopened), want);
+    let closed = LoggedStore::open(dir.path(), Default::default(), LogOptions::default()).unwrap();
+    assert_eq!(leases_of(closed.store()), want);
+    let reopened =
+        LoggedStore::open(copy.path(), Default::default(), LogOptions::default()).unwrap();
+    assert_eq!(leases_of(reopened.store()), want);
     drop(reopened);
     // And once more from the table alone, after the replay's checkpoint.
     let copy2 = crash_copy(copy.path());
-    let again = Store::open_with_options(copy2.path(), StoreOptions::default()).unwrap();
-    assert_eq!(leases_of(&again), want);
+    let again = LoggedStore::open(copy2.path(), Default::default(), LogOptions::default()).unwrap();
+    assert_eq!(leases_of(again.store()), want);
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use mast_mvcc::{Command, CommandResult, MvccError, Store, StoreOptions};
+use mast_mvcc::{Command, CommandResult, LogOptions, LoggedStore, MvccError};
 use mast_proto::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest,
@@ -89,7 +89,7 @@ fn range_of(a: u8, b: u8) -> (Bytes, Bytes) {
     if x <= y { (x, y) } else { (y, x) }
 }
 
-fn apply_one(store: &Store, cmd: Command) -> Result<CommandResult, MvccError> {
+fn apply_one(store: &LoggedStore, cmd: Command) -> Result<CommandResult, MvccError> {
     let mut applied = store.apply(&[cmd]).expect("disk ok");
     applied.results.pop().unwrap()
 }
@@ -97,12 +97,11 @@ fn apply_one(store: &Store, cmd: Command) -> Result<CommandResult, MvccError> {
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut dir = tempfile::tempdir().unwrap();
     // A small log and checkpoint interval, so that runs reach both and checkpoint.
-    let opts = StoreOptions {
-        wal_bytes: mast_mvcc::wal::MIN_WAL_BYTES,
+    let opts = LogOptions {
+        wal_bytes: mast_mvcc::log::MIN_WAL_BYTES,
         checkpoint_bytes: 2048,
-        ..StoreOptions::default()
     };
-    let mut store = Store::open_with_options(dir.path(), opts).unwrap();
+    let mut store = LoggedStore::open(dir.path(), Default::default(), opts).unwrap();
     let mut m = Model {
         states: vec![BTreeMap::new(), BTreeMap::new()],
         compact: -1,
@@ -243,7 +242,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::RangeAt(a, b, r) => {
                 let (x, y) = range_of(a, b);
                 let rev = (r as i64) % (m.rev() + 2);
-                let res = store.range(&RangeRequest {
+                let res = store.store().range(&RangeRequest {
                     key: x.clone(),
                     range_end: y.clone(),
                     revision: rev,
@@ -267,9 +266,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Reopen => {
                 drop(store);
-                store = Store::open_with_options(dir.path(), opts).unwrap();
-                prop_assert_eq!(store.revision(), m.rev());
-                prop_assert_eq!(store.compact_revision(), m.compact);
+                store = LoggedStore::open(dir.path(), Default::default(), opts).unwrap();
+                prop_assert_eq!(store.store().revision(), m.rev());
+                prop_assert_eq!(store.store().compact_revision(), m.compact);
             }
             Op::Crash => {
                 let copy = tempfile::tempdir().unwrap();
@@ -278,15 +277,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 drop(store);
                 dir = copy;
-                store = Store::open_with_options(dir.path(), opts).unwrap();
-                prop_assert_eq!(store.revision(), m.rev());
-                prop_assert_eq!(store.compact_revision(), m.compact);
+                store = LoggedStore::open(dir.path(), Default::default(), opts).unwrap();
+                prop_assert_eq!(store.store().revision(), m.rev());
+                prop_assert_eq!(store.store().compact_revision(), m.compact);
             }
         }
-        prop_assert_eq!(store.revision(), m.rev());
+        prop_assert_eq!(store.store().revision(), m.rev());
     }
     // Everything at the end, read in one go.
     let all = store
+        .store()
         .range(&RangeRequest {
             key: Bytes::from_static(b"\0"),
             range_end: Bytes::from_static(b"\0"),

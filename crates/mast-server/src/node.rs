@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mast_mvcc::{Command, CommandResult, MvccError, Store};
+use mast_mvcc::{Command, CommandResult, LoggedStore, MvccError, Store};
 use mast_proto::etcdserverpb::ResponseHeader;
 use tokio::sync::watch;
 
@@ -74,8 +74,8 @@ impl ServerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_notify_interval: Duration::from_secs(600),
             cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
-            wal_bytes: mast_mvcc::wal::DEFAULT_WAL_BYTES,
-            checkpoint_bytes: mast_mvcc::store::DEFAULT_CHECKPOINT_BYTES,
+            wal_bytes: mast_mvcc::log::DEFAULT_WAL_BYTES,
+            checkpoint_bytes: mast_mvcc::log::DEFAULT_CHECKPOINT_BYTES,
             tls: None,
             auth_token: crate::tokens::TokenConfig::Simple,
             auth_token_ttl: Duration::from_secs(300),
@@ -192,14 +192,17 @@ impl Node {
     ) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)?;
         let identity = Identity::load_or_create(&config.data_dir)?;
-        let store = Arc::new(Store::open_with_options(
+        let logged = Arc::new(LoggedStore::open(
             &config.data_dir,
             mast_mvcc::StoreOptions {
                 cache_bytes: config.cache_bytes,
+            },
+            mast_mvcc::LogOptions {
                 wal_bytes: config.wal_bytes,
                 checkpoint_bytes: config.checkpoint_bytes,
             },
         )?);
+        let store = logged.store().clone();
         let lessor = Arc::new(Lessor::new(Box::new(SystemClock::default())));
         // After a restart every lease gets its full TTL again, as etcd's lessor promotion.
         for (id, rec) in store.leases().iter() {
@@ -207,7 +210,7 @@ impl Node {
         }
         let tokens = crate::tokens::TokenProvider::new(&config.auth_token, config.auth_token_ttl)?;
         let hub = Arc::new(WatchHub::new());
-        let writer = Writer::start(store.clone(), hub.clone(), lessor.clone());
+        let writer = Writer::start(logged, hub.clone(), lessor.clone());
         Ok(Arc::new(Node {
             config,
             identity,

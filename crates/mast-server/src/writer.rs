@@ -2,12 +2,12 @@
 //! thread that makes them durable.
 //!
 //! Requests send a [`Command`] with a reply channel. The writer thread takes every command that
-//! is waiting (up to [`MAX_BATCH`]) and stages them as one batch ([`Store::stage`]: applied to
-//! memory and redb, written to the write-ahead log, not yet synced or visible), then hands the
-//! batch to the sync thread and goes on to the next. The sync thread takes every staged batch
-//! that is waiting, syncs the log once for all of them ([`Store::sync`]), and then, batch by
-//! batch in order, makes them visible ([`Store::publish`]), publishes their events to the watch
-//! hub and replies. So the fsync of one group overlaps the applying of the next, and the fsync
+//! is waiting (up to [`MAX_BATCH`]) and stages them as one log entry ([`LoggedStore::stage`]:
+//! applied to memory and redb, written to the write-ahead log, not yet synced or visible), then
+//! hands the entry to the sync thread and goes on to the next. The sync thread takes every
+//! staged entry that is waiting, syncs the log once for all of them ([`LoggedStore::sync`]),
+//! and then, entry by entry in order, makes them visible ([`LoggedStore::publish`]), publishes
+//! their events to the watch hub and replies. So the fsync of one group overlaps the applying of the next, and the fsync
 //! rate bounds groups, not writes.
 //!
 //! Replies to requests served on a connection thread go through that thread's [`Mailbox`]: the
@@ -19,7 +19,7 @@
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
-use mast_mvcc::{Command, CommandResult, MvccError, Staged, Store};
+use mast_mvcc::{Command, CommandResult, LoggedStore, MvccError, Staged};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lessor::Lessor;
@@ -124,7 +124,7 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer and sync threads over `store`. They stop when every handle is dropped.
-    pub fn start(store: Arc<Store>, hub: Arc<WatchHub>, lessor: Arc<Lessor>) -> Writer {
+    pub fn start(store: Arc<LoggedStore>, hub: Arc<WatchHub>, lessor: Arc<Lessor>) -> Writer {
         let (tx, rx) = mpsc::channel::<(Command, Reply)>(4 * MAX_BATCH);
         let (staged_tx, staged_rx) = std::sync::mpsc::sync_channel::<Pending>(MAX_STAGED);
         let sync_store = store.clone();
@@ -157,7 +157,7 @@ impl Writer {
 }
 
 fn write_loop(
-    store: Arc<Store>,
+    store: Arc<LoggedStore>,
     mut rx: mpsc::Receiver<(Command, Reply)>,
     staged_tx: std::sync::mpsc::SyncSender<Pending>,
 ) {
@@ -189,11 +189,14 @@ fn write_loop(
                         _ => None,
                     })
                     .collect();
+                // Moved out at its exact size; `replies` keeps its capacity (which `mem::take`
+                // would not).
+                #[allow(clippy::drain_collect)]
+                let moved: Vec<Reply> = replies.drain(..).collect();
                 let pending = Pending {
                     staged,
                     revoked,
-                    // Moved out at its exact size; `replies` keeps its capacity.
-                    replies: replies.drain(..).collect(),
+                    replies: moved,
                 };
                 if staged_tx.send(pending).is_err() {
                     return;
@@ -212,7 +215,7 @@ fn write_loop(
 }
 
 fn sync_loop(
-    store: Arc<Store>,
+    store: Arc<LoggedStore>,
     hub: Arc<WatchHub>,
     lessor: Arc<Lessor>,
     rx: std::sync::mpsc::Receiver<Pending>,
@@ -244,7 +247,7 @@ fn sync_loop(
                 continue;
             }
             let applied = staged.applied;
-            store.publish(applied.revision, staged.applied_index);
+            store.publish(&applied);
             lessor.granted_all(applied.results.iter().flatten().filter_map(|r| match r {
                 CommandResult::LeaseGrant { id, ttl }
                 | CommandResult::LeaseGrantPut { id, ttl, .. } => Some((*id, *ttl)),

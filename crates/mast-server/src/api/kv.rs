@@ -5,7 +5,7 @@ use std::sync::Arc;
 use mast_mvcc::{Command, CommandResult};
 use mast_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
     kv_server::Kv,
     range_request::{SortOrder, SortTarget},
     request_op,
@@ -92,69 +92,6 @@ fn check_txn(t: &TxnRequest) -> Result<(), Status> {
         }
     }
     Ok(())
-}
-
-/// Deleted intervals of a txn branch: `(start, end)`, `end` empty for a single key.
-#[derive(Default)]
-struct Dels(Vec<(Vec<u8>, Vec<u8>)>);
-
-impl Dels {
-    fn intersects(&self, k: &[u8]) -> bool {
-        self.0.iter().any(|(s, e)| {
-            if e.is_empty() {
-                s.as_slice() == k
-            } else if e.as_slice() == [0] {
-                k >= s.as_slice()
-            } else {
-                k >= s.as_slice() && k < e.as_slice()
-            }
-        })
-    }
-}
-
-/// etcd's `checkIntervals`: no key may be put twice, or put and deleted, in one branch
-/// (nested txns included; the two branches of a nested txn may put the same key).
-fn check_intervals(
-    reqs: &[RequestOp],
-) -> Result<(std::collections::HashSet<Vec<u8>>, Dels), Status> {
-    let mut dels = Dels::default();
-    for op in reqs {
-        if let Some(request_op::Request::RequestDeleteRange(d)) = &op.request {
-            dels.0.push((d.key.to_vec(), d.range_end.to_vec()));
-        }
-    }
-    let mut puts = std::collections::HashSet::new();
-    for op in reqs {
-        let Some(request_op::Request::RequestTxn(n)) = &op.request else {
-            continue;
-        };
-        let (puts_then, dels_then) = check_intervals(&n.success)?;
-        let (puts_else, dels_else) = check_intervals(&n.failure)?;
-        for k in &puts_then {
-            if puts.contains(k) || dels.intersects(k) {
-                return Err(err_duplicate_key());
-            }
-            puts.insert(k.clone());
-        }
-        for k in &puts_else {
-            if puts.contains(k) && !puts_then.contains(k) || dels.intersects(k) {
-                return Err(err_duplicate_key());
-            }
-            puts.insert(k.clone());
-        }
-        dels.0.extend(dels_then.0);
-        dels.0.extend(dels_else.0);
-    }
-    for op in reqs {
-        let Some(request_op::Request::RequestPut(p)) = &op.request else {
-            continue;
-        };
-        if puts.contains(p.key.as_ref()) || dels.intersects(&p.key) {
-            return Err(err_duplicate_key());
-        }
-        puts.insert(p.key.to_vec());
-    }
-    Ok((puts, dels))
 }
 
 /// Ranges over at most this many keys are read on the async worker; larger ones on the
@@ -306,8 +243,7 @@ pub async fn delete_range(
 /// etcd's errors for too many ops, duplicate keys, empty keys, and those of the ops.
 pub async fn txn(node: &Node, caller: &Caller, req: TxnRequest) -> Result<TxnResponse, Status> {
     check_txn(&req)?;
-    check_intervals(&req.success)?;
-    check_intervals(&req.failure)?;
+    mast_mvcc::check_txn_intervals(&req).map_err(|_| err_duplicate_key())?;
     check_size(node, &req)?;
     let who = node.authenticate_caller(caller)?;
     node.check_txn(&who, &req)?;
@@ -429,49 +365,5 @@ impl Kv for KvService {
             .await
             .map(Response::new),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mast_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest};
-
-    fn put_op(k: &str) -> RequestOp {
-        RequestOp {
-            request: Some(request_op::Request::RequestPut(PutRequest {
-                key: k.to_string().into(),
-                ..Default::default()
-            })),
-        }
-    }
-
-    fn del_op(k: &str, end: &str) -> RequestOp {
-        RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(
-                DeleteRangeRequest {
-                    key: k.to_string().into(),
-                    range_end: end.to_string().into(),
-                    ..Default::default()
-                },
-            )),
-        }
-    }
-
-    #[test]
-    fn duplicate_keys_are_refused_as_etcd() {
-        assert!(check_intervals(&[put_op("a"), put_op("b")]).is_ok());
-        assert!(check_intervals(&[put_op("a"), put_op("a")]).is_err());
-        assert!(check_intervals(&[del_op("a", "c"), put_op("b")]).is_err());
-        assert!(check_intervals(&[del_op("a", ""), del_op("a", "")]).is_ok());
-        let nested = RequestOp {
-            request: Some(request_op::Request::RequestTxn(TxnRequest {
-                success: vec![put_op("x")],
-                failure: vec![put_op("x")],
-                ..Default::default()
-            })),
-        };
-        assert!(check_intervals(std::slice::from_ref(&nested)).is_ok());
-        assert!(check_intervals(&[nested, put_op("x")]).is_err());
     }
 }

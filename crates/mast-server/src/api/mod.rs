@@ -39,7 +39,7 @@ pub fn status_of(e: MvccError) -> Status {
         MvccError::Compacted | MvccError::FutureRevision | MvccError::LeaseTtlTooLarge => {
             Code::OutOfRange
         }
-        MvccError::KeyNotFound => Code::InvalidArgument,
+        MvccError::KeyNotFound | MvccError::DuplicateKey => Code::InvalidArgument,
         MvccError::LeaseNotFound => Code::NotFound,
         MvccError::LeaseExists => Code::FailedPrecondition,
         MvccError::Storage(_) => Code::Unavailable,

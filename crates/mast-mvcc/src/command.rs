@@ -1,0 +1,844 @@
+//! Commands: the deterministic changes a log entry carries, their results, and their binary
+//! encoding.
+//!
+//! A log entry holds a batch of [`Command`]s. Applying the same entries in the same order to
+//! the same state gives the same state and the same results on every member (see
+//! [`crate::Store::apply`]), so commands carry everything that must not differ between members:
+//! lease IDs are picked by the proposer, passwords are hashed before the command is made.
+//!
+//! ## Encoding (format version 1)
+//! An entry is encoded as
+//!
+//! ```text
+//! u8      format version (1)
+//! u32 LE  number of commands
+//! then per command:
+//!   u8      tag
+//!   u32 LE  body length in bytes
+//!   body
+//! ```
+//!
+//! | tag | command | body |
+//! |---|---|---|
+//! | 1 | `Put` | protobuf `etcdserverpb.PutRequest` |
+//! | 2 | `DeleteRange` | protobuf `etcdserverpb.DeleteRangeRequest` |
+//! | 3 | `Txn` | protobuf `etcdserverpb.TxnRequest` |
+//! | 4 | `Compact` | protobuf `etcdserverpb.CompactionRequest` |
+//! | 5 | `LeaseGrant` | `i64 LE` ID, `i64 LE` TTL (seconds) |
+//! | 6 | `LeaseRevoke` | `i64 LE` ID |
+//! | 7 | `LeaseGrantPut` | `i64 LE` ID, `i64 LE` TTL, protobuf `PutRequest` |
+//! | 8 | `Auth` | `u8` auth tag, then the fields below |
+//!
+//! Auth bodies (strings are `u32 LE` length + UTF-8 bytes, byte strings the same without the
+//! UTF-8 rule, booleans one byte 0/1):
+//!
+//! | auth tag | command | fields |
+//! |---|---|---|
+//! | 1 | `Enable` | — |
+//! | 2 | `Disable` | — |
+//! | 3 | `UserAdd` | name, password hash, no_password |
+//! | 4 | `UserDelete` | name |
+//! | 5 | `UserChangePassword` | name, password hash |
+//! | 6 | `UserGrantRole` | user, role |
+//! | 7 | `UserRevokeRole` | user, role |
+//! | 8 | `RoleAdd` | name |
+//! | 9 | `RoleDelete` | name |
+//! | 10 | `RoleGrantPermission` | role, protobuf `authpb.Permission` as a byte string |
+//! | 11 | `RoleRevokePermission` | role, key, range end |
+//!
+//! A decoder of a later format reads version 1 as written here; an entry of an unknown version
+//! or tag, or with bytes missing or left over, is refused with a [`CodecError`], never a panic.
+
+use bytes::Bytes;
+use mast_proto::authpb::Permission;
+use mast_proto::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    TxnRequest, TxnResponse, request_op,
+};
+use prost::Message;
+
+use crate::auth::AuthCommand;
+use crate::lease::LeaseId;
+
+/// The format version written by [`encode_entry`].
+pub const FORMAT_VERSION: u8 = 1;
+
+/// A deterministic change to the store. Applying the same commands in the same order to the
+/// same state always gives the same state: no clock, no randomness (lease IDs are chosen by the
+/// proposer).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// As etcd's `Put`.
+    Put(PutRequest),
+    /// As etcd's `DeleteRange`.
+    DeleteRange(DeleteRangeRequest),
+    /// As etcd's `Txn`. The applier refuses a txn that puts a key twice or puts and deletes
+    /// it in one branch ([`check_txn_intervals`]), so a txn applies whole or not at all.
+    Txn(TxnRequest),
+    /// As etcd's `Compact`.
+    Compact(CompactionRequest),
+    /// Creates lease `id` with `ttl` seconds (already raised to the minimum TTL).
+    LeaseGrant {
+        /// The new lease's ID, non-zero.
+        id: LeaseId,
+        /// Granted TTL in seconds.
+        ttl: i64,
+    },
+    /// Deletes lease `id` and, in one revision, every key attached to it.
+    LeaseRevoke {
+        /// The lease to revoke.
+        id: LeaseId,
+    },
+    /// Changes the auth state; never changes the store revision. The proposer has checked
+    /// that the requester may (admin), and hashed any password.
+    Auth(AuthCommand),
+    /// Creates lease `id` with `ttl` seconds and then applies `put` (whose `lease` must be
+    /// `id`), as a `LeaseGrant` followed by a `Put` would, in one command: registering a
+    /// service instance. Fails with nothing changed when lease `id` exists or the put would
+    /// fail.
+    LeaseGrantPut {
+        /// The new lease's ID, non-zero.
+        id: LeaseId,
+        /// Granted TTL in seconds.
+        ttl: i64,
+        /// The put attached to the new lease.
+        put: PutRequest,
+    },
+}
+
+/// The result of one applied [`Command`]. Response headers carry only `revision`; the
+/// server fills in the cluster fields of the top-level header.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommandResult {
+    /// Result of a Put.
+    Put(PutResponse),
+    /// Result of a DeleteRange.
+    DeleteRange(DeleteRangeResponse),
+    /// Result of a Txn.
+    Txn(TxnResponse),
+    /// Result of a Compact; `revision` is the store revision (unchanged by compaction).
+    Compact {
+        /// Current store revision.
+        revision: i64,
+    },
+    /// A lease was created.
+    LeaseGrant {
+        /// Its ID.
+        id: LeaseId,
+        /// Its TTL in seconds.
+        ttl: i64,
+    },
+    /// A lease was revoked; `revision` is the store revision after deleting its keys.
+    LeaseRevoke {
+        /// Store revision after the revoke.
+        revision: i64,
+    },
+    /// A lease was created and a put attached to it (`Command::LeaseGrantPut`).
+    LeaseGrantPut {
+        /// The lease's ID.
+        id: LeaseId,
+        /// Its TTL in seconds.
+        ttl: i64,
+        /// The put's result.
+        put: PutResponse,
+    },
+    /// An auth command was applied (or was a no-op); the store revision is unchanged.
+    Auth {
+        /// The auth revision after the command.
+        revision: u64,
+    },
+}
+
+/// An encoded entry that cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The entry's format version is not one this build reads.
+    #[error("unknown entry format version {0}")]
+    UnknownVersion(u8),
+    /// A command tag (or auth tag) this build does not know.
+    #[error("unknown command tag {0}")]
+    UnknownTag(u8),
+    /// The bytes end before the entry does.
+    #[error("entry truncated")]
+    Truncated,
+    /// Bytes follow the last command, or a command's body is longer than its fields.
+    #[error("trailing bytes in entry")]
+    Trailing,
+    /// A string field is not UTF-8.
+    #[error("string field is not UTF-8")]
+    NotUtf8,
+    /// A protobuf body does not decode.
+    #[error("bad protobuf body: {0}")]
+    Protobuf(String),
+}
+
+impl From<prost::DecodeError> for CodecError {
+    fn from(e: prost::DecodeError) -> Self {
+        CodecError::Protobuf(e.to_string())
+    }
+}
+
+const TAG_PUT: u8 = 1;
+const TAG_DELETE: u8 = 2;
+const TAG_TXN: u8 = 3;
+const TAG_COMPACT: u8 = 4;
+const TAG_LEASE_GRANT: u8 = 5;
+const TAG_LEASE_REVOKE: u8 = 6;
+const TAG_GRANT_PUT: u8 = 7;
+const TAG_AUTH: u8 = 8;
+
+const AUTH_ENABLE: u8 = 1;
+const AUTH_DISABLE: u8 = 2;
+const AUTH_USER_ADD: u8 = 3;
+const AUTH_USER_DELETE: u8 = 4;
+const AUTH_USER_PASSWORD: u8 = 5;
+const AUTH_USER_GRANT: u8 = 6;
+const AUTH_USER_REVOKE: u8 = 7;
+const AUTH_ROLE_ADD: u8 = 8;
+const AUTH_ROLE_DELETE: u8 = 9;
+const AUTH_ROLE_GRANT: u8 = 10;
+const AUTH_ROLE_REVOKE: u8 = 11;
+
+/// Bytes before the first command of an encoded entry.
+const ENTRY_HEADER: usize = 5;
+
+/// Bytes of a string or byte-string field holding `n` bytes.
+fn str_len(n: usize) -> usize {
+    4 + n
+}
+
+impl Command {
+    /// Bytes of this command's body in an entry (after its tag and length).
+    pub fn body_len(&self) -> usize {
+        match self {
+            Command::Put(p) => p.encoded_len(),
+            Command::DeleteRange(d) => d.encoded_len(),
+            Command::Txn(t) => t.encoded_len(),
+            Command::Compact(c) => c.encoded_len(),
+            Command::LeaseGrant { .. } => 16,
+            Command::LeaseRevoke { .. } => 8,
+            Command::LeaseGrantPut { put, .. } => 16 + put.encoded_len(),
+            Command::Auth(a) => 1 + auth_body_len(a),
+        }
+    }
+
+    /// Bytes this command takes in an entry: tag, length and body.
+    pub fn encoded_len(&self) -> usize {
+        5 + self.body_len()
+    }
+
+    fn tag(&self) -> u8 {
+        match self {
+            Command::Put(_) => TAG_PUT,
+            Command::DeleteRange(_) => TAG_DELETE,
+            Command::Txn(_) => TAG_TXN,
+            Command::Compact(_) => TAG_COMPACT,
+            Command::LeaseGrant { .. } => TAG_LEASE_GRANT,
+            Command::LeaseRevoke { .. } => TAG_LEASE_REVOKE,
+            Command::LeaseGrantPut { .. } => TAG_GRANT_PUT,
+            Command::Auth(_) => TAG_AUTH,
+        }
+    }
+
+    /// Appends tag, body length and body to `buf`.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        let len = self.body_len();
+        buf.push(self.tag());
+        buf.extend_from_slice(&(len as u32).to_le_bytes());
+        let start = buf.len();
+        match self {
+            Command::Put(p) => p.encode_raw(buf),
+            Command::DeleteRange(d) => d.encode_raw(buf),
+            Command::Txn(t) => t.encode_raw(buf),
+            Command::Compact(c) => c.encode_raw(buf),
+            Command::LeaseGrant { id, ttl } => {
+                buf.extend_from_slice(&id.to_le_bytes());
+                buf.extend_from_slice(&ttl.to_le_bytes());
+            }
+            Command::LeaseRevoke { id } => buf.extend_from_slice(&id.to_le_bytes()),
+            Command::LeaseGrantPut { id, ttl, put } => {
+                buf.extend_from_slice(&id.to_le_bytes());
+                buf.extend_from_slice(&ttl.to_le_bytes());
+                put.encode_raw(buf);
+            }
+            Command::Auth(a) => encode_auth(a, buf),
+        }
+        debug_assert_eq!(buf.len() - start, len);
+    }
+
+    /// Decodes one command from the front of `r`.
+    fn decode(r: &mut Reader<'_>) -> Result<Command, CodecError> {
+        let tag = r.u8()?;
+        let len = r.u32()? as usize;
+        let mut body = Reader(r.take(len)?);
+        let cmd = match tag {
+            TAG_PUT => Command::Put(PutRequest::decode(body.rest())?),
+            TAG_DELETE => Command::DeleteRange(DeleteRangeRequest::decode(body.rest())?),
+            TAG_TXN => Command::Txn(TxnRequest::decode(body.rest())?),
+            TAG_COMPACT => Command::Compact(CompactionRequest::decode(body.rest())?),
+            TAG_LEASE_GRANT => Command::LeaseGrant {
+                id: body.i64()?,
+                ttl: body.i64()?,
+            },
+            TAG_LEASE_REVOKE => Command::LeaseRevoke { id: body.i64()? },
+            TAG_GRANT_PUT => Command::LeaseGrantPut {
+                id: body.i64()?,
+                ttl: body.i64()?,
+                put: PutRequest::decode(body.rest())?,
+            },
+            TAG_AUTH => Command::Auth(decode_auth(&mut body)?),
+            t => return Err(CodecError::UnknownTag(t)),
+        };
+        body.finish()?;
+        Ok(cmd)
+    }
+}
+
+/// Bytes [`encode_entry`] writes for `cmds`.
+pub fn entry_len(cmds: &[Command]) -> usize {
+    ENTRY_HEADER + cmds.iter().map(Command::encoded_len).sum::<usize>()
+}
+
+/// Appends the encoding of an entry holding `cmds` (format [`FORMAT_VERSION`]) to `buf`.
+pub fn encode_entry(cmds: &[Command], buf: &mut Vec<u8>) {
+    buf.reserve(entry_len(cmds));
+    buf.push(FORMAT_VERSION);
+    buf.extend_from_slice(&(cmds.len() as u32).to_le_bytes());
+    for c in cmds {
+        c.encode(buf);
+    }
+}
+
+/// Decodes an entry written by [`encode_entry`].
+///
+/// # Errors
+/// [`CodecError`] when the bytes are not a whole entry of a known format.
+pub fn decode_entry(bytes: &[u8]) -> Result<Vec<Command>, CodecError> {
+    let mut r = Reader(bytes);
+    let version = r.u8()?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::UnknownVersion(version));
+    }
+    let count = r.u32()? as usize;
+    // Each command takes at least 5 bytes: a count beyond that is a lie, not a reservation.
+    let mut out = Vec::with_capacity(count.min(r.0.len() / 5));
+    for _ in 0..count {
+        out.push(Command::decode(&mut r)?);
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+fn auth_body_len(a: &AuthCommand) -> usize {
+    match a {
+        AuthCommand::Enable | AuthCommand::Disable => 0,
+        AuthCommand::UserAdd {
+            name,
+            password_hash,
+            ..
+        } => str_len(name.len()) + str_len(password_hash.len()) + 1,
+        AuthCommand::UserDelete { name } | AuthCommand::RoleAdd { name } => str_len(name.len()),
+        AuthCommand::RoleDelete { name } => str_len(name.len()),
+        AuthCommand::UserChangePassword {
+            name,
+            password_hash,
+        } => str_len(name.len()) + str_len(password_hash.len()),
+        AuthCommand::UserGrantRole { user, role } | AuthCommand::UserRevokeRole { user, role } => {
+            str_len(user.len()) + str_len(role.len())
+        }
+        AuthCommand::RoleGrantPermission { role, perm } => {
+            str_len(role.len()) + str_len(perm.encoded_len())
+        }
+        AuthCommand::RoleRevokePermission {
+            role,
+            key,
+            range_end,
+        } => str_len(role.len()) + str_len(key.len()) + str_len(range_end.len()),
+    }
+}
+
+fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    buf.extend_from_slice(b);
+}
+
+fn encode_auth(a: &AuthCommand, buf: &mut Vec<u8>) {
+    match a {
+        AuthCommand::Enable => buf.push(AUTH_ENABLE),
+        AuthCommand::Disable => buf.push(AUTH_DISABLE),
+        AuthCommand::UserAdd {
+            name,
+            password_hash,
+            no_password,
+        } => {
+            buf.push(AUTH_USER_ADD);
+            put_bytes(buf, name.as_bytes());
+            put_bytes(buf, password_hash.as_bytes());
+            buf.push(u8::from(*no_password));
+        }
+        AuthCommand::UserDelete { name } => {
+            buf.push(AUTH_USER_DELETE);
+            put_bytes(buf, name.as_bytes());
+        }
+        AuthCommand::UserChangePassword {
+            name,
+            password_hash,
+        } => {
+            buf.push(AUTH_USER_PASSWORD);
+            put_bytes(buf, name.as_bytes());
+            put_bytes(buf, password_hash.as_bytes());
+        }
+        AuthCommand::UserGrantRole { user, role } => {
+            buf.push(AUTH_USER_GRANT);
+            put_bytes(buf, user.as_bytes());
+            put_bytes(buf, role.as_bytes());
+        }
+        AuthCommand::UserRevokeRole { user, role } => {
+            buf.push(AUTH_USER_REVOKE);
+            put_bytes(buf, user.as_bytes());
+            put_bytes(buf, role.as_bytes());
+        }
+        AuthCommand::RoleAdd { name } => {
+            buf.push(AUTH_ROLE_ADD);
+            put_bytes(buf, name.as_bytes());
+        }
+        AuthCommand::RoleDelete { name } => {
+            buf.push(AUTH_ROLE_DELETE);
+            put_bytes(buf, name.as_bytes());
+        }
+        AuthCommand::RoleGrantPermission { role, perm } => {
+            buf.push(AUTH_ROLE_GRANT);
+            put_bytes(buf, role.as_bytes());
+            put_bytes(buf, &perm.encode_to_vec());
+        }
+        AuthCommand::RoleRevokePermission {
+            role,
+            key,
+            range_end,
+        } => {
+            buf.push(AUTH_ROLE_REVOKE);
+            put_bytes(buf, role.as_bytes());
+            put_bytes(buf, key);
+            put_bytes(buf, range_end);
+        }
+    }
+}
+
+fn decode_auth(r: &mut Reader<'_>) -> Result<AuthCommand, CodecError> {
+    Ok(match r.u8()? {
+        AUTH_ENABLE => AuthCommand::Enable,
+        AUTH_DISABLE => AuthCommand::Disable,
+        AUTH_USER_ADD => AuthCommand::UserAdd {
+            name: r.string()?,
+            password_hash: r.string()?,
+            no_password: r.bool()?,
+        },
+        AUTH_USER_DELETE => AuthCommand::UserDelete { name: r.string()? },
+        AUTH_USER_PASSWORD => AuthCommand::UserChangePassword {
+            name: r.string()?,
+            password_hash: r.string()?,
+        },
+        AUTH_USER_GRANT => AuthCommand::UserGrantRole {
+            user: r.string()?,
+            role: r.string()?,
+        },
+        AUTH_USER_REVOKE => AuthCommand::UserRevokeRole {
+            user: r.string()?,
+            role: r.string()?,
+        },
+        AUTH_ROLE_ADD => AuthCommand::RoleAdd { name: r.string()? },
+        AUTH_ROLE_DELETE => AuthCommand::RoleDelete { name: r.string()? },
+        AUTH_ROLE_GRANT => AuthCommand::RoleGrantPermission {
+            role: r.string()?,
+            perm: Permission::decode(r.bytes()?)?,
+        },
+        AUTH_ROLE_REVOKE => AuthCommand::RoleRevokePermission {
+            role: r.string()?,
+            key: Bytes::copy_from_slice(r.bytes()?),
+            range_end: Bytes::copy_from_slice(r.bytes()?),
+        },
+        t => return Err(CodecError::UnknownTag(t)),
+    })
+}
+
+/// A cursor over encoded bytes; every read checks the length first.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if self.0.len() < n {
+            return Err(CodecError::Truncated);
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn bool(&mut self) -> Result<bool, CodecError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(CodecError::Protobuf(
+                "boolean byte is neither 0 nor 1".into(),
+            )),
+        }
+    }
+
+    fn u32(&mut self) -> Result<u32, CodecError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("took 4 bytes"),
+        ))
+    }
+
+    fn i64(&mut self) -> Result<i64, CodecError> {
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().expect("took 8 bytes"),
+        ))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, CodecError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| CodecError::NotUtf8)
+    }
+
+    /// Everything left.
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+
+    fn finish(&self) -> Result<(), CodecError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(CodecError::Trailing)
+        }
+    }
+}
+
+/// Returns true when the txn (with nested txns) writes nothing, as etcd's `isTxnReadonly`.
+pub fn is_txn_readonly(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(n)) => is_txn_readonly(n),
+            _ => false,
+        })
+}
+
+/// A key put twice, or put and deleted, in one branch of a txn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("duplicate key given in txn request")]
+pub struct DuplicateKey;
+
+/// Deleted intervals of a txn branch: `(start, end)`, `end` empty for a single key.
+#[derive(Default)]
+struct Dels(Vec<(Bytes, Bytes)>);
+
+impl Dels {
+    fn intersects(&self, k: &[u8]) -> bool {
+        self.0.iter().any(|(s, e)| {
+            if e.is_empty() {
+                s.as_ref() == k
+            } else if e.as_ref() == [0] {
+                k >= s.as_ref()
+            } else {
+                k >= s.as_ref() && k < e.as_ref()
+            }
+        })
+    }
+}
+
+/// etcd's `checkIntervals` over both branches of `t`: no key may be put twice, or put and
+/// deleted, in one branch (nested txns included; the two branches of a nested txn may put the
+/// same key). A txn that passes never fails halfway: no op of a branch can see a key its
+/// own branch deleted or wrote.
+///
+/// # Errors
+/// [`DuplicateKey`] as etcd's `ErrGRPCDuplicateKey`.
+pub fn check_txn_intervals(t: &TxnRequest) -> Result<(), DuplicateKey> {
+    check_branch(&t.success)?;
+    check_branch(&t.failure)?;
+    Ok(())
+}
+
+fn check_branch(
+    reqs: &[mast_proto::etcdserverpb::RequestOp],
+) -> Result<(std::collections::HashSet<Bytes>, Dels), DuplicateKey> {
+    let mut dels = Dels::default();
+    for op in reqs {
+        if let Some(request_op::Request::RequestDeleteRange(d)) = &op.request {
+            dels.0.push((d.key.clone(), d.range_end.clone()));
+        }
+    }
+    let mut puts = std::collections::HashSet::new();
+    for op in reqs {
+        let Some(request_op::Request::RequestTxn(n)) = &op.request else {
+            continue;
+        };
+        let (puts_then, dels_then) = check_branch(&n.success)?;
+        let (puts_else, dels_else) = check_branch(&n.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || dels.intersects(k) {
+                return Err(DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        for k in &puts_else {
+            if puts.contains(k) && !puts_then.contains(k) || dels.intersects(k) {
+                return Err(DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        dels.0.extend(dels_then.0);
+        dels.0.extend(dels_else.0);
+    }
+    for op in reqs {
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
+        if puts.contains(&p.key) || dels.intersects(&p.key) {
+            return Err(DuplicateKey);
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mast_proto::etcdserverpb::{RequestOp, compare};
+    use proptest::prelude::*;
+
+    fn put(k: &str, v: &str) -> Command {
+        Command::Put(PutRequest {
+            key: k.as_bytes().to_vec().into(),
+            value: v.as_bytes().to_vec().into(),
+            ..Default::default()
+        })
+    }
+
+    fn every_kind() -> Vec<Command> {
+        let perm = Permission {
+            perm_type: 2,
+            key: Bytes::from_static(b"/a"),
+            range_end: Bytes::from_static(b"/b"),
+        };
+        vec![
+            put("a", "1"),
+            Command::DeleteRange(DeleteRangeRequest {
+                key: Bytes::from_static(b"a"),
+                range_end: Bytes::from_static(b"\0"),
+                prev_kv: true,
+            }),
+            Command::Txn(TxnRequest {
+                compare: vec![mast_proto::etcdserverpb::Compare {
+                    key: Bytes::from_static(b"k"),
+                    target: compare::CompareTarget::Value as i32,
+                    target_union: Some(compare::TargetUnion::Value(Bytes::from_static(b"v"))),
+                    ..Default::default()
+                }],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: Bytes::from_static(b"k"),
+                        ..Default::default()
+                    })),
+                }],
+                failure: vec![],
+            }),
+            Command::Compact(CompactionRequest {
+                revision: 7,
+                physical: true,
+            }),
+            Command::LeaseGrant { id: 7, ttl: 10 },
+            Command::LeaseRevoke { id: -3 },
+            Command::LeaseGrantPut {
+                id: 8,
+                ttl: 5,
+                put: PutRequest {
+                    key: Bytes::from_static(b"b"),
+                    lease: 8,
+                    ..Default::default()
+                },
+            },
+            Command::Auth(AuthCommand::Enable),
+            Command::Auth(AuthCommand::Disable),
+            Command::Auth(AuthCommand::UserAdd {
+                name: "ü".into(),
+                password_hash: "$2b$10$x".into(),
+                no_password: true,
+            }),
+            Command::Auth(AuthCommand::UserDelete { name: "u".into() }),
+            Command::Auth(AuthCommand::UserChangePassword {
+                name: "u".into(),
+                password_hash: "h".into(),
+            }),
+            Command::Auth(AuthCommand::UserGrantRole {
+                user: "u".into(),
+                role: "r".into(),
+            }),
+            Command::Auth(AuthCommand::UserRevokeRole {
+                user: "u".into(),
+                role: "r".into(),
+            }),
+            Command::Auth(AuthCommand::RoleAdd { name: "r".into() }),
+            Command::Auth(AuthCommand::RoleDelete { name: "r".into() }),
+            Command::Auth(AuthCommand::RoleGrantPermission {
+                role: "r".into(),
+                perm,
+            }),
+            Command::Auth(AuthCommand::RoleRevokePermission {
+                role: "r".into(),
+                key: Bytes::from_static(b"/a"),
+                range_end: Bytes::new(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_command_round_trips() {
+        let cmds = every_kind();
+        let mut buf = Vec::new();
+        encode_entry(&cmds, &mut buf);
+        assert_eq!(buf.len(), entry_len(&cmds));
+        assert_eq!(decode_entry(&buf).unwrap(), cmds);
+        for c in &cmds {
+            let mut one = Vec::new();
+            encode_entry(std::slice::from_ref(c), &mut one);
+            assert_eq!(&decode_entry(&one).unwrap(), std::slice::from_ref(c));
+        }
+        let mut empty = Vec::new();
+        encode_entry(&[], &mut empty);
+        assert!(decode_entry(&empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_entries_are_refused() {
+        let mut buf = Vec::new();
+        encode_entry(&every_kind(), &mut buf);
+        // Every strict prefix is truncated (or, cut inside a protobuf body, fails to decode).
+        for n in 0..buf.len() {
+            assert!(decode_entry(&buf[..n]).is_err(), "prefix of {n} bytes");
+        }
+        let mut longer = buf.clone();
+        longer.push(0);
+        assert_eq!(decode_entry(&longer), Err(CodecError::Trailing));
+        let mut v2 = buf.clone();
+        v2[0] = 2;
+        assert_eq!(decode_entry(&v2), Err(CodecError::UnknownVersion(2)));
+        let mut tag = buf.clone();
+        tag[5] = 99;
+        assert_eq!(decode_entry(&tag), Err(CodecError::UnknownTag(99)));
+        // A huge count with no commands behind it fails without reserving for it.
+        let lie = [1u8, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(decode_entry(&lie), Err(CodecError::Truncated));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_entry(&bytes);
+            let mut with_version = vec![FORMAT_VERSION];
+            with_version.extend_from_slice(&bytes);
+            let _ = decode_entry(&with_version);
+        }
+
+        #[test]
+        fn puts_round_trip(key in proptest::collection::vec(any::<u8>(), 1..40),
+                           value in proptest::collection::vec(any::<u8>(), 0..100),
+                           lease in any::<i64>()) {
+            let cmds = vec![Command::Put(PutRequest {
+                key: key.into(),
+                value: value.into(),
+                lease,
+                ..Default::default()
+            })];
+            let mut buf = Vec::new();
+            encode_entry(&cmds, &mut buf);
+            prop_assert_eq!(decode_entry(&buf).unwrap(), cmds);
+        }
+    }
+
+    fn op_put(k: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: k.as_bytes().to_vec().into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn op_del(k: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: k.as_bytes().to_vec().into(),
+                    range_end: end.as_bytes().to_vec().into(),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
+    fn op_txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                success,
+                failure,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn txn(success: Vec<RequestOp>) -> TxnRequest {
+        TxnRequest {
+            success,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn intervals_as_etcd() {
+        assert!(check_txn_intervals(&txn(vec![op_put("a"), op_put("b")])).is_ok());
+        assert_eq!(
+            check_txn_intervals(&txn(vec![op_put("a"), op_put("a")])),
+            Err(DuplicateKey)
+        );
+        assert_eq!(
+            check_txn_intervals(&txn(vec![op_del("a", "c"), op_put("b")])),
+            Err(DuplicateKey)
+        );
+        // A delete and a put in a nested txn of the same branch.
+        assert_eq!(
+            check_txn_intervals(&txn(vec![
+                op_del("a", ""),
+                op_txn(vec![op_put("a")], vec![])
+            ])),
+            Err(DuplicateKey)
+        );
+        // The two branches of a nested txn may put the same key.
+        assert!(
+            check_txn_intervals(&txn(vec![op_txn(vec![op_put("a")], vec![op_put("a")])])).is_ok()
+        );
+        // ... but not a put of that key beside the nested txn.
+        assert_eq!(
+            check_txn_intervals(&txn(vec![
+                op_txn(vec![op_put("a")], vec![op_put("a")]),
+                op_put("a")
+            ])),
+            Err(DuplicateKey)
+        );
+        // Deletes alone never clash.
+        assert!(check_txn_intervals(&txn(vec![op_del("a", "z"), op_del("b", "")])).is_ok());
+    }
+}
