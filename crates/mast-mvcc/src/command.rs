@@ -58,6 +58,7 @@ use mast_proto::etcdserverpb::{
 use prost::Message;
 
 use crate::auth::AuthCommand;
+use crate::codec::{Reader, put_bytes};
 use crate::lease::LeaseId;
 
 /// The format version written by [`encode_entry`].
@@ -357,11 +358,6 @@ fn auth_body_len(a: &AuthCommand) -> usize {
     }
 }
 
-fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
-    buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    buf.extend_from_slice(b);
-}
-
 fn encode_auth(a: &AuthCommand, buf: &mut Vec<u8>) {
     match a {
         AuthCommand::Enable => buf.push(AUTH_ENABLE),
@@ -459,68 +455,6 @@ fn decode_auth(r: &mut Reader<'_>) -> Result<AuthCommand, CodecError> {
         },
         t => return Err(CodecError::UnknownTag(t)),
     })
-}
-
-/// A cursor over encoded bytes; every read checks the length first.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
-        if self.0.len() < n {
-            return Err(CodecError::Truncated);
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, CodecError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn bool(&mut self) -> Result<bool, CodecError> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(CodecError::Protobuf(
-                "boolean byte is neither 0 nor 1".into(),
-            )),
-        }
-    }
-
-    fn u32(&mut self) -> Result<u32, CodecError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("took 4 bytes"),
-        ))
-    }
-
-    fn i64(&mut self) -> Result<i64, CodecError> {
-        Ok(i64::from_le_bytes(
-            self.take(8)?.try_into().expect("took 8 bytes"),
-        ))
-    }
-
-    fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-
-    fn string(&mut self) -> Result<String, CodecError> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| CodecError::NotUtf8)
-    }
-
-    /// Everything left.
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.0)
-    }
-
-    fn finish(&self) -> Result<(), CodecError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(CodecError::Trailing)
-        }
-    }
 }
 
 /// Returns true when the txn (with nested txns) writes nothing, as etcd's `isTxnReadonly`.

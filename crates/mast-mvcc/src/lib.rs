@@ -14,6 +14,8 @@
 //! - [`lease`]: the applied lease table (granted TTLs and attached keys; no clocks).
 //! - [`auth`]: the applied auth state (users, roles, key permissions) and the permission
 //!   check, as etcd's auth store; no tokens or passwords in clear.
+//! - [`snapshot`]: consistent views of the whole store, cut into chunks to send, and a
+//!   writer that builds a store file from them, to install in place of a live store.
 //! - [`revision`]: the `(main, sub)` revision and its on-disk encoding.
 //! - `rows`, `state`: the table layout and the in-memory part of the state.
 //!
@@ -26,6 +28,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod codec;
 pub mod command;
 pub mod error;
 pub mod index;
@@ -34,6 +37,7 @@ pub mod log;
 pub mod range;
 pub mod revision;
 mod rows;
+pub mod snapshot;
 mod state;
 pub mod store;
 

@@ -7,6 +7,7 @@
 //!   revision).
 //! - `lease`: lease ID → granted TTL in seconds.
 //! - `auth_users` / `auth_roles`: name → encoded `authpb.User` / `authpb.Role`.
+//! - `notes`: name → bytes the log's owner stores with its entries (opaque to the store).
 
 use mast_proto::mvccpb::{Event, KeyValue, event::EventType};
 use prost::Message;
@@ -25,6 +26,10 @@ pub(crate) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("lease
 pub(crate) const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_users");
 /// Auth roles: name → encoded `authpb.Role`.
 pub(crate) const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_roles");
+
+/// Notes of the log's owner, written with the entries they describe: name → bytes the store
+/// does not interpret (a Raft log's owner keeps the applied log ID and membership here).
+pub(crate) const NOTES: TableDefinition<&str, &[u8]> = TableDefinition::new("notes");
 
 /// `meta` key: the store revision after the last applied entry.
 pub(crate) const META_REVISION: &str = "current_revision";

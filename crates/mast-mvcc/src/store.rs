@@ -31,7 +31,7 @@ use crate::lease::{LeaseTable, PendingLeaseRows};
 use crate::revision::Revision;
 use crate::rows::{
     AUTH_ROLES, AUTH_USERS, KV, LEASES, META, META_APPLIED, META_AUTH_ENABLED, META_AUTH_REVISION,
-    META_COMPACT, META_REVISION, decode_row, row_to_event,
+    META_COMPACT, META_REVISION, NOTES, decode_row, row_to_event,
 };
 use crate::state::Memory;
 
@@ -108,6 +108,8 @@ pub struct Store {
     /// [`Store::defragment`] and [`Store::close`] take the write side.
     db: RwLock<Option<Database>>,
     path: std::path::PathBuf,
+    /// redb's page cache size in bytes, to reopen with after [`Store::replace_with`].
+    cache_bytes: usize,
     mem: Memory,
     /// The published auth state, replaced as a whole when an entry that changed it is
     /// published, so readers never see an auth change that is not durable.
@@ -159,65 +161,22 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(opts.cache_bytes)
             .create(&path)?;
-        let w = db.begin_write()?;
-        {
-            w.open_table(KV)?;
-            w.open_table(META)?;
-            w.open_table(LEASES)?;
-            w.open_table(AUTH_USERS)?;
-            w.open_table(AUTH_ROLES)?;
-        }
-        w.commit()?;
+        ensure_tables(&db)?;
 
-        let r = db.begin_read()?;
-        let meta = r.open_table(META)?;
-        let get =
-            |k: &str| -> Result<Option<i64>, StorageError> { Ok(meta.get(k)?.map(|v| v.value())) };
-        let mut rev = get(META_REVISION)?.unwrap_or(1);
-        let compact = get(META_COMPACT)?.unwrap_or(-1);
-        let applied = get(META_APPLIED)?.unwrap_or(0) as u64;
-        let auth = Arc::new(load_auth(&r, &get)?);
-
-        let mut leases = LeaseTable::default();
-        for row in r.open_table(LEASES)?.iter()? {
-            let (id, ttl) = row?;
-            leases.insert(id.value(), ttl.value());
-        }
-
-        let mut index = Index::new();
-        for row in r.open_table(KV)?.iter()? {
-            let (k, v) = row?;
-            let at = Revision::from_u128(k.value());
-            let row = decode_row(v.value())?;
-            let created = Revision::new(row.kv.create_revision, 0);
-            index.restore(
-                &row.kv.key,
-                created,
-                at,
-                row.kv.version,
-                row.tombstone,
-                row.kv.lease,
-            );
-            rev = rev.max(at.main);
-        }
-        for (key, id) in index.leased_keys() {
-            leases.move_key(key, 0, id);
-        }
-        drop(meta);
-        drop(r);
-        tracing::info!(
-            revision = rev,
-            compact_revision = compact,
-            applied_index = applied,
-            keys = index.len(),
-            leases = leases.len(),
-            auth_enabled = auth.enabled(),
-            auth_revision = auth.revision(),
-            "store opened"
-        );
+        let loaded = load(&db)?;
+        let Loaded {
+            rev,
+            compact,
+            applied,
+            auth,
+            leases,
+            index,
+        } = loaded;
+        let auth = Arc::new(auth);
         Ok(Store {
             db: RwLock::new(Some(db)),
             path,
+            cache_bytes: opts.cache_bytes,
             mem: Memory::new(index, leases, compact),
             auth: RwLock::new(auth.clone()),
             auth_waiting: Mutex::new(VecDeque::new()),
@@ -258,6 +217,21 @@ impl Store {
     /// store then refuses every later write (its memory may be ahead of the disk) until it is
     /// reopened.
     pub fn apply(&self, index: u64, cmds: &[Command]) -> Result<Applied, StorageError> {
+        self.apply_noted(index, cmds, &[])
+    }
+
+    /// As [`Store::apply`], also writing `notes` (name → bytes the store does not interpret) in
+    /// the same commit, so they are durable exactly when the entry is. A Raft log's owner
+    /// keeps the entry's log ID and the applied membership this way.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    pub fn apply_noted(
+        &self,
+        index: u64,
+        cmds: &[Command],
+        notes: &[(&str, &[u8])],
+    ) -> Result<Applied, StorageError> {
         let mut w = self.writer.lock().expect("writer lock");
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StorageError(
@@ -270,7 +244,7 @@ impl Store {
                 w.applied_index
             )));
         }
-        match self.apply_locked(&mut w, index, cmds) {
+        match self.apply_locked(&mut w, index, cmds, notes) {
             Ok(applied) => Ok(applied),
             Err(e) => {
                 self.poisoned.store(true, Ordering::Release);
@@ -285,11 +259,18 @@ impl Store {
         w: &mut WriterState,
         index: u64,
         cmds: &[Command],
+        notes: &[(&str, &[u8])],
     ) -> Result<Applied, StorageError> {
         let db = self.db()?;
         let mut wtxn = db.begin_write()?;
         wtxn.set_durability(Durability::None)?;
         let mut out = apply_entry(&self.mem, &wtxn, &mut w.st, index, cmds)?;
+        if !notes.is_empty() {
+            let mut table = wtxn.open_table(NOTES)?;
+            for (name, value) in notes {
+                table.insert(*name, *value)?;
+            }
+        }
         let flush = w.lease_rows.len() + out.lease_rows.len() >= LEASE_ROWS_FLUSH;
         if flush {
             let mut table = wtxn.open_table(LEASES)?;
@@ -349,6 +330,17 @@ impl Store {
             self.poisoned.store(true, Ordering::Release);
             tracing::error!(error = %e, "checkpoint failed; store refuses further writes");
         })
+    }
+
+    /// The note `name` as the last applied entry left it (see [`Store::apply_noted`]).
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database cannot be read.
+    pub fn note(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let db = self.db()?;
+        let r = db.begin_read()?;
+        let table = r.open_table(NOTES)?;
+        Ok(table.get(name)?.map(|v| v.value().to_vec()))
     }
 
     /// Marks the store failed: its owner could not make applied entries durable (a log write
@@ -655,47 +647,88 @@ impl Store {
     /// # Errors
     /// [`StorageError`] when reading or writing fails.
     pub fn snapshot_to(&self, dest: &Path) -> Result<i64, StorageError> {
-        let (rev, r) = {
-            // Everything staged is made durable first, so the copy holds nothing a crash
-            // could take back.
-            let mut w = self.writer.lock().expect("writer lock");
-            self.checkpoint_locked(&mut w)?;
-            let db = self.db()?;
-            (w.st.rev, db.begin_read()?)
-        };
-        let out = Database::create(dest)?;
-        let w = out.begin_write()?;
-        {
-            let src = r.open_table(KV)?;
-            let mut dst = w.open_table(KV)?;
-            for row in src.iter()? {
-                let (k, v) = row?;
-                dst.insert(k.value(), v.value())?;
-            }
-            let src = r.open_table(LEASES)?;
-            let mut dst = w.open_table(LEASES)?;
-            for row in src.iter()? {
-                let (k, v) = row?;
-                dst.insert(k.value(), v.value())?;
-            }
-            let src = r.open_table(META)?;
-            let mut dst = w.open_table(META)?;
-            for row in src.iter()? {
-                let (k, v) = row?;
-                dst.insert(k.value(), v.value())?;
-            }
-            for table in [AUTH_USERS, AUTH_ROLES] {
-                let src = r.open_table(table)?;
-                let mut dst = w.open_table(table)?;
-                for row in src.iter()? {
-                    let (k, v) = row?;
-                    dst.insert(k.value(), v.value())?;
-                }
-            }
+        let view = self.view()?;
+        let mut out = crate::snapshot::SnapshotWriter::create(dest)?;
+        view.for_each_chunk(4 << 20, |c| out.write_chunk(&c))?;
+        out.finish()?;
+        Ok(view.revision())
+    }
+
+    /// A consistent view of every table as of the last applied entry (see
+    /// [`crate::snapshot`]); lease rows still waiting for a checkpoint are written first (a
+    /// non-durable commit), so the view holds every lease.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database cannot be written or read.
+    pub fn view(&self) -> Result<crate::snapshot::StoreView, StorageError> {
+        let mut w = self.writer.lock().expect("writer lock");
+        let db = self.db()?;
+        if w.lease_rows.len() > 0 {
+            let mut wtxn = db.begin_write()?;
+            wtxn.set_durability(Durability::None)?;
+            w.lease_rows.write_to(&mut wtxn.open_table(LEASES)?)?;
+            wtxn.commit()?;
         }
-        w.commit()?;
-        drop(out);
-        Ok(rev)
+        crate::snapshot::StoreView::new(db.begin_read()?)
+    }
+
+    /// Replaces the whole store with the database file at `path` (a finished
+    /// [`crate::snapshot::SnapshotWriter`]'s), as etcd installs a snapshot from its leader: the
+    /// file is moved over the store's own, and the index, leases, auth state and revisions are
+    /// read back from it. Reads and writes wait while it runs; the new state is published at
+    /// once.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the file cannot be moved or opened; the store then refuses every
+    /// later write.
+    pub fn replace_with(&self, path: &Path) -> Result<(), StorageError> {
+        let mut w = self.writer.lock().expect("writer lock");
+        let mut slot = self
+            .db
+            .write()
+            .map_err(|_| StorageError("database lock poisoned".into()))?;
+        let result = (|| {
+            if let Some(old) = slot.take() {
+                old.close().map_err(|e| StorageError(e.to_string()))?;
+            }
+            std::fs::rename(path, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            let db = Database::builder()
+                .set_cache_size(self.cache_bytes)
+                .create(&self.path)?;
+            ensure_tables(&db)?;
+            let loaded = load(&db)?;
+            *slot = Some(db);
+            Ok::<_, StorageError>(loaded)
+        })();
+        let loaded = match result {
+            Ok(l) => l,
+            Err(e) => {
+                self.poisoned.store(true, Ordering::Release);
+                tracing::error!(error = %e, "installing a snapshot failed; store refuses further writes");
+                return Err(e);
+            }
+        };
+        let auth = Arc::new(loaded.auth);
+        *self.mem.index.write().expect("index lock") = loaded.index;
+        *self.mem.leases.write().expect("lease lock") = loaded.leases;
+        self.mem
+            .compact_rev
+            .store(loaded.compact, Ordering::Release);
+        w.st = ApplyState {
+            rev: loaded.rev,
+            auth: auth.clone(),
+        };
+        w.applied_index = loaded.applied;
+        w.lease_rows = PendingLeaseRows::default();
+        self.auth_waiting.lock().expect("auth queue lock").clear();
+        *self.auth.write().expect("auth lock") = auth;
+        self.committed_rev.store(loaded.rev, Ordering::Release);
+        self.applied_index.store(loaded.applied, Ordering::Release);
+        self.durable_index.store(loaded.applied, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -713,6 +746,88 @@ impl Drop for Store {
             tracing::warn!(error = %e, "checkpoint at close failed");
         }
     }
+}
+
+/// Creates any table a database lacks (a new file, or one written by an older version).
+fn ensure_tables(db: &Database) -> Result<(), StorageError> {
+    let w = db.begin_write()?;
+    {
+        w.open_table(KV)?;
+        w.open_table(META)?;
+        w.open_table(LEASES)?;
+        w.open_table(AUTH_USERS)?;
+        w.open_table(AUTH_ROLES)?;
+        w.open_table(NOTES)?;
+    }
+    w.commit()?;
+    Ok(())
+}
+
+/// What [`load`] reads back from a database.
+struct Loaded {
+    rev: i64,
+    compact: i64,
+    applied: u64,
+    auth: AuthState,
+    leases: LeaseTable,
+    index: Index,
+}
+
+/// Reads the state back from a database's tables, rebuilding the key index and the lease
+/// attachments from the `kv` rows (as etcd's `restore`).
+fn load(db: &Database) -> Result<Loaded, StorageError> {
+    let r = db.begin_read()?;
+    let meta = r.open_table(META)?;
+    let get =
+        |k: &str| -> Result<Option<i64>, StorageError> { Ok(meta.get(k)?.map(|v| v.value())) };
+    let mut rev = get(META_REVISION)?.unwrap_or(1);
+    let compact = get(META_COMPACT)?.unwrap_or(-1);
+    let applied = get(META_APPLIED)?.unwrap_or(0) as u64;
+    let auth = load_auth(&r, &get)?;
+
+    let mut leases = LeaseTable::default();
+    for row in r.open_table(LEASES)?.iter()? {
+        let (id, ttl) = row?;
+        leases.insert(id.value(), ttl.value());
+    }
+
+    let mut index = Index::new();
+    for row in r.open_table(KV)?.iter()? {
+        let (k, v) = row?;
+        let at = Revision::from_u128(k.value());
+        let row = decode_row(v.value())?;
+        let created = Revision::new(row.kv.create_revision, 0);
+        index.restore(
+            &row.kv.key,
+            created,
+            at,
+            row.kv.version,
+            row.tombstone,
+            row.kv.lease,
+        );
+        rev = rev.max(at.main);
+    }
+    for (key, id) in index.leased_keys() {
+        leases.move_key(key, 0, id);
+    }
+    tracing::info!(
+        revision = rev,
+        compact_revision = compact,
+        applied_index = applied,
+        keys = index.len(),
+        leases = leases.len(),
+        auth_enabled = auth.enabled(),
+        auth_revision = auth.revision(),
+        "store loaded"
+    );
+    Ok(Loaded {
+        rev,
+        compact,
+        applied,
+        auth,
+        leases,
+        index,
+    })
 }
 
 /// Reads the auth state back from disk (revision 1 and auth off on a store that never had

@@ -171,3 +171,38 @@ fn leases_written_between_checkpoints_come_back_after_a_crash() {
     let again = LoggedStore::open(copy2.path(), Default::default(), LogOptions::default()).unwrap();
     assert_eq!(leases_of(again.store()), want);
 }
+
+#[test]
+fn a_view_sent_in_chunks_replaces_another_store_whole() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = LoggedStore::open(src_dir.path(), Default::default(), LogOptions::default()).unwrap();
+    let want = load(&src, 40);
+    src.apply(&[Command::Auth(mast_mvcc::AuthCommand::RoleAdd {
+        name: "reader".into(),
+    })])
+    .unwrap();
+    let view = src.store().view().unwrap();
+    let chunks = view.chunks(512).unwrap();
+    assert!(chunks.len() > 3, "small chunks: {}", chunks.len());
+    // Writes after the view are not in it.
+    src.apply(&[grant_put(9999, 30, "after")]).unwrap();
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = LoggedStore::open(dst_dir.path(), Default::default(), LogOptions::default()).unwrap();
+    dst.apply(&[grant_put(1, 30, "to-be-replaced")]).unwrap();
+    let scratch = dst_dir.path().join("incoming.redb");
+    let mut w = mast_mvcc::snapshot::SnapshotWriter::create(&scratch).unwrap();
+    for c in &chunks {
+        w.write_chunk(c).unwrap();
+    }
+    let file = w.finish().unwrap();
+    dst.store().replace_with(&file).unwrap();
+    assert_eq!(leases_of(dst.store()), want);
+    assert_eq!(dst.store().revision(), view.revision());
+    assert_eq!(dst.store().last_applied_index(), view.index());
+    assert!(dst.store().auth().role("reader").is_some());
+    assert_eq!(
+        dst.store().hash_kv(view.revision()).unwrap(),
+        src.store().hash_kv(view.revision()).unwrap()
+    );
+}
