@@ -19,6 +19,7 @@ const PROTOS: &[&str] = &[
     "etcdserverpb/rpc.proto",
     "v3lockpb/v3lock.proto",
     "v3electionpb/v3election.proto",
+    "mastraftpb/peer.proto",
 ];
 
 /// Proto packages to generate code for.

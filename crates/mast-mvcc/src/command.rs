@@ -57,8 +57,9 @@ use mast_proto::etcdserverpb::{
 };
 use prost::Message;
 
-use crate::auth::AuthCommand;
+use crate::auth::{AuthCommand, AuthError};
 use crate::codec::{Reader, put_bytes};
+use crate::error::MvccError;
 use crate::lease::LeaseId;
 
 /// The format version written by [`encode_entry`].
@@ -457,6 +458,159 @@ fn decode_auth(r: &mut Reader<'_>) -> Result<AuthCommand, CodecError> {
     })
 }
 
+const RESULT_ERR: u8 = 0;
+const RESULT_PUT: u8 = 1;
+const RESULT_DELETE: u8 = 2;
+const RESULT_TXN: u8 = 3;
+const RESULT_COMPACT: u8 = 4;
+const RESULT_LEASE_GRANT: u8 = 5;
+const RESULT_LEASE_REVOKE: u8 = 6;
+const RESULT_GRANT_PUT: u8 = 7;
+const RESULT_AUTH: u8 = 8;
+
+/// The auth errors a result can carry, by their number on the wire (their order here).
+const AUTH_ERRORS: [AuthError; 17] = [
+    AuthError::RootUserNotExist,
+    AuthError::RootRoleNotExist,
+    AuthError::UserAlreadyExist,
+    AuthError::UserEmpty,
+    AuthError::UserNotFound,
+    AuthError::RoleAlreadyExist,
+    AuthError::RoleNotFound,
+    AuthError::RoleEmpty,
+    AuthError::RoleNotGranted,
+    AuthError::PermissionNotGranted,
+    AuthError::InvalidAuthMgmt,
+    AuthError::PermissionNotGiven,
+    AuthError::AuthFailed,
+    AuthError::PermissionDenied,
+    AuthError::AuthNotEnabled,
+    AuthError::InvalidAuthToken,
+    AuthError::AuthOldRevision,
+];
+
+/// Appends a command's result, so a member that handed a command to the leader gets the
+/// result the leader's apply gave:
+///
+/// ```text
+/// u8 kind: 0 error, then u8 error code (1 compacted, 2 future revision, 3 key not found,
+///          4 lease not found, 5 lease exists, 6 duplicate key, 7 TTL too large,
+///          8 auth + u8 auth error number, 9 storage + str message)
+///          1 Put, 2 DeleteRange, 3 Txn: the protobuf response
+///          4 Compact, 6 LeaseRevoke: i64 revision; 8 Auth: u64 auth revision
+///          5 LeaseGrant: i64 ID, i64 TTL; 7 LeaseGrantPut: i64 ID, i64 TTL, protobuf PutResponse
+/// ```
+pub fn encode_result(r: &Result<CommandResult, MvccError>, buf: &mut Vec<u8>) {
+    match r {
+        Err(e) => {
+            buf.push(RESULT_ERR);
+            match e {
+                MvccError::Compacted => buf.push(1),
+                MvccError::FutureRevision => buf.push(2),
+                MvccError::KeyNotFound => buf.push(3),
+                MvccError::LeaseNotFound => buf.push(4),
+                MvccError::LeaseExists => buf.push(5),
+                MvccError::DuplicateKey => buf.push(6),
+                MvccError::LeaseTtlTooLarge => buf.push(7),
+                MvccError::Auth(a) => {
+                    buf.push(8);
+                    let n = AUTH_ERRORS.iter().position(|x| x == a).unwrap_or(0);
+                    buf.push(n as u8);
+                }
+                MvccError::Storage(s) => {
+                    buf.push(9);
+                    put_bytes(buf, s.as_bytes());
+                }
+            }
+        }
+        Ok(CommandResult::Put(p)) => {
+            buf.push(RESULT_PUT);
+            p.encode_raw(buf);
+        }
+        Ok(CommandResult::DeleteRange(d)) => {
+            buf.push(RESULT_DELETE);
+            d.encode_raw(buf);
+        }
+        Ok(CommandResult::Txn(t)) => {
+            buf.push(RESULT_TXN);
+            t.encode_raw(buf);
+        }
+        Ok(CommandResult::Compact { revision }) => {
+            buf.push(RESULT_COMPACT);
+            buf.extend_from_slice(&revision.to_le_bytes());
+        }
+        Ok(CommandResult::LeaseGrant { id, ttl }) => {
+            buf.push(RESULT_LEASE_GRANT);
+            buf.extend_from_slice(&id.to_le_bytes());
+            buf.extend_from_slice(&ttl.to_le_bytes());
+        }
+        Ok(CommandResult::LeaseRevoke { revision }) => {
+            buf.push(RESULT_LEASE_REVOKE);
+            buf.extend_from_slice(&revision.to_le_bytes());
+        }
+        Ok(CommandResult::LeaseGrantPut { id, ttl, put }) => {
+            buf.push(RESULT_GRANT_PUT);
+            buf.extend_from_slice(&id.to_le_bytes());
+            buf.extend_from_slice(&ttl.to_le_bytes());
+            put.encode_raw(buf);
+        }
+        Ok(CommandResult::Auth { revision }) => {
+            buf.push(RESULT_AUTH);
+            buf.extend_from_slice(&revision.to_le_bytes());
+        }
+    }
+}
+
+/// Decodes a result written by [`encode_result`].
+///
+/// # Errors
+/// [`CodecError`] when the bytes are not a result.
+pub fn decode_result(bytes: &[u8]) -> Result<Result<CommandResult, MvccError>, CodecError> {
+    let mut r = Reader(bytes);
+    let out = match r.u8()? {
+        RESULT_ERR => Err(match r.u8()? {
+            1 => MvccError::Compacted,
+            2 => MvccError::FutureRevision,
+            3 => MvccError::KeyNotFound,
+            4 => MvccError::LeaseNotFound,
+            5 => MvccError::LeaseExists,
+            6 => MvccError::DuplicateKey,
+            7 => MvccError::LeaseTtlTooLarge,
+            8 => {
+                let n = r.u8()? as usize;
+                MvccError::Auth(
+                    AUTH_ERRORS
+                        .get(n)
+                        .cloned()
+                        .ok_or(CodecError::UnknownTag(n as u8))?,
+                )
+            }
+            9 => MvccError::Storage(r.string()?),
+            t => return Err(CodecError::UnknownTag(t)),
+        }),
+        RESULT_PUT => Ok(CommandResult::Put(PutResponse::decode(r.rest())?)),
+        RESULT_DELETE => Ok(CommandResult::DeleteRange(DeleteRangeResponse::decode(
+            r.rest(),
+        )?)),
+        RESULT_TXN => Ok(CommandResult::Txn(TxnResponse::decode(r.rest())?)),
+        RESULT_COMPACT => Ok(CommandResult::Compact { revision: r.i64()? }),
+        RESULT_LEASE_GRANT => Ok(CommandResult::LeaseGrant {
+            id: r.i64()?,
+            ttl: r.i64()?,
+        }),
+        RESULT_LEASE_REVOKE => Ok(CommandResult::LeaseRevoke { revision: r.i64()? }),
+        RESULT_GRANT_PUT => Ok(CommandResult::LeaseGrantPut {
+            id: r.i64()?,
+            ttl: r.i64()?,
+            put: PutResponse::decode(r.rest())?,
+        }),
+        RESULT_AUTH => Ok(CommandResult::Auth { revision: r.u64()? }),
+        t => return Err(CodecError::UnknownTag(t)),
+    };
+    r.finish()?;
+    Ok(out)
+}
+
 /// Returns true when the txn (with nested txns) writes nothing, as etcd's `isTxnReadonly`.
 pub fn is_txn_readonly(t: &TxnRequest) -> bool {
     t.success
@@ -654,6 +808,48 @@ mod tests {
         let mut empty = Vec::new();
         encode_entry(&[], &mut empty);
         assert!(decode_entry(&empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn results_round_trip() {
+        let results: Vec<Result<CommandResult, MvccError>> = vec![
+            Ok(CommandResult::Put(PutResponse::default())),
+            Ok(CommandResult::DeleteRange(DeleteRangeResponse {
+                deleted: 3,
+                ..Default::default()
+            })),
+            Ok(CommandResult::Txn(TxnResponse {
+                succeeded: true,
+                ..Default::default()
+            })),
+            Ok(CommandResult::Compact { revision: 9 }),
+            Ok(CommandResult::LeaseGrant { id: 4, ttl: 10 }),
+            Ok(CommandResult::LeaseRevoke { revision: 11 }),
+            Ok(CommandResult::LeaseGrantPut {
+                id: 4,
+                ttl: 10,
+                put: PutResponse::default(),
+            }),
+            Ok(CommandResult::Auth { revision: 3 }),
+            Err(MvccError::Compacted),
+            Err(MvccError::FutureRevision),
+            Err(MvccError::KeyNotFound),
+            Err(MvccError::LeaseNotFound),
+            Err(MvccError::LeaseExists),
+            Err(MvccError::DuplicateKey),
+            Err(MvccError::LeaseTtlTooLarge),
+            Err(MvccError::Storage("disk".into())),
+        ]
+        .into_iter()
+        .chain(AUTH_ERRORS.iter().cloned().map(|a| Err(MvccError::Auth(a))))
+        .collect();
+        for r in results {
+            let mut buf = Vec::new();
+            encode_result(&r, &mut buf);
+            assert_eq!(decode_result(&buf).unwrap(), r);
+        }
+        assert!(decode_result(&[]).is_err());
+        assert!(decode_result(&[0, 42]).is_err());
     }
 
     #[test]

@@ -53,6 +53,13 @@ pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
+/// Traffic between the members of a Mast cluster on the peer port (`mastraftpb`): Raft's
+/// messages, snapshots, and client requests a follower hands to the leader.
+#[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
+pub mod mastraftpb {
+    include!(concat!(env!("OUT_DIR"), "/mastraftpb.rs"));
+}
+
 /// The encoded `google.protobuf.FileDescriptorSet` of all Mast's .proto files
 /// (with source info), for serving gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -16,7 +16,10 @@
 // errors pass through unchanged.
 #![allow(clippy::result_large_err)]
 
+pub mod identity;
 pub mod log_store;
+pub mod member;
+pub mod network;
 pub mod state_machine;
 pub mod types;
 

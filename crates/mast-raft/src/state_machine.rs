@@ -32,6 +32,9 @@ use crate::types::{
 const NOTE_APPLIED: &str = "raft.applied";
 /// Store note: the last applied membership.
 const NOTE_MEMBERSHIP: &str = "raft.membership";
+/// Store note: the store's entry index before the Raft log's first entry (`u64 LE`): a
+/// store written by a single member before it ran Raft continues from its own count.
+const NOTE_BASE: &str = "raft.base";
 /// File under the raft directory that says a snapshot exists, with its metadata.
 const SNAPSHOT_FILE: &str = "snapshot";
 /// Where a snapshot built from another store's view is written before it is installed.
@@ -83,6 +86,11 @@ pub struct StateMachine {
     opts: StateMachineOptions,
     /// Bytes applied since the last checkpoint.
     since_checkpoint: u64,
+    /// The store's entry index before the log's first entry: Raft entry `i` is the store's
+    /// entry `base + i + 1`.
+    base: u64,
+    /// Whether the store has `base` noted.
+    base_noted: bool,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -119,6 +127,12 @@ fn read_notes(
     Ok((applied, membership))
 }
 
+fn base_of(b: &[u8]) -> Result<u64, StorageError> {
+    Ok(u64::from_le_bytes(b.try_into().map_err(|_| {
+        sm_err(ErrorVerb::Read, "raft.base note is not 8 bytes")
+    })?))
+}
+
 fn snapshot_id(id: &Option<LogId>) -> String {
     match id {
         Some(id) => format!(
@@ -150,6 +164,15 @@ impl StateMachine {
                 .map_err(|e| sm_err(ErrorVerb::Read, e))?,
         )
         .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let (base, base_noted) = match store
+            .note(NOTE_BASE)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?
+        {
+            Some(b) => (base_of(&b)?, true),
+            // Entries the store took before it was under Raft.
+            None if applied.is_none() => (store.last_applied_index(), false),
+            None => (0, false),
+        };
         Ok(StateMachine {
             store,
             observer,
@@ -158,6 +181,8 @@ impl StateMachine {
             membership,
             opts,
             since_checkpoint: 0,
+            base,
+            base_noted,
         })
     }
 
@@ -168,36 +193,39 @@ impl StateMachine {
 
     fn apply_one(&mut self, entry: Entry) -> Result<Outcome, StorageError> {
         let log_id = entry.log_id;
-        let index = log_id.index + 1;
+        let index = self.base + log_id.index + 1;
         let mut applied_note = Vec::with_capacity(25);
         put_opt_log_id(&mut applied_note, &Some(log_id));
+        let base_note = self.base.to_le_bytes();
+        let mut notes: Vec<(&str, &[u8])> = vec![(NOTE_APPLIED, &applied_note)];
+        if !self.base_noted {
+            notes.push((NOTE_BASE, &base_note));
+            self.base_noted = true;
+        }
         let (commands, mut applied) = match &entry.payload {
             EntryPayload::Normal(p) => {
                 let commands = p.commands().map_err(|e| sm_err(ErrorVerb::Read, e))?;
                 self.since_checkpoint += p.bytes().len() as u64;
                 let applied = self
                     .store
-                    .apply_noted(index, &commands, &[(NOTE_APPLIED, &applied_note)])
+                    .apply_noted(index, &commands, &notes)
                     .map_err(|e| sm_err(ErrorVerb::Write, e))?;
                 (Some(commands), applied)
             }
             EntryPayload::Blank => (
                 None,
                 self.store
-                    .apply_noted(index, &[], &[(NOTE_APPLIED, &applied_note)])
+                    .apply_noted(index, &[], &notes)
                     .map_err(|e| sm_err(ErrorVerb::Write, e))?,
             ),
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(log_id), m.clone());
                 let mut note = Vec::new();
                 put_stored_membership(&mut note, &stored);
+                notes.push((NOTE_MEMBERSHIP, &note));
                 let applied = self
                     .store
-                    .apply_noted(
-                        index,
-                        &[],
-                        &[(NOTE_APPLIED, &applied_note), (NOTE_MEMBERSHIP, &note)],
-                    )
+                    .apply_noted(index, &[], &notes)
                     .map_err(|e| sm_err(ErrorVerb::Write, e))?;
                 self.membership = stored;
                 self.observer.membership(&self.membership);
@@ -310,7 +338,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let dir = self.dir.clone();
         let data = *snapshot;
         let marker = meta.snapshot_id.clone();
-        let (applied, membership) =
+        let (applied, membership, base) =
             tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
                 let path = match data {
                     SnapshotData::File(p) => p,
@@ -333,7 +361,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .replace_with(&path)
                     .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
                 write_marker(&dir, &marker).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-                read_notes(
+                let base = match store
+                    .note(NOTE_BASE)
+                    .map_err(|e| sm_err(ErrorVerb::Read, e))?
+                {
+                    Some(b) => base_of(&b)?,
+                    None => 0,
+                };
+                let (applied, membership) = read_notes(
                     store
                         .note(NOTE_APPLIED)
                         .map_err(|e| sm_err(ErrorVerb::Read, e))?,
@@ -341,7 +376,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .note(NOTE_MEMBERSHIP)
                         .map_err(|e| sm_err(ErrorVerb::Read, e))?,
                 )
-                .map_err(|e| snapshot_err(ErrorVerb::Read, e))
+                .map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+                Ok((applied, membership, base))
             })
             .await
             .map_err(|e| snapshot_err(ErrorVerb::Write, e))??;
@@ -356,6 +392,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.applied = applied;
         self.membership = membership;
+        self.base = base;
+        self.base_noted = true;
         self.since_checkpoint = 0;
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
         self.observer.replaced();

@@ -1,0 +1,358 @@
+//! Starting a member: its identity (as etcd derives and keeps it), its log and state machine,
+//! and openraft over them; bootstrapping a new cluster or joining an existing one, as etcd's
+//! `--initial-cluster-state new|existing`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mast_mvcc::Store;
+
+use crate::identity::{self, InitialMember};
+use crate::log_store::{LogOptions, LogStore};
+use crate::network::{PeerNetwork, Peers};
+use crate::state_machine::{ApplyObserver, StateMachine, StateMachineOptions};
+use crate::types::{Member, MemberId, Raft};
+
+/// `--initial-cluster-state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster from `--initial-cluster`.
+    New,
+    /// Join a cluster that already runs (after `member add`).
+    Existing,
+}
+
+/// How a member starts, from `mast serve`'s flags.
+#[derive(Clone, Debug)]
+pub struct MemberConfig {
+    /// `--name`.
+    pub name: String,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `--initial-cluster`, parsed.
+    pub initial_cluster: Vec<InitialMember>,
+    /// `--initial-cluster-state`.
+    pub initial_cluster_state: ClusterState,
+    /// `--initial-cluster-token`.
+    pub initial_cluster_token: String,
+    /// `--initial-advertise-peer-urls`.
+    pub advertise_peer_urls: Vec<String>,
+    /// `--advertise-client-urls`.
+    pub advertise_client_urls: Vec<String>,
+    /// `--heartbeat-interval` (etcd's default 100 ms).
+    pub heartbeat_interval: Duration,
+    /// `--election-timeout` (etcd's default 1000 ms): followers wait between this and twice
+    /// this without a heartbeat before they campaign.
+    pub election_timeout: Duration,
+    /// Size of each log segment in bytes.
+    pub segment_bytes: u64,
+    /// Bytes of applied commands between store checkpoints.
+    pub checkpoint_bytes: u64,
+}
+
+/// A member's cluster and member IDs, kept in `<data-dir>/member.json` from its first start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster's ID.
+    pub cluster_id: u64,
+    /// This member's ID.
+    pub member_id: MemberId,
+}
+
+/// A member that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Files could not be read or written.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The log does not open.
+    #[error(transparent)]
+    Log(#[from] crate::log_store::LogOpenError),
+    /// The flags do not describe this member, as etcd's bootstrap checks.
+    #[error("{0}")]
+    Config(String),
+    /// No member of the existing cluster answered, or none knows this member.
+    #[error("{0}")]
+    Join(String),
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running member's consensus: the Raft handle, its identity and its peer connections.
+pub struct RaftMember {
+    /// The openraft handle.
+    pub raft: Raft,
+    /// Cluster and member IDs.
+    pub identity: Identity,
+    /// Connections to the other members.
+    pub peers: Peers,
+    /// `<data-dir>/raft`.
+    pub dir: PathBuf,
+}
+
+fn identity_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("member.json")
+}
+
+fn load_identity(data_dir: &Path) -> Result<Option<Identity>, StartError> {
+    let bytes = match std::fs::read(identity_path(data_dir)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| StartError::Config(format!("member.json does not parse: {e}")))?;
+    let get = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| StartError::Config(format!("member.json has no {k}")))
+    };
+    Ok(Some(Identity {
+        cluster_id: get("cluster_id")?,
+        member_id: get("member_id")?,
+    }))
+}
+
+fn save_identity(data_dir: &Path, id: Identity) -> Result<(), StartError> {
+    let body = serde_json::json!({"cluster_id": id.cluster_id, "member_id": id.member_id});
+    let tmp = data_dir.join("member.json.tmp");
+    std::fs::write(&tmp, body.to_string())?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, identity_path(data_dir))?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(())
+}
+
+fn normalize(urls: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = urls
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// etcd's bootstrap checks for `--initial-cluster-state new`: this member is in the initial
+/// cluster under its name, with the URLs it advertises. Returns every member's ID and info.
+fn bootstrap_members(cfg: &MemberConfig) -> Result<BTreeMap<MemberId, Member>, StartError> {
+    let me = cfg
+        .initial_cluster
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .ok_or_else(|| {
+            StartError::Config(format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                cfg.name
+            ))
+        })?;
+    let adv = normalize(&cfg.advertise_peer_urls);
+    let listed = normalize(&me.peer_urls);
+    if adv != listed {
+        return Err(StartError::Config(format!(
+            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
+            me.name,
+            me.peer_urls.join(","),
+            cfg.advertise_peer_urls.join(",")
+        )));
+    }
+    let mut out = BTreeMap::new();
+    for m in &cfg.initial_cluster {
+        let id = identity::member_id(&m.peer_urls, &cfg.initial_cluster_token, None);
+        let member = Member {
+            name: m.name.clone(),
+            peer_urls: m.peer_urls.clone(),
+            client_urls: if m.name == cfg.name {
+                cfg.advertise_client_urls.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        if out.insert(id, member).is_some() {
+            return Err(StartError::Config(format!(
+                "member exists with identical ID {id:x}"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The openraft configuration for these flags.
+fn raft_config(cfg: &MemberConfig) -> Result<Arc<openraft::Config>, StartError> {
+    let hb = cfg.heartbeat_interval.as_millis().max(1) as u64;
+    let et = cfg.election_timeout.as_millis().max(hb as u128 + 1) as u64;
+    let c = openraft::Config {
+        cluster_name: cfg.initial_cluster_token.clone(),
+        heartbeat_interval: hb,
+        election_timeout_min: et,
+        election_timeout_max: et * 2,
+        // An entry is a batch of commands: a few hundred of them are plenty per message.
+        max_payload_entries: 256,
+        // A snapshot is a checkpoint of the store; the log behind it goes.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        purge_batch_size: 256,
+        install_snapshot_timeout: 60_000,
+        ..Default::default()
+    };
+    Ok(Arc::new(
+        c.validate()
+            .map_err(|e| StartError::Config(e.to_string()))?,
+    ))
+}
+
+impl RaftMember {
+    /// Starts this member's consensus over `store`: the identity as etcd's bootstrap decides
+    /// it (kept from the first start; the `--initial-cluster*` flags are ignored afterwards,
+    /// as etcd's), the log under `<data-dir>/raft`, and openraft. A new cluster is
+    /// initialized with every `--initial-cluster` member as a voter; a member joining an
+    /// existing cluster learns its ID by asking the others.
+    ///
+    /// # Errors
+    /// [`StartError`] when the flags do not describe this member, the files cannot be
+    /// opened, or no member of an existing cluster answers.
+    pub async fn start(
+        cfg: &MemberConfig,
+        store: Arc<Store>,
+        observer: Arc<dyn ApplyObserver>,
+    ) -> Result<RaftMember, StartError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let dir = cfg.data_dir.join("raft");
+        std::fs::create_dir_all(&dir)?;
+        let mut initial = None;
+        let identity = match load_identity(&cfg.data_dir)? {
+            Some(id) => {
+                tracing::info!(
+                    data_dir = %cfg.data_dir.display(),
+                    "server has been already initialized; --initial-cluster flags are ignored"
+                );
+                id
+            }
+            None => {
+                let id = match cfg.initial_cluster_state {
+                    ClusterState::New => {
+                        let members = bootstrap_members(cfg)?;
+                        let ids: Vec<u64> = members.keys().copied().collect();
+                        let member_id = identity::member_id(
+                            &cfg.advertise_peer_urls,
+                            &cfg.initial_cluster_token,
+                            None,
+                        );
+                        initial = Some(members);
+                        Identity {
+                            cluster_id: identity::cluster_id(&ids),
+                            member_id,
+                        }
+                    }
+                    ClusterState::Existing => join_identity(cfg).await?,
+                };
+                save_identity(&cfg.data_dir, id)?;
+                id
+            }
+        };
+        let log = LogStore::open(
+            &dir,
+            LogOptions {
+                segment_bytes: cfg.segment_bytes,
+            },
+        )?;
+        let sm = StateMachine::new(
+            store,
+            observer,
+            dir.clone(),
+            StateMachineOptions {
+                checkpoint_bytes: cfg.checkpoint_bytes,
+            },
+        )
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let peers = Peers::new(identity.cluster_id, identity.member_id);
+        let raft = Raft::new(
+            identity.member_id,
+            raft_config(cfg)?,
+            PeerNetwork::new(peers.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        if let Some(members) = initial {
+            for (id, m) in &members {
+                peers.set_member(*id, m);
+            }
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                // Already initialized (a log exists): a restart that lost member.json.
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => {}
+                Err(e) => return Err(StartError::Raft(e.to_string())),
+            }
+        }
+        // Keep the peer connections in step with the membership.
+        let watch_peers = peers.clone();
+        let mut metrics = raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    for (id, node) in m.membership_config.nodes() {
+                        watch_peers.set_member(*id, node);
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        tracing::info!(
+            member_id = %format!("{:x}", identity.member_id),
+            cluster_id = %format!("{:x}", identity.cluster_id),
+            "raft started"
+        );
+        Ok(RaftMember {
+            raft,
+            identity,
+            peers,
+            dir,
+        })
+    }
+}
+
+/// `--initial-cluster-state existing`: asks the other members of `--initial-cluster` for the
+/// cluster's ID and membership, and finds this member in it by its peer URLs (as etcd's
+/// `VerifyJoinExisting`, which takes the IDs from the running cluster).
+async fn join_identity(cfg: &MemberConfig) -> Result<Identity, StartError> {
+    let mine = normalize(&cfg.advertise_peer_urls);
+    let probe = Peers::new(0, 0);
+    let mut last_error = String::from("no other member in --initial-cluster");
+    for m in cfg.initial_cluster.iter().filter(|m| m.name != cfg.name) {
+        for url in &m.peer_urls {
+            match probe.members_at(url).await {
+                Ok((cluster_id, _, _, membership)) => {
+                    let found = membership
+                        .nodes()
+                        .find(|(_, n)| normalize(&n.peer_urls) == mine)
+                        .map(|(id, _)| *id);
+                    return match found {
+                        Some(member_id) => Ok(Identity {
+                            cluster_id,
+                            member_id,
+                        }),
+                        None => Err(StartError::Join(format!(
+                            "error validating peerURLs: no member of cluster {cluster_id:x} has \
+                             peer URLs {}; add it first with `member add`",
+                            cfg.advertise_peer_urls.join(",")
+                        ))),
+                    };
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+    }
+    Err(StartError::Join(format!(
+        "cannot fetch cluster info from peer urls: could not retrieve cluster information from \
+         the given URLs ({last_error})"
+    )))
+}
