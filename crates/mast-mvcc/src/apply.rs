@@ -122,6 +122,8 @@ pub(crate) fn apply_entry(
             Command::LeaseGrant { id, ttl } => lease_grant(mem, *id, *ttl, &mut lease_rows)
                 .map(|()| CommandResult::LeaseGrant { id: *id, ttl: *ttl }),
             Command::LeaseRevoke { id } => ctx.lease_revoke(*id, &mut lease_rows),
+            // Deadlines are the lessor's: the store only passes the checkpoint on.
+            Command::LeaseCheckpoint { .. } => Ok(CommandResult::LeaseCheckpoint),
             Command::LeaseGrantPut { id, ttl, put } => {
                 ctx.lease_grant_put(*id, *ttl, put, &mut lease_rows)
             }

@@ -28,6 +28,7 @@
 //! | 6 | `LeaseRevoke` | `i64 LE` ID |
 //! | 7 | `LeaseGrantPut` | `i64 LE` ID, `i64 LE` TTL, protobuf `PutRequest` |
 //! | 8 | `Auth` | `u8` auth tag, then the fields below |
+//! | 9 | `LeaseCheckpoint` | `u32 LE` count, then per lease `i64 LE` ID, `i64 LE` remaining ms |
 //!
 //! Auth bodies (strings are `u32 LE` length + UTF-8 bytes, byte strings the same without the
 //! UTF-8 rule, booleans one byte 0/1):
@@ -94,6 +95,14 @@ pub enum Command {
     /// Changes the auth state; never changes the store revision. The proposer has checked
     /// that the requester may (admin), and hashed any password.
     Auth(AuthCommand),
+    /// The leader's lessor tells every member how long leases have left (milliseconds from
+    /// when the entry is applied), as etcd's `LeaseCheckpoint`, so a new leader neither
+    /// expires a lease early nor keeps one long after its owner died. Changes no store state;
+    /// leases that no longer exist are skipped.
+    LeaseCheckpoint {
+        /// `(lease ID, remaining milliseconds)`.
+        checkpoints: Vec<(LeaseId, i64)>,
+    },
     /// Creates lease `id` with `ttl` seconds and then applies `put` (whose `lease` must be
     /// `id`), as a `LeaseGrant` followed by a `Put` would, in one command: registering a
     /// service instance. Fails with nothing changed when lease `id` exists or the put would
@@ -149,6 +158,8 @@ pub enum CommandResult {
         /// The auth revision after the command.
         revision: u64,
     },
+    /// A lease checkpoint was applied; nothing in the store changed.
+    LeaseCheckpoint,
 }
 
 /// An encoded entry that cannot be decoded.
@@ -188,6 +199,7 @@ const TAG_LEASE_GRANT: u8 = 5;
 const TAG_LEASE_REVOKE: u8 = 6;
 const TAG_GRANT_PUT: u8 = 7;
 const TAG_AUTH: u8 = 8;
+const TAG_LEASE_CHECKPOINT: u8 = 9;
 
 const AUTH_ENABLE: u8 = 1;
 const AUTH_DISABLE: u8 = 2;
@@ -221,6 +233,7 @@ impl Command {
             Command::LeaseRevoke { .. } => 8,
             Command::LeaseGrantPut { put, .. } => 16 + put.encoded_len(),
             Command::Auth(a) => 1 + auth_body_len(a),
+            Command::LeaseCheckpoint { checkpoints } => 4 + 16 * checkpoints.len(),
         }
     }
 
@@ -239,6 +252,7 @@ impl Command {
             Command::LeaseRevoke { .. } => TAG_LEASE_REVOKE,
             Command::LeaseGrantPut { .. } => TAG_GRANT_PUT,
             Command::Auth(_) => TAG_AUTH,
+            Command::LeaseCheckpoint { .. } => TAG_LEASE_CHECKPOINT,
         }
     }
 
@@ -264,6 +278,13 @@ impl Command {
                 put.encode_raw(buf);
             }
             Command::Auth(a) => encode_auth(a, buf),
+            Command::LeaseCheckpoint { checkpoints } => {
+                buf.extend_from_slice(&(checkpoints.len() as u32).to_le_bytes());
+                for (id, ms) in checkpoints {
+                    buf.extend_from_slice(&id.to_le_bytes());
+                    buf.extend_from_slice(&ms.to_le_bytes());
+                }
+            }
         }
         debug_assert_eq!(buf.len() - start, len);
     }
@@ -289,6 +310,14 @@ impl Command {
                 put: PutRequest::decode(body.rest())?,
             },
             TAG_AUTH => Command::Auth(decode_auth(&mut body)?),
+            TAG_LEASE_CHECKPOINT => {
+                let n = body.u32()? as usize;
+                let mut checkpoints = Vec::with_capacity(n.min(body.0.len() / 16));
+                for _ in 0..n {
+                    checkpoints.push((body.i64()?, body.i64()?));
+                }
+                Command::LeaseCheckpoint { checkpoints }
+            }
             t => return Err(CodecError::UnknownTag(t)),
         };
         body.finish()?;
@@ -467,6 +496,7 @@ const RESULT_LEASE_GRANT: u8 = 5;
 const RESULT_LEASE_REVOKE: u8 = 6;
 const RESULT_GRANT_PUT: u8 = 7;
 const RESULT_AUTH: u8 = 8;
+const RESULT_LEASE_CHECKPOINT: u8 = 9;
 
 /// The auth errors a result can carry, by their number on the wire (their order here).
 const AUTH_ERRORS: [AuthError; 17] = [
@@ -499,6 +529,7 @@ const AUTH_ERRORS: [AuthError; 17] = [
 ///          1 Put, 2 DeleteRange, 3 Txn: the protobuf response
 ///          4 Compact, 6 LeaseRevoke: i64 revision; 8 Auth: u64 auth revision
 ///          5 LeaseGrant: i64 ID, i64 TTL; 7 LeaseGrantPut: i64 ID, i64 TTL, protobuf PutResponse
+///          9 LeaseCheckpoint: nothing
 /// ```
 pub fn encode_result(r: &Result<CommandResult, MvccError>, buf: &mut Vec<u8>) {
     match r {
@@ -558,6 +589,7 @@ pub fn encode_result(r: &Result<CommandResult, MvccError>, buf: &mut Vec<u8>) {
             buf.push(RESULT_AUTH);
             buf.extend_from_slice(&revision.to_le_bytes());
         }
+        Ok(CommandResult::LeaseCheckpoint) => buf.push(RESULT_LEASE_CHECKPOINT),
     }
 }
 
@@ -605,6 +637,7 @@ pub fn decode_result(bytes: &[u8]) -> Result<Result<CommandResult, MvccError>, C
             put: PutResponse::decode(r.rest())?,
         }),
         RESULT_AUTH => Ok(CommandResult::Auth { revision: r.u64()? }),
+        RESULT_LEASE_CHECKPOINT => Ok(CommandResult::LeaseCheckpoint),
         t => return Err(CodecError::UnknownTag(t)),
     };
     r.finish()?;
@@ -790,6 +823,12 @@ mod tests {
                 key: Bytes::from_static(b"/a"),
                 range_end: Bytes::new(),
             }),
+            Command::LeaseCheckpoint {
+                checkpoints: vec![(1, 2500), (7, 0)],
+            },
+            Command::LeaseCheckpoint {
+                checkpoints: vec![],
+            },
         ]
     }
 
@@ -831,6 +870,7 @@ mod tests {
                 put: PutResponse::default(),
             }),
             Ok(CommandResult::Auth { revision: 3 }),
+            Ok(CommandResult::LeaseCheckpoint),
             Err(MvccError::Compacted),
             Err(MvccError::FutureRevision),
             Err(MvccError::KeyNotFound),
