@@ -14,7 +14,7 @@ use mast_model::config::{ConfigHistoryEntry, META_PREFIX};
 use mast_model::{ConfigFormat, ConfigId, ConfigMeta, Instance, prefix_end};
 use mast_proto::etcdserverpb::{
     DeleteRangeRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest,
-    MemberListRequest, PutRequest, RangeRequest, SnapshotRequest, StatusRequest,
+    PutRequest, RangeRequest, SnapshotRequest,
     WatchCreateRequest, WatchRequest, watch_request::RequestUnion,
 };
 use mast_proto::mvccpb::{KeyValue, event::EventType};
@@ -51,15 +51,22 @@ pub struct Global {
 }
 
 impl Global {
-    async fn connect(&self) -> anyhow::Result<Client> {
-        let mut o = ClientOptions::from_env();
-        if let Some(e) = &self.endpoints {
-            o.endpoints = e
+    /// The endpoints given (`--endpoints`, else the environment's, else the default).
+    pub(crate) fn endpoint_list(&self) -> Vec<String> {
+        match &self.endpoints {
+            Some(e) => e
                 .split(',')
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
-                .collect();
+                .collect(),
+            None => ClientOptions::from_env().endpoints,
         }
+    }
+
+    /// A client over the endpoints and credentials given.
+    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
+        let mut o = ClientOptions::from_env();
+        o.endpoints = self.endpoint_list();
         if let Some(u) = &self.user {
             match u.split_once(':') {
                 Some((n, p)) => {
@@ -107,22 +114,6 @@ pub enum LeaseCmd {
     },
     /// Lists the leases.
     List,
-}
-
-/// `mast member …`.
-#[derive(Subcommand, Debug)]
-pub enum MemberCmd {
-    /// Lists the members.
-    List,
-}
-
-/// `mast endpoint …`.
-#[derive(Subcommand, Debug)]
-pub enum EndpointCmd {
-    /// Status of each endpoint.
-    Status,
-    /// Whether each endpoint answers a read.
-    Health,
 }
 
 /// `mast snapshot …`.
@@ -301,10 +292,10 @@ pub enum ClientCmd {
     Lease(LeaseCmd),
     /// Member commands.
     #[command(subcommand)]
-    Member(MemberCmd),
+    Member(crate::cli_cluster::MemberCmd),
     /// Endpoint commands.
     #[command(subcommand)]
-    Endpoint(EndpointCmd),
+    Endpoint(crate::cli_cluster::EndpointCmd),
     /// Snapshot commands.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -333,7 +324,8 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+/// Prints `v` as one line of JSON.
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(v)?);
     Ok(())
 }
@@ -497,98 +489,8 @@ pub async fn run(g: Global, cmd: ClientCmd) -> anyhow::Result<()> {
             }
         }
         ClientCmd::Lease(l) => lease(&c, out, l).await?,
-        ClientCmd::Member(MemberCmd::List) => {
-            let r = c
-                .cluster_client()
-                .member_list(MemberListRequest::default())
-                .await?
-                .into_inner();
-            match out {
-                Format::Json => print_json(&r)?,
-                Format::Table => {
-                    let mut t = Table::new();
-                    t.set_header([
-                        "ID",
-                        "STATUS",
-                        "NAME",
-                        "PEER ADDRS",
-                        "CLIENT ADDRS",
-                        "IS LEARNER",
-                    ]);
-                    for m in &r.members {
-                        t.add_row([
-                            format!("{:x}", m.id),
-                            "started".into(),
-                            m.name.clone(),
-                            m.peer_ur_ls.join(","),
-                            m.client_ur_ls.join(","),
-                            m.is_learner.to_string(),
-                        ]);
-                    }
-                    println!("{t}");
-                }
-                Format::Simple => {
-                    for m in &r.members {
-                        println!(
-                            "{:x}, started, {}, {}, {}, {}",
-                            m.id,
-                            m.name,
-                            m.peer_ur_ls.join(","),
-                            m.client_ur_ls.join(","),
-                            m.is_learner
-                        );
-                    }
-                }
-            }
-        }
-        ClientCmd::Endpoint(EndpointCmd::Status) => {
-            let r = c
-                .maintenance_client()
-                .status(StatusRequest::default())
-                .await?
-                .into_inner();
-            match out {
-                Format::Json => print_json(&r)?,
-                _ => {
-                    let mut t = Table::new();
-                    t.set_header([
-                        "ID",
-                        "VERSION",
-                        "DB SIZE",
-                        "IS LEADER",
-                        "RAFT TERM",
-                        "RAFT INDEX",
-                    ]);
-                    let id = r.header.as_ref().map_or(0, |h| h.member_id);
-                    t.add_row([
-                        format!("{id:x}"),
-                        r.version.clone(),
-                        format!("{} B", r.db_size),
-                        (r.leader == id).to_string(),
-                        r.raft_term.to_string(),
-                        r.raft_index.to_string(),
-                    ]);
-                    println!("{t}");
-                }
-            }
-        }
-        ClientCmd::Endpoint(EndpointCmd::Health) => {
-            let started = std::time::Instant::now();
-            let ok = c
-                .range(RangeRequest {
-                    key: "health".into(),
-                    ..Default::default()
-                })
-                .await;
-            let took = started.elapsed();
-            match (&ok, out) {
-                (_, Format::Json) => print_json(
-                    &serde_json::json!({"health": ok.is_ok(), "took": format!("{took:?}"), "error": ok.as_ref().err().map(|e| e.to_string())}),
-                )?,
-                (Ok(_), _) => println!("healthy: successfully committed proposal: took = {took:?}"),
-                (Err(e), _) => bail!("unhealthy: {e}"),
-            }
-        }
+        ClientCmd::Member(m) => crate::cli_cluster::member(&g, out, m).await?,
+        ClientCmd::Endpoint(e) => crate::cli_cluster::endpoint(&g, out, e).await?,
         ClientCmd::Snapshot(SnapshotCmd::Save { path }) => snapshot(&c, &path).await?,
         ClientCmd::Service(s) => service(&c, out, s).await?,
         ClientCmd::Config(cfg) => config(&c, out, cfg).await?,

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use mast_server::{Server, ServerConfig};
 
 mod cli;
+mod cli_cluster;
 mod txn_script;
 
 /// Mast: config center and service registry that speaks the etcd v3 API.
