@@ -302,7 +302,7 @@ pub async fn stream(
         )
     })?;
 
-    let (req_tx, req_rx) = mpsc::channel::<Result<WatchRequest, tonic::Status>>(4);
+    let (req_tx, req_rx) = mpsc::channel::<Result<WatchRequest, Infallible>>(4);
     let mut rx = mast_server::api::watch::open_session(
         node.clone(),
         caller.clone(),

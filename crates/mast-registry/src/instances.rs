@@ -369,7 +369,7 @@ async fn revoke_if_unused(node: &Node, caller: &Caller, id: i64) -> bool {
     match lease::revoke(node, caller, LeaseRevokeRequest { id }).await {
         Ok(_) => true,
         Err(e) => {
-            tracing::debug!(lease = id, error = %e.message(), "revoking an unused lease failed");
+            tracing::debug!(lease = id, error = %e, "revoking an unused lease failed");
             false
         }
     }
