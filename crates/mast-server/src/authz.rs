@@ -5,7 +5,8 @@
 //! without a token is refused with `etcdserver: user name is empty`, an unknown or expired token
 //! with `etcdserver: invalid auth token`, a token older than the current auth revision with
 //! `etcdserver: revision of auth store is old`, and a call outside the user's permissions with
-//! `etcdserver: permission denied` — each an [`AuthError`] variant carried by [`EtcdError::Auth`].
+//! `etcdserver: permission denied`: each an [`AuthError`] variant carried by
+//! [`EtcdError::Auth`].
 
 use std::net::SocketAddr;
 
