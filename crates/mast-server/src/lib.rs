@@ -14,6 +14,10 @@
 //!
 //! **Architecture invariant:** every change to the key space goes through [`writer::Writer`]
 //! as a [`mast_mvcc::Command`]; services never write the store directly.
+//!
+//! **Architecture invariant:** operations and checks fail with [`EtcdError`]; it becomes a
+//! tonic `Status` or a gateway JSON body only at those edges, and its gRPC code is chosen only
+//! in [`EtcdError::code`].
 
 pub mod api;
 pub mod authority;
