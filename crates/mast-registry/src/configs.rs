@@ -385,13 +385,13 @@ async fn publish_version(
     p: Publish,
 ) -> ApiResult<PublishResponse> {
     let node = &st.node;
-    if p.content.len() > node.config.max_request_bytes {
+    if p.content.len() > node.max_request_bytes() {
         return Err(ApiError::new(
             ErrorCode::TooLarge,
             format!(
                 "content is {} bytes; the server accepts writes up to {} bytes",
                 p.content.len(),
-                node.config.max_request_bytes
+                node.max_request_bytes()
             ),
         ));
     }
@@ -552,11 +552,7 @@ pub async fn get(
     let (content_key, meta_key) = (id.content_key(), id.meta_key());
     // The checks the two reads below make, done first so a cached answer gets them too.
     let who = node.authenticate_caller(&caller)?;
-    node.check_range(&who, content_key.as_bytes(), &[], false)?;
-    node.check_range(&who, meta_key.as_bytes(), &[], false)?;
-    let (_, mods) = node
-        .store
-        .mod_revisions(&[content_key.as_bytes(), meta_key.as_bytes()]);
+    let (_, mods) = node.mod_revisions(&who, &[content_key.as_bytes(), meta_key.as_bytes()])?;
     if let Some(content_rev) = mods[0]
         && let Some(body) = st.read_cache.get(&content_key, content_rev, mods[1])
     {

@@ -6,9 +6,9 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use mast_model::{NameError, ValidationError};
+use mast_server::error::{AuthError, EtcdError, MvccError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::{Code, Status};
 
 /// What went wrong, as a stable machine-readable code; each has one HTTP status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,42 +150,94 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The etcd operations' errors, with etcd's messages, mapped to this API's codes.
-impl From<Status> for ApiError {
-    fn from(s: Status) -> Self {
-        let msg = s.message();
-        let bare = msg.strip_prefix("etcdserver: ").unwrap_or(msg);
-        let code = match (s.code(), bare) {
-            (_, "user name is empty") => {
+/// The etcd operations' errors mapped to this API's codes by variant; the message is etcd's,
+/// except for a missing token and a too large write, which say what to do instead.
+impl From<EtcdError> for ApiError {
+    fn from(e: EtcdError) -> Self {
+        use EtcdError as E;
+        let code = match &e {
+            E::Auth(AuthError::UserEmpty) | E::Mvcc(MvccError::Auth(AuthError::UserEmpty)) => {
                 return ApiError::new(
                     ErrorCode::Unauthenticated,
                     "authentication required: send a token (from POST /v3/auth/authenticate) \
                      in the Authorization header",
                 );
             }
-            (_, "revision of auth store is old") | (Code::Unauthenticated, _) => {
-                ErrorCode::Unauthenticated
-            }
-            (_, "request is too large") => {
+            E::RequestTooLarge => {
                 return ApiError::new(
                     ErrorCode::TooLarge,
                     "request is too large: the write (content, metadata and history entry \
                      together) exceeds the server's --max-request-bytes",
                 );
             }
-            (Code::PermissionDenied, _) => ErrorCode::PermissionDenied,
-            (Code::NotFound, _) => ErrorCode::NotFound,
-            (Code::OutOfRange, "mvcc: required revision has been compacted") => {
-                ErrorCode::Compacted
-            }
-            (Code::InvalidArgument | Code::OutOfRange, _) => ErrorCode::InvalidArgument,
-            (Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition, _) => {
-                ErrorCode::Conflict
-            }
-            (Code::Unavailable | Code::ResourceExhausted, _) => ErrorCode::Unavailable,
-            _ => ErrorCode::Internal,
+            E::Auth(a) | E::Mvcc(MvccError::Auth(a)) => auth_code(a),
+            E::Mvcc(MvccError::Compacted) => ErrorCode::Compacted,
+            E::Mvcc(
+                MvccError::FutureRevision
+                | MvccError::LeaseTtlTooLarge
+                | MvccError::KeyNotFound
+                | MvccError::DuplicateKey,
+            ) => ErrorCode::InvalidArgument,
+            E::Mvcc(MvccError::LeaseNotFound) => ErrorCode::NotFound,
+            E::Mvcc(MvccError::LeaseExists) => ErrorCode::Conflict,
+            E::Mvcc(MvccError::Storage(_)) => ErrorCode::Unavailable,
+            E::EmptyKey
+            | E::TooManyOps
+            | E::DuplicateKey
+            | E::ValueProvided
+            | E::LeaseProvided
+            | E::InvalidSortOption
+            | E::BadRequestBody(_)
+            | E::MemberBadUrls => ErrorCode::InvalidArgument,
+            E::NoRoute { .. } | E::MemberNotFound => ErrorCode::NotFound,
+            E::NotLeader
+            | E::MemberExist
+            | E::PeerUrlExist
+            | E::MemberNotEnoughStarted
+            | E::MemberNotLearner
+            | E::LearnerNotReady
+            | E::TooManyLearners
+            | E::BadLeaderTransferee => ErrorCode::Conflict,
+            E::Storage(_)
+            | E::Io(_)
+            | E::NoLeader
+            | E::LeaderChanged
+            | E::Stopped
+            | E::Timeout
+            | E::TimeoutDueToLeaderFail
+            | E::TimeoutDueToConnectionLost
+            | E::Unhealthy
+            | E::NotSupportedForLearner
+            | E::NoSpace => ErrorCode::Unavailable,
+            E::NoPasswordUser
+            | E::MaintenancePermissionDenied
+            | E::Unimplemented(_)
+            | E::Internal(_) => ErrorCode::Internal,
         };
-        ApiError::new(code, msg)
+        ApiError::new(code, e.to_string())
+    }
+}
+
+/// This API's code for an auth error.
+fn auth_code(e: &AuthError) -> ErrorCode {
+    match e {
+        AuthError::UserEmpty | AuthError::InvalidAuthToken | AuthError::AuthOldRevision => {
+            ErrorCode::Unauthenticated
+        }
+        AuthError::PermissionDenied => ErrorCode::PermissionDenied,
+        AuthError::RoleEmpty
+        | AuthError::InvalidAuthMgmt
+        | AuthError::PermissionNotGiven
+        | AuthError::AuthFailed => ErrorCode::InvalidArgument,
+        AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist
+        | AuthError::UserAlreadyExist
+        | AuthError::UserNotFound
+        | AuthError::RoleAlreadyExist
+        | AuthError::RoleNotFound
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::AuthNotEnabled => ErrorCode::Conflict,
     }
 }
 

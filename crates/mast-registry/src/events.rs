@@ -291,7 +291,7 @@ pub async fn stream(
             _ => 0,
         },
     };
-    let compact = node.store.compact_revision();
+    let compact = node.compact_revision();
     if start > 0 && start < compact {
         return Err(compacted(compact));
     }
@@ -302,7 +302,7 @@ pub async fn stream(
         )
     })?;
 
-    let (req_tx, req_rx) = mpsc::channel::<Result<WatchRequest, tonic::Status>>(4);
+    let (req_tx, req_rx) = mpsc::channel::<Result<WatchRequest, Infallible>>(4);
     let mut rx = mast_server::api::watch::open_session(
         node.clone(),
         caller.clone(),
@@ -352,8 +352,10 @@ pub async fn stream(
         // (closing it would end the session).
         let _permit = permit;
         let _requests = req_tx;
-        let mut shutdown = node.shutdown.clone();
-        if *shutdown.borrow() {
+        let shutdown = node.shutting_down();
+        tokio::pin!(shutdown);
+        // A server already shutting down sends nothing more.
+        if futures::poll!(&mut shutdown).is_ready() {
             return;
         }
         let mut early = early.into_iter();
@@ -362,7 +364,7 @@ pub async fn stream(
                 r
             } else {
                 tokio::select! {
-                    _ = shutdown.changed() => break,
+                    _ = &mut shutdown => break,
                     _ = out.closed() => break,
                     r = rx.recv() => match r {
                         Some(Ok(r)) => r,

@@ -281,8 +281,7 @@ pub async fn list_instances(
     let end = mast_model::prefix_end(prefix.as_bytes());
     // The check the Range below makes, done first so a cached list gets it too.
     let who = node.authenticate_caller(&caller)?;
-    node.check_range(&who, prefix.as_bytes(), &end, false)?;
-    let (mut revision, count, max_mod) = node.store.range_summary(prefix.as_bytes(), &end);
+    let (mut revision, count, max_mod) = node.range_summary(&who, prefix.as_bytes(), &end)?;
     let entry = match st.list_cache.get(&service, count, max_mod) {
         Some(entry) => entry,
         None => {
@@ -358,18 +357,13 @@ fn not_an_instance(kv: &KeyValue) -> ApiError {
 
 /// Revokes `lease` when no key is attached to it any more.
 async fn revoke_if_unused(node: &Node, caller: &Caller, id: i64) -> bool {
-    let unused = node
-        .store
-        .leases()
-        .get(id)
-        .is_some_and(|r| r.keys.is_empty());
-    if !unused {
+    if node.lease_key_count(id) != Some(0) {
         return false;
     }
     match lease::revoke(node, caller, LeaseRevokeRequest { id }).await {
         Ok(_) => true,
         Err(e) => {
-            tracing::debug!(lease = id, error = %e.message(), "revoking an unused lease failed");
+            tracing::debug!(lease = id, error = %e, "revoking an unused lease failed");
             false
         }
     }

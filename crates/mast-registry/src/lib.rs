@@ -18,10 +18,13 @@
 //! **Architecture invariant:** every read and write here goes through the node's etcd API
 //! functions (`mast_server::api::kv`, `lease`, `watch`) with the HTTP caller's token, so each
 //! change is one ordinary durable, atomic etcd operation (a Put, a DeleteRange or a Txn) and
-//! auth applies exactly as it does to etcd clients. Nothing here touches the store directly
-//! except read-only lease timing for health, and the index lookups ([`mast_mvcc::Store::mod_revisions`],
-//! [`mast_mvcc::Store::range_summary`]) by which the read caches tell whether a rendered
-//! answer is still current, made after the same auth checks the etcd read would make.
+//! auth applies exactly as it does to etcd clients. The node's state is private to the server;
+//! besides those functions the registry uses only its narrow read-only methods: lease timing
+//! for health ([`Node::lease_timing`]), the request limit, the compacted revision, the shutdown
+//! signal, and the index lookups ([`Node::mod_revisions`], [`Node::range_summary`]) by which
+//! the read caches tell whether a rendered answer is still current, which check the caller's
+//! read permission as the etcd read would. Errors arrive as [`mast_server::EtcdError`] and
+//! become an [`ApiError`] by variant.
 
 pub mod configs;
 pub mod error;

@@ -6,7 +6,7 @@
 //! fields before the lease fields and the fields after them, and the lease fields are written
 //! fresh on every read. An entry is the rendered instances of one service together with the
 //! summary of the service's key range they were rendered from (key count and highest
-//! `mod_revision`, [`mast_mvcc::Store::range_summary`]); a list uses the entry only while the
+//! `mod_revision`, [`mast_server::Node::range_summary`]); a list uses the entry only while the
 //! summary at the current revision is the same, which means the keys and values are too. Auth
 //! is checked on every list, before the cache.
 //!
@@ -57,7 +57,7 @@ impl LeaseFields {
     /// The fields of an instance whose key is attached to `lease` (0: none), from the node's
     /// lessor: healthy while the lease is alive, or always without one.
     pub fn of(node: &Node, lease: i64) -> LeaseFields {
-        let timing = (lease != 0).then(|| node.lessor.timing(lease)).flatten();
+        let timing = (lease != 0).then(|| node.lease_timing(lease)).flatten();
         LeaseFields {
             healthy: lease == 0 || timing.is_some(),
             lease,

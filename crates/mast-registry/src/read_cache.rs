@@ -3,7 +3,7 @@
 //!
 //! A config's answer depends only on its content key and its metadata key. An entry remembers
 //! the `mod_revision` of each (the metadata's `None` when absent) it was rendered from; a read
-//! looks both up in the store's in-memory index ([`mast_mvcc::Store::mod_revisions`]) and uses
+//! looks both up in the store's in-memory index ([`mast_server::Node::mod_revisions`]) and uses
 //! the entry only when they are unchanged, so a cached answer is always the one a fresh read
 //! would give. Auth is checked on every read, before the cache.
 //!

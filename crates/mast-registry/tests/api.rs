@@ -326,7 +326,7 @@ async fn update_filter_deregister() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["leaseRevoked"], true);
-    assert!(!t.node().store.leases().contains(lease));
+    assert_eq!(t.node().lease_key_count(lease), None);
     let (s, _) = t
         .call(Method::DELETE, "/mast/v1/services/orders/instances/a", None)
         .await;
@@ -944,7 +944,7 @@ async fn auth_applies_when_on() {
         assert_eq!(v["code"], "unauthenticated");
     }
     assert!(
-        t.node().lessor.is_empty(),
+        mast_server::api::lease::leases(t.node()).leases.is_empty(),
         "a refused register grants no lease"
     );
     let (s, v) = t

@@ -5,13 +5,14 @@
 //! without a token is refused with `etcdserver: user name is empty`, an unknown or expired token
 //! with `etcdserver: invalid auth token`, a token older than the current auth revision with
 //! `etcdserver: revision of auth store is old`, and a call outside the user's permissions with
-//! `etcdserver: permission denied`.
+//! `etcdserver: permission denied`: each an [`AuthError`] variant carried by
+//! [`EtcdError::Auth`].
 
 use std::net::SocketAddr;
 
 use mast_proto::etcdserverpb::{RequestOp, TxnRequest, request_op};
-use tonic::Status;
 
+use crate::error::{AuthError, EtcdError};
 use crate::node::Node;
 use crate::tokens::AuthInfo;
 
@@ -76,26 +77,6 @@ fn strip_bearer(v: &str) -> String {
     v.strip_prefix("Bearer ").unwrap_or(v).trim().to_string()
 }
 
-/// etcd's `ErrGRPCUserEmpty`.
-pub fn err_user_empty() -> Status {
-    Status::invalid_argument("etcdserver: user name is empty")
-}
-
-/// etcd's `ErrGRPCInvalidAuthToken`.
-pub fn err_invalid_token() -> Status {
-    Status::unauthenticated("etcdserver: invalid auth token")
-}
-
-/// etcd's `ErrGRPCAuthOldRevision`.
-pub fn err_old_revision() -> Status {
-    Status::invalid_argument("etcdserver: revision of auth store is old")
-}
-
-/// etcd's `ErrGRPCPermissionDenied`.
-pub fn err_permission_denied() -> Status {
-    Status::permission_denied("etcdserver: permission denied")
-}
-
 /// The checked identity of a caller: `None` when auth is off (everything is allowed).
 pub type Identity = Option<AuthInfo>;
 
@@ -103,8 +84,11 @@ impl Node {
     /// Resolves the caller's token. With auth off this is `Ok(None)`.
     ///
     /// # Errors
-    /// etcd's errors for a missing, invalid or outdated token.
-    pub fn authenticate_caller(&self, caller: &Caller) -> Result<Identity, Status> {
+    /// [`AuthError::UserEmpty`] without a token (or a known certificate name),
+    /// [`AuthError::InvalidAuthToken`] for an unknown or expired one,
+    /// [`AuthError::AuthOldRevision`] for one older than the auth state, and
+    /// [`AuthError::PermissionDenied`] when its user no longer exists.
+    pub fn authenticate_caller(&self, caller: &Caller) -> Result<Identity, EtcdError> {
         let auth = self.store.auth();
         if !auth.enabled() {
             return Ok(None);
@@ -119,14 +103,17 @@ impl Node {
                     revision: auth.revision(),
                 }));
             }
-            return Err(err_user_empty());
+            return Err(AuthError::UserEmpty.into());
         };
-        let info = self.tokens.info(token).ok_or_else(err_invalid_token)?;
+        let info = self
+            .tokens
+            .info(token)
+            .ok_or(EtcdError::Auth(AuthError::InvalidAuthToken))?;
         if !self.tokens.follows_current_revision() && info.revision < auth.revision() {
-            return Err(err_old_revision());
+            return Err(AuthError::AuthOldRevision.into());
         }
         if auth.user(&info.user).is_none() {
-            return Err(err_permission_denied());
+            return Err(AuthError::PermissionDenied.into());
         }
         Ok(Some(info))
     }
@@ -141,7 +128,7 @@ impl Node {
         key: &[u8],
         range_end: &[u8],
         write: bool,
-    ) -> Result<(), Status> {
+    ) -> Result<(), EtcdError> {
         let Some(info) = who else { return Ok(()) };
         if self
             .store
@@ -150,7 +137,7 @@ impl Node {
         {
             Ok(())
         } else {
-            Err(err_permission_denied())
+            Err(AuthError::PermissionDenied.into())
         }
     }
 
@@ -158,12 +145,12 @@ impl Node {
     ///
     /// # Errors
     /// `etcdserver: permission denied`.
-    pub fn check_admin(&self, who: &Identity) -> Result<(), Status> {
+    pub fn check_admin(&self, who: &Identity) -> Result<(), EtcdError> {
         let Some(info) = who else { return Ok(()) };
         if self.store.auth().is_admin(&info.user) {
             Ok(())
         } else {
-            Err(err_permission_denied())
+            Err(AuthError::PermissionDenied.into())
         }
     }
 
@@ -172,7 +159,7 @@ impl Node {
     ///
     /// # Errors
     /// Token errors for a bad token.
-    pub fn check_token_if_any(&self, caller: &Caller) -> Result<Identity, Status> {
+    pub fn check_token_if_any(&self, caller: &Caller) -> Result<Identity, EtcdError> {
         if caller.token.as_deref().is_none_or(str::is_empty) && caller.cert_cn.is_none() {
             return Ok(None);
         }
@@ -183,7 +170,7 @@ impl Node {
     ///
     /// # Errors
     /// Token errors, or `etcdserver: permission denied`.
-    pub fn require_admin(&self, caller: &Caller) -> Result<Identity, Status> {
+    pub fn require_admin(&self, caller: &Caller) -> Result<Identity, EtcdError> {
         let who = self.authenticate_caller(caller)?;
         self.check_admin(&who)?;
         Ok(who)
@@ -194,12 +181,12 @@ impl Node {
     /// (code Unknown, `auth: permission denied`).
     ///
     /// # Errors
-    /// Token errors, or `auth: permission denied`.
-    pub fn require_admin_maintenance(&self, caller: &Caller) -> Result<Identity, Status> {
+    /// Token errors, or [`EtcdError::MaintenancePermissionDenied`].
+    pub fn require_admin_maintenance(&self, caller: &Caller) -> Result<Identity, EtcdError> {
         let who = self.authenticate_caller(caller)?;
         match self.check_admin(&who) {
             Ok(()) => Ok(who),
-            Err(_) => Err(Status::unknown("auth: permission denied")),
+            Err(_) => Err(EtcdError::MaintenancePermissionDenied),
         }
     }
 
@@ -208,7 +195,7 @@ impl Node {
     ///
     /// # Errors
     /// `etcdserver: permission denied` on the first refused key or range.
-    pub fn check_txn(&self, who: &Identity, t: &TxnRequest) -> Result<(), Status> {
+    pub fn check_txn(&self, who: &Identity, t: &TxnRequest) -> Result<(), EtcdError> {
         if who.is_none() {
             return Ok(());
         }
@@ -221,7 +208,7 @@ impl Node {
         Ok(())
     }
 
-    fn check_op(&self, who: &Identity, op: &RequestOp) -> Result<(), Status> {
+    fn check_op(&self, who: &Identity, op: &RequestOp) -> Result<(), EtcdError> {
         match &op.request {
             Some(request_op::Request::RequestRange(r)) => {
                 self.check_range(who, &r.key, &r.range_end, false)
@@ -251,7 +238,12 @@ impl Node {
     ///
     /// # Errors
     /// `etcdserver: permission denied`.
-    pub fn check_lease_keys(&self, who: &Identity, lease: i64, write: bool) -> Result<(), Status> {
+    pub fn check_lease_keys(
+        &self,
+        who: &Identity,
+        lease: i64,
+        write: bool,
+    ) -> Result<(), EtcdError> {
         let Some(info) = who else { return Ok(()) };
         let auth = self.store.auth();
         if auth.is_admin(&info.user) {
@@ -269,7 +261,7 @@ impl Node {
         {
             Ok(())
         } else {
-            Err(err_permission_denied())
+            Err(AuthError::PermissionDenied.into())
         }
     }
 }

@@ -1,7 +1,8 @@
 //! HTTP routes on the client port: `/health`, `/version`, `/metrics`, and etcd's JSON gateway
 //! (`POST /v3/kv/range`, `/v3/watch`, …) as etcd's grpc-gateway renders it: snake_case field
 //! names, bytes as base64, 64-bit integers as strings, streams as newline-separated
-//! `{"result": …}` objects, errors as `{"error", "code", "message"}` with an HTTP status.
+//! `{"result": …}` objects, errors as `{"error", "code", "message"}` with an HTTP status (made
+//! from an [`EtcdError`] in one place for unary calls and one for streams).
 
 use std::sync::{Arc, OnceLock};
 
@@ -16,10 +17,11 @@ use mast_proto::etcdserverpb as pb;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::{Code, Status};
+use tonic::Code;
 
 use crate::api::{self, auth, cluster, kv, lease, maintenance};
 use crate::authz::Caller;
+use crate::error::EtcdError;
 use crate::node::Node;
 use crate::serve::ClientAddr;
 
@@ -54,6 +56,7 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
+/// A unary call's error as grpc-gateway renders it.
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
@@ -61,49 +64,67 @@ struct ErrorBody<'a> {
     code: i32,
 }
 
-fn error_response(s: &Status) -> Response {
+/// The gateway's edge for unary calls: an [`EtcdError`] as `{"error", "message", "code"}` (the
+/// message twice, the gRPC code as a number) with the HTTP status grpc-gateway gives the code.
+fn error_response(e: &EtcdError) -> Response {
+    let code = e.code();
+    let message = e.to_string();
     let body = ErrorBody {
-        error: s.message(),
-        message: s.message(),
-        code: s.code() as i32,
+        error: &message,
+        message: &message,
+        code: code as i32,
     };
-    (http_status(s.code()), axum::Json(body)).into_response()
+    (http_status(code), axum::Json(body)).into_response()
+}
+
+/// The gateway's edge for streams: an [`EtcdError`] as the one `{"error": {…}}` object
+/// grpc-gateway sends in place of a stream's next result.
+fn stream_error_body(e: &EtcdError) -> serde_json::Value {
+    let code = e.code();
+    let status = http_status(code);
+    serde_json::json!({"error": {
+        "grpc_code": code as i32,
+        "http_code": status.as_u16(),
+        "message": e.to_string(),
+        "http_status": status.canonical_reason(),
+    }})
 }
 
 fn json_response<T: Serialize>(v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
-        Err(e) => error_response(&Status::internal(e.to_string())),
+        Err(e) => error_response(&EtcdError::Internal(e.to_string())),
     }
 }
 
-fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
+fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, EtcdError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
+    serde_json::from_slice(body).map_err(|e| EtcdError::BadRequestBody(e.to_string()))
 }
 
 async fn unary<Req, Resp, Fut>(body: Bytes, f: impl FnOnce(Req) -> Fut) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
-    Fut: std::future::Future<Output = Result<Resp, Status>>,
+    Fut: std::future::Future<Output = Result<Resp, EtcdError>>,
 {
     let req = match parse::<Req>(&body) {
         Ok(r) => r,
-        Err(s) => return error_response(&s),
+        Err(e) => return error_response(&e),
     };
     match f(req).await {
         Ok(resp) => json_response(&resp),
-        Err(s) => error_response(&s),
+        Err(e) => error_response(&e),
     }
 }
 
-/// Parses a request body that carries a sequence of JSON objects (a client stream).
+/// Parses a request body that carries a sequence of JSON objects (a client stream). A body
+/// that stops decoding ends the stream with the decoder's error.
 fn json_stream<T: DeserializeOwned + Send + 'static>(
     body: Body,
-) -> impl Stream<Item = Result<T, Status>> + Unpin + Send {
+) -> impl Stream<Item = Result<T, serde_json::Error>> + Unpin + Send {
     let frames = body.into_data_stream();
     Box::pin(futures::stream::unfold(
         (frames, Vec::<u8>::new(), false),
@@ -117,10 +138,7 @@ fn json_stream<T: DeserializeOwned + Send + 'static>(
                         return Some((Ok(v), (frames, buf, done)));
                     }
                     Some(Err(e)) if !e.is_eof() => {
-                        return Some((
-                            Err(Status::invalid_argument(e.to_string())),
-                            (frames, Vec::new(), true),
-                        ));
+                        return Some((Err(e), (frames, Vec::new(), true)));
                     }
                     _ => {}
                 }
@@ -143,12 +161,12 @@ struct StreamItem<T> {
 
 /// Renders a response stream as newline-separated `{"result": …}` objects.
 fn stream_response<T: Serialize + Send + 'static>(
-    rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
+    rx: tokio::sync::mpsc::Receiver<Result<T, EtcdError>>,
 ) -> Response {
     let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
         let mut bytes = match item {
             Ok(v) => serde_json::to_vec(&StreamItem { result: v }),
-            Err(s) => serde_json::to_vec(&serde_json::json!({"error": {"grpc_code": s.code() as i32, "http_code": http_status(s.code()).as_u16(), "message": s.message(), "http_status": http_status(s.code()).canonical_reason()}})),
+            Err(e) => serde_json::to_vec(&stream_error_body(&e)),
         }
         .unwrap_or_default();
         bytes.push(b'\n');
@@ -215,13 +233,13 @@ gateway!(lease_ttl, pb::LeaseTimeToLiveRequest, |n, c, r| {
 });
 gateway!(lease_leases, pb::LeaseLeasesRequest, |n, _c, _r| Ok::<
     _,
-    Status,
+    EtcdError,
 >(
     lease::leases(n)
 ));
 gateway!(member_list, pb::MemberListRequest, |n, _c, _r| Ok::<
     _,
-    Status,
+    EtcdError,
 >(
     cluster::member_list(n)
 ));
@@ -239,13 +257,7 @@ gateway!(m_defrag, pb::DefragmentRequest, |n, c, _r| {
 });
 gateway!(m_hash, pb::HashRequest, |n, c, _r| {
     n.require_admin_maintenance(c)?;
-    n.store
-        .hash()
-        .map_err(api::status_of)
-        .map(|hash| pb::HashResponse {
-            header: n.header(),
-            hash,
-        })
+    maintenance::hash(n)
 });
 gateway!(m_hashkv, pb::HashKvRequest, |n, c, r| {
     n.require_admin_maintenance(c)?;
@@ -253,7 +265,7 @@ gateway!(m_hashkv, pb::HashKvRequest, |n, c, r| {
 });
 gateway!(auth_status, pb::AuthStatusRequest, |n, _c, _r| Ok::<
     _,
-    Status,
+    EtcdError,
 >(
     auth::auth_status(n)
 ));
@@ -330,7 +342,7 @@ async fn watch(
 
 async fn not_clustered(body: Bytes) -> Response {
     let _ = body;
-    error_response(&api::unimplemented("membership changes (clustering)"))
+    error_response(&EtcdError::unimplemented("membership changes (clustering)"))
 }
 
 async fn m_snapshot(
@@ -338,8 +350,8 @@ async fn m_snapshot(
     ci: Option<axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
     headers: http::HeaderMap,
 ) -> Response {
-    if let Err(s) = n.require_admin_maintenance(&caller_of(&headers, ci.as_ref())) {
-        return error_response(&s);
+    if let Err(e) = n.require_admin_maintenance(&caller_of(&headers, ci.as_ref())) {
+        return error_response(&e);
     }
     stream_response(maintenance::snapshot_stream(n.clone()))
 }
@@ -396,25 +408,23 @@ async fn fallback(req: axum::extract::Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     if is_grpc {
-        let path = req.uri().path().to_string();
+        let e = EtcdError::unimplemented(req.uri().path());
         let mut resp = Response::new(Body::empty());
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        h.insert("grpc-status", HeaderValue::from(Code::Unimplemented as i32));
-        if let Ok(v) = HeaderValue::from_str(&format!("{path} is not supported by Mast yet")) {
+        h.insert("grpc-status", HeaderValue::from(e.code() as i32));
+        if let Ok(v) = HeaderValue::from_str(&e.to_string()) {
             h.insert("grpc-message", v);
         }
         return resp;
     }
-    let s = Status::not_found(format!(
-        "no route for {} {}",
-        req.method(),
-        req.uri().path()
-    ));
-    error_response(&s)
+    error_response(&EtcdError::NoRoute {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+    })
 }
 
 /// The HTTP routes, built without a socket so tests can call them directly.

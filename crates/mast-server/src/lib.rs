@@ -1,5 +1,6 @@
 //! Mast's server: the etcd v3 API over the MVCC store, on one port.
 //!
+//! - [`error`]: [`EtcdError`], the etcd API layer's one error type, and its gRPC codes.
 //! - [`node`]: a member's shared state (store, lessor, watch hub, writer) and its settings.
 //! - [`writer`]: the single writer thread that batches commands into durable commits.
 //! - [`lessor`]: lease deadlines from an injected clock; expiry becomes a revoke command.
@@ -13,12 +14,17 @@
 //!
 //! **Architecture invariant:** every change to the key space goes through [`writer::Writer`]
 //! as a [`mast_mvcc::Command`]; services never write the store directly.
+//!
+//! **Architecture invariant:** operations and checks fail with [`EtcdError`]; it becomes a
+//! tonic `Status` or a gateway JSON body only at those edges, and its gRPC code is chosen only
+//! in [`EtcdError::code`].
 
 pub mod api;
 pub mod authority;
 pub mod authz;
 pub mod combine;
 mod conn_threads;
+pub mod error;
 pub mod http;
 pub mod lessor;
 pub mod node;
@@ -28,5 +34,6 @@ pub mod tokens;
 pub mod watch;
 pub mod writer;
 
+pub use error::EtcdError;
 pub use node::{Node, ServerConfig};
 pub use serve::Server;

@@ -8,7 +8,9 @@ use mast_mvcc::{Command, CommandResult, LoggedStore, MvccError, Store};
 use mast_proto::etcdserverpb::ResponseHeader;
 use tokio::sync::watch;
 
-use crate::lessor::{Lessor, SystemClock};
+use crate::authz::Identity as CallerIdentity;
+use crate::error::EtcdError;
+use crate::lessor::{LeaseTiming, Lessor, SystemClock};
 use crate::watch::WatchHub;
 use crate::writer::Writer;
 
@@ -119,29 +121,33 @@ impl Identity {
 pub const RAFT_TERM: u64 = 2;
 
 /// Shared state of a running member.
+///
+/// Its parts are private to the server. Other crates (the registry) reach a node through the
+/// etcd operations in [`crate::api`], the auth checks in [`crate::authz`], and the few
+/// read-only methods below ([`Node::max_request_bytes`], [`Node::range_summary`],
+/// [`Node::mod_revisions`], [`Node::compact_revision`], [`Node::lease_timing`],
+/// [`Node::lease_key_count`], [`Node::shutting_down`]).
 pub struct Node {
     /// Settings.
-    pub config: ServerConfig,
+    pub(crate) config: ServerConfig,
     /// Member and cluster IDs.
-    pub identity: Identity,
+    pub(crate) identity: Identity,
     /// The MVCC store.
-    pub store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     /// Lease deadlines.
-    pub lessor: Arc<Lessor>,
+    pub(crate) lessor: Arc<Lessor>,
     /// Committed events for watchers.
-    pub hub: Arc<WatchHub>,
+    pub(crate) hub: Arc<WatchHub>,
     /// The write path.
-    pub writer: Writer,
+    pub(crate) writer: Writer,
     /// Flips to true when the server shuts down; long streams end on it.
-    pub shutdown: watch::Receiver<bool>,
-    /// When the node started, for uptime.
-    pub started: std::time::Instant,
+    pub(crate) shutdown: watch::Receiver<bool>,
     /// Issues and checks auth tokens.
-    pub tokens: crate::tokens::TokenProvider,
+    pub(crate) tokens: crate::tokens::TokenProvider,
     /// Slows down password guessing.
-    pub throttle: crate::tokens::LoginThrottle,
+    pub(crate) throttle: crate::tokens::LoginThrottle,
     /// Picks the IDs of leases granted with ID 0.
-    pub lease_ids: LeaseIds,
+    pub(crate) lease_ids: LeaseIds,
 }
 
 /// Picks lease IDs as etcd's `idutil.Generator` does for `LeaseGrant` with ID 0: the member
@@ -219,7 +225,6 @@ impl Node {
             hub,
             writer,
             shutdown,
-            started: std::time::Instant::now(),
             tokens,
             throttle: crate::tokens::LoginThrottle::default(),
             lease_ids: LeaseIds::new(
@@ -258,6 +263,75 @@ impl Node {
     /// The store's refusal, or a storage failure.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, MvccError> {
         self.writer.submit(cmd).await
+    }
+
+    /// The largest request accepted, in bytes (`--max-request-bytes`); larger ones are refused
+    /// with [`EtcdError::RequestTooLarge`].
+    pub fn max_request_bytes(&self) -> usize {
+        self.config.max_request_bytes
+    }
+
+    /// A summary of `[key, range_end)` (etcd's `range_end` conventions) at the current
+    /// revision, from the in-memory index: `(revision, key count, highest mod_revision)` (0
+    /// for an empty range); see [`Store::range_summary`]. Equal summaries mean the range holds
+    /// the same keys and values, so a caller may keep something rendered from it.
+    ///
+    /// # Errors
+    /// [`AuthError::PermissionDenied`] when `who` may not read the range (checked as a Range
+    /// would be).
+    ///
+    /// [`AuthError::PermissionDenied`]: crate::error::AuthError::PermissionDenied
+    pub fn range_summary(
+        &self,
+        who: &CallerIdentity,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(i64, usize, i64), EtcdError> {
+        self.check_range(who, key, range_end, false)?;
+        Ok(self.store.range_summary(key, range_end))
+    }
+
+    /// The `mod_revision` of each of `keys` at the current revision (`None`: absent), and that
+    /// revision, from the in-memory index; see [`Store::mod_revisions`].
+    ///
+    /// # Errors
+    /// [`AuthError::PermissionDenied`] when `who` may not read one of the keys (checked in
+    /// order, as a Range of each would be).
+    ///
+    /// [`AuthError::PermissionDenied`]: crate::error::AuthError::PermissionDenied
+    pub fn mod_revisions(
+        &self,
+        who: &CallerIdentity,
+        keys: &[&[u8]],
+    ) -> Result<(i64, Vec<Option<i64>>), EtcdError> {
+        for key in keys {
+            self.check_range(who, key, &[], false)?;
+        }
+        Ok(self.store.mod_revisions(keys))
+    }
+
+    /// The compacted revision: history below it is gone (-1 before the first compaction).
+    pub fn compact_revision(&self) -> i64 {
+        self.store.compact_revision()
+    }
+
+    /// The timing of lease `id` (granted TTL and seconds left), `None` when it is not alive.
+    /// As LeaseTimeToLive without keys, it needs no permission.
+    pub fn lease_timing(&self, id: i64) -> Option<LeaseTiming> {
+        self.lessor.timing(id)
+    }
+
+    /// How many keys are attached to lease `id`, `None` when the lease does not exist.
+    pub fn lease_key_count(&self, id: i64) -> Option<usize> {
+        self.store.leases().get(id).map(|r| r.keys.len())
+    }
+
+    /// Completes once the server begins shutting down (at once if it has); long streams end
+    /// on it.
+    pub async fn shutting_down(&self) {
+        let mut rx = self.shutdown.clone();
+        // An error means the server is gone: as good as shut down.
+        let _ = rx.wait_for(|stopping| *stopping).await;
     }
 
     /// Starts the task that revokes expired leases. It ends on shutdown.

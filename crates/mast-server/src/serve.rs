@@ -142,7 +142,7 @@ impl Server {
                 Ok(false) => tracing::info!(
                     "root user exists; root password from the environment not applied"
                 ),
-                Err(e) => anyhow::bail!("bootstrapping root failed: {}", e.message()),
+                Err(e) => anyhow::bail!("bootstrapping root failed: {e}"),
             }
         }
         let app = app_with(node.clone(), extra(node.clone()));

@@ -20,9 +20,9 @@ use mast_proto::etcdserverpb::{
 use mast_proto::mvccpb::{Event, event::EventType};
 use prost::Message;
 use tokio::sync::{broadcast, mpsc};
-use tonic::Status;
 
 use crate::authz::Caller;
+use crate::error::EtcdError;
 use crate::node::Node;
 
 /// Batches the broadcast channel keeps for slow streams before they must read history.
@@ -119,13 +119,14 @@ impl Watcher {
     }
 }
 
-type Out = mpsc::Sender<Result<WatchResponse, Status>>;
+type Out = mpsc::Sender<Result<WatchResponse, EtcdError>>;
 
 /// Serves one watch stream: reads requests from `requests`, writes responses to `out`, until
-/// the client closes its side, `out` is dropped, or the server shuts down.
-pub async fn serve_stream<S>(node: Arc<Node>, caller: Caller, requests: S, out: Out)
+/// the client closes its side (or its stream fails), `out` is dropped, or the server shuts
+/// down.
+pub async fn serve_stream<S, E>(node: Arc<Node>, caller: Caller, requests: S, out: Out)
 where
-    S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send,
+    S: Stream<Item = Result<WatchRequest, E>> + Unpin + Send,
 {
     let mut session = Session {
         node: node.clone(),
@@ -164,9 +165,9 @@ impl std::fmt::Display for Stop {
 }
 
 impl Session {
-    async fn run<S>(&mut self, mut requests: S) -> Result<(), Stop>
+    async fn run<S, E>(&mut self, mut requests: S) -> Result<(), Stop>
     where
-        S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send,
+        S: Stream<Item = Result<WatchRequest, E>> + Unpin + Send,
     {
         let mut shutdown = self.node.shutdown.clone();
         let mut progress = tokio::time::interval(self.node.config.watch_progress_notify_interval);
@@ -242,7 +243,7 @@ impl Session {
             .node
             .authenticate_caller(&self.caller)
             .and_then(|who| self.node.check_range(&who, &c.key, &c.range_end, false));
-        if let Err(status) = permitted {
+        if let Err(e) = permitted {
             // As etcd: a reply that is both created and canceled, with watch_id -1.
             let resp = WatchResponse {
                 header: self.node.header(),
@@ -252,8 +253,8 @@ impl Session {
                 // etcd puts the whole gRPC error text here.
                 cancel_reason: format!(
                     "rpc error: code = {} desc = {}",
-                    crate::api::code_name(status.code()),
-                    status.message()
+                    crate::api::code_name(e.code()),
+                    e
                 ),
                 ..Default::default()
             };

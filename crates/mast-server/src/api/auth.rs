@@ -23,8 +23,9 @@ use mast_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{handled, started, status_of};
+use super::{handled, started};
 use crate::authz::Caller;
+use crate::error::{AuthError, EtcdError};
 use crate::node::Node;
 
 const SVC: &str = "etcdserverpb.Auth";
@@ -44,16 +45,6 @@ impl AuthService {
     }
 }
 
-/// etcd's `ErrGRPCAuthNotEnabled`.
-pub fn err_auth_not_enabled() -> Status {
-    Status::failed_precondition("etcdserver: authentication is not enabled")
-}
-
-/// etcd's `ErrGRPCAuthFailed`.
-pub fn err_auth_failed() -> Status {
-    Status::invalid_argument("etcdserver: authentication failed, invalid user ID or password")
-}
-
 /// AuthStatus: whether auth is on, and the auth revision.
 pub fn auth_status(node: &Node) -> AuthStatusResponse {
     let auth = node.store.auth();
@@ -68,22 +59,20 @@ pub fn auth_status(node: &Node) -> AuthStatusResponse {
 ///
 /// # Errors
 /// Internal when hashing fails.
-pub async fn hash_password(password: String) -> Result<String, Status> {
+pub async fn hash_password(password: String) -> Result<String, EtcdError> {
     tokio::task::spawn_blocking(move || bcrypt::hash(password, BCRYPT_COST))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))
+        .await?
+        .map_err(|e| EtcdError::Internal(e.to_string()))
 }
 
 /// Applies an auth change through the writer.
 ///
 /// # Errors
 /// The auth store's refusal with etcd's message and code.
-pub async fn apply(node: &Node, cmd: AuthCommand) -> Result<u64, Status> {
-    match node.write(Command::Auth(cmd)).await {
-        Ok(CommandResult::Auth { revision }) => Ok(revision),
-        Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
-        Err(e) => Err(status_of(e)),
+pub async fn apply(node: &Node, cmd: AuthCommand) -> Result<u64, EtcdError> {
+    match node.write(Command::Auth(cmd)).await? {
+        CommandResult::Auth { revision } => Ok(revision),
+        other => Err(EtcdError::unexpected_result(&other)),
     }
 }
 
@@ -97,9 +86,9 @@ pub async fn authenticate(
     node: &Node,
     caller: &Caller,
     req: AuthenticateRequest,
-) -> Result<AuthenticateResponse, Status> {
+) -> Result<AuthenticateResponse, EtcdError> {
     if !node.store.auth().enabled() {
-        return Err(err_auth_not_enabled());
+        return Err(AuthError::AuthNotEnabled.into());
     }
     let addr = caller.addr_string();
     let wait = node.throttle.reserve(&req.name, &addr);
@@ -117,10 +106,7 @@ pub async fn authenticate(
     };
     if no_password {
         node.throttle.record(&req.name, &addr, false);
-        // etcd answers this case with its internal error, unmapped (code Unknown).
-        return Err(Status::unknown(
-            "auth: authentication failed, password was given for no password user",
-        ));
+        return Err(EtcdError::NoPasswordUser);
     }
     let ok = match hash {
         Some(hash) => {
@@ -140,12 +126,12 @@ pub async fn authenticate(
     if !ok {
         // Never the password; the user name and address only.
         tracing::warn!(user = %req.name, client = %addr, "authentication failed");
-        return Err(err_auth_failed());
+        return Err(AuthError::AuthFailed.into());
     }
     let token = node
         .tokens
         .assign(&req.name, revision)
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(|e| EtcdError::Internal(e.to_string()))?;
     Ok(AuthenticateResponse {
         header: node.header(),
         token,
@@ -164,7 +150,7 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         _r: AuthEnableRequest,
-    ) -> Result<AuthEnableResponse, Status> {
+    ) -> Result<AuthEnableResponse, EtcdError> {
         node.require_admin(caller)?;
         apply(node, AuthCommand::Enable).await?;
         Ok(AuthEnableResponse {
@@ -180,7 +166,7 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         _r: AuthDisableRequest,
-    ) -> Result<AuthDisableResponse, Status> {
+    ) -> Result<AuthDisableResponse, EtcdError> {
         node.require_admin(caller)?;
         apply(node, AuthCommand::Disable).await?;
         node.tokens.invalidate_all();
@@ -197,7 +183,7 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         r: AuthUserAddRequest,
-    ) -> Result<AuthUserAddResponse, Status> {
+    ) -> Result<AuthUserAddResponse, EtcdError> {
         node.require_admin(caller)?;
         let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
         let password_hash = if no_password {
@@ -229,7 +215,7 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         r: AuthUserGetRequest,
-    ) -> Result<AuthUserGetResponse, Status> {
+    ) -> Result<AuthUserGetResponse, EtcdError> {
         // Admins, or a user asking about themselves, as etcd.
         let who = node.authenticate_caller(caller)?;
         if who.as_ref().is_some_and(|w| w.user != r.name) {
@@ -238,7 +224,7 @@ pub mod ops {
         let auth = node.store.auth();
         let user = auth
             .user(&r.name)
-            .ok_or_else(|| auth_err("user name not found"))?;
+            .ok_or(EtcdError::Auth(AuthError::UserNotFound))?;
         Ok(AuthUserGetResponse {
             header: node.header(),
             roles: user.roles.clone(),
@@ -249,7 +235,7 @@ pub mod ops {
     ///
     /// # Errors
     /// Permission denied for a non-root caller.
-    pub fn user_list(node: &Node, caller: &Caller) -> Result<AuthUserListResponse, Status> {
+    pub fn user_list(node: &Node, caller: &Caller) -> Result<AuthUserListResponse, EtcdError> {
         node.require_admin(caller)?;
         Ok(AuthUserListResponse {
             header: node.header(),
@@ -265,7 +251,7 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         r: AuthUserDeleteRequest,
-    ) -> Result<AuthUserDeleteResponse, Status> {
+    ) -> Result<AuthUserDeleteResponse, EtcdError> {
         node.require_admin(caller)?;
         apply(
             node,
@@ -288,10 +274,10 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         r: AuthUserChangePasswordRequest,
-    ) -> Result<AuthUserChangePasswordResponse, Status> {
+    ) -> Result<AuthUserChangePasswordResponse, EtcdError> {
         node.require_admin(caller)?;
         if node.store.auth().user(&r.name).is_none() {
-            return Err(auth_err("user name not found"));
+            return Err(AuthError::UserNotFound.into());
         }
         let password_hash = if r.hashed_password.is_empty() {
             hash_password(r.password).await?
@@ -320,7 +306,7 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         r: AuthUserGrantRoleRequest,
-    ) -> Result<AuthUserGrantRoleResponse, Status> {
+    ) -> Result<AuthUserGrantRoleResponse, EtcdError> {
         node.require_admin(caller)?;
         apply(
             node,
@@ -343,7 +329,7 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         r: AuthUserRevokeRoleRequest,
-    ) -> Result<AuthUserRevokeRoleResponse, Status> {
+    ) -> Result<AuthUserRevokeRoleResponse, EtcdError> {
         node.require_admin(caller)?;
         apply(
             node,
@@ -366,7 +352,7 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         r: AuthRoleAddRequest,
-    ) -> Result<AuthRoleAddResponse, Status> {
+    ) -> Result<AuthRoleAddResponse, EtcdError> {
         node.require_admin(caller)?;
         apply(node, AuthCommand::RoleAdd { name: r.name }).await?;
         Ok(AuthRoleAddResponse {
@@ -382,7 +368,7 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         r: AuthRoleGetRequest,
-    ) -> Result<AuthRoleGetResponse, Status> {
+    ) -> Result<AuthRoleGetResponse, EtcdError> {
         // Admins, or a user holding the role, as etcd.
         let who = node.authenticate_caller(caller)?;
         let auth = node.store.auth();
@@ -399,11 +385,11 @@ pub mod ops {
         role_get_unchecked(node, &r.role)
     }
 
-    fn role_get_unchecked(node: &Node, name: &str) -> Result<AuthRoleGetResponse, Status> {
+    fn role_get_unchecked(node: &Node, name: &str) -> Result<AuthRoleGetResponse, EtcdError> {
         let auth = node.store.auth();
         let role = auth
             .role(name)
-            .ok_or_else(|| auth_err("role name not found"))?;
+            .ok_or(EtcdError::Auth(AuthError::RoleNotFound))?;
         // etcd answers for the root role with one permission over every key.
         // As etcd 3.4: the stored permissions (the root role's power is implicit, not listed).
         let perm = role.key_permission.clone();
@@ -417,7 +403,7 @@ pub mod ops {
     ///
     /// # Errors
     /// Permission denied for a non-root caller.
-    pub fn role_list(node: &Node, caller: &Caller) -> Result<AuthRoleListResponse, Status> {
+    pub fn role_list(node: &Node, caller: &Caller) -> Result<AuthRoleListResponse, EtcdError> {
         node.require_admin(caller)?;
         Ok(AuthRoleListResponse {
             header: node.header(),
@@ -433,7 +419,7 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         r: AuthRoleDeleteRequest,
-    ) -> Result<AuthRoleDeleteResponse, Status> {
+    ) -> Result<AuthRoleDeleteResponse, EtcdError> {
         node.require_admin(caller)?;
         apply(node, AuthCommand::RoleDelete { name: r.role }).await?;
         Ok(AuthRoleDeleteResponse {
@@ -449,9 +435,11 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         r: AuthRoleGrantPermissionRequest,
-    ) -> Result<AuthRoleGrantPermissionResponse, Status> {
+    ) -> Result<AuthRoleGrantPermissionResponse, EtcdError> {
         node.require_admin(caller)?;
-        let perm = r.perm.ok_or_else(|| auth_err("permission not given"))?;
+        let perm = r
+            .perm
+            .ok_or(EtcdError::Auth(AuthError::PermissionNotGiven))?;
         apply(
             node,
             AuthCommand::RoleGrantPermission { role: r.name, perm },
@@ -470,7 +458,7 @@ pub mod ops {
         node: &Node,
         caller: &Caller,
         r: AuthRoleRevokePermissionRequest,
-    ) -> Result<AuthRoleRevokePermissionResponse, Status> {
+    ) -> Result<AuthRoleRevokePermissionResponse, EtcdError> {
         node.require_admin(caller)?;
         apply(
             node,
@@ -485,11 +473,6 @@ pub mod ops {
             header: node.header(),
         })
     }
-
-    /// A status for an auth error message, with etcd's code.
-    pub fn auth_err(msg: &str) -> Status {
-        Status::new(super::super::auth_code(msg), format!("etcdserver: {msg}"))
-    }
 }
 
 /// Creates root with the root role and enables auth, once, when the store has no root user.
@@ -497,7 +480,7 @@ pub mod ops {
 ///
 /// # Errors
 /// When a command is refused or hashing fails.
-pub async fn bootstrap_root(node: &Node, password: &str) -> Result<bool, Status> {
+pub async fn bootstrap_root(node: &Node, password: &str) -> Result<bool, EtcdError> {
     if node.store.auth().user("root").is_some() {
         return Ok(false);
     }
@@ -535,7 +518,7 @@ pub async fn bootstrap_root(node: &Node, password: &str) -> Result<bool, Status>
 macro_rules! rpc {
     ($self:ident, $req:ident, $name:literal, $call:expr) => {{
         started(SVC, $name, "unary");
-        handled(SVC, $name, "unary", $call.map(Response::new))
+        handled(SVC, $name, "unary", $call)
     }};
 }
 
@@ -575,7 +558,7 @@ impl Auth for AuthService {
             self,
             r,
             "AuthStatus",
-            Ok::<_, Status>(auth_status(&self.node))
+            Ok::<_, EtcdError>(auth_status(&self.node))
         )
     }
 

@@ -10,7 +10,8 @@ use mast_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{handled, started, unimplemented};
+use super::{handled, started};
+use crate::error::EtcdError;
 use crate::node::{Node, RAFT_TERM};
 
 const SVC: &str = "etcdserverpb.Cluster";
@@ -58,7 +59,7 @@ impl Cluster for ClusterService {
             SVC,
             "MemberAdd",
             "unary",
-            Err(unimplemented("MemberAdd (clustering)")),
+            Err(EtcdError::unimplemented("MemberAdd (clustering)")),
         )
     }
 
@@ -71,7 +72,7 @@ impl Cluster for ClusterService {
             SVC,
             "MemberRemove",
             "unary",
-            Err(unimplemented("MemberRemove (clustering)")),
+            Err(EtcdError::unimplemented("MemberRemove (clustering)")),
         )
     }
 
@@ -84,7 +85,7 @@ impl Cluster for ClusterService {
             SVC,
             "MemberUpdate",
             "unary",
-            Err(unimplemented("MemberUpdate (clustering)")),
+            Err(EtcdError::unimplemented("MemberUpdate (clustering)")),
         )
     }
 
@@ -93,12 +94,7 @@ impl Cluster for ClusterService {
         _r: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         started(SVC, "MemberList", "unary");
-        handled(
-            SVC,
-            "MemberList",
-            "unary",
-            Ok(Response::new(member_list(&self.node))),
-        )
+        handled(SVC, "MemberList", "unary", Ok(member_list(&self.node)))
     }
 
     async fn member_promote(
@@ -110,7 +106,7 @@ impl Cluster for ClusterService {
             SVC,
             "MemberPromote",
             "unary",
-            Err(unimplemented("MemberPromote (clustering)")),
+            Err(EtcdError::unimplemented("MemberPromote (clustering)")),
         )
     }
 }

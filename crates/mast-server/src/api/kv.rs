@@ -13,10 +13,9 @@ use mast_proto::etcdserverpb::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{
-    err_duplicate_key, err_empty_key, err_too_large, err_too_many_ops, handled, started, status_of,
-};
+use super::{handled, started};
 use crate::authz::Caller;
+use crate::error::EtcdError;
 use crate::node::Node;
 
 /// Most operations in one txn branch, as etcd's `--max-txn-ops` default.
@@ -36,51 +35,51 @@ impl KvService {
     }
 }
 
-fn check_size<M: Message>(node: &Node, m: &M) -> Result<(), Status> {
+fn check_size<M: Message>(node: &Node, m: &M) -> Result<(), EtcdError> {
     if m.encoded_len() > node.config.max_request_bytes {
-        return Err(err_too_large());
+        return Err(EtcdError::RequestTooLarge);
     }
     Ok(())
 }
 
-fn check_range(r: &RangeRequest) -> Result<(), Status> {
+fn check_range(r: &RangeRequest) -> Result<(), EtcdError> {
     if r.key.is_empty() {
-        return Err(err_empty_key());
+        return Err(EtcdError::EmptyKey);
     }
     if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
-        return Err(Status::invalid_argument("etcdserver: invalid sort option"));
+        return Err(EtcdError::InvalidSortOption);
     }
     Ok(())
 }
 
-fn check_put(p: &PutRequest) -> Result<(), Status> {
+fn check_put(p: &PutRequest) -> Result<(), EtcdError> {
     if p.key.is_empty() {
-        return Err(err_empty_key());
+        return Err(EtcdError::EmptyKey);
     }
     if p.ignore_value && !p.value.is_empty() {
-        return Err(Status::invalid_argument("etcdserver: value is provided"));
+        return Err(EtcdError::ValueProvided);
     }
     if p.ignore_lease && p.lease != 0 {
-        return Err(Status::invalid_argument("etcdserver: lease is provided"));
+        return Err(EtcdError::LeaseProvided);
     }
     Ok(())
 }
 
-fn check_delete(d: &DeleteRangeRequest) -> Result<(), Status> {
+fn check_delete(d: &DeleteRangeRequest) -> Result<(), EtcdError> {
     if d.key.is_empty() {
-        return Err(err_empty_key());
+        return Err(EtcdError::EmptyKey);
     }
     Ok(())
 }
 
 /// etcd's `checkTxnRequest`: op counts and per-op checks, recursively.
-fn check_txn(t: &TxnRequest) -> Result<(), Status> {
+fn check_txn(t: &TxnRequest) -> Result<(), EtcdError> {
     let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
     if ops > MAX_TXN_OPS {
-        return Err(err_too_many_ops());
+        return Err(EtcdError::TooManyOps);
     }
     if t.compare.iter().any(|c| c.key.is_empty()) {
-        return Err(err_empty_key());
+        return Err(EtcdError::EmptyKey);
     }
     for op in t.success.iter().chain(&t.failure) {
         match &op.request {
@@ -108,7 +107,7 @@ pub async fn range(
     node: &Node,
     caller: &Caller,
     req: RangeRequest,
-) -> Result<RangeResponse, Status> {
+) -> Result<RangeResponse, EtcdError> {
     check_range(&req)?;
     check_size(node, &req)?;
     let who = node.authenticate_caller(caller)?;
@@ -120,13 +119,10 @@ pub async fn range(
         || req.range_end.is_empty()
         || store.has_at_most(&req.key, &req.range_end, INLINE_RANGE_KEYS)
     {
-        store.range(&req).map_err(status_of)?
+        store.range(&req)?
     } else {
         // Scans that read many rows: keep them off the async workers.
-        tokio::task::spawn_blocking(move || store.range(&req))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(status_of)?
+        tokio::task::spawn_blocking(move || store.range(&req)).await??
     };
     resp.header = node.complete(resp.header);
     Ok(resp)
@@ -138,7 +134,7 @@ fn check_put_request(
     node: &Node,
     caller: &Caller,
     req: &PutRequest,
-) -> Result<crate::authz::Identity, Status> {
+) -> Result<crate::authz::Identity, EtcdError> {
     check_put(req)?;
     check_size(node, req)?;
     let who = node.authenticate_caller(caller)?;
@@ -153,17 +149,17 @@ fn check_put_request(
 ///
 /// # Errors
 /// etcd's errors for an empty key, a too large request, a missing lease or key.
-pub async fn put(node: &Node, caller: &Caller, req: PutRequest) -> Result<PutResponse, Status> {
+pub async fn put(node: &Node, caller: &Caller, req: PutRequest) -> Result<PutResponse, EtcdError> {
     let who = check_put_request(node, caller, &req)?;
     if req.lease != 0 {
         node.check_lease_keys(&who, req.lease, true)?;
     }
-    match node.write(Command::Put(req)).await.map_err(status_of)? {
+    match node.write(Command::Put(req)).await? {
         CommandResult::Put(mut r) => {
             r.header = node.complete(r.header);
             Ok(r)
         }
-        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        other => Err(EtcdError::unexpected_result(&other)),
     }
 }
 
@@ -179,9 +175,9 @@ pub async fn put_with_new_lease(
     caller: &Caller,
     ttl: i64,
     mut req: PutRequest,
-) -> Result<(i64, i64, PutResponse), Status> {
+) -> Result<(i64, i64, PutResponse), EtcdError> {
     if ttl > mast_mvcc::MAX_LEASE_TTL {
-        return Err(status_of(mast_mvcc::MvccError::LeaseTtlTooLarge));
+        return Err(mast_mvcc::MvccError::LeaseTtlTooLarge.into());
     }
     let ttl = ttl.max(crate::lessor::MIN_LEASE_TTL);
     req.lease = 0;
@@ -200,10 +196,10 @@ pub async fn put_with_new_lease(
                 put.header = node.complete(put.header);
                 return Ok((id, ttl, put));
             }
-            Ok(other) => return Err(Status::internal(format!("unexpected result {other:?}"))),
+            Ok(other) => return Err(EtcdError::unexpected_result(&other)),
             // A picked ID that a client had chosen itself: pick the next.
             Err(mast_mvcc::MvccError::LeaseExists) if attempts < 8 => attempts += 1,
-            Err(e) => return Err(status_of(e)),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -216,7 +212,7 @@ pub async fn delete_range(
     node: &Node,
     caller: &Caller,
     req: DeleteRangeRequest,
-) -> Result<DeleteRangeResponse, Status> {
+) -> Result<DeleteRangeResponse, EtcdError> {
     check_delete(&req)?;
     check_size(node, &req)?;
     let who = node.authenticate_caller(caller)?;
@@ -224,16 +220,12 @@ pub async fn delete_range(
     if req.prev_kv {
         node.check_range(&who, &req.key, &req.range_end, false)?;
     }
-    match node
-        .write(Command::DeleteRange(req))
-        .await
-        .map_err(status_of)?
-    {
+    match node.write(Command::DeleteRange(req)).await? {
         CommandResult::DeleteRange(mut r) => {
             r.header = node.complete(r.header);
             Ok(r)
         }
-        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        other => Err(EtcdError::unexpected_result(&other)),
     }
 }
 
@@ -241,18 +233,18 @@ pub async fn delete_range(
 ///
 /// # Errors
 /// etcd's errors for too many ops, duplicate keys, empty keys, and those of the ops.
-pub async fn txn(node: &Node, caller: &Caller, req: TxnRequest) -> Result<TxnResponse, Status> {
+pub async fn txn(node: &Node, caller: &Caller, req: TxnRequest) -> Result<TxnResponse, EtcdError> {
     check_txn(&req)?;
-    mast_mvcc::check_txn_intervals(&req).map_err(|_| err_duplicate_key())?;
+    mast_mvcc::check_txn_intervals(&req).map_err(|_| EtcdError::DuplicateKey)?;
     check_size(node, &req)?;
     let who = node.authenticate_caller(caller)?;
     node.check_txn(&who, &req)?;
-    match node.write(Command::Txn(req)).await.map_err(status_of)? {
+    match node.write(Command::Txn(req)).await? {
         CommandResult::Txn(mut r) => {
             r.header = node.complete(r.header);
             Ok(r)
         }
-        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        other => Err(EtcdError::unexpected_result(&other)),
     }
 }
 
@@ -264,15 +256,15 @@ pub async fn compact(
     node: &Node,
     caller: &Caller,
     req: CompactionRequest,
-) -> Result<CompactionResponse, Status> {
+) -> Result<CompactionResponse, EtcdError> {
     // etcd checks no permission for Compact at all; compaction destroys history, so Mast
     // asks for the root role when auth is on.
     node.require_admin(caller)?;
-    match node.write(Command::Compact(req)).await.map_err(status_of)? {
+    match node.write(Command::Compact(req)).await? {
         CommandResult::Compact { revision } => Ok(CompactionResponse {
             header: Some(node.header_at(revision)),
         }),
-        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        other => Err(EtcdError::unexpected_result(&other)),
     }
 }
 
@@ -292,8 +284,7 @@ impl Kv for KvService {
                 &Caller::from_grpc(&request),
                 request.into_inner(),
             )
-            .await
-            .map(Response::new),
+            .await,
         )
     }
 
@@ -308,8 +299,7 @@ impl Kv for KvService {
                 &Caller::from_grpc(&request),
                 request.into_inner(),
             )
-            .await
-            .map(Response::new),
+            .await,
         )
     }
 
@@ -327,8 +317,7 @@ impl Kv for KvService {
                 &Caller::from_grpc(&request),
                 request.into_inner(),
             )
-            .await
-            .map(Response::new),
+            .await,
         )
     }
 
@@ -343,8 +332,7 @@ impl Kv for KvService {
                 &Caller::from_grpc(&request),
                 request.into_inner(),
             )
-            .await
-            .map(Response::new),
+            .await,
         )
     }
 
@@ -362,8 +350,7 @@ impl Kv for KvService {
                 &Caller::from_grpc(&request),
                 request.into_inner(),
             )
-            .await
-            .map(Response::new),
+            .await,
         )
     }
 }

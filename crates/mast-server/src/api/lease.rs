@@ -1,6 +1,5 @@
 //! `etcdserverpb.Lease`: LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
@@ -13,8 +12,9 @@ use mast_proto::etcdserverpb::{
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{handled, record_code, started, status_of};
+use super::{GrpcStream, grpc_stream, handled, record_code, started};
 use crate::authz::Caller;
+use crate::error::EtcdError;
 use crate::lessor::MIN_LEASE_TTL;
 use crate::node::Node;
 
@@ -42,10 +42,10 @@ pub async fn grant(
     node: &Node,
     caller: &Caller,
     req: LeaseGrantRequest,
-) -> Result<LeaseGrantResponse, Status> {
+) -> Result<LeaseGrantResponse, EtcdError> {
     node.check_token_if_any(caller)?;
     if req.ttl > MAX_LEASE_TTL {
-        return Err(status_of(MvccError::LeaseTtlTooLarge));
+        return Err(MvccError::LeaseTtlTooLarge.into());
     }
     let ttl = req.ttl.max(MIN_LEASE_TTL);
     let mut attempts = 0;
@@ -64,10 +64,10 @@ pub async fn grant(
                     error: String::new(),
                 });
             }
-            Ok(other) => return Err(Status::internal(format!("unexpected result {other:?}"))),
+            Ok(other) => return Err(EtcdError::unexpected_result(&other)),
             // A picked ID that a client had chosen itself: pick the next.
             Err(MvccError::LeaseExists) if req.id == 0 && attempts < 8 => attempts += 1,
-            Err(e) => return Err(status_of(e)),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -80,7 +80,7 @@ pub async fn revoke(
     node: &Node,
     caller: &Caller,
     req: LeaseRevokeRequest,
-) -> Result<LeaseRevokeResponse, Status> {
+) -> Result<LeaseRevokeResponse, EtcdError> {
     // As etcd: a lease holding no keys may be revoked without credentials.
     let has_keys = node
         .store
@@ -93,15 +93,11 @@ pub async fn revoke(
     } else {
         node.check_token_if_any(caller)?;
     }
-    match node
-        .write(Command::LeaseRevoke { id: req.id })
-        .await
-        .map_err(status_of)?
-    {
+    match node.write(Command::LeaseRevoke { id: req.id }).await? {
         CommandResult::LeaseRevoke { revision } => Ok(LeaseRevokeResponse {
             header: Some(node.header_at(revision)),
         }),
-        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        other => Err(EtcdError::unexpected_result(&other)),
     }
 }
 
@@ -116,11 +112,15 @@ pub fn keep_alive_once(node: &Node, req: &LeaseKeepAliveRequest) -> LeaseKeepAli
 }
 
 /// LeaseTimeToLive: TTL -1 for an unknown lease, as etcd.
+///
+/// # Errors
+/// Token errors; `etcdserver: permission denied` when the keys are asked for and the caller may
+/// not read them all.
 pub fn time_to_live(
     node: &Node,
     caller: &Caller,
     req: LeaseTimeToLiveRequest,
-) -> Result<LeaseTimeToLiveResponse, Status> {
+) -> Result<LeaseTimeToLiveResponse, EtcdError> {
     if req.keys {
         let who = node.authenticate_caller(caller)?;
         node.check_lease_keys(&who, req.id, false)?;
@@ -166,13 +166,15 @@ pub fn leases(node: &Node) -> LeaseLeasesResponse {
     }
 }
 
-/// Serves a keepalive stream until the client closes it or the server shuts down.
-pub fn keep_alive_stream<S>(
+/// Serves a keepalive stream until the client closes it (or its stream fails, with any error
+/// `E`) or the server shuts down. The stream never sends an error itself.
+pub fn keep_alive_stream<S, E>(
     node: Arc<Node>,
     mut requests: S,
-) -> mpsc::Receiver<Result<LeaseKeepAliveResponse, Status>>
+) -> mpsc::Receiver<Result<LeaseKeepAliveResponse, EtcdError>>
 where
-    S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Unpin + Send + 'static,
+    S: Stream<Item = Result<LeaseKeepAliveRequest, E>> + Unpin + Send + 'static,
+    E: Send + 'static,
 {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
@@ -195,8 +197,6 @@ where
     rx
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(
@@ -213,8 +213,7 @@ impl Lease for LeaseService {
                 &Caller::from_grpc(&request),
                 request.into_inner(),
             )
-            .await
-            .map(Response::new),
+            .await,
         )
     }
 
@@ -232,12 +231,11 @@ impl Lease for LeaseService {
                 &Caller::from_grpc(&request),
                 request.into_inner(),
             )
-            .await
-            .map(Response::new),
+            .await,
         )
     }
 
-    type LeaseKeepAliveStream = BoxStream<LeaseKeepAliveResponse>;
+    type LeaseKeepAliveStream = GrpcStream<LeaseKeepAliveResponse>;
 
     async fn lease_keep_alive(
         &self,
@@ -245,9 +243,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         started(SVC, "LeaseKeepAlive", "bidi_stream");
         let rx = keep_alive_stream(self.node.clone(), request.into_inner());
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(grpc_stream(rx)))
     }
 
     async fn lease_time_to_live(
@@ -263,8 +259,7 @@ impl Lease for LeaseService {
                 &self.node,
                 &Caller::from_grpc(&request),
                 request.into_inner(),
-            )
-            .map(Response::new),
+            ),
         )
     }
 
@@ -273,11 +268,6 @@ impl Lease for LeaseService {
         _request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         started(SVC, "LeaseLeases", "unary");
-        handled(
-            SVC,
-            "LeaseLeases",
-            "unary",
-            Ok(Response::new(leases(&self.node))),
-        )
+        handled(SVC, "LeaseLeases", "unary", Ok(leases(&self.node)))
     }
 }

@@ -1,9 +1,7 @@
 //! `etcdserverpb.Maintenance`: Status, Hash, HashKV, Alarm, Defragment, Snapshot.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
 use mast_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
@@ -15,8 +13,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
-use super::{handled, record_code, started, status_of, unimplemented};
+use super::{GrpcStream, grpc_stream, handled, record_code, started};
 use crate::authz::Caller;
+use crate::error::EtcdError;
 use crate::node::{Node, RAFT_TERM};
 
 const SVC: &str = "etcdserverpb.Maintenance";
@@ -44,11 +43,8 @@ impl MaintenanceService {
 ///
 /// # Errors
 /// Unavailable when the database file cannot be inspected.
-pub fn status(node: &Node) -> Result<StatusResponse, Status> {
-    let s = node
-        .store
-        .status()
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+pub fn status(node: &Node) -> Result<StatusResponse, EtcdError> {
+    let s = node.store.status()?;
     Ok(StatusResponse {
         header: Some(node.header_at(s.revision)),
         version: ETCD_VERSION.into(),
@@ -68,8 +64,8 @@ pub fn status(node: &Node) -> Result<StatusResponse, Status> {
 ///
 /// # Errors
 /// etcd's compacted / future revision errors.
-pub fn hash_kv(node: &Node, req: HashKvRequest) -> Result<HashKvResponse, Status> {
-    let (hash, rev, compact) = node.store.hash_kv(req.revision).map_err(status_of)?;
+pub fn hash_kv(node: &Node, req: HashKvRequest) -> Result<HashKvResponse, EtcdError> {
+    let (hash, rev, compact) = node.store.hash_kv(req.revision)?;
     Ok(HashKvResponse {
         header: node.header(),
         hash,
@@ -78,17 +74,29 @@ pub fn hash_kv(node: &Node, req: HashKvRequest) -> Result<HashKvResponse, Status
     })
 }
 
+/// Hash of the whole key space at the current revision, as etcd's `Maintenance.Hash`.
+///
+/// # Errors
+/// A storage failure while reading.
+pub fn hash(node: &Node) -> Result<HashResponse, EtcdError> {
+    let hash = node.store.hash()?;
+    Ok(HashResponse {
+        header: node.header(),
+        hash,
+    })
+}
+
 /// Alarm: Mast raises no alarms, so the list is empty; disarming is a no-op.
 ///
 /// # Errors
 /// Unimplemented for activating an alarm by hand.
-pub fn alarm(node: &Node, req: AlarmRequest) -> Result<AlarmResponse, Status> {
+pub fn alarm(node: &Node, req: AlarmRequest) -> Result<AlarmResponse, EtcdError> {
     match AlarmAction::try_from(req.action) {
         Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => Ok(AlarmResponse {
             header: node.header(),
             alarms: Vec::new(),
         }),
-        _ => Err(unimplemented("Alarm ACTIVATE")),
+        _ => Err(EtcdError::unimplemented("Alarm ACTIVATE")),
     }
 }
 
@@ -96,12 +104,9 @@ pub fn alarm(node: &Node, req: AlarmRequest) -> Result<AlarmResponse, Status> {
 ///
 /// # Errors
 /// Unavailable when redb cannot compact the file.
-pub async fn defragment(node: &Node) -> Result<DefragmentResponse, Status> {
+pub async fn defragment(node: &Node) -> Result<DefragmentResponse, EtcdError> {
     let store = node.store.clone();
-    tokio::task::spawn_blocking(move || store.defragment())
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+    tokio::task::spawn_blocking(move || store.defragment()).await??;
     Ok(DefragmentResponse {
         header: node.header(),
     })
@@ -109,14 +114,14 @@ pub async fn defragment(node: &Node) -> Result<DefragmentResponse, Status> {
 
 /// Streams a consistent copy of the database, followed by its SHA-256 as the last message
 /// (as etcd appends the hash for `snapshot restore` to check).
-pub fn snapshot_stream(node: Arc<Node>) -> mpsc::Receiver<Result<SnapshotResponse, Status>> {
+pub fn snapshot_stream(node: Arc<Node>) -> mpsc::Receiver<Result<SnapshotResponse, EtcdError>> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let code = match send_snapshot(&node, &tx).await {
             Ok(()) => Code::Ok,
-            Err(s) => {
-                let code = s.code();
-                let _ = tx.send(Err(s)).await;
+            Err(e) => {
+                let code = e.code();
+                let _ = tx.send(Err(e)).await;
                 code
             }
         };
@@ -127,35 +132,24 @@ pub fn snapshot_stream(node: Arc<Node>) -> mpsc::Receiver<Result<SnapshotRespons
 
 async fn send_snapshot(
     node: &Node,
-    tx: &mpsc::Sender<Result<SnapshotResponse, Status>>,
-) -> Result<(), Status> {
+    tx: &mpsc::Sender<Result<SnapshotResponse, EtcdError>>,
+) -> Result<(), EtcdError> {
     let path = node
         .config
         .data_dir
         .join(format!("snapshot-{}.tmp", rand::random::<u32>()));
     let store = node.store.clone();
     let p = path.clone();
-    let made = tokio::task::spawn_blocking(move || store.snapshot_to(&p))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+    let made = tokio::task::spawn_blocking(move || store.snapshot_to(&p)).await?;
     let result = async {
-        made.map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let total = file
-            .metadata()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .len();
+        made?;
+        let mut file = tokio::fs::File::open(&path).await?;
+        let total = file.metadata().await?.len();
         let mut sent = 0u64;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; SNAPSHOT_CHUNK];
         loop {
-            let n = file
-                .read(&mut buf)
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let n = file.read(&mut buf).await?;
             if n == 0 {
                 break;
             }
@@ -189,22 +183,12 @@ async fn send_snapshot(
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         started(SVC, "Alarm", "unary");
-        handled(
-            SVC,
-            "Alarm",
-            "unary",
-            alarm(&self.node, r.into_inner()).map(Response::new),
-        )
+        handled(SVC, "Alarm", "unary", alarm(&self.node, r.into_inner()))
     }
 
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         started(SVC, "Status", "unary");
-        handled(
-            SVC,
-            "Status",
-            "unary",
-            status(&self.node).map(Response::new),
-        )
+        handled(SVC, "Status", "unary", status(&self.node))
     }
 
     async fn defragment(
@@ -215,12 +199,7 @@ impl Maintenance for MaintenanceService {
         if let Err(s) = self.node.require_admin_maintenance(&Caller::from_grpc(&_r)) {
             return handled(SVC, "Defragment", "unary", Err(s));
         }
-        handled(
-            SVC,
-            "Defragment",
-            "unary",
-            defragment(&self.node).await.map(Response::new),
-        )
+        handled(SVC, "Defragment", "unary", defragment(&self.node).await)
     }
 
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -228,13 +207,7 @@ impl Maintenance for MaintenanceService {
         if let Err(s) = self.node.require_admin_maintenance(&Caller::from_grpc(&_r)) {
             return handled(SVC, "Hash", "unary", Err(s));
         }
-        let r = self.node.store.hash().map_err(status_of).map(|hash| {
-            Response::new(HashResponse {
-                header: self.node.header(),
-                hash,
-            })
-        });
-        handled(SVC, "Hash", "unary", r)
+        handled(SVC, "Hash", "unary", hash(&self.node))
     }
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
@@ -242,29 +215,22 @@ impl Maintenance for MaintenanceService {
         if let Err(s) = self.node.require_admin_maintenance(&Caller::from_grpc(&r)) {
             return handled(SVC, "HashKV", "unary", Err(s));
         }
-        handled(
-            SVC,
-            "HashKV",
-            "unary",
-            hash_kv(&self.node, r.into_inner()).map(Response::new),
-        )
+        handled(SVC, "HashKV", "unary", hash_kv(&self.node, r.into_inner()))
     }
 
-    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+    type SnapshotStream = GrpcStream<SnapshotResponse>;
 
     async fn snapshot(
         &self,
         _r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         started(SVC, "Snapshot", "server_stream");
-        if let Err(s) = self.node.require_admin_maintenance(&Caller::from_grpc(&_r)) {
-            record_code(SVC, "Snapshot", "server_stream", s.code());
-            return Err(s);
+        if let Err(e) = self.node.require_admin_maintenance(&Caller::from_grpc(&_r)) {
+            record_code(SVC, "Snapshot", "server_stream", e.code());
+            return Err(e.into());
         }
         let rx = snapshot_stream(self.node.clone());
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(grpc_stream(rx)))
     }
 
     async fn move_leader(
@@ -276,7 +242,7 @@ impl Maintenance for MaintenanceService {
             SVC,
             "MoveLeader",
             "unary",
-            Err(unimplemented("MoveLeader (clustering)")),
+            Err(EtcdError::unimplemented("MoveLeader (clustering)")),
         )
     }
 
@@ -285,6 +251,11 @@ impl Maintenance for MaintenanceService {
         _r: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
         started(SVC, "Downgrade", "unary");
-        handled(SVC, "Downgrade", "unary", Err(unimplemented("Downgrade")))
+        handled(
+            SVC,
+            "Downgrade",
+            "unary",
+            Err(EtcdError::unimplemented("Downgrade")),
+        )
     }
 }

@@ -1,5 +1,7 @@
 //! The etcd v3 gRPC services. Each service is a thin adapter from tonic to the [`Node`]; the
-//! checks etcd makes before a request reaches its store live here, with etcd's error strings.
+//! checks etcd makes before a request reaches its store live here. The public operation
+//! functions fail with [`EtcdError`], shared by the gRPC services, the JSON gateway and the
+//! registry; only [`handled`] (and the streams) turn it into a tonic [`Status`].
 //!
 //! [`Node`]: crate::node::Node
 
@@ -10,58 +12,14 @@ pub mod lease;
 pub mod maintenance;
 pub mod watch;
 
-use mast_mvcc::MvccError;
-use tonic::{Code, Status};
+use std::pin::Pin;
 
-/// etcd's `ErrGRPCEmptyKey`.
-pub fn err_empty_key() -> Status {
-    Status::invalid_argument("etcdserver: key is not provided")
-}
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Response, Status};
 
-/// etcd's `ErrGRPCRequestTooLarge`.
-pub fn err_too_large() -> Status {
-    Status::invalid_argument("etcdserver: request is too large")
-}
-
-/// etcd's `ErrGRPCTooManyOps`.
-pub fn err_too_many_ops() -> Status {
-    Status::invalid_argument("etcdserver: too many operations in txn request")
-}
-
-/// etcd's `ErrGRPCDuplicateKey`.
-pub fn err_duplicate_key() -> Status {
-    Status::invalid_argument("etcdserver: duplicate key given in txn request")
-}
-
-/// Maps a store error to the gRPC status etcd answers with.
-pub fn status_of(e: MvccError) -> Status {
-    let code = match e {
-        MvccError::Compacted | MvccError::FutureRevision | MvccError::LeaseTtlTooLarge => {
-            Code::OutOfRange
-        }
-        MvccError::KeyNotFound | MvccError::DuplicateKey => Code::InvalidArgument,
-        MvccError::LeaseNotFound => Code::NotFound,
-        MvccError::LeaseExists => Code::FailedPrecondition,
-        MvccError::Storage(_) => Code::Unavailable,
-        MvccError::Auth(ref a) => auth_code(&a.to_string()),
-    };
-    Status::new(code, format!("etcdserver: {e}"))
-}
-
-/// The gRPC code etcd's `rpctypes` gives an auth error message.
-pub fn auth_code(message: &str) -> Code {
-    match message {
-        "user name is empty"
-        | "role name is empty"
-        | "invalid auth management"
-        | "permission not given"
-        | "authentication failed, invalid user ID or password"
-        | "revision of auth store is old" => Code::InvalidArgument,
-        "permission denied" => Code::PermissionDenied,
-        "invalid auth token" => Code::Unauthenticated,
-        _ => Code::FailedPrecondition,
-    }
-}
+use crate::error::EtcdError;
 
 /// Records `grpc_server_started_total` for a call that is starting.
 pub fn started(service: &'static str, method: &'static str, kind: &'static str) {
@@ -69,19 +27,23 @@ pub fn started(service: &'static str, method: &'static str, kind: &'static str) 
 }
 
 /// Records `grpc_server_handled_total` for a finished call, as etcd's go-grpc-prometheus
-/// interceptor, and passes the result through.
+/// interceptor, and turns the result into the gRPC answer: the edge where an [`EtcdError`]
+/// becomes a [`Status`].
+///
+/// # Errors
+/// The call's error as a status.
 pub fn handled<T>(
     service: &'static str,
     method: &'static str,
     kind: &'static str,
-    r: Result<T, Status>,
-) -> Result<T, Status> {
+    r: Result<T, EtcdError>,
+) -> Result<Response<T>, Status> {
     let code = match &r {
         Ok(_) => Code::Ok,
-        Err(s) => s.code(),
+        Err(e) => e.code(),
     };
     record_code(service, method, kind, code);
-    r
+    r.map(Response::new).map_err(Status::from)
 }
 
 /// Records `grpc_server_handled_total` with an explicit code (for streams).
@@ -119,7 +81,10 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// The answer for an RPC Mast does not serve yet.
-pub fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not supported by Mast yet"))
+/// A response stream as tonic sends it.
+pub type GrpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The gRPC edge of a response stream: each [`EtcdError`] on `rx` is sent as a [`Status`].
+pub fn grpc_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, EtcdError>>) -> GrpcStream<T> {
+    Box::pin(ReceiverStream::new(rx).map(|r| r.map_err(Status::from)))
 }

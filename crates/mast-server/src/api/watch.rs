@@ -1,6 +1,5 @@
 //! `etcdserverpb.Watch`: one bidi stream carrying many watchers (see [`crate::watch`]).
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
@@ -8,8 +7,9 @@ use mast_proto::etcdserverpb::{WatchRequest, WatchResponse, watch_server::Watch}
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{record_code, started};
+use super::{GrpcStream, grpc_stream, record_code, started};
 use crate::authz::Caller;
+use crate::error::EtcdError;
 use crate::node::Node;
 
 const SVC: &str = "etcdserverpb.Watch";
@@ -29,14 +29,17 @@ impl WatchService {
     }
 }
 
-/// Starts a watch session over `requests` and returns its responses.
-pub fn open_session<S>(
+/// Starts a watch session over `requests` and returns its responses. The session ends when
+/// `requests` ends or fails (with any error `E`). It sends no errors itself: a refused create
+/// is a canceled watch response, as etcd's.
+pub fn open_session<S, E>(
     node: Arc<Node>,
     caller: Caller,
     requests: S,
-) -> mpsc::Receiver<Result<WatchResponse, Status>>
+) -> mpsc::Receiver<Result<WatchResponse, EtcdError>>
 where
-    S: Stream<Item = Result<WatchRequest, Status>> + Unpin + Send + 'static,
+    S: Stream<Item = Result<WatchRequest, E>> + Unpin + Send + 'static,
+    E: Send + 'static,
 {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
@@ -48,7 +51,7 @@ where
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+    type WatchStream = GrpcStream<WatchResponse>;
 
     async fn watch(
         &self,
@@ -57,8 +60,6 @@ impl Watch for WatchService {
         started(SVC, "Watch", "bidi_stream");
         let caller = Caller::from_grpc(&request);
         let rx = open_session(self.node.clone(), caller, request.into_inner());
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(grpc_stream(rx)))
     }
 }
