@@ -280,6 +280,7 @@ fn descriptor_set_has_every_file_and_method() {
         [
             "authpb/auth.proto",
             "etcdserverpb/rpc.proto",
+            "mastraftpb/peer.proto",
             "mvccpb/kv.proto",
             "v3electionpb/v3election.proto",
             "v3lockpb/v3lock.proto",
@@ -309,6 +310,7 @@ fn descriptor_set_has_every_file_and_method() {
     assert_eq!(count("etcdserverpb.Auth"), 17);
     assert_eq!(count("v3lockpb.Lock"), 2);
     assert_eq!(count("v3electionpb.Election"), 5);
+    assert_eq!(count("mastraftpb.Peer"), 8);
 
     let streaming: Vec<(&str, bool, bool)> = methods
         .iter()
@@ -322,6 +324,7 @@ fn descriptor_set_has_every_file_and_method() {
             ("LeaseKeepAlive", true, true),
             ("Snapshot", false, true),
             ("Observe", false, true),
+            ("InstallSnapshot", true, false),
         ]
     );
 }

@@ -227,6 +227,32 @@ impl Peers {
             .into_inner())
     }
 
+    /// Hands a membership change to the leader; returns the member changed and the
+    /// membership after the change.
+    ///
+    /// # Errors
+    /// [`PeerError`] when the leader cannot be reached or refuses the change.
+    pub async fn member_change(
+        &self,
+        leader: MemberId,
+        mut req: pb::MemberChangeRequest,
+    ) -> Result<(MemberId, crate::types::StoredMembership), PeerError> {
+        req.route = self.route_to(leader);
+        let resp = self
+            .client(leader)?
+            .member_change(req)
+            .await
+            .map_err(|s| Self::status_error(leader, s))?
+            .into_inner();
+        let m = get_stored_membership(&mut Reader(&resp.membership)).map_err(|e| {
+            PeerError::BadAnswer {
+                member: leader,
+                message: e.to_string(),
+            }
+        })?;
+        Ok((resp.id, m))
+    }
+
     /// Asks whoever listens at `url` for its cluster's ID and membership (a member joining an
     /// existing cluster does this before it knows anyone's ID).
     ///
@@ -491,8 +517,8 @@ pub trait ForwardHandler: Send + Sync + 'static {
         commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<Result<CommandResult, MvccError>>, Status>> + Send;
 
-    /// Confirms leadership with a quorum and returns the store's entry index a linearizable
-    /// read must wait for.
+    /// Confirms leadership with a quorum and returns the Raft index (counted from 1) a
+    /// linearizable read must see applied.
     fn read_index(&self) -> impl Future<Output = Result<u64, Status>> + Send;
 
     /// A lease keepalive or TTL query, answered by this member's lessor.
@@ -500,6 +526,12 @@ pub trait ForwardHandler: Send + Sync + 'static {
         &self,
         req: pb::LeaseRequest,
     ) -> impl Future<Output = Result<pb::LeaseResponse, Status>> + Send;
+
+    /// A membership change, made by this member (the leader).
+    fn member_change(
+        &self,
+        req: pb::MemberChangeRequest,
+    ) -> impl Future<Output = Result<pb::MemberChangeResponse, Status>> + Send;
 }
 
 /// The peer gRPC service of one member.
@@ -719,6 +751,15 @@ impl<H: ForwardHandler> pb::peer_server::Peer for PeerService<H> {
         let req = req.into_inner();
         self.check(&req.route)?;
         Ok(Response::new(self.handler.lease(req).await?))
+    }
+
+    async fn member_change(
+        &self,
+        req: Request<pb::MemberChangeRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let req = req.into_inner();
+        self.check(&req.route)?;
+        Ok(Response::new(self.handler.member_change(req).await?))
     }
 
     async fn members(

@@ -38,6 +38,12 @@ impl ForwardHandler for NoForward {
     async fn lease(&self, _req: pb::LeaseRequest) -> Result<pb::LeaseResponse, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+    async fn member_change(
+        &self,
+        _req: pb::MemberChangeRequest,
+    ) -> Result<pb::MemberChangeResponse, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 struct Running {

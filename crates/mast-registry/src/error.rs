@@ -209,6 +209,17 @@ impl From<EtcdError> for ApiError {
             | E::Unhealthy
             | E::NotSupportedForLearner
             | E::NoSpace => ErrorCode::Unavailable,
+            E::Relayed { code, .. } => match code {
+                mast_server::error::Code::Unavailable
+                | mast_server::error::Code::DeadlineExceeded => ErrorCode::Unavailable,
+                mast_server::error::Code::InvalidArgument
+                | mast_server::error::Code::OutOfRange => ErrorCode::InvalidArgument,
+                mast_server::error::Code::NotFound => ErrorCode::NotFound,
+                mast_server::error::Code::FailedPrecondition => ErrorCode::Conflict,
+                mast_server::error::Code::PermissionDenied => ErrorCode::PermissionDenied,
+                mast_server::error::Code::Unauthenticated => ErrorCode::Unauthenticated,
+                _ => ErrorCode::Internal,
+            },
             E::NoPasswordUser
             | E::MaintenancePermissionDenied
             | E::Unimplemented(_)

@@ -514,7 +514,7 @@ pub async fn heartbeat(
             format!("instance {id:?} is persistent (no lease); it needs no heartbeat"),
         ));
     }
-    let resp = lease::keep_alive_once(node, &LeaseKeepAliveRequest { id: kv.lease });
+    let resp = lease::keep_alive_once(node, &LeaseKeepAliveRequest { id: kv.lease }).await?;
     if resp.ttl <= 0 {
         return Err(ApiError::new(
             ErrorCode::LeaseExpired,

@@ -12,7 +12,9 @@
 //! Raft variants are not answered yet; they are here so that the membership and consensus
 //! work has one place to take them from.
 
-use tonic::{Code, Status};
+/// gRPC status codes, as [`EtcdError::code`] gives them.
+pub use tonic::Code;
+use tonic::Status;
 
 pub use mast_mvcc::{AuthError, MvccError, StorageError};
 
@@ -90,6 +92,15 @@ pub enum EtcdError {
     /// A bug or a failed background task; the text says what (Internal).
     #[error("{0}")]
     Internal(String),
+    /// An error passed on with its code and text: the leader's answer to a request this
+    /// member handed it, or a copy of an error for each of several waiting callers.
+    #[error("{message}")]
+    Relayed {
+        /// The gRPC code.
+        code: Code,
+        /// The message.
+        message: String,
+    },
 
     // ---- Cluster and Raft (etcd's rpctypes), for the membership and consensus work.
     /// No member is leader (`ErrGRPCNoLeader`, Unavailable).
@@ -169,6 +180,7 @@ impl EtcdError {
     pub fn code(&self) -> Code {
         use EtcdError::*;
         match self {
+            Relayed { code, .. } => *code,
             EmptyKey | RequestTooLarge | TooManyOps | DuplicateKey | ValueProvided
             | LeaseProvided | InvalidSortOption | BadRequestBody(_) | MemberBadUrls => {
                 Code::InvalidArgument
@@ -251,6 +263,33 @@ fn auth_code(e: &AuthError) -> Code {
 }
 
 /// Store errors as the API answers them; an auth refusal becomes [`EtcdError::Auth`].
+impl EtcdError {
+    /// A copy of this error for each of several callers that waited on one failed
+    /// operation (a batch of writes, a read confirmation). Errors without a copy of their own
+    /// (a disk or I/O failure) keep their text and code.
+    pub fn clone_for_waiters(&self) -> EtcdError {
+        use EtcdError::*;
+        match self {
+            NoLeader => NoLeader,
+            NotLeader => NotLeader,
+            LeaderChanged => LeaderChanged,
+            Stopped => Stopped,
+            Timeout => Timeout,
+            TimeoutDueToLeaderFail => TimeoutDueToLeaderFail,
+            TimeoutDueToConnectionLost => TimeoutDueToConnectionLost,
+            Unhealthy => Unhealthy,
+            NotSupportedForLearner => NotSupportedForLearner,
+            Mvcc(e) => Mvcc(e.clone()),
+            Auth(e) => Auth(e.clone()),
+            Internal(m) => Internal(m.clone()),
+            other => Relayed {
+                code: other.code(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 impl From<MvccError> for EtcdError {
     fn from(e: MvccError) -> Self {
         match e {

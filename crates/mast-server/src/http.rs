@@ -229,7 +229,7 @@ gateway!(lease_revoke, pb::LeaseRevokeRequest, |n, c, r| {
     lease::revoke(n, c, r).await
 });
 gateway!(lease_ttl, pb::LeaseTimeToLiveRequest, |n, c, r| {
-    lease::time_to_live(n, c, r)
+    lease::time_to_live(n, c, r).await
 });
 gateway!(lease_leases, pb::LeaseLeasesRequest, |n, _c, _r| Ok::<
     _,
@@ -237,12 +237,21 @@ gateway!(lease_leases, pb::LeaseLeasesRequest, |n, _c, _r| Ok::<
 >(
     lease::leases(n)
 ));
-gateway!(member_list, pb::MemberListRequest, |n, _c, _r| Ok::<
-    _,
-    EtcdError,
->(
-    cluster::member_list(n)
-));
+gateway!(member_list, pb::MemberListRequest, |n, c, r| {
+    cluster::member_list(n, c, r).await
+});
+gateway!(member_add, pb::MemberAddRequest, |n, c, r| {
+    cluster::member_add(n, c, r).await
+});
+gateway!(member_remove, pb::MemberRemoveRequest, |n, c, r| {
+    cluster::member_remove(n, c, r).await
+});
+gateway!(member_update, pb::MemberUpdateRequest, |n, c, r| {
+    cluster::member_update(n, c, r).await
+});
+gateway!(member_promote, pb::MemberPromoteRequest, |n, c, r| {
+    cluster::member_promote(n, c, r).await
+});
 gateway!(
     m_status,
     pb::StatusRequest,
@@ -340,11 +349,6 @@ async fn watch(
     ))
 }
 
-async fn not_clustered(body: Bytes) -> Response {
-    let _ = body;
-    error_response(&EtcdError::unimplemented("membership changes (clustering)"))
-}
-
 async fn m_snapshot(
     State(n): N,
     ci: Option<axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
@@ -357,15 +361,23 @@ async fn m_snapshot(
 }
 
 async fn health(State(n): N) -> Response {
-    // Healthy when the store answers a read, as etcd's /health does a quorum read.
-    let ok = n
-        .store
-        .range(&pb::RangeRequest {
-            key: bytes::Bytes::from_static(b"health"),
-            ..Default::default()
-        })
-        .is_ok();
-    let body = serde_json::json!({"health": if ok { "true" } else { "false" }, "reason": ""});
+    // As etcd's /health: false without a leader; otherwise a linearizable read must go
+    // through (a read index round, or the store alone on a member that leads alone).
+    let (ok, reason) = if n.consensus.leader() == 0 {
+        (false, "RAFT NO LEADER".to_string())
+    } else {
+        match n.linearize().await {
+            Err(e) => (false, e.to_string()),
+            Ok(()) => match n.store.range(&pb::RangeRequest {
+                key: bytes::Bytes::from_static(b"health"),
+                ..Default::default()
+            }) {
+                Ok(_) => (true, String::new()),
+                Err(e) => (false, e.to_string()),
+            },
+        }
+    };
+    let body = serde_json::json!({"health": if ok { "true" } else { "false" }, "reason": reason});
     let code = if ok {
         StatusCode::OK
     } else {
@@ -386,11 +398,15 @@ async fn metrics_text(State(n): N) -> Response {
         metrics::gauge!("etcd_debugging_mvcc_current_revision").set(s.revision as f64);
         metrics::gauge!("etcd_debugging_mvcc_compact_revision").set(s.compact_revision as f64);
         metrics::gauge!("etcd_debugging_mvcc_keys_total").set(s.keys as f64);
-        metrics::gauge!("etcd_server_proposals_committed_total").set(s.applied_index as f64);
-        metrics::gauge!("etcd_server_proposals_applied_total").set(s.applied_index as f64);
+        metrics::gauge!("etcd_server_proposals_committed_total")
+            .set(n.consensus.raft_index() as f64);
+        metrics::gauge!("etcd_server_proposals_applied_total")
+            .set(n.consensus.applied_index() as f64);
     }
-    metrics::gauge!("etcd_server_has_leader").set(1.0);
-    metrics::gauge!("etcd_server_is_leader").set(1.0);
+    metrics::gauge!("etcd_server_has_leader").set(f64::from(u8::from(n.consensus.leader() != 0)));
+    metrics::gauge!("etcd_server_is_leader").set(f64::from(u8::from(n.consensus.is_leader())));
+    metrics::gauge!("etcd_server_id", "server_id" => format!("{:x}", n.identity.member_id))
+        .set(1.0);
     metrics::gauge!("etcd_debugging_lease_granted_total").set(n.lessor.len() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -448,10 +464,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v3/lease/leases", post(lease_leases))
         .route("/v3/kv/lease/leases", post(lease_leases))
         .route("/v3/cluster/member/list", post(member_list))
-        .route("/v3/cluster/member/add", post(not_clustered))
-        .route("/v3/cluster/member/remove", post(not_clustered))
-        .route("/v3/cluster/member/update", post(not_clustered))
-        .route("/v3/cluster/member/promote", post(not_clustered))
+        .route("/v3/cluster/member/add", post(member_add))
+        .route("/v3/cluster/member/remove", post(member_remove))
+        .route("/v3/cluster/member/update", post(member_update))
+        .route("/v3/cluster/member/promote", post(member_promote))
         .route("/v3/maintenance/status", post(m_status))
         .route("/v3/maintenance/alarm", post(m_alarm))
         .route("/v3/maintenance/defragment", post(m_defrag))

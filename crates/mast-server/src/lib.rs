@@ -24,6 +24,7 @@ pub mod authority;
 pub mod authz;
 pub mod combine;
 mod conn_threads;
+pub mod consensus;
 pub mod error;
 pub mod http;
 pub mod lessor;

@@ -34,11 +34,29 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// Size of the store's page cache in bytes.
     pub cache_bytes: usize,
-    /// Size of the write-ahead log file in bytes; the store checkpoints each time it fills
-    /// (`--wal-size-mb`, used when the log is created).
+    /// Size of each Raft log segment file in bytes (`--wal-size-mb`).
     pub wal_bytes: u64,
-    /// Log bytes between checkpoints (durable redb commits) (`--checkpoint-mb`).
+    /// Bytes of applied commands between store checkpoints (durable redb commits)
+    /// (`--checkpoint-mb`).
     pub checkpoint_bytes: u64,
+    /// `--initial-cluster` (`name=peerURL,…`); `None`: this member alone, at its advertised
+    /// peer URLs.
+    pub initial_cluster: Option<String>,
+    /// `--initial-cluster-state`.
+    pub initial_cluster_state: mast_raft::member::ClusterState,
+    /// `--initial-cluster-token` (etcd's default `etcd-cluster`).
+    pub initial_cluster_token: String,
+    /// `--initial-advertise-peer-urls` (etcd's default `http://localhost:2380`).
+    pub advertise_peer_urls: Vec<String>,
+    /// Addresses to listen on for peers (`--listen-peer-urls`); none: no peer listener (a
+    /// member alone needs none).
+    pub listen_peer: Vec<std::net::SocketAddr>,
+    /// `--heartbeat-interval` (100 ms, as etcd's).
+    pub heartbeat_interval: Duration,
+    /// `--election-timeout` (1000 ms, as etcd's).
+    pub election_timeout: Duration,
+    /// The clock lease deadlines are read from (tests inject a manual one).
+    pub lease_clock: LeaseClock,
     /// TLS on the client port; plain TCP when `None`.
     pub tls: Option<crate::tls::TlsConfig>,
     /// How auth tokens are made (`--auth-token`).
@@ -76,8 +94,16 @@ impl ServerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_notify_interval: Duration::from_secs(600),
             cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
-            wal_bytes: mast_mvcc::log::DEFAULT_WAL_BYTES,
-            checkpoint_bytes: mast_mvcc::log::DEFAULT_CHECKPOINT_BYTES,
+            wal_bytes: mast_raft::log_store::DEFAULT_SEGMENT_BYTES,
+            checkpoint_bytes: mast_raft::state_machine::DEFAULT_CHECKPOINT_BYTES,
+            initial_cluster: None,
+            initial_cluster_state: mast_raft::member::ClusterState::New,
+            initial_cluster_token: mast_raft::identity::DEFAULT_CLUSTER_TOKEN.into(),
+            advertise_peer_urls: vec!["http://localhost:2380".into()],
+            listen_peer: Vec::new(),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            lease_clock: LeaseClock::default(),
             tls: None,
             auth_token: crate::tokens::TokenConfig::Simple,
             auth_token_ttl: Duration::from_secs(300),
@@ -87,8 +113,25 @@ impl ServerConfig {
     }
 }
 
-/// The identity of this member, created at first start and kept in `<data-dir>/member.json`.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+/// The clock of lease deadlines: the system's monotonic clock unless a test injects one.
+#[derive(Clone)]
+pub struct LeaseClock(pub Arc<dyn crate::lessor::Clock>);
+
+impl Default for LeaseClock {
+    fn default() -> Self {
+        LeaseClock(Arc::new(SystemClock::default()))
+    }
+}
+
+impl std::fmt::Debug for LeaseClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseClock")
+    }
+}
+
+/// This member's cluster and member IDs, as etcd derives them (see
+/// [`mast_raft::identity`]), kept in `<data-dir>/member.json` from the first start.
+#[derive(Clone, Copy, Debug)]
 pub struct Identity {
     /// Cluster ID shown in every response header.
     pub cluster_id: u64,
@@ -96,29 +139,57 @@ pub struct Identity {
     pub member_id: u64,
 }
 
-impl Identity {
-    fn load_or_create(dir: &Path) -> anyhow::Result<Identity> {
-        let path = dir.join("member.json");
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let id = Identity {
-                    cluster_id: rand::random::<u64>() >> 1 | 1,
-                    member_id: rand::random::<u64>() >> 1 | 1,
-                };
-                let tmp = dir.join("member.json.tmp");
-                std::fs::write(&tmp, serde_json::to_vec(&id)?)?;
-                std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
-                Ok(id)
-            }
-            Err(e) => Err(e.into()),
-        }
+impl ServerConfig {
+    /// The member settings these flags give.
+    ///
+    /// # Errors
+    /// When `--initial-cluster` does not parse.
+    pub fn member_config(&self) -> anyhow::Result<mast_raft::member::MemberConfig> {
+        let initial = match &self.initial_cluster {
+            Some(s) => s.clone(),
+            None => self
+                .advertise_peer_urls
+                .iter()
+                .map(|u| format!("{}={u}", self.name))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        Ok(mast_raft::member::MemberConfig {
+            name: self.name.clone(),
+            data_dir: self.data_dir.clone(),
+            initial_cluster: mast_raft::identity::parse_initial_cluster(&initial)?,
+            initial_cluster_state: self.initial_cluster_state,
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            advertise_peer_urls: self.advertise_peer_urls.clone(),
+            advertise_client_urls: self.advertise_client_urls.clone(),
+            heartbeat_interval: self.heartbeat_interval,
+            election_timeout: self.election_timeout,
+            segment_bytes: self.wal_bytes,
+            checkpoint_bytes: self.checkpoint_bytes,
+        })
     }
 }
 
-/// The Raft term reported while Mast runs as one embedded member.
-pub const RAFT_TERM: u64 = 2;
+/// Applies what a data directory of the single-member write-ahead log (`wal.log`, before
+/// Raft) still holds, checkpoints it into the store and removes the log, so the store can go
+/// under the Raft log.
+fn absorb_old_wal(dir: &Path, cache_bytes: usize) -> anyhow::Result<()> {
+    let wal = dir.join("wal.log");
+    if !wal.exists() {
+        return Ok(());
+    }
+    let logged = LoggedStore::open(
+        dir,
+        mast_mvcc::StoreOptions { cache_bytes },
+        mast_mvcc::LogOptions::default(),
+    )?;
+    logged.close()?;
+    drop(logged);
+    std::fs::remove_file(&wal)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    tracing::info!("single-member write-ahead log applied and removed; the Raft log takes over");
+    Ok(())
+}
 
 /// Shared state of a running member.
 ///
@@ -132,6 +203,12 @@ pub struct Node {
     pub(crate) config: ServerConfig,
     /// Member and cluster IDs.
     pub(crate) identity: Identity,
+    /// Leadership, term, proposals.
+    pub(crate) consensus: Arc<crate::consensus::Consensus>,
+    /// Linearizable reads.
+    pub(crate) reads: crate::consensus::ReadBarrier,
+    /// `<data-dir>/raft`.
+    pub(crate) raft_dir: PathBuf,
     /// The MVCC store.
     pub(crate) store: Arc<Store>,
     /// Lease deadlines.
@@ -143,7 +220,7 @@ pub struct Node {
     /// Flips to true when the server shuts down; long streams end on it.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Issues and checks auth tokens.
-    pub(crate) tokens: crate::tokens::TokenProvider,
+    pub(crate) tokens: Arc<crate::tokens::TokenProvider>,
     /// Slows down password guessing.
     pub(crate) throttle: crate::tokens::LoginThrottle,
     /// Picks the IDs of leases granted with ID 0.
@@ -188,38 +265,56 @@ impl LeaseIds {
 }
 
 impl Node {
-    /// Opens the store in `config.data_dir` and starts the writer.
+    /// Opens the store in `config.data_dir`, starts this member's consensus over it (a new
+    /// cluster, a joining member, or a restart, as the flags and the data directory say) and
+    /// the write path.
     ///
     /// # Errors
-    /// When the data directory or the database cannot be opened.
-    pub fn open(
+    /// When the data directory or the database cannot be opened, or the member cannot start
+    /// (see [`mast_raft::member::StartError`]).
+    pub async fn open(
         config: ServerConfig,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let identity = Identity::load_or_create(&config.data_dir)?;
-        let logged = Arc::new(LoggedStore::open(
+        absorb_old_wal(&config.data_dir, config.cache_bytes)?;
+        let member_config = config.member_config()?;
+        let store = Arc::new(Store::open_with_options(
             &config.data_dir,
             mast_mvcc::StoreOptions {
                 cache_bytes: config.cache_bytes,
             },
-            mast_mvcc::LogOptions {
-                wal_bytes: config.wal_bytes,
-                checkpoint_bytes: config.checkpoint_bytes,
-            },
         )?);
-        let store = logged.store().clone();
-        let lessor = Arc::new(Lessor::new(Box::new(SystemClock::default())));
-        // After a restart every lease gets its full TTL again, as etcd's lessor promotion.
-        for (id, rec) in store.leases().iter() {
-            lessor.granted(id, rec.ttl);
-        }
-        let tokens = crate::tokens::TokenProvider::new(&config.auth_token, config.auth_token_ttl)?;
+        let lessor = Arc::new(Lessor::new(config.lease_clock.0.clone()));
+        // After a restart every lease gets its full TTL again, as etcd's.
+        lessor.granted_all(store.leases().iter().map(|(id, rec)| (id, rec.ttl)));
+        let tokens = Arc::new(crate::tokens::TokenProvider::new(
+            &config.auth_token,
+            config.auth_token_ttl,
+        )?);
         let hub = Arc::new(WatchHub::new());
-        let writer = Writer::start(logged, hub.clone(), lessor.clone());
+        let observer = Arc::new(crate::consensus::Observer {
+            hub: hub.clone(),
+            lessor: lessor.clone(),
+            tokens: tokens.clone(),
+            store: store.clone(),
+        });
+        let member =
+            mast_raft::member::RaftMember::start(&member_config, store.clone(), observer).await?;
+        let consensus = crate::consensus::Consensus::new(&member, config.election_timeout);
+        consensus.spawn_watch(lessor.clone());
+        let identity = Identity {
+            cluster_id: member.identity.cluster_id,
+            member_id: member.identity.member_id,
+        };
+        let writer = Writer::start(consensus.clone());
+        let reads = crate::consensus::ReadBarrier::start(consensus.clone());
         Ok(Arc::new(Node {
             config,
             identity,
+            consensus,
+            reads,
+            raft_dir: member.dir.clone(),
             store,
             lessor,
             hub,
@@ -242,7 +337,7 @@ impl Node {
             cluster_id: self.identity.cluster_id,
             member_id: self.identity.member_id,
             revision: rev,
-            raft_term: RAFT_TERM,
+            raft_term: self.consensus.term(),
         }
     }
 
@@ -257,11 +352,30 @@ impl Node {
         Some(self.header_at(rev))
     }
 
-    /// Submits a command to the writer and waits until it is durable.
+    /// Waits until a linearizable read may be served from this member's store: at once when
+    /// this member leads alone, else after a read index round ([`crate::consensus::ReadBarrier`]).
     ///
     /// # Errors
-    /// The store's refusal, or a storage failure.
-    pub async fn write(&self, cmd: Command) -> Result<CommandResult, MvccError> {
+    /// [`EtcdError::NoLeader`], [`EtcdError::Timeout`] and the like when no leader confirms.
+    pub async fn linearize(&self) -> Result<(), EtcdError> {
+        if self.consensus.reads_are_local() {
+            return Ok(());
+        }
+        self.reads.wait().await
+    }
+
+    /// Stops this member's consensus (after the listeners stop).
+    pub async fn stop_consensus(&self) {
+        if let Err(e) = self.consensus.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+    }
+
+    /// Proposes a command and waits until it is applied.
+    ///
+    /// # Errors
+    /// The store's refusal, or the proposal's failure (no leader, timeout, leader changed).
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, EtcdError> {
         self.writer.submit(cmd).await
     }
 
@@ -350,7 +464,9 @@ impl Node {
                     tokio::spawn(async move {
                         match node.write(Command::LeaseRevoke { id }).await {
                             Ok(_) => tracing::debug!(lease = id, "lease expired and was revoked"),
-                            Err(MvccError::LeaseNotFound) => node.lessor.revoked(id),
+                            Err(EtcdError::Mvcc(MvccError::LeaseNotFound)) => {
+                                node.lessor.revoked(id)
+                            }
                             Err(e) => {
                                 tracing::warn!(lease = id, error = %e, "revoking an expired lease failed")
                             }

@@ -28,6 +28,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Server {
     node: Arc<Node>,
     addrs: Vec<SocketAddr>,
+    peer_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     /// Turned true when the shutdown grace is over: connection threads drop what is left.
     force: watch::Sender<bool>,
@@ -113,6 +114,37 @@ where
     })
 }
 
+/// Serves the peer protocol (`mastraftpb.Peer`) on `listener` until `stop`.
+fn spawn_peer(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let svc = mast_raft::network::PeerService::new(
+        node.consensus.raft.clone(),
+        node.identity.cluster_id,
+        node.identity.member_id,
+        node.raft_dir.clone(),
+        Arc::new(crate::consensus::Forwarder {
+            node: Arc::downgrade(&node),
+        }),
+    );
+    drop(node);
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let r = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(svc.into_server())
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "peer listener failed");
+        }
+    })
+}
+
 impl Server {
     /// Opens the store and starts listening on every address of `config.listen`.
     ///
@@ -134,20 +166,53 @@ impl Server {
         crate::http::prometheus();
         let (stop, stop_rx) = watch::channel(false);
         let (force, force_rx) = watch::channel(false);
-        let node = Node::open(config, stop_rx.clone())?;
+        let node = Node::open(config, stop_rx.clone()).await?;
         node.spawn_lease_expiry();
+        let mut tasks = Vec::new();
+        let mut peer_addrs = Vec::new();
+        for addr in node.config.listen_peer.clone() {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let local = listener.local_addr()?;
+            peer_addrs.push(local);
+            tasks.push(spawn_peer(node.clone(), listener, stop_rx.clone()));
+            tracing::info!(address = %local, "serving peers");
+        }
+        crate::api::cluster::spawn_publish(node.clone());
         if let Some(password) = node.config.root_password.clone() {
-            match crate::api::auth::bootstrap_root(&node, &password.0).await {
-                Ok(true) => tracing::info!("created user root with role root and enabled auth"),
-                Ok(false) => tracing::info!(
-                    "root user exists; root password from the environment not applied"
-                ),
-                Err(e) => anyhow::bail!("bootstrapping root failed: {e}"),
+            let alone = node.consensus.membership().nodes().count() <= 1;
+            let boot = {
+                let node = node.clone();
+                async move {
+                    match crate::api::auth::bootstrap_root(&node, &password.0).await {
+                        Ok(true) => {
+                            tracing::info!("created user root with role root and enabled auth");
+                            Ok(())
+                        }
+                        Ok(false) => {
+                            tracing::info!(
+                                "root user exists; root password from the environment not applied"
+                            );
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            if alone {
+                if let Err(e) = boot.await {
+                    anyhow::bail!("bootstrapping root failed: {e}");
+                }
+            } else {
+                // A cluster's first leader may need the other members to start first.
+                tokio::spawn(async move {
+                    if let Err(e) = boot.await {
+                        tracing::error!(error = %e, "bootstrapping root failed");
+                    }
+                });
             }
         }
         let app = app_with(node.clone(), extra(node.clone()));
         let mut addrs = Vec::new();
-        let mut tasks = Vec::new();
         let mut conns = Vec::new();
         let tls = match &node.config.tls {
             Some(t) => Some(t.server_config()?),
@@ -185,6 +250,7 @@ impl Server {
         Ok(Server {
             node,
             addrs,
+            peer_addrs,
             stop,
             force,
             tasks,
@@ -195,6 +261,11 @@ impl Server {
     /// The bound client addresses (useful when the config asked for port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound peer addresses.
+    pub fn peer_addrs(&self) -> &[SocketAddr] {
+        &self.peer_addrs
     }
 
     /// The node behind the server.
@@ -227,6 +298,8 @@ impl Server {
             // Connection threads drop their runtimes now; that takes moments, not seconds.
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, all_done).await;
         }
+        // Raft stops before the store closes: nothing is applied to a closed store.
+        self.node.stop_consensus().await;
         // Close the database now (waiting for in-flight reads and the current write batch),
         // so the file is released even if a connection task still holds the node.
         if let Err(e) = self.node.store.close() {

@@ -58,6 +58,9 @@ pub struct Batch {
     pub revision: i64,
     /// Events in revision order.
     pub events: Vec<Event>,
+    /// The store was replaced (a snapshot from the leader): events up to `revision` did not
+    /// come through the hub, and every watcher reads them from history instead.
+    pub gap: bool,
 }
 
 /// Publishes committed batches to every watch stream.
@@ -82,8 +85,22 @@ impl WatchHub {
     /// Publishes a committed batch. Batches without events are not sent.
     pub fn publish(&self, revision: i64, events: Vec<Event>) {
         if !events.is_empty() {
-            let _ = self.tx.send(Arc::new(Batch { revision, events }));
+            let _ = self.tx.send(Arc::new(Batch {
+                revision,
+                events,
+                gap: false,
+            }));
         }
+    }
+
+    /// Tells every stream that the store jumped to `revision` without events (a snapshot was
+    /// installed): its watchers catch up from history.
+    pub fn resync(&self, revision: i64) {
+        let _ = self.tx.send(Arc::new(Batch {
+            revision,
+            events: Vec::new(),
+            gap: true,
+        }));
     }
 
     /// A receiver of every batch published from now on.
@@ -324,6 +341,12 @@ impl Session {
 
     /// Sends a batch's matching events to every synced watcher, one response per revision.
     async fn deliver(&mut self, batch: &Batch) -> Result<(), Stop> {
+        if batch.gap {
+            for w in self.watchers.values_mut() {
+                w.synced = false;
+            }
+            return Ok(());
+        }
         let mut pending: Vec<(i64, Vec<Event>, bool, bool, i64)> = Vec::new();
         for (id, w) in self.watchers.iter_mut() {
             if !w.synced {

@@ -1,37 +1,35 @@
-//! The write path: a writer thread that groups concurrent commands into batches, and a sync
-//! thread that makes them durable.
+//! The write path: commands from every request grouped into log entries and proposed.
 //!
-//! Requests send a [`Command`] with a reply channel. The writer thread takes every command that
-//! is waiting (up to [`MAX_BATCH`]) and stages them as one log entry ([`LoggedStore::stage`]:
-//! applied to memory and redb, written to the write-ahead log, not yet synced or visible), then
-//! hands the entry to the sync thread and goes on to the next. The sync thread takes every
-//! staged entry that is waiting, syncs the log once for all of them ([`LoggedStore::sync`]),
-//! and then, entry by entry in order, makes them visible ([`LoggedStore::publish`]), publishes
-//! their events to the watch hub and replies. So the fsync of one group overlaps the applying of the next, and the fsync
-//! rate bounds groups, not writes.
+//! Requests send a [`Command`] with a reply channel. One task takes every command that is
+//! waiting (up to [`MAX_BATCH`]) and proposes them as one log entry ([`Consensus::propose`]):
+//! on the leader through openraft, whose log makes the entry durable with one `fdatasync`
+//! before it commits, on a follower by handing the commands to the leader. While
+//! [`MAX_IN_FLIGHT`] entries are on their way, new commands wait and join the next entry, so
+//! the fsync rate bounds entries, not writes (group commit). When an entry is applied its
+//! results come back and each request gets its own.
 //!
 //! Replies to requests served on a connection thread go through that thread's [`Mailbox`]: the
-//! sync thread leaves them there and wakes the thread once per group, and a task on the thread
-//! hands them out. Waking each request's task from the sync thread cost a system call per reply
-//! (the runtime's I/O driver is woken through an eventfd), and the tasks woken one by one
-//! answered one by one, an HTTP/2 frame write each.
+//! proposing task leaves them there and wakes the thread once per entry, and a task on the
+//! thread hands them out. Waking each request's task from another thread cost a system call
+//! per reply (the runtime's I/O driver is woken through an eventfd), and the tasks woken one
+//! by one answered one by one, an HTTP/2 frame write each.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
-use mast_mvcc::{Command, CommandResult, LoggedStore, MvccError, Staged};
+use mast_mvcc::{Command, CommandResult};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::lessor::Lessor;
-use crate::watch::WatchHub;
+use crate::consensus::Consensus;
+use crate::error::EtcdError;
 
-/// Most commands applied in one batch (one redb transaction, one log record).
+/// Most commands in one log entry.
 pub const MAX_BATCH: usize = 1024;
 
-/// Most staged batches waiting for the sync thread; the writer waits beyond that.
-const MAX_STAGED: usize = 8;
+/// Most entries proposed and not yet applied; commands wait beyond that and join the next.
+pub const MAX_IN_FLIGHT: usize = 2;
 
-type Outcome = Result<CommandResult, MvccError>;
+type Outcome = Result<CommandResult, EtcdError>;
 
 /// Where a command's result goes: the waiting task's channel, and the mailbox of the
 /// connection thread the task runs on, if any.
@@ -108,62 +106,45 @@ impl Outbox {
     }
 }
 
-/// A staged batch on its way to the sync thread.
-struct Pending {
-    staged: Staged,
-    /// Leases the batch revoked (the lessor forgets them once the batch is durable).
-    revoked: Vec<i64>,
-    replies: Vec<Reply>,
-}
-
-/// A handle for submitting commands to the writer thread. Cheap to clone.
+/// A handle for submitting commands. Cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<(Command, Reply)>,
 }
 
 impl Writer {
-    /// Starts the writer and sync threads over `store`. They stop when every handle is dropped.
-    pub fn start(store: Arc<LoggedStore>, hub: Arc<WatchHub>, lessor: Arc<Lessor>) -> Writer {
+    /// Starts the proposing task over `consensus`. It stops when every handle is dropped.
+    pub fn start(consensus: Arc<Consensus>) -> Writer {
         let (tx, rx) = mpsc::channel::<(Command, Reply)>(4 * MAX_BATCH);
-        let (staged_tx, staged_rx) = std::sync::mpsc::sync_channel::<Pending>(MAX_STAGED);
-        let sync_store = store.clone();
-        std::thread::Builder::new()
-            .name("mast-sync".into())
-            .spawn(move || sync_loop(sync_store, hub, lessor, staged_rx))
-            .expect("spawn sync thread");
-        std::thread::Builder::new()
-            .name("mast-writer".into())
-            .spawn(move || write_loop(store, rx, staged_tx))
-            .expect("spawn writer thread");
+        tokio::spawn(propose_loop(consensus, rx));
         Writer { tx }
     }
 
-    /// Applies `cmd` durably and returns its result once it is on disk.
+    /// Proposes `cmd` and returns its result once its entry is applied.
     ///
     /// # Errors
-    /// The store's refusal ([`MvccError`]), or [`MvccError::Storage`] when the disk failed or
-    /// the writer has stopped.
-    pub async fn submit(&self, cmd: Command) -> Result<CommandResult, MvccError> {
+    /// The store's refusal ([`EtcdError::Mvcc`], [`EtcdError::Auth`]), or the proposal's
+    /// failure (no leader, a timeout, the leader changed, the server stopping).
+    pub async fn submit(&self, cmd: Command) -> Result<CommandResult, EtcdError> {
         let (tx, rx) = oneshot::channel();
         let mailbox = HOME.with(|h| h.borrow().clone());
         self.tx
             .send((cmd, Reply { tx, mailbox }))
             .await
-            .map_err(|_| MvccError::Storage("writer stopped".into()))?;
-        rx.await
-            .map_err(|_| MvccError::Storage("writer stopped".into()))?
+            .map_err(|_| EtcdError::Stopped)?;
+        rx.await.map_err(|_| EtcdError::Stopped)?
     }
 }
 
-fn write_loop(
-    store: Arc<LoggedStore>,
-    mut rx: mpsc::Receiver<(Command, Reply)>,
-    staged_tx: std::sync::mpsc::SyncSender<Pending>,
-) {
-    let mut cmds = Vec::with_capacity(MAX_BATCH);
-    let mut replies = Vec::with_capacity(MAX_BATCH);
-    while let Some((cmd, reply)) = rx.blocking_recv() {
+async fn propose_loop(consensus: Arc<Consensus>, mut rx: mpsc::Receiver<(Command, Reply)>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    while let Some((cmd, reply)) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // Everything that arrived while waiting for a slot joins this entry.
+        let mut cmds = Vec::with_capacity(64);
+        let mut replies = Vec::with_capacity(64);
         cmds.push(cmd);
         replies.push(reply);
         while cmds.len() < MAX_BATCH {
@@ -176,93 +157,27 @@ fn write_loop(
             }
         }
         metrics::histogram!("mast_writer_batch_size").record(cmds.len() as f64);
-        match store.stage(&cmds) {
-            Ok(staged) => {
-                if staged.durable {
-                    // A checkpoint: redb's own fsync.
-                    metrics::counter!("mast_fsyncs_total").increment(1);
+        metrics::gauge!("etcd_server_proposals_pending").increment(1.0);
+        let consensus = consensus.clone();
+        tokio::spawn(async move {
+            let result = consensus.propose(cmds).await;
+            metrics::gauge!("etcd_server_proposals_pending").decrement(1.0);
+            let mut outbox = Outbox::default();
+            match result {
+                Ok(results) => {
+                    for (reply, r) in replies.into_iter().zip(results) {
+                        outbox.send(reply, r.map_err(EtcdError::from));
+                    }
                 }
-                let revoked = cmds
-                    .iter()
-                    .filter_map(|c| match c {
-                        Command::LeaseRevoke { id } => Some(*id),
-                        _ => None,
-                    })
-                    .collect();
-                // Moved out at its exact size; `replies` keeps its capacity (which `mem::take`
-                // would not).
-                #[allow(clippy::drain_collect)]
-                let moved: Vec<Reply> = replies.drain(..).collect();
-                let pending = Pending {
-                    staged,
-                    revoked,
-                    replies: moved,
-                };
-                if staged_tx.send(pending).is_err() {
-                    return;
+                Err(e) => {
+                    metrics::counter!("etcd_server_proposals_failed_total").increment(1);
+                    for reply in replies {
+                        outbox.send(reply, Err(e.clone_for_waiters()));
+                    }
                 }
             }
-            Err(e) => {
-                let mut outbox = Outbox::default();
-                for reply in replies.drain(..) {
-                    outbox.send(reply, Err(MvccError::Storage(e.0.clone())));
-                }
-                outbox.wake();
-            }
-        }
-        cmds.clear();
-    }
-}
-
-fn sync_loop(
-    store: Arc<LoggedStore>,
-    hub: Arc<WatchHub>,
-    lessor: Arc<Lessor>,
-    rx: std::sync::mpsc::Receiver<Pending>,
-) {
-    let mut group = Vec::with_capacity(MAX_STAGED);
-    let mut outbox = Outbox::default();
-    while let Ok(first) = rx.recv() {
-        group.push(first);
-        while let Ok(more) = rx.try_recv() {
-            group.push(more);
-        }
-        let synced = if group.iter().all(|p| p.staged.durable) {
-            Ok(())
-        } else {
-            metrics::histogram!("mast_sync_group_batches").record(group.len() as f64);
-            metrics::counter!("mast_fsyncs_total").increment(1);
-            store.sync()
-        };
-        for p in group.drain(..) {
-            let Pending {
-                staged,
-                revoked,
-                replies,
-            } = p;
-            if let Err(e) = &synced {
-                for reply in replies {
-                    outbox.send(reply, Err(MvccError::Storage(e.0.clone())));
-                }
-                continue;
-            }
-            let applied = staged.applied;
-            store.publish(&applied);
-            lessor.granted_all(applied.results.iter().flatten().filter_map(|r| match r {
-                CommandResult::LeaseGrant { id, ttl }
-                | CommandResult::LeaseGrantPut { id, ttl, .. } => Some((*id, *ttl)),
-                _ => None,
-            }));
-            for id in revoked {
-                lessor.revoked(id);
-            }
-            // Events go to watchers before the replies: a client that sees its put
-            // acknowledged and then creates a watch never misses its own write.
-            hub.publish(applied.revision, applied.events);
-            for (reply, result) in replies.into_iter().zip(applied.results) {
-                outbox.send(reply, result);
-            }
-        }
-        outbox.wake();
+            outbox.wake();
+            drop(slot);
+        });
     }
 }

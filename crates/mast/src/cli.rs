@@ -14,8 +14,8 @@ use mast_model::config::{ConfigHistoryEntry, META_PREFIX};
 use mast_model::{ConfigFormat, ConfigId, ConfigMeta, Instance, prefix_end};
 use mast_proto::etcdserverpb::{
     DeleteRangeRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest,
-    PutRequest, RangeRequest, SnapshotRequest,
-    WatchCreateRequest, WatchRequest, watch_request::RequestUnion,
+    PutRequest, RangeRequest, SnapshotRequest, WatchCreateRequest, WatchRequest,
+    watch_request::RequestUnion,
 };
 use mast_proto::mvccpb::{KeyValue, event::EventType};
 use mast_sdk::{Client, ClientOptions};

@@ -79,7 +79,11 @@ fn urls(s: &str) -> Vec<String> {
 }
 
 fn status_word(m: &Member) -> &'static str {
-    if m.name.is_empty() { "unstarted" } else { "started" }
+    if m.name.is_empty() {
+        "unstarted"
+    } else {
+        "started"
+    }
 }
 
 fn cluster_id(h: &Option<mast_proto::etcdserverpb::ResponseHeader>) -> u64 {
@@ -103,7 +107,14 @@ pub async fn member(g: &Global, out: Format, cmd: MemberCmd) -> anyhow::Result<(
                 Format::Json => print_json(&r)?,
                 Format::Table => {
                     let mut t = Table::new();
-                    t.set_header(["ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER"]);
+                    t.set_header([
+                        "ID",
+                        "STATUS",
+                        "NAME",
+                        "PEER ADDRS",
+                        "CLIENT ADDRS",
+                        "IS LEARNER",
+                    ]);
                     for m in &r.members {
                         t.add_row([
                             format!("{:x}", m.id),
@@ -148,10 +159,17 @@ pub async fn member(g: &Global, out: Format, cmd: MemberCmd) -> anyhow::Result<(
                 return print_json(&r);
             }
             let id = r.member.as_ref().map_or(0, |m| m.id);
-            println!("Member {id:16x} added to cluster {:16x}", cluster_id(&r.header));
+            println!(
+                "Member {id:16x} added to cluster {:16x}",
+                cluster_id(&r.header)
+            );
             let mut initial = Vec::new();
             for m in &r.members {
-                let n = if m.id == id { name.as_str() } else { m.name.as_str() };
+                let n = if m.id == id {
+                    name.as_str()
+                } else {
+                    m.name.as_str()
+                };
                 for u in &m.peer_ur_ls {
                     initial.push(format!("{n}={u}"));
                 }
@@ -164,10 +182,16 @@ pub async fn member(g: &Global, out: Format, cmd: MemberCmd) -> anyhow::Result<(
         }
         MemberCmd::Remove { id } => {
             let id = parse_id(&id)?;
-            let r = cluster.member_remove(MemberRemoveRequest { id }).await?.into_inner();
+            let r = cluster
+                .member_remove(MemberRemoveRequest { id })
+                .await?
+                .into_inner();
             match out {
                 Format::Json => print_json(&r)?,
-                _ => println!("Member {id:16x} removed from cluster {:16x}", cluster_id(&r.header)),
+                _ => println!(
+                    "Member {id:16x} removed from cluster {:16x}",
+                    cluster_id(&r.header)
+                ),
             }
         }
         MemberCmd::Update { id, peer_urls } => {
@@ -181,15 +205,24 @@ pub async fn member(g: &Global, out: Format, cmd: MemberCmd) -> anyhow::Result<(
                 .into_inner();
             match out {
                 Format::Json => print_json(&r)?,
-                _ => println!("Member {id:16x} updated in cluster {:16x}", cluster_id(&r.header)),
+                _ => println!(
+                    "Member {id:16x} updated in cluster {:16x}",
+                    cluster_id(&r.header)
+                ),
             }
         }
         MemberCmd::Promote { id } => {
             let id = parse_id(&id)?;
-            let r = cluster.member_promote(MemberPromoteRequest { id }).await?.into_inner();
+            let r = cluster
+                .member_promote(MemberPromoteRequest { id })
+                .await?
+                .into_inner();
             match out {
                 Format::Json => print_json(&r)?,
-                _ => println!("Member {id:16x} promoted in cluster {:16x}", cluster_id(&r.header)),
+                _ => println!(
+                    "Member {id:16x} promoted in cluster {:16x}",
+                    cluster_id(&r.header)
+                ),
             }
         }
     }
@@ -329,7 +362,9 @@ pub async fn endpoint(g: &Global, out: Format, cmd: EndpointCmd) -> anyhow::Resu
                 .await;
                 let took = started.elapsed();
                 // As etcdctl: a permission error still means the member serves reads.
-                let err = r.err().filter(|e| !e.to_string().contains("permission denied"));
+                let err = r
+                    .err()
+                    .filter(|e| !e.to_string().contains("permission denied"));
                 match (&err, out) {
                     (_, Format::Json) => {}
                     (None, _) => println!(

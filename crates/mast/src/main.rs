@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a server (one embedded, durable member).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     #[command(flatten)]
     Client(cli::ClientCmd),
 }
@@ -70,14 +70,45 @@ struct ServeArgs {
     /// Size of the store's page cache in MiB.
     #[arg(long, env = "MAST_CACHE_MB", default_value_t = 64)]
     cache_mb: usize,
-    /// Size of the write-ahead log file in MiB, zero-filled when created; the store makes a
-    /// durable checkpoint at the latest when it fills.
+    /// Size of each Raft log segment file in MiB, zero-filled when created.
     #[arg(long, env = "MAST_WAL_SIZE_MB", default_value_t = 64)]
     wal_size_mb: u64,
-    /// MiB of write-ahead log records between checkpoints (durable redb commits): smaller
-    /// means shorter pauses and less memory for buffered pages, larger fewer redb fsyncs.
+    /// MiB of applied commands between store checkpoints (durable redb commits): smaller
+    /// means shorter pauses and less replay at start, larger fewer redb fsyncs.
     #[arg(long, env = "MAST_CHECKPOINT_MB", default_value_t = 8)]
     checkpoint_mb: u64,
+    /// The initial cluster, `name=peerURL,…` (default: this member alone, at its advertised
+    /// peer URLs). Ignored once the data directory holds a member.
+    #[arg(long, env = "MAST_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// `new` to bootstrap a cluster, `existing` to join one after `member add`.
+    #[arg(long, env = "MAST_INITIAL_CLUSTER_STATE", default_value = "new")]
+    initial_cluster_state: String,
+    /// Token that tells clusters apart: members of one cluster must share it.
+    #[arg(
+        long,
+        env = "MAST_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    initial_cluster_token: String,
+    /// This member's peer URLs as the other members reach it.
+    #[arg(
+        long,
+        env = "MAST_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    initial_advertise_peer_urls: String,
+    /// Comma-separated URLs to listen on for peer traffic (none: no peer listener, for a
+    /// member alone).
+    #[arg(long, env = "MAST_LISTEN_PEER_URLS")]
+    listen_peer_urls: Option<String>,
+    /// Milliseconds between the leader's heartbeats.
+    #[arg(long, env = "MAST_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Milliseconds a follower waits without a heartbeat before it campaigns (at least five
+    /// heartbeat intervals, as etcd).
+    #[arg(long, env = "MAST_ELECTION_TIMEOUT", default_value_t = 1000)]
+    election_timeout: u64,
     /// How auth tokens are made: `simple`, or
     /// `jwt,pub-key=<path>,priv-key=<path>,sign-method=<RS256|ES256|HS256|…>[,ttl=5m]`.
     #[arg(long, env = "MAST_AUTH_TOKEN", default_value = "simple")]
@@ -112,7 +143,7 @@ fn parse_urls(urls: &str) -> anyhow::Result<(Vec<SocketAddr>, Vec<String>)> {
         } else if let Some(rest) = url.strip_prefix("https://") {
             ("https", rest)
         } else if url.contains("://") {
-            bail!("{url}: only http:// client URLs are supported");
+            bail!("{url}: only http:// and https:// URLs are supported");
         } else {
             ("http", url)
         };
@@ -133,7 +164,7 @@ fn parse_urls(urls: &str) -> anyhow::Result<(Vec<SocketAddr>, Vec<String>)> {
 
 fn init_logs(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -191,6 +222,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.watch_progress_notify_interval =
         Duration::from_secs(args.watch_progress_notify_interval.max(1));
+    config.initial_cluster = args.initial_cluster.clone();
+    config.initial_cluster_state = match args.initial_cluster_state.as_str() {
+        "new" => mast_raft::member::ClusterState::New,
+        "existing" => mast_raft::member::ClusterState::Existing,
+        other => bail!("invalid value {other:?} for --initial-cluster-state (new or existing)"),
+    };
+    config.initial_cluster_token = args.initial_cluster_token.clone();
+    config.advertise_peer_urls = args
+        .initial_advertise_peer_urls
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if let Some(p) = &args.listen_peer_urls {
+        config.listen_peer = parse_urls(p)?.0;
+    }
+    if args.election_timeout < 5 * args.heartbeat_interval {
+        bail!(
+            "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+            args.election_timeout,
+            args.heartbeat_interval
+        );
+    }
+    config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval.max(1));
+    config.election_timeout = Duration::from_millis(args.election_timeout);
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "starting mast");
     let server = Server::start_with(config, mast_registry::router).await?;
     shutdown_signal().await;
@@ -223,19 +279,17 @@ async fn shutdown_signal() {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Cmd::Serve(ServeArgs {
-        worker_threads: Some(n),
-        ..
-    }) = &cli.command
+    if let Cmd::Serve(args) = &cli.command
+        && let Some(n) = args.worker_threads
     {
-        runtime.worker_threads(usize::from(*n));
+        runtime.worker_threads(usize::from(n));
     }
     let result = runtime
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| match cli.command {
-            Cmd::Serve(args) => rt.block_on(serve(args)),
+            Cmd::Serve(args) => rt.block_on(serve(*args)),
             Cmd::Client(cmd) => rt.block_on(cli::run(cli.global, cmd)),
         });
     match result {

@@ -112,6 +112,9 @@ pub async fn range(
     check_size(node, &req)?;
     let who = node.authenticate_caller(caller)?;
     node.check_range(&who, &req.key, &req.range_end, false)?;
+    if !req.serializable {
+        node.linearize().await?;
+    }
     let store = node.store.clone();
     let small = req.limit > 0 && req.limit <= INLINE_RANGE_KEYS as i64;
     let mut resp = if small
@@ -198,8 +201,10 @@ pub async fn put_with_new_lease(
             }
             Ok(other) => return Err(EtcdError::unexpected_result(&other)),
             // A picked ID that a client had chosen itself: pick the next.
-            Err(mast_mvcc::MvccError::LeaseExists) if attempts < 8 => attempts += 1,
-            Err(e) => return Err(e.into()),
+            Err(EtcdError::Mvcc(mast_mvcc::MvccError::LeaseExists)) if attempts < 8 => {
+                attempts += 1
+            }
+            Err(e) => return Err(e),
         }
     }
 }

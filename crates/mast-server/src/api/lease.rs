@@ -66,8 +66,10 @@ pub async fn grant(
             }
             Ok(other) => return Err(EtcdError::unexpected_result(&other)),
             // A picked ID that a client had chosen itself: pick the next.
-            Err(MvccError::LeaseExists) if req.id == 0 && attempts < 8 => attempts += 1,
-            Err(e) => return Err(e.into()),
+            Err(EtcdError::Mvcc(MvccError::LeaseExists)) if req.id == 0 && attempts < 8 => {
+                attempts += 1
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -102,13 +104,27 @@ pub async fn revoke(
 }
 
 /// One keepalive: the full TTL for a live lease, TTL 0 for an unknown one (not an error).
-pub fn keep_alive_once(node: &Node, req: &LeaseKeepAliveRequest) -> LeaseKeepAliveResponse {
-    let ttl = node.lessor.renew(req.id).unwrap_or(0);
-    LeaseKeepAliveResponse {
+/// Only the leader's lessor renews: a follower hands the keepalive to the leader, as etcd's.
+///
+/// # Errors
+/// No leader, or the leader could not be reached in time.
+pub async fn keep_alive_once(
+    node: &Node,
+    req: &LeaseKeepAliveRequest,
+) -> Result<LeaseKeepAliveResponse, EtcdError> {
+    let ttl = if node.lessor.is_primary() {
+        node.lessor.renew(req.id).unwrap_or(0)
+    } else {
+        node.consensus
+            .lease_at_leader(req.id, true, false)
+            .await?
+            .ttl
+    };
+    Ok(LeaseKeepAliveResponse {
         header: node.header(),
         id: req.id,
         ttl,
-    }
+    })
 }
 
 /// LeaseTimeToLive: TTL -1 for an unknown lease, as etcd.
@@ -116,7 +132,7 @@ pub fn keep_alive_once(node: &Node, req: &LeaseKeepAliveRequest) -> LeaseKeepAli
 /// # Errors
 /// Token errors; `etcdserver: permission denied` when the keys are asked for and the caller may
 /// not read them all.
-pub fn time_to_live(
+pub async fn time_to_live(
     node: &Node,
     caller: &Caller,
     req: LeaseTimeToLiveRequest,
@@ -126,6 +142,20 @@ pub fn time_to_live(
         node.check_lease_keys(&who, req.id, false)?;
     } else {
         node.check_token_if_any(caller)?;
+    }
+    if !node.lessor.is_primary() {
+        // The leader's lessor knows how long is left.
+        let r = node
+            .consensus
+            .lease_at_leader(req.id, false, req.keys)
+            .await?;
+        return Ok(LeaseTimeToLiveResponse {
+            header: node.header(),
+            id: req.id,
+            ttl: r.ttl,
+            granted_ttl: r.granted_ttl,
+            keys: r.keys,
+        });
     }
     let leases = node.store.leases();
     Ok(match (leases.get(req.id), node.lessor.timing(req.id)) {
@@ -167,7 +197,8 @@ pub fn leases(node: &Node) -> LeaseLeasesResponse {
 }
 
 /// Serves a keepalive stream until the client closes it (or its stream fails, with any error
-/// `E`) or the server shuts down. The stream never sends an error itself.
+/// `E`) or the server shuts down. It ends with an error only when a keepalive cannot reach
+/// the leader (no leader, as etcd's `etcdserver: no leader`), so the client retries.
 pub fn keep_alive_stream<S, E>(
     node: Arc<Node>,
     mut requests: S,
@@ -184,7 +215,9 @@ where
                 _ = shutdown.changed() => break,
                 req = requests.next() => match req {
                     Some(Ok(req)) => {
-                        if tx.send(Ok(keep_alive_once(&node, &req))).await.is_err() {
+                        let r = keep_alive_once(&node, &req).await;
+                        let failed = r.is_err();
+                        if tx.send(r).await.is_err() || failed {
                             break;
                         }
                     }
@@ -259,7 +292,8 @@ impl Lease for LeaseService {
                 &self.node,
                 &Caller::from_grpc(&request),
                 request.into_inner(),
-            ),
+            )
+            .await,
         )
     }
 

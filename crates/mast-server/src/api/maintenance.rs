@@ -16,7 +16,7 @@ use tonic::{Code, Request, Response, Status};
 use super::{GrpcStream, grpc_stream, handled, record_code, started};
 use crate::authz::Caller;
 use crate::error::EtcdError;
-use crate::node::{Node, RAFT_TERM};
+use crate::node::Node;
 
 const SVC: &str = "etcdserverpb.Maintenance";
 
@@ -39,23 +39,31 @@ impl MaintenanceService {
     }
 }
 
-/// Status of this member: it is its own leader.
+/// Status of this member, as etcd's: the leader it sees, the Raft term, its last log index
+/// and applied index (counted from 1), and `etcdserver: no leader` among the errors when it
+/// sees none.
 ///
 /// # Errors
 /// Unavailable when the database file cannot be inspected.
 pub fn status(node: &Node) -> Result<StatusResponse, EtcdError> {
     let s = node.store.status()?;
+    let c = &node.consensus;
+    let leader = c.leader();
+    let mut errors = Vec::new();
+    if leader == 0 {
+        errors.push(EtcdError::NoLeader.to_string());
+    }
     Ok(StatusResponse {
         header: Some(node.header_at(s.revision)),
         version: ETCD_VERSION.into(),
         db_size: s.db_size as i64,
-        leader: node.identity.member_id,
-        raft_index: s.applied_index,
-        raft_term: RAFT_TERM,
-        raft_applied_index: s.applied_index,
-        errors: Vec::new(),
+        leader,
+        raft_index: c.raft_index(),
+        raft_term: c.term(),
+        raft_applied_index: c.applied_index(),
+        errors,
         db_size_in_use: s.db_size_in_use as i64,
-        is_learner: false,
+        is_learner: c.is_learner(),
         ..Default::default()
     })
 }
