@@ -42,6 +42,7 @@
 //! - Servers and etcdctl see only the configuration a test gives them: `MAST_*` and `ETCD_*`
 //!   variables are removed from a server's environment, `ETCDCTL_*` from etcdctl's.
 
+pub mod cluster;
 pub mod script;
 
 use std::collections::HashSet;
@@ -415,6 +416,19 @@ pub struct ServerOptions {
     pub args: Vec<String>,
     /// Serve clients over TLS (`https://` client URL).
     pub tls: Option<ServerTls>,
+    /// Run as a member of a cluster rather than alone (see [`cluster::Cluster`]).
+    pub member: Option<MemberSpec>,
+}
+
+/// What makes a server a member of a cluster: the cluster it starts in and how.
+#[derive(Clone, Debug)]
+pub struct MemberSpec {
+    /// `--initial-cluster`.
+    pub initial_cluster: String,
+    /// `--initial-cluster-token`.
+    pub token: String,
+    /// `--initial-cluster-state` (`new` or `existing`).
+    pub state: String,
 }
 
 impl ServerOptions {
@@ -484,6 +498,66 @@ impl Server {
         match Server::try_start_with(kind, options) {
             Ok(server) => server,
             Err(e) => panic!("could not start {kind}: {e:#}"),
+        }
+    }
+
+    /// A server of `kind` with `options` on fresh ports, not started yet: a cluster's members
+    /// are made first (their peer URLs go into everyone's `--initial-cluster`), then started
+    /// together ([`Server::spawn`]), then waited for ([`Server::wait_ready`]).
+    ///
+    /// # Errors
+    /// When the temporary directory cannot be made or the Mast binary is missing.
+    pub fn unstarted(kind: ServerKind, options: ServerOptions) -> anyhow::Result<Server> {
+        if kind == ServerKind::Mast && !mast_binary_exists() {
+            bail!(
+                "the Mast binary is not at {}: build it with `cargo build -p mast` first \
+                 (or point MAST_BIN at it)",
+                mast_binary().display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mast-conformance-{kind}-"))
+            .tempdir()?;
+        Ok(Server {
+            kind,
+            name: options.name.clone().unwrap_or_else(|| "conformance".into()),
+            options,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: Some(dir),
+            child: None,
+        })
+    }
+
+    /// The peer URL, `http://127.0.0.1:<peer port>`.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Starts the process without waiting for it to answer.
+    ///
+    /// # Errors
+    /// When the process cannot be spawned.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut cmd = self.command()?;
+        let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits (at most [`STARTUP_TIMEOUT`]) until a spawned server answers.
+    ///
+    /// # Errors
+    /// When it exits or does not answer in time; the error carries its log's end.
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
+        self.wait_answering()
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
         }
     }
 
@@ -712,14 +786,29 @@ impl Server {
             .arg(&client_url)
             .arg("--advertise-client-urls")
             .arg(&client_url);
-        if self.kind == ServerKind::Etcd {
-            let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-            cmd.arg("--listen-peer-urls")
-                .arg(&peer_url)
-                .arg("--initial-advertise-peer-urls")
-                .arg(&peer_url)
-                .arg("--initial-cluster")
-                .arg(format!("{}={peer_url}", self.name));
+        let peer_url = self.peer_url();
+        match &self.options.member {
+            Some(m) => {
+                cmd.arg("--listen-peer-urls")
+                    .arg(&peer_url)
+                    .arg("--initial-advertise-peer-urls")
+                    .arg(&peer_url)
+                    .arg("--initial-cluster")
+                    .arg(&m.initial_cluster)
+                    .arg("--initial-cluster-token")
+                    .arg(&m.token)
+                    .arg("--initial-cluster-state")
+                    .arg(&m.state);
+            }
+            None if self.kind == ServerKind::Etcd => {
+                cmd.arg("--listen-peer-urls")
+                    .arg(&peer_url)
+                    .arg("--initial-advertise-peer-urls")
+                    .arg(&peer_url)
+                    .arg("--initial-cluster")
+                    .arg(format!("{}={peer_url}", self.name));
+            }
+            None => {}
         }
         if let Some(tls) = &self.options.tls {
             cmd.arg("--cert-file")
@@ -758,9 +847,12 @@ impl Server {
     /// Spawns the process and waits (at most [`STARTUP_TIMEOUT`]) until it answers. On failure
     /// the process is stopped and the error carries the end of its log.
     fn spawn_and_wait(&mut self) -> anyhow::Result<()> {
-        let mut cmd = self.command()?;
-        let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-        self.child = Some(child);
+        self.spawn()?;
+        self.wait_answering()
+    }
+
+    fn wait_answering(&mut self) -> anyhow::Result<()> {
+        let cmd = self.command()?;
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port));
         loop {

@@ -161,14 +161,12 @@ fn bootstrap_members(cfg: &MemberConfig) -> Result<BTreeMap<MemberId, Member>, S
     let mut out = BTreeMap::new();
     for m in &cfg.initial_cluster {
         let id = identity::member_id(&m.peer_urls, &cfg.initial_cluster_token, None);
+        // Every member must initialize with the same membership (the entry has the same
+        // log ID everywhere): client URLs come later, when each member publishes its own.
         let member = Member {
             name: m.name.clone(),
             peer_urls: m.peer_urls.clone(),
-            client_urls: if m.name == cfg.name {
-                cfg.advertise_client_urls.clone()
-            } else {
-                Vec::new()
-            },
+            client_urls: Vec::new(),
         };
         if out.insert(id, member).is_some() {
             return Err(StartError::Config(format!(
@@ -182,12 +180,19 @@ fn bootstrap_members(cfg: &MemberConfig) -> Result<BTreeMap<MemberId, Member>, S
 /// The openraft configuration for these flags.
 fn raft_config(cfg: &MemberConfig) -> Result<Arc<openraft::Config>, StartError> {
     let hb = cfg.heartbeat_interval.as_millis().max(1) as u64;
-    let et = cfg.election_timeout.as_millis().max(hb as u128 + 1) as u64;
+    let et = cfg.election_timeout.as_millis() as u64;
+    // openraft's follower campaigns after a random timeout in [min, max) *plus* a leader lease
+    // of `max` (during which it also refuses to vote for others, so a partitioned member
+    // cannot disrupt a healthy leader, as etcd's pre-vote). With min = ¼ and max = ½ of the
+    // election timeout, a follower campaigns ¾ to 1 election timeout after the last
+    // heartbeat, about when an etcd follower would.
+    let max = (et / 2).max(hb * 2 + 2);
+    let min = (et / 4).max(hb + 1).min(max - 1);
     let c = openraft::Config {
         cluster_name: cfg.initial_cluster_token.clone(),
         heartbeat_interval: hb,
-        election_timeout_min: et,
-        election_timeout_max: et * 2,
+        election_timeout_min: min,
+        election_timeout_max: max,
         // An entry is a batch of commands: a few hundred of them are plenty per message.
         max_payload_entries: 256,
         // A snapshot is a checkpoint of the store; the log behind it goes.

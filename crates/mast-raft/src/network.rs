@@ -141,6 +141,15 @@ impl Peers {
     }
 
     fn status_error(member: MemberId, status: Status) -> PeerError {
+        if status.code() == tonic::Code::FailedPrecondition
+            && status.message() == "cluster ID mismatch"
+        {
+            tracing::error!(
+                peer = %format!("{member:x}"),
+                "request sent was ignored by remote peer due to cluster ID mismatch \
+                 (check --initial-cluster and --initial-cluster-token)"
+            );
+        }
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::Unknown
                 if status.message().contains("transport")

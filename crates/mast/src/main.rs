@@ -164,7 +164,7 @@ fn parse_urls(urls: &str) -> anyhow::Result<(Vec<SocketAddr>, Vec<String>)> {
 
 fn init_logs(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -363,7 +363,7 @@ fn change_error(
 pub fn spawn_publish(node: Arc<Node>) {
     tokio::spawn(async move {
         let me = node.identity.member_id;
-        for attempt in 0..600u32 {
+        for attempt in 0..3000u32 {
             let m = node.consensus.membership();
             let published = m.nodes().any(|(id, n)| {
                 *id == me
@@ -391,7 +391,7 @@ pub fn spawn_publish(node: Arc<Node>) {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 _ = node.shutting_down() => return,
             }
         }

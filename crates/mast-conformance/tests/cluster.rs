@@ -1,0 +1,516 @@
+//! Mast as a cluster of processes on loopback: every member serves etcdctl (writes through
+//! followers reach the leader, reads are linearizable on every member, watches see writes made
+//! elsewhere); a `kill -9` of the leader under a concurrent write load loses no acknowledged
+//! write and every member ends with the same `HashKV`; membership grows and shrinks by etcd's
+//! runbook; leases survive a change of leader; a member of another cluster is refused.
+//!
+//! Every wait is bounded; every process is stopped by its PID when its `Server` drops.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use mast_conformance::cluster::Cluster;
+use mast_conformance::{Server, ServerKind};
+
+fn start(n: usize) -> Cluster {
+    Cluster::start(ServerKind::Mast, n).unwrap_or_else(|e| panic!("cluster did not start: {e:#}"))
+}
+
+fn ok(s: &Server, args: &[&str]) -> String {
+    let out = s.etcdctl(args, None);
+    assert!(
+        out.success(),
+        "etcdctl {args:?} on {} failed: {}{}",
+        s.name(),
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+/// Retries `f` until it returns `Some`, for at most `timeout`.
+fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_member_serves_etcdctl() {
+    let mut c = start(3);
+    let leader = c.wait_leader(Duration::from_secs(10)).unwrap();
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+
+    // The member list shows three started voters with their client URLs.
+    let list = eventually(Duration::from_secs(10), "members published", || {
+        let out = c.members[follower].etcdctl(&["member", "list"], None);
+        (out.success() && out.stdout.lines().count() == 3 && !out.stdout.contains(", , "))
+            .then_some(out.stdout)
+    });
+    for m in &c.members {
+        assert!(list.contains(&m.endpoint()), "{list}");
+        assert!(list.contains(&format!(", {}, ", m.name())), "{list}");
+    }
+
+    // A watch on one follower sees a put made through another.
+    let watch = c.members[other].spawn_etcdctl(&["watch", "/w/", "--prefix"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ok(&c.members[follower], &["put", "/w/a", "1"]).trim(), "OK");
+    // Reads are linearizable on every member: each sees the write at once.
+    for m in &c.members {
+        assert_eq!(ok(m, &["get", "/w/a", "--print-value-only"]).trim(), "1");
+    }
+    let out = watch.finish(Duration::from_secs(2));
+    assert!(
+        out.stdout.contains("PUT\n/w/a\n1"),
+        "watch saw: {}",
+        out.stdout
+    );
+
+    // A txn through a follower.
+    let txn = c.members[follower].etcdctl(
+        &["txn"],
+        Some(b"value(\"/w/a\") = \"1\"\n\nput /w/b 2\n\nput /w/b 3\n\n"),
+    );
+    assert!(
+        txn.stdout.starts_with("SUCCESS"),
+        "{}{}",
+        txn.stdout,
+        txn.stderr
+    );
+    assert_eq!(
+        ok(&c.members[other], &["get", "/w/b", "--print-value-only"]).trim(),
+        "2"
+    );
+
+    // Leases: granted through a follower, kept alive through the other, asked on the leader.
+    let grant = ok(&c.members[follower], &["lease", "grant", "30"]);
+    let id = grant
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    let keep = ok(&c.members[other], &["lease", "keep-alive", "--once", &id]);
+    assert!(keep.contains("TTL(30)"), "{keep}");
+    let ttl = ok(&c.members[other], &["lease", "timetolive", &id]);
+    assert!(ttl.contains("granted with TTL(30s)"), "{ttl}");
+
+    // Every member reports the same leader and term.
+    let s: Vec<_> = (0..3).map(|i| c.status(i).unwrap()).collect();
+    assert!(
+        s.iter()
+            .all(|x| x.leader == s[0].leader && x.term == s[0].term),
+        "{s:?}"
+    );
+    assert_eq!(s[leader].id, s[leader].leader);
+}
+
+/// One acknowledged put of the ledger.
+#[derive(Clone, Debug)]
+struct Ack {
+    value: String,
+    revision: i64,
+}
+
+async fn client(endpoint: String) -> Option<Client> {
+    let options = ConnectOptions::new()
+        .with_timeout(Duration::from_secs(3))
+        .with_connect_timeout(Duration::from_secs(1));
+    Client::connect([endpoint], Some(options)).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_under_load_loses_nothing_and_members_agree() {
+    let mut c = tokio::task::spawn_blocking(|| start(3)).await.unwrap();
+    let leader = c.wait_leader(Duration::from_secs(10)).unwrap();
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    let killed_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let first_after = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let stop_at = Instant::now() + Duration::from_secs(5);
+    let mut tasks = Vec::new();
+    // Six writers, two on each member; a writer whose member dies moves to the next one.
+    for t in 0..6usize {
+        let endpoints = endpoints.clone();
+        let killed_at = killed_at.clone();
+        let first_after = first_after.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            let mut at = t % endpoints.len();
+            let mut cl = client(endpoints[at].clone()).await;
+            for i in 0..100_000usize {
+                if Instant::now() >= stop_at {
+                    break;
+                }
+                let key = format!("ledger/{t}/{i:06}");
+                let value = format!("v-{t}-{i}");
+                let sent = Instant::now();
+                let r = match cl.as_mut() {
+                    Some(cl) => cl.put(key.clone(), value.clone(), None).await.ok(),
+                    None => None,
+                };
+                match r {
+                    Some(resp) => {
+                        let rev = resp.header().map_or(0, |h| h.revision());
+                        // Failover ends with the first write sent after the kill that is
+                        // acknowledged.
+                        if killed_at.lock().unwrap().is_some_and(|k| sent >= k) {
+                            first_after.lock().unwrap().get_or_insert_with(Instant::now);
+                        }
+                        acks.push((
+                            key,
+                            Ack {
+                                value,
+                                revision: rev,
+                            },
+                        ));
+                    }
+                    None => {
+                        at = (at + 1) % endpoints.len();
+                        cl = client(endpoints[at].clone()).await;
+                    }
+                }
+            }
+            acks
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    *killed_at.lock().unwrap() = Some(Instant::now());
+    c.members[leader].kill9();
+    let mut ledger: BTreeMap<String, Ack> = BTreeMap::new();
+    for t in tasks {
+        ledger.extend(t.await.unwrap());
+    }
+    let kill = killed_at.lock().unwrap().unwrap();
+    let after = first_after
+        .lock()
+        .unwrap()
+        .expect("no write was acknowledged after the leader was killed");
+    eprintln!(
+        "failover: {:?} from kill -9 of the leader to the next acknowledged write; {} writes acknowledged",
+        after - kill,
+        ledger.len()
+    );
+    assert!(ledger.len() > 100, "too few writes: {}", ledger.len());
+
+    // The killed member comes back and catches up; then every member has every acknowledged
+    // write, and all agree.
+    let mut c = tokio::task::spawn_blocking(move || {
+        c.members[leader].restart().expect("restart the old leader");
+        c.wait_leader(Duration::from_secs(15))
+            .expect("a leader after restart");
+        c
+    })
+    .await
+    .unwrap();
+    let top = ledger.values().map(|a| a.revision).max().unwrap();
+    for (i, m) in c.members.iter().enumerate() {
+        let mut cl = client(m.endpoint()).await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = cl
+                .get(
+                    "ledger/",
+                    Some(GetOptions::new().with_prefix().with_serializable()),
+                )
+                .await
+                .unwrap();
+            let rev = r.header().map_or(0, |h| h.revision());
+            if rev >= top {
+                let got: BTreeMap<String, (String, i64)> = r
+                    .kvs()
+                    .iter()
+                    .map(|kv| {
+                        (
+                            kv.key_str().unwrap().to_string(),
+                            (kv.value_str().unwrap().to_string(), kv.mod_revision()),
+                        )
+                    })
+                    .collect();
+                for (k, a) in &ledger {
+                    let (v, rev) = got
+                        .get(k)
+                        .unwrap_or_else(|| panic!("m{i} lost acknowledged {k}"));
+                    assert_eq!((v, *rev), (&a.value, a.revision), "m{i}: {k}");
+                }
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "m{i} stuck at revision {rev} < {top}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut hashes = Vec::new();
+    for m in &c.members {
+        let cl = client(m.endpoint()).await.expect("connect");
+        hashes.push(cl.maintenance_client().hash_kv(top).await.unwrap().hash());
+    }
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "HashKV at {top}: {hashes:?}"
+    );
+    let endpoints = c.endpoints();
+    eprintln!("members agree at revision {top} ({endpoints})");
+}
+
+#[test]
+fn membership_grows_and_shrinks_by_etcds_runbook() {
+    // One member, then a learner that catches up and is promoted, then voters: 1 → 3 → 5 → 3.
+    let mut c = start(1);
+    ok(&c.members[0], &["put", "grow/0", "x"]);
+    let learner = c.add_member(0, true).expect("add a learner");
+    let id = eventually(
+        Duration::from_secs(10),
+        "the learner in the member list",
+        || {
+            let out = c.members[0].etcdctl(&["member", "list"], None);
+            out.stdout
+                .lines()
+                .find(|l| l.ends_with(", true"))
+                .map(|l| l.split(',').next().unwrap().to_string())
+        },
+    );
+    // A learner serves serializable reads only.
+    eventually(Duration::from_secs(10), "the learner caught up", || {
+        let out = c.members[learner].etcdctl(
+            &["get", "grow/0", "--consistency=s", "--print-value-only"],
+            None,
+        );
+        (out.stdout.trim() == "x").then_some(())
+    });
+    eventually(Duration::from_secs(10), "the learner promoted", || {
+        let out = c.members[0].etcdctl(&["member", "promote", &id], None);
+        out.success().then_some(())
+    });
+    c.members[learner]
+        .wait_ready()
+        .expect("the promoted member answers");
+    let third = c.add_member(0, false).expect("add a voter");
+    c.wait_leader(Duration::from_secs(10))
+        .expect("a leader with three voters");
+    ok(&c.members[third], &["put", "grow/3", "y"]);
+    let fourth = c.add_member(1, false).expect("a fourth voter");
+    let fifth = c.add_member(2, false).expect("a fifth voter");
+    let list = ok(&c.members[fourth], &["member", "list"]);
+    assert_eq!(list.lines().count(), 5, "{list}");
+    ok(&c.members[fifth], &["put", "grow/5", "z"]);
+
+    // Back to three: remove two members (one of them maybe the leader).
+    for gone in [fifth, fourth] {
+        let s = c.status(gone).unwrap();
+        ok(&c.members[0], &["member", "remove", &format!("{:x}", s.id)]);
+        c.members[gone].stop();
+    }
+    let list = ok(&c.members[0], &["member", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    c.wait_leader(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        ok(&c.members[third], &["get", "grow/5", "--print-value-only"]).trim(),
+        "z"
+    );
+
+    // Replace a dead member: remove it, add a new one with a fresh data directory.
+    let dead = third;
+    let dead_id = c.status(dead).unwrap().id;
+    c.members[dead].kill9();
+    eventually(Duration::from_secs(10), "the dead member removed", || {
+        c.members[0]
+            .etcdctl(&["member", "remove", &format!("{dead_id:x}")], None)
+            .success()
+            .then_some(())
+    });
+    let new = c.add_member(0, false).expect("a replacement");
+    assert_eq!(
+        ok(&c.members[new], &["get", "grow/3", "--print-value-only"]).trim(),
+        "y"
+    );
+    let list = ok(&c.members[new], &["member", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+}
+
+#[test]
+fn membership_changes_are_refused_as_etcd_refuses_them() {
+    let c = start(3);
+    let m = &c.members[0];
+    let taken = m.etcdctl(
+        &[
+            "member",
+            "add",
+            "x",
+            &format!("--peer-urls={}", c.members[1].peer_url()),
+        ],
+        None,
+    );
+    assert!(
+        taken
+            .stderr
+            .contains("etcdserver: Peer URLs already exists"),
+        "{}",
+        taken.stderr
+    );
+    let missing = m.etcdctl(&["member", "remove", "1234"], None);
+    assert!(
+        missing.stderr.contains("etcdserver: member not found"),
+        "{}",
+        missing.stderr
+    );
+    let voter = c.status(1).unwrap().id;
+    let promote = m.etcdctl(&["member", "promote", &format!("{voter:x}")], None);
+    assert!(
+        promote
+            .stderr
+            .contains("etcdserver: can only promote a learner member"),
+        "{}",
+        promote.stderr
+    );
+    ok(
+        m,
+        &[
+            "member",
+            "add",
+            "l1",
+            "--learner",
+            "--peer-urls=http://127.0.0.1:1",
+        ],
+    );
+    let two = m.etcdctl(
+        &[
+            "member",
+            "add",
+            "l2",
+            "--learner",
+            "--peer-urls=http://127.0.0.1:2",
+        ],
+        None,
+    );
+    assert!(
+        two.stderr
+            .contains("etcdserver: too many learner members in cluster"),
+        "{}",
+        two.stderr
+    );
+}
+
+#[test]
+fn a_member_of_another_cluster_is_refused_and_changes_nothing() {
+    let mut c = start(3);
+    c.wait_leader(Duration::from_secs(10)).unwrap();
+    ok(&c.members[0], &["put", "k", "v"]);
+    // A stranger that names the cluster's members in its --initial-cluster, but with another
+    // token: its cluster ID differs, so the members refuse it.
+    let mut initial: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.name(), m.peer_url()))
+        .collect();
+    let mut stranger = Server::unstarted(
+        ServerKind::Mast,
+        mast_conformance::ServerOptions {
+            name: Some("intruder".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    initial.push(format!("intruder={}", stranger.peer_url()));
+    stranger.options_mut().member = Some(mast_conformance::MemberSpec {
+        initial_cluster: initial.join(","),
+        token: "another-token".into(),
+        state: "new".into(),
+    });
+    stranger.spawn().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the refusal in the stranger's log",
+        || stranger.log().contains("cluster ID mismatch").then_some(()),
+    );
+    // The cluster is as it was.
+    let list = ok(&c.members[1], &["member", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(!list.contains("intruder"), "{list}");
+    ok(&c.members[2], &["put", "k", "v2"]);
+    assert_eq!(
+        ok(&c.members[1], &["get", "k", "--print-value-only"]).trim(),
+        "v2"
+    );
+
+    // A member started to join an existing cluster it was never added to exits with etcd's
+    // complaint.
+    let mut joiner = Server::unstarted(ServerKind::Mast, Default::default()).unwrap();
+    joiner.options_mut().member = Some(mast_conformance::MemberSpec {
+        initial_cluster: format!(
+            "{}={},conformance={}",
+            c.members[0].name(),
+            c.members[0].peer_url(),
+            joiner.peer_url()
+        ),
+        token: "x".into(),
+        state: "existing".into(),
+    });
+    joiner.spawn().unwrap();
+    eventually(Duration::from_secs(10), "the joiner exits", || {
+        (!joiner.running()).then_some(())
+    });
+    assert!(
+        joiner.log().contains("add it first with `member add`"),
+        "{}",
+        joiner.log_tail(10)
+    );
+}
+
+#[test]
+fn leases_survive_a_change_of_leader_and_die_with_their_owner() {
+    let mut c = start(3);
+    let leader = c.wait_leader(Duration::from_secs(10)).unwrap();
+    let f1 = (leader + 1) % 3;
+    let f2 = (leader + 2) % 3;
+    let grant = |i: usize, ttl: &str| {
+        let out = ok(&c.members[i], &["lease", "grant", ttl]);
+        out.split_whitespace().nth(1).unwrap().to_string()
+    };
+    // One lease kept alive through a follower the whole time; one left alone.
+    let kept = grant(f1, "4");
+    let alone = grant(f1, "4");
+    ok(&c.members[f1], &["put", "kept", "1", "--lease", &kept]);
+    ok(&c.members[f1], &["put", "alone", "1", "--lease", &alone]);
+    let keeper = c.members[f2].spawn_etcdctl(&["lease", "keep-alive", &kept]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let alone_since = Instant::now();
+    c.members[leader].kill9();
+    // A new leader, and the kept lease still alive well past its TTL.
+    let rest: Vec<usize> = vec![f1, f2];
+    std::thread::sleep(Duration::from_secs(6));
+    let ttl = ok(&c.members[rest[0]], &["lease", "timetolive", &kept]);
+    assert!(
+        ttl.contains("remaining"),
+        "kept lease gone after the failover: {ttl}"
+    );
+    assert!(!ttl.contains("already expired"), "{ttl}");
+    assert_eq!(
+        ok(&c.members[rest[1]], &["get", "kept", "--print-value-only"]).trim(),
+        "1"
+    );
+    // The other lease ended within TTL + election timeout (+ the test's polling) of its last
+    // keepalive (its grant).
+    let gone = eventually(
+        Duration::from_secs(10),
+        "the unattended lease revoked",
+        || {
+            let out = c.members[rest[1]].etcdctl(&["get", "alone", "--print-value-only"], None);
+            (out.success() && out.stdout.trim().is_empty()).then(Instant::now)
+        },
+    );
+    assert!(
+        gone - alone_since < Duration::from_secs(4 + 1 + 2 + 2),
+        "revoked {:?} after the kill",
+        gone - alone_since
+    );
+    keeper.stop();
+}
