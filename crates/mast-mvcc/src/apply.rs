@@ -124,6 +124,8 @@ pub(crate) fn apply_entry(
             Command::LeaseRevoke { id } => ctx.lease_revoke(*id, &mut lease_rows),
             // Deadlines are the lessor's: the store only passes the checkpoint on.
             Command::LeaseCheckpoint { .. } => Ok(CommandResult::LeaseCheckpoint),
+            // Tokens are the server's: the store only passes them on.
+            Command::SimpleToken { .. } => Ok(CommandResult::SimpleToken),
             Command::LeaseGrantPut { id, ttl, put } => {
                 ctx.lease_grant_put(*id, *ttl, put, &mut lease_rows)
             }

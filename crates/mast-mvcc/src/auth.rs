@@ -86,6 +86,14 @@ pub enum AuthCommand {
         /// The permission (type, key, range end).
         perm: Permission,
     },
+    /// The first start's root, as `MAST_ROOT_PASSWORD` asks: when no user `root` exists,
+    /// creates it with this password hash, creates role `root` if missing, grants it and
+    /// enables auth — all in one command, so a cluster bootstraps root exactly once however
+    /// many members start with the variable. A no-op when `root` exists.
+    BootstrapRoot {
+        /// bcrypt hash of root's password.
+        password_hash: String,
+    },
     /// As `RoleRevokePermission`: removes the permission with exactly this key and range end.
     RoleRevokePermission {
         /// The role losing the permission.
@@ -299,6 +307,35 @@ impl AuthState {
     pub(crate) fn apply_tracked(&mut self, cmd: &AuthCommand) -> Result<Touched, AuthError> {
         let mut touched = Touched::default();
         match cmd {
+            AuthCommand::BootstrapRoot { password_hash } => {
+                if self.users.contains_key(ROOT_USER) {
+                    return Ok(touched);
+                }
+                // The steps an operator would take, on a copy: all of them or none.
+                let mut next = self.clone();
+                let mut steps = vec![AuthCommand::UserAdd {
+                    name: ROOT_USER.into(),
+                    password_hash: password_hash.clone(),
+                    no_password: false,
+                }];
+                if !next.roles.contains_key(ROOT_ROLE) {
+                    steps.push(AuthCommand::RoleAdd {
+                        name: ROOT_ROLE.into(),
+                    });
+                }
+                steps.push(AuthCommand::UserGrantRole {
+                    user: ROOT_USER.into(),
+                    role: ROOT_ROLE.into(),
+                });
+                steps.push(AuthCommand::Enable);
+                for step in &steps {
+                    let t = next.apply_tracked(step)?;
+                    touched.users.extend(t.users);
+                    touched.roles.extend(t.roles);
+                }
+                *self = next;
+                return Ok(touched);
+            }
             AuthCommand::Enable => {
                 if self.enabled {
                     return Ok(touched);

@@ -29,6 +29,7 @@
 //! | 7 | `LeaseGrantPut` | `i64 LE` ID, `i64 LE` TTL, protobuf `PutRequest` |
 //! | 8 | `Auth` | `u8` auth tag, then the fields below |
 //! | 9 | `LeaseCheckpoint` | `u32 LE` count, then per lease `i64 LE` ID, `i64 LE` remaining ms |
+//! | 10 | `SimpleToken` | str user, str token, `u64 LE` auth revision |
 //!
 //! Auth bodies (strings are `u32 LE` length + UTF-8 bytes, byte strings the same without the
 //! UTF-8 rule, booleans one byte 0/1):
@@ -46,6 +47,7 @@
 //! | 9 | `RoleDelete` | name |
 //! | 10 | `RoleGrantPermission` | role, protobuf `authpb.Permission` as a byte string |
 //! | 11 | `RoleRevokePermission` | role, key, range end |
+//! | 12 | `BootstrapRoot` | password hash |
 //!
 //! A decoder of a later format reads version 1 as written here; an entry of an unknown version
 //! or tag, or with bytes missing or left over, is refused with a [`CodecError`], never a panic.
@@ -102,6 +104,17 @@ pub enum Command {
     LeaseCheckpoint {
         /// `(lease ID, remaining milliseconds)`.
         checkpoints: Vec<(LeaseId, i64)>,
+    },
+    /// A simple auth token the member that checked the password issued, as etcd's
+    /// `InternalAuthenticateRequest`: every member learns it when it applies this, so the
+    /// token works on all of them. Changes no store state.
+    SimpleToken {
+        /// The user the token is for.
+        user: String,
+        /// The token.
+        token: String,
+        /// The auth revision it was issued at.
+        auth_revision: u64,
     },
     /// Creates lease `id` with `ttl` seconds and then applies `put` (whose `lease` must be
     /// `id`), as a `LeaseGrant` followed by a `Put` would, in one command: registering a
@@ -160,6 +173,8 @@ pub enum CommandResult {
     },
     /// A lease checkpoint was applied; nothing in the store changed.
     LeaseCheckpoint,
+    /// A simple token was passed on; nothing in the store changed.
+    SimpleToken,
 }
 
 /// An encoded entry that cannot be decoded.
@@ -200,6 +215,7 @@ const TAG_LEASE_REVOKE: u8 = 6;
 const TAG_GRANT_PUT: u8 = 7;
 const TAG_AUTH: u8 = 8;
 const TAG_LEASE_CHECKPOINT: u8 = 9;
+const TAG_SIMPLE_TOKEN: u8 = 10;
 
 const AUTH_ENABLE: u8 = 1;
 const AUTH_DISABLE: u8 = 2;
@@ -212,6 +228,7 @@ const AUTH_ROLE_ADD: u8 = 8;
 const AUTH_ROLE_DELETE: u8 = 9;
 const AUTH_ROLE_GRANT: u8 = 10;
 const AUTH_ROLE_REVOKE: u8 = 11;
+const AUTH_BOOTSTRAP_ROOT: u8 = 12;
 
 /// Bytes before the first command of an encoded entry.
 const ENTRY_HEADER: usize = 5;
@@ -234,6 +251,9 @@ impl Command {
             Command::LeaseGrantPut { put, .. } => 16 + put.encoded_len(),
             Command::Auth(a) => 1 + auth_body_len(a),
             Command::LeaseCheckpoint { checkpoints } => 4 + 16 * checkpoints.len(),
+            Command::SimpleToken { user, token, .. } => {
+                str_len(user.len()) + str_len(token.len()) + 8
+            }
         }
     }
 
@@ -253,6 +273,7 @@ impl Command {
             Command::LeaseGrantPut { .. } => TAG_GRANT_PUT,
             Command::Auth(_) => TAG_AUTH,
             Command::LeaseCheckpoint { .. } => TAG_LEASE_CHECKPOINT,
+            Command::SimpleToken { .. } => TAG_SIMPLE_TOKEN,
         }
     }
 
@@ -284,6 +305,15 @@ impl Command {
                     buf.extend_from_slice(&id.to_le_bytes());
                     buf.extend_from_slice(&ms.to_le_bytes());
                 }
+            }
+            Command::SimpleToken {
+                user,
+                token,
+                auth_revision,
+            } => {
+                put_bytes(buf, user.as_bytes());
+                put_bytes(buf, token.as_bytes());
+                buf.extend_from_slice(&auth_revision.to_le_bytes());
             }
         }
         debug_assert_eq!(buf.len() - start, len);
@@ -318,6 +348,11 @@ impl Command {
                 }
                 Command::LeaseCheckpoint { checkpoints }
             }
+            TAG_SIMPLE_TOKEN => Command::SimpleToken {
+                user: body.string()?,
+                token: body.string()?,
+                auth_revision: body.u64()?,
+            },
             t => return Err(CodecError::UnknownTag(t)),
         };
         body.finish()?;
@@ -369,6 +404,7 @@ fn auth_body_len(a: &AuthCommand) -> usize {
             ..
         } => str_len(name.len()) + str_len(password_hash.len()) + 1,
         AuthCommand::UserDelete { name } | AuthCommand::RoleAdd { name } => str_len(name.len()),
+        AuthCommand::BootstrapRoot { password_hash } => str_len(password_hash.len()),
         AuthCommand::RoleDelete { name } => str_len(name.len()),
         AuthCommand::UserChangePassword {
             name,
@@ -428,6 +464,10 @@ fn encode_auth(a: &AuthCommand, buf: &mut Vec<u8>) {
             buf.push(AUTH_ROLE_ADD);
             put_bytes(buf, name.as_bytes());
         }
+        AuthCommand::BootstrapRoot { password_hash } => {
+            buf.push(AUTH_BOOTSTRAP_ROOT);
+            put_bytes(buf, password_hash.as_bytes());
+        }
         AuthCommand::RoleDelete { name } => {
             buf.push(AUTH_ROLE_DELETE);
             put_bytes(buf, name.as_bytes());
@@ -473,6 +513,9 @@ fn decode_auth(r: &mut Reader<'_>) -> Result<AuthCommand, CodecError> {
             role: r.string()?,
         },
         AUTH_ROLE_ADD => AuthCommand::RoleAdd { name: r.string()? },
+        AUTH_BOOTSTRAP_ROOT => AuthCommand::BootstrapRoot {
+            password_hash: r.string()?,
+        },
         AUTH_ROLE_DELETE => AuthCommand::RoleDelete { name: r.string()? },
         AUTH_ROLE_GRANT => AuthCommand::RoleGrantPermission {
             role: r.string()?,
@@ -497,6 +540,7 @@ const RESULT_LEASE_REVOKE: u8 = 6;
 const RESULT_GRANT_PUT: u8 = 7;
 const RESULT_AUTH: u8 = 8;
 const RESULT_LEASE_CHECKPOINT: u8 = 9;
+const RESULT_SIMPLE_TOKEN: u8 = 10;
 
 /// The auth errors a result can carry, by their number on the wire (their order here).
 const AUTH_ERRORS: [AuthError; 17] = [
@@ -529,7 +573,7 @@ const AUTH_ERRORS: [AuthError; 17] = [
 ///          1 Put, 2 DeleteRange, 3 Txn: the protobuf response
 ///          4 Compact, 6 LeaseRevoke: i64 revision; 8 Auth: u64 auth revision
 ///          5 LeaseGrant: i64 ID, i64 TTL; 7 LeaseGrantPut: i64 ID, i64 TTL, protobuf PutResponse
-///          9 LeaseCheckpoint: nothing
+///          9 LeaseCheckpoint, 10 SimpleToken: nothing
 /// ```
 pub fn encode_result(r: &Result<CommandResult, MvccError>, buf: &mut Vec<u8>) {
     match r {
@@ -590,6 +634,7 @@ pub fn encode_result(r: &Result<CommandResult, MvccError>, buf: &mut Vec<u8>) {
             buf.extend_from_slice(&revision.to_le_bytes());
         }
         Ok(CommandResult::LeaseCheckpoint) => buf.push(RESULT_LEASE_CHECKPOINT),
+        Ok(CommandResult::SimpleToken) => buf.push(RESULT_SIMPLE_TOKEN),
     }
 }
 
@@ -638,6 +683,7 @@ pub fn decode_result(bytes: &[u8]) -> Result<Result<CommandResult, MvccError>, C
         }),
         RESULT_AUTH => Ok(CommandResult::Auth { revision: r.u64()? }),
         RESULT_LEASE_CHECKPOINT => Ok(CommandResult::LeaseCheckpoint),
+        RESULT_SIMPLE_TOKEN => Ok(CommandResult::SimpleToken),
         t => return Err(CodecError::UnknownTag(t)),
     };
     r.finish()?;
@@ -829,6 +875,14 @@ mod tests {
             Command::LeaseCheckpoint {
                 checkpoints: vec![],
             },
+            Command::SimpleToken {
+                user: "u".into(),
+                token: "abc.1".into(),
+                auth_revision: 4,
+            },
+            Command::Auth(AuthCommand::BootstrapRoot {
+                password_hash: "$2b$".into(),
+            }),
         ]
     }
 
@@ -871,6 +925,7 @@ mod tests {
             }),
             Ok(CommandResult::Auth { revision: 3 }),
             Ok(CommandResult::LeaseCheckpoint),
+            Ok(CommandResult::SimpleToken),
             Err(MvccError::Compacted),
             Err(MvccError::FutureRevision),
             Err(MvccError::KeyNotFound),

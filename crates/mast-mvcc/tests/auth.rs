@@ -213,3 +213,47 @@ fn snapshot_holds_the_auth_state() {
     assert_eq!(*restored.store().auth(), *store.store().auth());
     assert_eq!(restored.store().revision(), 2);
 }
+
+#[test]
+fn bootstrap_root_is_one_command_and_runs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let boot = |h: &str| {
+        auth(AuthCommand::BootstrapRoot {
+            password_hash: h.into(),
+        })
+    };
+    // Three members starting with the root password propose it three times: only the first
+    // changes anything.
+    let r = results(
+        &store,
+        &[boot("$2a$first"), boot("$2a$second"), boot("$2a$third")],
+    );
+    let revisions: Vec<u64> = r
+        .iter()
+        .map(|x| match x {
+            Ok(CommandResult::Auth { revision }) => *revision,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // UserAdd, RoleAdd and UserGrantRole each commit a revision (Enable does not), as the
+    // steps would one by one; the later bootstraps are no-ops.
+    assert_eq!(revisions, vec![4, 4, 4]);
+    let a = store.store().auth();
+    assert!(a.enabled());
+    assert_eq!(a.user("root").unwrap().roles, vec!["root"]);
+    assert_eq!(a.password_hash("root"), Some(&b"$2a$first"[..]));
+    assert!(a.role("root").is_some());
+    // An existing role root is kept, and the bootstrap is refused whole when a step fails.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    results(
+        &store,
+        &[auth(AuthCommand::RoleAdd {
+            name: "root".into(),
+        })],
+    );
+    let r = results(&store, &[boot("$2a$x")]);
+    assert!(r[0].is_ok(), "{r:?}");
+    assert_eq!(store.store().auth().revision(), 4);
+}

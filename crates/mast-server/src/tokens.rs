@@ -264,6 +264,42 @@ impl TokenProvider {
         }
     }
 
+    /// A fresh simple token to propose (see [`TokenProvider::register`]), or `None` when tokens
+    /// are JWTs (signed here, needing nobody else).
+    pub fn new_simple_token(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Simple { index, .. } => {
+                let rand: String = rand::rng()
+                    .sample_iter(rand::distr::Alphabetic)
+                    .take(16)
+                    .map(char::from)
+                    .collect();
+                Some(format!("{rand}.{}", index.fetch_add(1, Ordering::Relaxed)))
+            }
+            Kind::Jwt(_) => None,
+        }
+    }
+
+    /// Makes simple token `token` valid for `user` at auth revision `revision`: what applying
+    /// its `SimpleToken` entry does on every member, as etcd's token assignment on apply.
+    pub fn register(&self, token: &str, user: &str, revision: u64) {
+        if let Kind::Simple { ttl, tokens, .. } = &self.kind {
+            let mut tokens = tokens.lock().expect("token lock");
+            let now = Instant::now();
+            tokens.retain(|_, e| e.expires > now);
+            tokens.insert(
+                token.to_string(),
+                SimpleEntry {
+                    info: AuthInfo {
+                        user: user.to_string(),
+                        revision,
+                    },
+                    expires: now + *ttl,
+                },
+            );
+        }
+    }
+
     /// True for simple tokens: they are dropped when their user changes, so (as etcd) they are
     /// checked against the current auth revision rather than the one they were issued at.
     pub fn follows_current_revision(&self) -> bool {

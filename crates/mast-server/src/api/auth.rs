@@ -128,10 +128,22 @@ pub async fn authenticate(
         tracing::warn!(user = %req.name, client = %addr, "authentication failed");
         return Err(AuthError::AuthFailed.into());
     }
-    let token = node
-        .tokens
-        .assign(&req.name, revision)
-        .map_err(|e| EtcdError::Internal(e.to_string()))?;
+    let token = match node.tokens.new_simple_token() {
+        // A simple token goes through the log, so every member knows it (as etcd's).
+        Some(token) => {
+            node.write(Command::SimpleToken {
+                user: req.name.clone(),
+                token: token.clone(),
+                auth_revision: revision,
+            })
+            .await?;
+            token
+        }
+        None => node
+            .tokens
+            .assign(&req.name, revision)
+            .map_err(|e| EtcdError::Internal(e.to_string()))?,
+    };
     Ok(AuthenticateResponse {
         header: node.header(),
         token,
@@ -168,8 +180,8 @@ pub mod ops {
         _r: AuthDisableRequest,
     ) -> Result<AuthDisableResponse, EtcdError> {
         node.require_admin(caller)?;
+        // Applying it drops every simple token, on every member.
         apply(node, AuthCommand::Disable).await?;
-        node.tokens.invalidate_all();
         Ok(AuthDisableResponse {
             header: node.header(),
         })
@@ -260,7 +272,6 @@ pub mod ops {
             },
         )
         .await?;
-        node.tokens.invalidate_user(&r.name);
         Ok(AuthUserDeleteResponse {
             header: node.header(),
         })
@@ -292,7 +303,6 @@ pub mod ops {
             },
         )
         .await?;
-        node.tokens.invalidate_user(&r.name);
         Ok(AuthUserChangePasswordResponse {
             header: node.header(),
         })
@@ -475,44 +485,21 @@ pub mod ops {
     }
 }
 
-/// Creates root with the root role and enables auth, once, when the store has no root user.
-/// Used for `MAST_ROOT_PASSWORD` / `ETCD_ROOT_PASSWORD` at first start.
+/// Creates root with the root role and enables auth, once per cluster, when the store has no
+/// root user: one command ([`AuthCommand::BootstrapRoot`]), so members that all start with
+/// `MAST_ROOT_PASSWORD` / `ETCD_ROOT_PASSWORD` bootstrap it exactly once. Returns whether this
+/// call created root.
 ///
 /// # Errors
-/// When a command is refused or hashing fails.
+/// When the command cannot be applied or hashing fails.
 pub async fn bootstrap_root(node: &Node, password: &str) -> Result<bool, EtcdError> {
     if node.store.auth().user("root").is_some() {
         return Ok(false);
     }
     let password_hash = hash_password(password.to_string()).await?;
-    apply(
-        node,
-        AuthCommand::UserAdd {
-            name: "root".into(),
-            password_hash,
-            no_password: false,
-        },
-    )
-    .await?;
-    if node.store.auth().role("root").is_none() {
-        apply(
-            node,
-            AuthCommand::RoleAdd {
-                name: "root".into(),
-            },
-        )
-        .await?;
-    }
-    apply(
-        node,
-        AuthCommand::UserGrantRole {
-            user: "root".into(),
-            role: "root".into(),
-        },
-    )
-    .await?;
-    apply(node, AuthCommand::Enable).await?;
-    Ok(true)
+    let before = node.store.auth().revision();
+    let after = apply(node, AuthCommand::BootstrapRoot { password_hash }).await?;
+    Ok(after != before)
 }
 
 macro_rules! rpc {
