@@ -286,6 +286,26 @@ fn membership_grows_and_shrinks_by_etcds_runbook() {
         );
         (out.stdout.trim() == "x").then_some(())
     });
+    // …and Status; writes, linearizable reads and the rest are refused with etcd's error.
+    for refused in [
+        &["put", "grow/l", "z"][..],
+        &["get", "grow/0", "--command-timeout=2s"][..],
+        &["member", "list"][..],
+    ] {
+        let out = c.members[learner].etcdctl(refused, None);
+        assert!(
+            !out.success(),
+            "a learner served {refused:?}: {}",
+            out.stdout
+        );
+        assert!(
+            out.stderr
+                .contains("etcdserver: rpc not supported for learner"),
+            "{refused:?} on a learner: {}",
+            out.stderr
+        );
+    }
+    ok(&c.members[learner], &["endpoint", "status"]);
     eventually(Duration::from_secs(10), "the learner promoted", || {
         let out = c.members[0].etcdctl(&["member", "promote", &id], None);
         out.success().then_some(())

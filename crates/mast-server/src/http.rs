@@ -66,7 +66,7 @@ struct ErrorBody<'a> {
 
 /// The gateway's edge for unary calls: an [`EtcdError`] as `{"error", "message", "code"}` (the
 /// message twice, the gRPC code as a number) with the HTTP status grpc-gateway gives the code.
-fn error_response(e: &EtcdError) -> Response {
+pub(crate) fn error_response(e: &EtcdError) -> Response {
     let code = e.code();
     let message = e.to_string();
     let body = ErrorBody {

@@ -26,6 +26,7 @@ pub mod combine;
 mod conn_threads;
 pub mod consensus;
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod lessor;
 pub mod node;

@@ -70,10 +70,16 @@ pub fn app_with(node: Arc<Node>, extra: axum::Router) -> axum::Router {
                 .max_decoding_message_size(max_in)
                 .max_encoding_message_size(usize::MAX),
         )
-        .add_service(AuthServer::new(AuthService::new(node)).max_decoding_message_size(max_in))
+        .add_service(
+            AuthServer::new(AuthService::new(node.clone())).max_decoding_message_size(max_in),
+        )
         .add_service(health_service)
         .prepare()
         .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            node,
+            crate::guard::check,
+        ))
 }
 
 /// What is known of a connection's client, put in each request's extensions: its address

@@ -113,6 +113,10 @@ pub async fn range(
     let who = node.authenticate_caller(caller)?;
     node.check_range(&who, &req.key, &req.range_end, false)?;
     if !req.serializable {
+        if node.consensus.is_learner() {
+            // As etcd's `isRPCSupportedForLearner`: a learner serves serializable reads only.
+            return Err(EtcdError::NotSupportedForLearner);
+        }
         node.linearize().await?;
     }
     let store = node.store.clone();
