@@ -54,6 +54,9 @@ pub enum PeerError {
         member: MemberId,
         /// What went wrong.
         message: String,
+        /// False when no connection was made, so the request certainly never reached the
+        /// peer and can be sent elsewhere without being applied twice.
+        maybe_sent: bool,
     },
     /// The peer answered with an error.
     #[error("peer {member:x} answered {status}")]
@@ -71,6 +74,12 @@ pub enum PeerError {
         /// What does not decode.
         message: String,
     },
+}
+
+/// `t` in milliseconds since the Unix epoch (0 before it).
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Connections to the other members. Cheap to clone.
@@ -150,28 +159,38 @@ impl Peers {
                  (check --initial-cluster and --initial-cluster-token)"
             );
         }
-        match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown
-                if status.message().contains("transport")
-                    || status.message().contains("connect") =>
-            {
-                PeerError::Unreachable {
-                    member,
-                    message: status.message().to_string(),
-                }
+        // A status decoded from the peer's answer has no source; one made here from a
+        // transport failure carries that failure as its source.
+        let Some(source) = std::error::Error::source(&status) else {
+            return PeerError::Remote { member, status };
+        };
+        let mut connect_failed = false;
+        let mut cause = Some(source);
+        while let Some(e) = cause {
+            if e.downcast_ref::<tonic::ConnectError>().is_some() {
+                connect_failed = true;
+                break;
             }
-            _ => PeerError::Remote { member, status },
+            cause = e.source();
+        }
+        PeerError::Unreachable {
+            member,
+            message: status.message().to_string(),
+            maybe_sent: !connect_failed,
         }
     }
 
-    /// Hands `commands` to the leader `leader` and returns its results, one per command.
+    /// Hands `commands` to the leader `leader` and returns its results, one per command. The
+    /// leader refuses them if they reach it after `deadline` (compared with its wall clock).
     ///
     /// # Errors
-    /// [`PeerError`] when the leader cannot be reached or refuses (it may no longer lead).
+    /// [`PeerError`] when the leader cannot be reached or refuses (it may no longer lead, or
+    /// the deadline passed: `DeadlineExceeded`).
     pub async fn propose(
         &self,
         leader: MemberId,
         commands: &[Command],
+        deadline: std::time::SystemTime,
     ) -> Result<Vec<Result<CommandResult, MvccError>>, PeerError> {
         let mut buf = Vec::with_capacity(mast_mvcc::command::entry_len(commands));
         mast_mvcc::encode_entry(commands, &mut buf);
@@ -180,6 +199,7 @@ impl Peers {
             .propose(pb::ProposeRequest {
                 route: self.route_to(leader),
                 commands: buf.into(),
+                deadline_unix_ms: unix_ms(deadline),
             })
             .await
             .map_err(|s| Self::status_error(leader, s))?
@@ -271,7 +291,11 @@ impl Peers {
         &self,
         url: &str,
     ) -> Result<(u64, MemberId, MemberId, crate::types::StoredMembership), PeerError> {
-        let bad = |message: String| PeerError::Unreachable { member: 0, message };
+        let bad = |message: String| PeerError::Unreachable {
+            member: 0,
+            message,
+            maybe_sent: false,
+        };
         let channel = Endpoint::from_shared(url.to_string())
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -731,6 +755,12 @@ impl<H: ForwardHandler> pb::peer_server::Peer for PeerService<H> {
     ) -> Result<Response<pb::ProposeResponse>, Status> {
         let req = req.into_inner();
         self.check(&req.route)?;
+        if req.deadline_unix_ms != 0 && unix_ms(std::time::SystemTime::now()) > req.deadline_unix_ms
+        {
+            return Err(Status::deadline_exceeded(
+                "proposal arrived after its sender stopped waiting",
+            ));
+        }
         let commands = mast_mvcc::decode_entry(&req.commands).map_err(bad_request)?;
         let results = self.handler.propose(commands).await?;
         let results = results

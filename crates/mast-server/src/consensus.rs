@@ -145,14 +145,19 @@ impl Consensus {
                     let leading = m.state == ServerState::Leader;
                     let voters: Vec<u64> = m.membership_config.voter_ids().collect();
                     let sole = leading && voters == [me.member_id];
-                    me.is_learner
-                        .store(!voters.contains(&me.member_id), Ordering::Release);
+                    // Before the first membership is known a member is nothing yet, not a
+                    // learner: only a member listed as a learner is refused as one.
+                    let learner = m
+                        .membership_config
+                        .membership()
+                        .learner_ids()
+                        .any(|id| id == me.member_id);
+                    me.is_learner.store(learner, Ordering::Release);
                     me.is_leader.store(leading, Ordering::Release);
                     me.sole_voter.store(sole, Ordering::Release);
                     metrics::gauge!("etcd_server_has_leader").set(f64::from(u8::from(leader != 0)));
                     metrics::gauge!("etcd_server_is_leader").set(f64::from(u8::from(leading)));
-                    metrics::gauge!("etcd_server_is_learner")
-                        .set(f64::from(u8::from(!voters.contains(&me.member_id))));
+                    metrics::gauge!("etcd_server_is_learner").set(f64::from(u8::from(learner)));
                     if m.state == ServerState::Shutdown {
                         lessor.demote();
                         return;
@@ -187,7 +192,9 @@ impl Consensus {
     }
 
     /// Proposes `commands` as one entry: on the leader through openraft, on a follower by
-    /// handing them to the leader. Waits for a leader for up to the request timeout.
+    /// handing them to the leader. Waits for a leader for up to the request timeout. A
+    /// hand-over that certainly never reached the leader (no connection) is sent again to
+    /// the next leader, within the same timeout, while `wanted()` says someone still waits.
     ///
     /// # Errors
     /// [`EtcdError::Timeout`] when no leader took them in time, [`EtcdError::LeaderChanged`]
@@ -197,28 +204,61 @@ impl Consensus {
     pub async fn propose(
         &self,
         commands: Vec<Command>,
+        wanted: impl Fn() -> bool,
     ) -> Result<Vec<Result<CommandResult, MvccError>>, EtcdError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let leader = self.wait_leader(deadline).await?;
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if leader == self.member_id {
-            let proposal = mast_raft::Proposal::new(commands);
-            match tokio::time::timeout(left, self.raft.client_write(proposal)).await {
-                Ok(Ok(r)) => Ok(r.data.results),
-                Ok(Err(openraft::error::RaftError::APIError(
-                    openraft::error::ClientWriteError::ForwardToLeader(_),
-                ))) => Err(EtcdError::LeaderChanged),
-                Ok(Err(openraft::error::RaftError::APIError(e))) => {
-                    Err(EtcdError::Internal(e.to_string()))
+        let wall_deadline = std::time::SystemTime::now() + self.request_timeout;
+        let mut leader = self.wait_leader(deadline).await?;
+        // A leader that just died is still this member's leader until an election says
+        // otherwise; a hand-over that never reached it is safe to send to the next one — if
+        // someone still waits for it: a write its client gave up on (etcdctl's command timeout)
+        // must not be applied later, when a partition heals.
+        while leader != self.member_id {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.peers.propose(leader, &commands, wall_deadline))
+                .await
+            {
+                Ok(Ok(results)) => return Ok(results),
+                Ok(Err(e)) if never_sent(&e) => {
+                    match self.wait_leader_other_than(leader, deadline).await {
+                        Some(next) if wanted() => leader = next,
+                        _ => return Err(peer_error(e)),
+                    }
                 }
-                Ok(Err(openraft::error::RaftError::Fatal(_))) => Err(EtcdError::Stopped),
-                Err(_) => Err(EtcdError::Timeout),
+                Ok(Err(e)) => return Err(peer_error(e)),
+                Err(_) => return Err(EtcdError::TimeoutDueToLeaderFail),
             }
-        } else {
-            match tokio::time::timeout(left, self.peers.propose(leader, &commands)).await {
-                Ok(Ok(results)) => Ok(results),
-                Ok(Err(e)) => Err(peer_error(e)),
-                Err(_) => Err(EtcdError::TimeoutDueToLeaderFail),
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let proposal = mast_raft::Proposal::new(commands);
+        match tokio::time::timeout(left, self.raft.client_write(proposal)).await {
+            Ok(Ok(r)) => Ok(r.data.results),
+            Ok(Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(_),
+            ))) => Err(EtcdError::LeaderChanged),
+            Ok(Err(openraft::error::RaftError::APIError(e))) => {
+                Err(EtcdError::Internal(e.to_string()))
+            }
+            Ok(Err(openraft::error::RaftError::Fatal(_))) => Err(EtcdError::Stopped),
+            Err(_) => Err(EtcdError::Timeout),
+        }
+    }
+
+    /// Waits until a member other than `old` leads, or `deadline` (then `None`).
+    async fn wait_leader_other_than(
+        &self,
+        old: MemberId,
+        deadline: tokio::time::Instant,
+    ) -> Option<MemberId> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            match metrics.borrow_and_update().current_leader {
+                Some(l) if l != old => return Some(l),
+                _ => {}
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
             }
         }
     }
@@ -317,6 +357,18 @@ impl Consensus {
     }
 }
 
+/// Whether a failed hand-over certainly never reached the peer (no connection was made).
+fn never_sent(e: &PeerError) -> bool {
+    matches!(
+        e,
+        PeerError::NoUrl(_)
+            | PeerError::Unreachable {
+                maybe_sent: false,
+                ..
+            }
+    )
+}
+
 /// What a failed hand-over to the leader answers.
 pub(crate) fn peer_error(e: PeerError) -> EtcdError {
     match e {
@@ -344,9 +396,12 @@ async fn run_checkpoints(consensus: Arc<Consensus>, lessor: Arc<Lessor>) {
         }
         let n = renewed.len();
         if let Err(e) = consensus
-            .propose(vec![Command::LeaseCheckpoint {
-                checkpoints: renewed,
-            }])
+            .propose(
+                vec![Command::LeaseCheckpoint {
+                    checkpoints: renewed,
+                }],
+                || true,
+            )
             .await
         {
             tracing::debug!(leases = n, error = %e, "lease checkpoint not proposed");
@@ -429,6 +484,14 @@ impl ApplyObserver for Observer {
                     self.tokens.invalidate_user(name)
                 }
                 (Command::Auth(AuthCommand::Disable), Ok(_)) => self.tokens.invalidate_all(),
+                (
+                    Command::SimpleToken {
+                        user,
+                        token,
+                        auth_revision,
+                    },
+                    Ok(_),
+                ) => self.tokens.register(token, user, *auth_revision),
                 _ => {}
             }
         }

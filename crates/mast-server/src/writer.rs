@@ -160,7 +160,10 @@ async fn propose_loop(consensus: Arc<Consensus>, mut rx: mpsc::Receiver<(Command
         metrics::gauge!("etcd_server_proposals_pending").increment(1.0);
         let consensus = consensus.clone();
         tokio::spawn(async move {
-            let result = consensus.propose(cmds).await;
+            // Abandoned once every client of the batch has gone (their handlers dropped).
+            let result = consensus
+                .propose(cmds, || replies.iter().any(|r| !r.tx.is_closed()))
+                .await;
             metrics::gauge!("etcd_server_proposals_pending").decrement(1.0);
             let mut outbox = Outbox::default();
             match result {
