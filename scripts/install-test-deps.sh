@@ -4,6 +4,8 @@
 #   - protobuf-compiler and libprotobuf-dev (protoc and its well-known .proto files, for the
 #     etcd-client crate's build script)
 #   - node + npm, and tests/node's npm packages (the etcd3 client)
+#   - tests/go's Go modules (go.etcd.io/etcd/client/v3) from the Go module proxy; Go itself
+#     (1.26 or newer, as tests/go/go.mod says) is expected on the machine
 # Idempotent: whatever is already there is skipped. Quiet: one line per step;
 # a failing step prints its output and the script exits non-zero.
 set -euo pipefail
@@ -92,5 +94,10 @@ else
     log "tests/node/node_modules: up to date"
   fi
 fi
+
+# 4. Go, and tests/go's modules (the etcd Go client) from the Go module proxy.
+command -v go >/dev/null 2>&1 || { echo "install-test-deps: Go 1.26+ is needed for tests/go" >&2; exit 1; }
+log "$(go version): present"
+run_quiet "go mod download" bash -c 'cd "$1" && go mod download' _ "$repo_root/tests/go"
 
 log "done"
