@@ -53,14 +53,27 @@ impl Cluster {
         n: usize,
         args: &[S],
     ) -> anyhow::Result<Cluster> {
+        Self::start_with_options(kind, n, &ServerOptions::default().args(args))
+    }
+
+    /// As [`Cluster::start`], every member with `options` (its name and cluster flags are the
+    /// harness's).
+    ///
+    /// # Errors
+    /// When a member cannot start or does not answer within the harness's timeout.
+    pub fn start_with_options(
+        kind: ServerKind,
+        n: usize,
+        options: &ServerOptions,
+    ) -> anyhow::Result<Cluster> {
         let token = format!("conformance-{}-{}", std::process::id(), crate::free_port());
         let mut members = Vec::with_capacity(n);
         for i in 0..n {
             let options = ServerOptions {
                 name: Some(format!("m{i}")),
-                ..ServerOptions::default()
-            }
-            .args(args);
+                member: None,
+                ..options.clone()
+            };
             members.push(Server::unstarted(kind, options)?);
         }
         let initial: Vec<String> = members
@@ -169,8 +182,14 @@ impl Cluster {
     /// When the add is refused or the new member does not start.
     pub fn add_member(&mut self, via: usize, learner: bool) -> anyhow::Result<usize> {
         let name = format!("m{}", self.members.len());
+        // The newcomer talks to the others as they talk to each other (peer TLS included).
+        let peer_tls = self
+            .members
+            .first_mut()
+            .and_then(|m| m.options_mut().peer_tls.clone());
         let options = ServerOptions {
             name: Some(name.clone()),
+            peer_tls,
             ..ServerOptions::default()
         };
         let mut server = Server::unstarted(self.kind, options)?;

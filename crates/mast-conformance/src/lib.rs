@@ -418,6 +418,21 @@ pub struct ServerOptions {
     pub tls: Option<ServerTls>,
     /// Run as a member of a cluster rather than alone (see [`cluster::Cluster`]).
     pub member: Option<MemberSpec>,
+    /// TLS between members (`https://` peer URLs).
+    pub peer_tls: Option<PeerTls>,
+}
+
+/// TLS between members: the server's flags, the same names for etcd 3.4 and Mast.
+#[derive(Clone, Debug)]
+pub struct PeerTls {
+    /// `--peer-cert-file`: the member's certificate (PEM), used both ways.
+    pub cert_file: PathBuf,
+    /// `--peer-key-file`: its private key (PEM).
+    pub key_file: PathBuf,
+    /// `--peer-trusted-ca-file`: the CA peer certificates must be signed by.
+    pub trusted_ca_file: PathBuf,
+    /// `--peer-client-cert-auth`: refuse members that dial in without such a certificate.
+    pub client_cert_auth: bool,
 }
 
 /// What makes a server a member of a cluster: the cluster it starts in and how.
@@ -529,9 +544,14 @@ impl Server {
         })
     }
 
-    /// The peer URL, `http://127.0.0.1:<peer port>`.
+    /// The peer URL, `http://127.0.0.1:<peer port>` (`https://` with peer TLS).
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        let scheme = if self.options.peer_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.peer_port)
     }
 
     /// Starts the process without waiting for it to answer.
@@ -820,6 +840,17 @@ impl Server {
             }
             if tls.client_cert_auth {
                 cmd.arg("--client-cert-auth");
+            }
+        }
+        if let Some(tls) = &self.options.peer_tls {
+            cmd.arg("--peer-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--peer-key-file")
+                .arg(&tls.key_file)
+                .arg("--peer-trusted-ca-file")
+                .arg(&tls.trusted_ca_file);
+            if tls.client_cert_auth {
+                cmd.arg("--peer-client-cert-auth");
             }
         }
         cmd.args(&self.options.args);

@@ -21,6 +21,7 @@ pub mod log_store;
 pub mod member;
 pub mod network;
 pub mod state_machine;
+pub mod tls;
 pub mod types;
 
 pub use log_store::{LogOpenError, LogOptions, LogStore};

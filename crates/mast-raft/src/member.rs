@@ -50,6 +50,8 @@ pub struct MemberConfig {
     pub segment_bytes: u64,
     /// Bytes of applied commands between store checkpoints.
     pub checkpoint_bytes: u64,
+    /// Peer TLS (`--peer-cert-file` and friends); used to dial `https://` peer URLs.
+    pub peer_tls: Option<crate::tls::PeerTls>,
 }
 
 /// A member's cluster and member IDs, kept in `<data-dir>/member.json` from its first start.
@@ -272,7 +274,11 @@ impl RaftMember {
             },
         )
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let peers = Peers::new(identity.cluster_id, identity.member_id);
+        let peers = Peers::new(
+            identity.cluster_id,
+            identity.member_id,
+            peer_client_tls(cfg)?,
+        );
         let raft = Raft::new(
             identity.member_id,
             raft_config(cfg)?,
@@ -325,12 +331,22 @@ impl RaftMember {
     }
 }
 
+fn peer_client_tls(
+    cfg: &MemberConfig,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, StartError> {
+    cfg.peer_tls
+        .as_ref()
+        .map(crate::tls::PeerTls::client_config)
+        .transpose()
+        .map_err(|e| StartError::Config(e.to_string()))
+}
+
 /// `--initial-cluster-state existing`: asks the other members of `--initial-cluster` for the
 /// cluster's ID and membership, and finds this member in it by its peer URLs (as etcd's
 /// `VerifyJoinExisting`, which takes the IDs from the running cluster).
 async fn join_identity(cfg: &MemberConfig) -> Result<Identity, StartError> {
     let mine = normalize(&cfg.advertise_peer_urls);
-    let probe = Peers::new(0, 0);
+    let probe = Peers::new(0, 0, peer_client_tls(cfg)?);
     let mut last_error = String::from("no other member in --initial-cluster");
     for m in cfg.initial_cluster.iter().filter(|m| m.name != cfg.name) {
         for url in &m.peer_urls {

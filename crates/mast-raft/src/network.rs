@@ -27,7 +27,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::Snapshot;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::types::{
@@ -93,6 +93,8 @@ struct PeersInner {
     member_id: MemberId,
     /// Member → (peer URL, channel).
     channels: Mutex<HashMap<MemberId, (String, Channel)>>,
+    /// For `https://` peer URLs (`--peer-cert-file` and friends).
+    tls: Option<ClientTlsConfig>,
 }
 
 fn route(cluster_id: u64, from: MemberId, to: MemberId) -> Option<pb::Route> {
@@ -104,15 +106,31 @@ fn route(cluster_id: u64, from: MemberId, to: MemberId) -> Option<pb::Route> {
 }
 
 impl Peers {
-    /// Connections of member `member_id` of cluster `cluster_id`.
-    pub fn new(cluster_id: u64, member_id: MemberId) -> Peers {
+    /// Connections of member `member_id` of cluster `cluster_id`; `tls` is used for every
+    /// `https://` peer URL.
+    pub fn new(cluster_id: u64, member_id: MemberId, tls: Option<ClientTlsConfig>) -> Peers {
         Peers {
             inner: Arc::new(PeersInner {
                 cluster_id,
                 member_id,
                 channels: Mutex::new(HashMap::new()),
+                tls,
             }),
         }
+    }
+
+    /// An endpoint for `url`, with TLS when it is `https://`.
+    fn endpoint(&self, url: &str) -> Result<Endpoint, String> {
+        let e = Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
+        if !url.starts_with("https://") {
+            return Ok(e);
+        }
+        let Some(tls) = &self.inner.tls else {
+            return Err(format!(
+                "peer URL {url} is https but this member has no --peer-cert-file / --peer-key-file"
+            ));
+        };
+        e.tls_config(tls.clone()).map_err(|e| e.to_string())
     }
 
     /// Remembers (or updates) where `member` listens.
@@ -124,7 +142,7 @@ impl Peers {
         if ch.get(&id).is_some_and(|(u, _)| u == url) {
             return;
         }
-        match Endpoint::from_shared(url.clone()) {
+        match self.endpoint(url) {
             Ok(e) => {
                 let channel = e
                     .connect_timeout(CONNECT_TIMEOUT)
@@ -296,8 +314,9 @@ impl Peers {
             message,
             maybe_sent: false,
         };
-        let channel = Endpoint::from_shared(url.to_string())
-            .map_err(|e| bad(e.to_string()))?
+        let channel = self
+            .endpoint(url)
+            .map_err(bad)?
             .connect_timeout(CONNECT_TIMEOUT)
             .connect()
             .await

@@ -80,6 +80,7 @@ fn config(name: &str, dir: &std::path::Path, cluster: &[(String, SocketAddr)]) -
         election_timeout: Duration::from_millis(300),
         segment_bytes: mast_raft::log_store::MIN_SEGMENT_BYTES,
         checkpoint_bytes: 64 * 1024,
+        peer_tls: None,
     }
 }
 

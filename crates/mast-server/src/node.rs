@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub lease_clock: LeaseClock,
     /// TLS on the client port; plain TCP when `None`.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// TLS on the peer port and for dialling `https://` peer URLs (`--peer-cert-file` and
+    /// friends); `None`: plain peer traffic.
+    pub peer_tls: Option<mast_raft::tls::PeerTls>,
     /// How auth tokens are made (`--auth-token`).
     pub auth_token: crate::tokens::TokenConfig,
     /// Idle lifetime of simple tokens (`--auth-token-ttl`, seconds in etcd; default 300 s).
@@ -105,6 +108,7 @@ impl ServerConfig {
             election_timeout: Duration::from_millis(1000),
             lease_clock: LeaseClock::default(),
             tls: None,
+            peer_tls: None,
             auth_token: crate::tokens::TokenConfig::Simple,
             auth_token_ttl: Duration::from_secs(300),
             root_password: None,
@@ -166,6 +170,7 @@ impl ServerConfig {
             election_timeout: self.election_timeout,
             segment_bytes: self.wal_bytes,
             checkpoint_bytes: self.checkpoint_bytes,
+            peer_tls: self.peer_tls.clone(),
         })
     }
 }

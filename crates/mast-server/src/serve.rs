@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use mast_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -120,12 +121,16 @@ where
     })
 }
 
-/// Serves the peer protocol (`mastraftpb.Peer`) on `listener` until `stop`.
+/// Serves the peer protocol (`mastraftpb.Peer`) on `listener` until `stop`, over TLS when
+/// the node has peer TLS.
+///
+/// # Errors
+/// When the peer TLS files cannot be read or parsed.
 fn spawn_peer(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
     mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+) -> anyhow::Result<JoinHandle<()>> {
     let svc = mast_raft::network::PeerService::new(
         node.consensus.raft.clone(),
         node.identity.cluster_id,
@@ -135,11 +140,16 @@ fn spawn_peer(
             node: Arc::downgrade(&node),
         }),
     );
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = &node.config.peer_tls {
+        builder = builder
+            .tls_config(tls.server_config()?)
+            .context("peer TLS (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file)")?;
+    }
     drop(node);
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let r = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let r = builder
             .add_service(svc.into_server())
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -148,7 +158,7 @@ fn spawn_peer(
         if let Err(e) = r {
             tracing::error!(error = %e, "peer listener failed");
         }
-    })
+    }))
 }
 
 impl Server {
@@ -180,7 +190,7 @@ impl Server {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let local = listener.local_addr()?;
             peer_addrs.push(local);
-            tasks.push(spawn_peer(node.clone(), listener, stop_rx.clone()));
+            tasks.push(spawn_peer(node.clone(), listener, stop_rx.clone())?);
             tracing::info!(address = %local, "serving peers");
         }
         crate::api::cluster::spawn_publish(node.clone());

@@ -128,6 +128,20 @@ struct ServeArgs {
     /// Refuse clients that present no certificate signed by `--trusted-ca-file`.
     #[arg(long, env = "MAST_CLIENT_CERT_AUTH")]
     client_cert_auth: bool,
+    /// TLS certificate (PEM) for peer traffic, both as the peer listener's certificate and as
+    /// the client certificate when dialling other members; peer URLs are then https.
+    #[arg(long, env = "MAST_PEER_CERT_FILE")]
+    peer_cert_file: Option<PathBuf>,
+    /// TLS private key (PEM) for peer traffic.
+    #[arg(long, env = "MAST_PEER_KEY_FILE")]
+    peer_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) peer certificates are checked against (both directions); without it
+    /// the system's roots.
+    #[arg(long, env = "MAST_PEER_TRUSTED_CA_FILE")]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse members that dial in without a certificate signed by `--peer-trusted-ca-file`.
+    #[arg(long, env = "MAST_PEER_CLIENT_CERT_AUTH")]
+    peer_client_cert_auth: bool,
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "MAST_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -235,8 +249,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(|u| u.trim().trim_end_matches('/').to_string())
         .filter(|u| !u.is_empty())
         .collect();
+    let mut peer_urls: Vec<String> = config.advertise_peer_urls.clone();
     if let Some(p) = &args.listen_peer_urls {
-        config.listen_peer = parse_urls(p)?.0;
+        let (addrs, urls) = parse_urls(p)?;
+        config.listen_peer = addrs;
+        peer_urls.extend(urls);
+    }
+    config.peer_tls = match (&args.peer_cert_file, &args.peer_key_file) {
+        (Some(cert), Some(key)) => Some(mast_raft::tls::PeerTls {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            trusted_ca_file: args.peer_trusted_ca_file.clone(),
+            client_cert_auth: args.peer_client_cert_auth,
+        }),
+        (None, None) => None,
+        _ => bail!("--peer-cert-file and --peer-key-file go together"),
+    };
+    let peer_https = peer_urls.iter().any(|u| u.starts_with("https://"));
+    if peer_https != config.peer_tls.is_some() {
+        bail!(
+            "https:// peer URLs need --peer-cert-file and --peer-key-file, and peer TLS files \
+             need https:// peer URLs"
+        );
     }
     if args.election_timeout < 5 * args.heartbeat_interval {
         bail!(
