@@ -10,8 +10,8 @@
 #   1. installs etcd-server + etcd-client (Debian's etcd 3.4), curl and jq when missing;
 #   2. builds `mast` and `mast-bench` in release mode;
 #   3. starts etcd and `mast serve` on loopback, each on an empty data directory on the same
-#      disk, both durable (etcd fsyncs its WAL before answering a write; Mast fsyncs its WAL for every
-#      write batch before answering);
+#      disk, both durable (etcd fsyncs its WAL before answering a write; Mast fsyncs its Raft
+#      log for every entry, a batch of writes, before answering);
 #   4. runs every workload against both, one after the other (which server goes first
 #      alternates), recording each server's CPU time (utime + stime from /proc/PID/stat), RSS
 #      (VmRSS) and fsync count (from its /metrics) around each run;
@@ -354,15 +354,16 @@ jq -n \
   --arg etcd "etcd $etcd_version ($(/usr/bin/etcd --version | sed -n 's/^Go Version: //p'), Debian package)" \
   --arg mast "$("$mast_bin" --version) (git $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown), release build)" \
   --arg rustc "$(rustc --version)" \
-  --arg durability "Both servers are single members with a data directory on the same disk, and both answer a write only once it is on disk: etcd appends it to its WAL and fsyncs (fdatasync) before replying (its default; no --unsafe-no-fsync), Mast appends each write batch to its write-ahead log and fsyncs it (fdatasync) before replying, applying the batch to redb without an fsync and committing redb durably every 8 MiB of log (a checkpoint). Both batch concurrent writes under one fsync (group commit)." \
+  --arg durability "Both servers are single members with a data directory on the same disk, and both answer a write only once it is on disk: etcd appends it to its WAL and fsyncs (fdatasync) before replying (its default; no --unsafe-no-fsync), Mast (a one-voter Raft cluster, the same write path as a 3-member one) appends each Raft entry (a batch of writes) to its Raft log and fsyncs it (fdatasync) before replying, applying the entry to redb without an fsync and committing redb durably every 8 MiB of applied commands (a checkpoint). Both batch concurrent writes under one fsync (group commit)." \
   --arg etcd_command "$(etcd_cmd DATA_DIR)" \
   --arg mast_command "$(mast_cmd DATA_DIR | sed "s|$repo/||")" \
   '$ARGS.named' >"$results/meta.json"
 
 mkdir -p "$(dirname "$out_md")"
 plot="$(dirname "$out_md")/benchmarks.svg"
-# The r-nacos comparison (scripts/nacos-compare.sh) and the hand-written profile notes are
-# kept in benchmarks/ and appended as they are.
+# The 3-member comparison (scripts/bench-cluster.sh), the r-nacos comparison
+# (scripts/nacos-compare.sh) and the hand-written profile notes are kept in benchmarks/ and
+# appended as they are.
 "$bench_bin" report --results "$results" --out "$out_md" --plot "$plot" \
-  --include benchmarks/nacos.md --include benchmarks/notes.md
+  --include benchmarks/cluster.md --include benchmarks/nacos.md --include benchmarks/notes.md
 log "results in $results; wrote $out_md and $plot"

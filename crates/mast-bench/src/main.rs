@@ -12,11 +12,14 @@
 //!   ([`workload::watch`]), `lease-keepalive` ([`workload::lease`]) and `registry`
 //!   ([`workload::registry`]);
 //! - [`fsync`]: the disk's fsync rate;
+//! - [`failover`]: kill a cluster's leader under load, measure until the next acknowledged
+//!   write;
 //! - [`report`]: BENCHMARKS.md and its plot from the JSON results of a comparison run
 //!   (`scripts/bench-compare.sh`).
 
 mod driver;
 mod endpoint;
+mod failover;
 mod fsync;
 mod report;
 mod stats;
@@ -64,6 +67,8 @@ enum Cmd {
     Fsync(fsync::FsyncArgs),
     /// Wait until an endpoint answers a range; report how long that took.
     Wait(WaitArgs),
+    /// Kill a cluster's leader under load; time until the next acknowledged write.
+    Failover(failover::FailoverArgs),
     /// Turn the JSON results of a comparison run into BENCHMARKS.md and an SVG plot.
     Report(report::ReportArgs),
 }
@@ -138,6 +143,10 @@ fn main() -> anyhow::Result<()> {
             print(&run(t, wait(a))?, json)
         }
         Cmd::Fsync(a) => print(&fsync::fsync(&a)?, a.json),
+        Cmd::Failover(a) => {
+            let json = a.json;
+            print(&run(t, failover::failover(a))?, json)
+        }
         Cmd::Report(a) => report::run(&a),
     }
 }
