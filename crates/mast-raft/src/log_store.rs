@@ -57,8 +57,13 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest segment accepted, in bytes.
 pub const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
 
-/// Entries kept decoded in memory at the log's tail, for replication to read without the disk.
+/// Most entries kept decoded in memory at the log's tail, for replication to read without the
+/// disk.
 const TAIL_CACHE_ENTRIES: usize = 8192;
+
+/// Most bytes (encoded size) of those entries: an entry holds up to a thousand commands, so a
+/// count alone would let a bulk load keep gigabytes here.
+const TAIL_CACHE_BYTES: u64 = 8 << 20;
 
 const RECORD_HEADER: usize = 8;
 const KIND_ENTRY: u8 = 1;
@@ -134,6 +139,8 @@ struct State {
     /// The newest entries, decoded; `tail[i]` has index `tail_first + i`.
     tail: VecDeque<Entry>,
     tail_first: u64,
+    /// Encoded size of the entries in `tail`, in bytes.
+    tail_bytes: u64,
     /// Reused encoding buffer.
     buf: Vec<u8>,
 }
@@ -257,6 +264,29 @@ impl State {
         Ok((at, previous))
     }
 
+    /// The encoded size of entry `index`, which must be present.
+    fn entry_len(&self, index: u64) -> u64 {
+        u64::from(self.locs[(index - self.first) as usize].len)
+    }
+
+    /// Drops the oldest cached entries until the cache is within its bounds.
+    fn trim_tail(&mut self) {
+        while self.tail.len() > 1
+            && (self.tail.len() > TAIL_CACHE_ENTRIES || self.tail_bytes > TAIL_CACHE_BYTES)
+        {
+            self.tail_bytes -= self.entry_len(self.tail_first);
+            self.tail.pop_front();
+            self.tail_first += 1;
+        }
+    }
+
+    /// Counts `tail_bytes` again after entries left the cache some other way.
+    fn recount_tail(&mut self) {
+        self.tail_bytes = (0..self.tail.len() as u64)
+            .map(|i| self.entry_len(self.tail_first + i))
+            .sum();
+    }
+
     fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
         if index >= self.tail_first && ((index - self.tail_first) as usize) < self.tail.len() {
             return Ok(self.tail[(index - self.tail_first) as usize].clone());
@@ -325,6 +355,7 @@ impl LogStore {
             committed: None,
             vote,
             tail: VecDeque::new(),
+            tail_bytes: 0,
             tail_first: 0,
             buf: Vec::new(),
         };
@@ -703,10 +734,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     st.tail_first = index;
                 }
                 st.tail.push_back(e);
-                if st.tail.len() > TAIL_CACHE_ENTRIES {
-                    st.tail.pop_front();
-                    st.tail_first += 1;
-                }
+                st.tail_bytes += u64::from(len);
+                st.trim_tail();
             }
             if st.buf.capacity() > 1 << 20 {
                 st.buf = Vec::new();
@@ -748,6 +777,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         } else {
             st.tail.truncate((index - st.tail_first) as usize);
         }
+        st.recount_tail();
         // The committed and purged records after the cut go with it: write them again (the
         // same write ends the log at the cut).
         st.buf.clear();
@@ -776,6 +806,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             st.tail.pop_front();
         }
         st.tail_first = st.tail.front().map_or(index + 1, |e| e.log_id.index);
+        st.recount_tail();
         if beyond {
             // Nothing is left: start a fresh segment for what comes next, so every older one
             // can go.
@@ -830,6 +861,7 @@ mod tests {
             });
         }
         st.tail.clear();
+        st.tail_bytes = 0;
         st.tail_first = st.first + st.locs.len() as u64;
         for s in st.segments.values() {
             s.file.sync_data().unwrap();

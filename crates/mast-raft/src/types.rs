@@ -57,12 +57,15 @@ pub struct Member {
 }
 
 /// The commands of one log entry: encoded once, by the proposer, and carried as bytes through
-/// the log and the network; the proposer's member keeps the decoded commands too, so the
-/// leader does not decode what it just encoded.
+/// the log, the network and the log's in-memory tail; decoded when applied.
+///
+/// The proposer does not keep its decoded commands: their byte fields are slices of the
+/// buffers their requests arrived in (prost's `Bytes`), so keeping them for as long as the
+/// entry stays cached would pin kilobytes of receive buffer per command (a bulk load held
+/// over a gigabyte that way). The encoded entry is one exact-size buffer.
 #[derive(Clone)]
 pub struct Proposal {
     data: Bytes,
-    commands: Option<Arc<Vec<Command>>>,
 }
 
 impl Proposal {
@@ -70,18 +73,12 @@ impl Proposal {
     pub fn new(commands: Vec<Command>) -> Proposal {
         let mut buf = Vec::with_capacity(mast_mvcc::command::entry_len(&commands));
         mast_mvcc::encode_entry(&commands, &mut buf);
-        Proposal {
-            data: buf.into(),
-            commands: Some(Arc::new(commands)),
-        }
+        Proposal { data: buf.into() }
     }
 
-    /// A proposal read back from the log or the network (decoded when applied).
+    /// A proposal read back from the log or the network.
     pub fn from_bytes(data: Bytes) -> Proposal {
-        Proposal {
-            data,
-            commands: None,
-        }
+        Proposal { data }
     }
 
     /// The encoded entry.
@@ -89,15 +86,12 @@ impl Proposal {
         &self.data
     }
 
-    /// The commands, decoding them if this member did not propose them.
+    /// The commands, decoded.
     ///
     /// # Errors
     /// [`CodecError`] when the bytes are not an entry this build reads.
     pub fn commands(&self) -> Result<Arc<Vec<Command>>, CodecError> {
-        match &self.commands {
-            Some(c) => Ok(c.clone()),
-            None => Ok(Arc::new(mast_mvcc::decode_entry(&self.data)?)),
-        }
+        Ok(Arc::new(mast_mvcc::decode_entry(&self.data)?))
     }
 }
 
