@@ -433,15 +433,26 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             entries,
             leader_commit: enc_opt_log_id(&rpc.leader_commit),
         };
+        let heartbeat = req.entries.is_empty();
         let mut client = self
             .peers
             .client(self.target)
             .map_err(|e| self.rpc_error(e))?;
+        let sent = std::time::Instant::now();
         let resp = client
             .append_entries(req)
             .await
             .map_err(|s| self.rpc_error(Peers::status_error(self.target, s)))?
             .into_inner();
+        if heartbeat {
+            // An empty AppendEntries (a heartbeat) costs the follower no disk write, so its
+            // answer time is the peer round trip etcd reports.
+            metrics::histogram!(
+                "etcd_network_peer_round_trip_time_seconds",
+                "To" => format!("{:x}", self.target)
+            )
+            .record(sent.elapsed().as_secs_f64());
+        }
         let bad = |e: mast_mvcc::CodecError| {
             RPCError::Network(NetworkError::new(&PeerError::BadAnswer {
                 member: self.target,

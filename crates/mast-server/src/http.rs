@@ -29,7 +29,19 @@ use crate::serve::ClientAddr;
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // etcd's peer round-trip histogram: 16 buckets from 0.1 ms, each twice the last.
+        let rtt_buckets: Vec<f64> = (0..16).map(|i| 0.0001 * f64::from(1u32 << i)).collect();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(
+                    "etcd_network_peer_round_trip_time_seconds".into(),
+                ),
+                &rtt_buckets,
+            )
+            .map_or_else(
+                |_| PrometheusBuilder::new().build_recorder(),
+                PrometheusBuilder::build_recorder,
+            );
         let handle = recorder.handle();
         // Another recorder may be installed already (tests embedding several servers).
         let _ = metrics::set_global_recorder(recorder);
