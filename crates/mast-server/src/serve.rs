@@ -193,7 +193,17 @@ impl Server {
             tasks.push(spawn_peer(node.clone(), listener, stop_rx.clone())?);
             tracing::info!(address = %local, "serving peers");
         }
-        crate::api::cluster::spawn_publish(node.clone());
+        // As etcd, clients are served once this member has published its name and client URLs
+        // (a member list read right after start shows them), but a member that cannot reach
+        // a quorum serves anyway after a bound, so its status and serializable reads answer.
+        let mut publish = crate::api::cluster::spawn_publish(node.clone());
+        let bound = 3 * node.config.election_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(bound, &mut publish).await.is_err() {
+            tracing::warn!(
+                waited = ?bound,
+                "not yet published to the cluster (no quorum?); serving clients anyway"
+            );
+        }
         if let Some(password) = node.config.root_password.clone() {
             let alone = node.consensus.membership().nodes().count() <= 1;
             let boot = {

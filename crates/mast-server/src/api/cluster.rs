@@ -359,8 +359,8 @@ fn change_error(
 
 /// Tells the cluster this member's name and client URLs once it has started, as etcd's
 /// `publish`: a member added by `MemberAdd` shows as unstarted until then. Retries until it
-/// is done or the node stops.
-pub fn spawn_publish(node: Arc<Node>) {
+/// is done or the node stops; the returned task ends then.
+pub fn spawn_publish(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let me = node.identity.member_id;
         for attempt in 0..3000u32 {
@@ -395,7 +395,7 @@ pub fn spawn_publish(node: Arc<Node>) {
                 _ = node.shutting_down() => return,
             }
         }
-    });
+    })
 }
 
 fn op_request(
