@@ -74,6 +74,21 @@ fn every_member_serves_etcdctl() {
         out.stdout
     );
 
+    // The leader times its heartbeats to each follower as etcd's peer round-trip histogram.
+    let follower_id = c.status(follower).unwrap().id;
+    let series =
+        format!("etcd_network_peer_round_trip_time_seconds_bucket{{To=\"{follower_id:x}\",le=");
+    let metrics_url = format!("{}/metrics", c.members[leader].endpoint());
+    eventually(Duration::from_secs(5), "peer round-trip metric", || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", &metrics_url])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&series)
+            .then_some(())
+    });
+
     // A txn through a follower.
     let txn = c.members[follower].etcdctl(
         &["txn"],
@@ -533,4 +548,46 @@ fn leases_survive_a_change_of_leader_and_die_with_their_owner() {
         gone - alone_since
     );
     keeper.stop();
+}
+
+/// Every member stopped at once (`kill -9`) and started again: a lease granted before keeps
+/// its key; its remaining TTL is counted again from the new leader's start (as etcd's
+/// `Promote`), never cut short by the time the cluster was down.
+#[test]
+fn no_lease_expires_early_when_every_member_restarts() {
+    let mut c = start(3);
+    c.wait_leader(Duration::from_secs(10)).unwrap();
+    let out = ok(&c.members[0], &["lease", "grant", "20"]);
+    let lease = out.split_whitespace().nth(1).unwrap().to_string();
+    ok(&c.members[1], &["put", "held", "1", "--lease", &lease]);
+    for m in &mut c.members {
+        m.kill9();
+    }
+    for m in &mut c.members {
+        m.spawn().expect("start again");
+    }
+    for m in &mut c.members {
+        m.wait_ready().expect("answers after the restart");
+    }
+    c.wait_leader(Duration::from_secs(15))
+        .expect("a leader after every member restarted");
+    for m in &c.members {
+        assert_eq!(
+            ok(m, &["get", "held", "--print-value-only", "--consistency=s"]).trim(),
+            "1",
+            "the key of a live lease is gone on {}",
+            m.name()
+        );
+    }
+    let ttl = ok(&c.members[2], &["lease", "timetolive", &lease]);
+    let remaining: i64 = ttl
+        .split("remaining(")
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no remaining TTL in: {ttl}"));
+    assert!(
+        remaining > 10,
+        "the lease lost its TTL across the restart: {ttl}"
+    );
 }
