@@ -60,10 +60,13 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 # protoc's well-known types (google/protobuf/*.proto) are only a recommendation of
 # protobuf-compiler, which --no-install-recommends leaves out.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+# curl and openssl: the TLS tests probe client and peer ports with them.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 else
-  log "etcd, etcdctl, protoc: present"
+  log "etcd, etcdctl, protoc, curl, openssl: present"
 fi
 
 # 2. Node.js and npm.
