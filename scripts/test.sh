@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: installs what the tests need (etcd 3.4 + etcdctl from
 # Debian, protoc, the Node etcd3 client), builds the `mast` binary, then runs the Rust tests
-# (unit, property, etcd-client, etcdctl differential, crash) and the Node seed flows.
+# (unit, property, etcd-client, etcdctl differential, crash, cluster, Go client) and the Node
+# seed flows, against one member and against three.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,3 +20,6 @@ cargo test --locked --workspace -- --test-threads=2
 
 echo "== node --test (seeds' etcd3 flows against Mast)"
 (cd tests/node && node --test)
+
+echo "== node --test seeds.test.mjs (the same flows against 3 members, every endpoint given)"
+(cd tests/node && NODE_TEST_MEMBERS=3 node --test seeds.test.mjs)

@@ -15,6 +15,11 @@
 //                             --trusted-ca-file/--client-cert-auth. `ca` is also what the probe
 //                             trusts; clientCert/clientKey are what the probe presents.
 //   args: [...], env: {...} -> extra server arguments / environment.
+//   member: { name, peerPort, initialCluster, token } -> start as one member of a new cluster
+//                             (used by startCluster(), which starts every member at once).
+//
+// startCluster(n) starts n members of one new cluster (Mast or etcd, as above) and answers
+// like startServer(), plus `hosts`: every member's client URL, for `new Etcd3({ hosts })`.
 
 import { execFile, spawn } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
@@ -167,7 +172,13 @@ export function tlsCredentials(tls, { withClientCert = true } = {}) {
  * options (hosts, credentials, auth as root) the readiness probe connected with.
  * stop() sends SIGTERM to the child's PID, SIGKILL after 3 s, and removes the data dir.
  */
-export async function startServer({ rootPassword, tls, args: extraArgs = [], env: extraEnv = {} } = {}) {
+export async function startServer({
+  rootPassword,
+  tls,
+  args: extraArgs = [],
+  env: extraEnv = {},
+  member,
+} = {}) {
   const clientPort = await freePort();
   const scheme = tls ? 'https' : 'http';
   const url = `${scheme}://${HOST}:${clientPort}`;
@@ -180,6 +191,18 @@ export async function startServer({ rootPassword, tls, args: extraArgs = [], env
     if (tls.clientCertAuth) tlsArgs.push('--trusted-ca-file', tls.ca, '--client-cert-auth');
   }
 
+  const name = member ? member.name : 'node-test';
+  const memberArgs = [];
+  if (member) {
+    const peer = `http://${HOST}:${member.peerPort}`;
+    memberArgs.push(
+      '--listen-peer-urls', peer,
+      '--initial-advertise-peer-urls', peer,
+      '--initial-cluster', member.initialCluster,
+      '--initial-cluster-token', member.token,
+    );
+  }
+
   let cmd;
   let args;
   let kind;
@@ -189,10 +212,11 @@ export async function startServer({ rootPassword, tls, args: extraArgs = [], env
     cmd = process.env.MAST_BIN;
     args = [
       'serve',
-      '--name', 'node-test',
+      '--name', name,
       '--data-dir', dataDir,
       '--listen-client-urls', url,
       '--advertise-client-urls', url,
+      ...memberArgs,
       ...tlsArgs,
       ...extraArgs,
     ];
@@ -200,17 +224,22 @@ export async function startServer({ rootPassword, tls, args: extraArgs = [], env
   } else {
     kind = 'etcd';
     cmd = process.env.ETCD_BIN || '/usr/bin/etcd';
-    let peerPort = await freePort();
-    while (peerPort === clientPort) peerPort = await freePort();
-    const peer = `http://${HOST}:${peerPort}`;
+    if (!member) {
+      let peerPort = await freePort();
+      while (peerPort === clientPort) peerPort = await freePort();
+      const peer = `http://${HOST}:${peerPort}`;
+      memberArgs.push(
+        '--listen-peer-urls', peer,
+        '--initial-advertise-peer-urls', peer,
+        '--initial-cluster', `node-test=${peer}`,
+      );
+    }
     args = [
-      '--name', 'node-test',
+      '--name', name,
       '--data-dir', dataDir,
       '--listen-client-urls', url,
       '--advertise-client-urls', url,
-      '--listen-peer-urls', peer,
-      '--initial-advertise-peer-urls', peer,
-      '--initial-cluster', `node-test=${peer}`,
+      ...memberArgs,
       ...tlsArgs,
       ...extraArgs,
     ];
@@ -328,4 +357,36 @@ export async function startServer({ rootPassword, tls, args: extraArgs = [], env
   }
 
   return { url, kind, stop, logTail: () => logTail, clientOptions };
+}
+
+/**
+ * Starts `n` members of one new cluster on free loopback ports, all at once (a member answers
+ * a linearizable read only once a quorum is up), and waits until every one answers.
+ * Returns { url (the first member's), hosts (every member's), kind, stop, members }.
+ */
+export async function startCluster(n, options = {}) {
+  const peerPorts = [];
+  while (peerPorts.length < n) {
+    const p = await freePort();
+    if (!peerPorts.includes(p)) peerPorts.push(p);
+  }
+  const names = peerPorts.map((_, i) => `m${i}`);
+  const initialCluster = names.map((name, i) => `${name}=http://${HOST}:${peerPorts[i]}`).join(',');
+  const token = `node-test-${process.pid}-${peerPorts[0]}`;
+  const started = await Promise.allSettled(
+    names.map((name, i) =>
+      startServer({ ...options, member: { name, peerPort: peerPorts[i], initialCluster, token } }),
+    ),
+  );
+  const members = started.filter(s => s.status === 'fulfilled').map(s => s.value);
+  const stop = async () => {
+    await Promise.all(members.map(m => m.stop()));
+  };
+  const failed = started.find(s => s.status === 'rejected');
+  if (failed) {
+    await stop();
+    throw failed.reason;
+  }
+  const hosts = members.map(m => m.url);
+  return { url: hosts[0], hosts, kind: members[0].kind, stop, members };
 }

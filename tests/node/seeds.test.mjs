@@ -12,20 +12,25 @@
 //
 //   cd tests/node && node --test                                   # real etcd 3.4
 //   cd tests/node && MAST_BIN=../../target/debug/mast node --test  # Mast
+//   cd tests/node && MAST_BIN=… NODE_TEST_MEMBERS=3 node --test seeds.test.mjs  # 3 members
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Etcd3, EtcdLeaseInvalidError } from 'etcd3';
-import { onceWithin, startServer, waitFor, withTimeout } from './harness.mjs';
+import { onceWithin, startCluster, startServer, waitFor, withTimeout } from './harness.mjs';
 
 const TEST_TIMEOUT_MS = 20_000; // the slowest test takes ~5 s against etcd
 const EVENT_WAIT_MS = 10_000;
 
 let server;
 
+// NODE_TEST_MEMBERS=3: the same flows against a 3-member cluster, the clients given every
+// member's endpoint (etcd3 spreads its calls over them).
+const MEMBERS = Number(process.env.NODE_TEST_MEMBERS || 1);
+
 before(async () => {
-  server = await startServer();
+  server = MEMBERS > 1 ? await startCluster(MEMBERS) : await startServer();
 });
 
 after(async () => {
@@ -61,7 +66,7 @@ function scope(t) {
   });
   return {
     client() {
-      const c = new Etcd3({ hosts: server.url });
+      const c = new Etcd3({ hosts: server.hosts ?? server.url });
       clients.push(c);
       return c;
     },
