@@ -537,13 +537,11 @@ impl ForwardHandler for Forwarder {
         if !node.consensus.is_leader() {
             return Err(EtcdError::NotLeader.into());
         }
-        let waits: Vec<_> = commands
-            .into_iter()
-            .map(|c| node.writer.submit(c))
-            .collect();
-        let mut out = Vec::with_capacity(waits.len());
-        for w in waits {
-            out.push(match w.await {
+        // All at once: they join the leader's next entries together.
+        let results = node.writer.submit_all(commands).await;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            out.push(match r {
                 Ok(r) => Ok(r),
                 Err(EtcdError::Mvcc(e)) => Err(e),
                 Err(EtcdError::Auth(a)) => Err(MvccError::Auth(a)),

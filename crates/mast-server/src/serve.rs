@@ -148,7 +148,16 @@ fn spawn_peer(
     }
     drop(node);
     Ok(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // `Server::tcp_nodelay` covers only listeners tonic binds itself: without it here a
+        // follower's hand-over waited on Nagle and delayed ACKs (~40 ms per answer).
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |conn| {
+                conn.inspect(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                })
+            },
+        );
         let r = builder
             .add_service(svc.into_server())
             .serve_with_incoming_shutdown(incoming, async move {

@@ -134,6 +134,34 @@ impl Writer {
             .map_err(|_| EtcdError::Stopped)?;
         rx.await.map_err(|_| EtcdError::Stopped)?
     }
+
+    /// Proposes every command of `cmds`, in order, without waiting for one result before
+    /// sending the next, so they join the same entries as far as [`MAX_BATCH`] allows; returns
+    /// their results in the same order once their entries are applied. This is how the leader
+    /// takes a follower's hand-over: one forwarded batch must not become one entry per command.
+    pub async fn submit_all(&self, cmds: Vec<Command>) -> Vec<Result<CommandResult, EtcdError>> {
+        let mailbox = HOME.with(|h| h.borrow().clone());
+        let mut waits = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let (tx, rx) = oneshot::channel();
+            let reply = Reply {
+                tx,
+                mailbox: mailbox.clone(),
+            };
+            match self.tx.send((cmd, reply)).await {
+                Ok(()) => waits.push(Some(rx)),
+                Err(_) => waits.push(None),
+            }
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for w in waits {
+            out.push(match w {
+                Some(rx) => rx.await.unwrap_or(Err(EtcdError::Stopped)),
+                None => Err(EtcdError::Stopped),
+            });
+        }
+        out
+    }
 }
 
 async fn propose_loop(consensus: Arc<Consensus>, mut rx: mpsc::Receiver<(Command, Reply)>) {
