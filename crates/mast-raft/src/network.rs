@@ -198,8 +198,10 @@ impl Peers {
         }
     }
 
-    /// Hands `commands` to the leader `leader` and returns its results, one per command. The
-    /// leader refuses them if they reach it after `deadline` (compared with its wall clock).
+    /// Hands `commands` to the leader `leader` and returns its results, one per command, and
+    /// the Raft log index (counted from 1; 0 if the leader did not say) of the entry holding
+    /// them. The leader refuses them if they reach it after `deadline` (compared with its wall
+    /// clock).
     ///
     /// # Errors
     /// [`PeerError`] when the leader cannot be reached or refuses (it may no longer lead, or
@@ -209,7 +211,7 @@ impl Peers {
         leader: MemberId,
         commands: &[Command],
         deadline: std::time::SystemTime,
-    ) -> Result<Vec<Result<CommandResult, MvccError>>, PeerError> {
+    ) -> Result<(Vec<Result<CommandResult, MvccError>>, u64), PeerError> {
         let mut buf = Vec::with_capacity(mast_mvcc::command::entry_len(commands));
         mast_mvcc::encode_entry(commands, &mut buf);
         let resp = self
@@ -222,7 +224,8 @@ impl Peers {
             .await
             .map_err(|s| Self::status_error(leader, s))?
             .into_inner();
-        resp.results
+        let results = resp
+            .results
             .iter()
             .map(|r| {
                 mast_mvcc::decode_result(r).map_err(|e| PeerError::BadAnswer {
@@ -230,7 +233,8 @@ impl Peers {
                     message: e.to_string(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((results, resp.index))
     }
 
     /// Asks the leader for a read index (the store's entry index a linearizable read waits
@@ -574,11 +578,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 /// What the server does with client requests a follower hands to this member (the leader).
 pub trait ForwardHandler: Send + Sync + 'static {
     /// Proposes `commands` (through the same batching as local writes) and returns one result
-    /// per command.
+    /// per command, and the highest Raft log index (counted from 1) of the entries they went
+    /// into.
     fn propose(
         &self,
         commands: Vec<Command>,
-    ) -> impl Future<Output = Result<Vec<Result<CommandResult, MvccError>>, Status>> + Send;
+    ) -> impl Future<Output = Result<(Vec<Result<CommandResult, MvccError>>, u64), Status>> + Send;
 
     /// Confirms leadership with a quorum and returns the Raft index (counted from 1) a
     /// linearizable read must see applied.
@@ -792,7 +797,7 @@ impl<H: ForwardHandler> pb::peer_server::Peer for PeerService<H> {
             ));
         }
         let commands = mast_mvcc::decode_entry(&req.commands).map_err(bad_request)?;
-        let results = self.handler.propose(commands).await?;
+        let (results, index) = self.handler.propose(commands).await?;
         let results = results
             .iter()
             .map(|r| {
@@ -801,7 +806,7 @@ impl<H: ForwardHandler> pb::peer_server::Peer for PeerService<H> {
                 Bytes::from(b)
             })
             .collect();
-        Ok(Response::new(pb::ProposeResponse { results }))
+        Ok(Response::new(pb::ProposeResponse { results, index }))
     }
 
     async fn read_index(

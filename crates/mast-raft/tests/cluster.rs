@@ -29,7 +29,13 @@ impl ForwardHandler for NoForward {
     async fn propose(
         &self,
         _commands: Vec<Command>,
-    ) -> Result<Vec<Result<mast_mvcc::CommandResult, mast_mvcc::MvccError>>, Status> {
+    ) -> Result<
+        (
+            Vec<Result<mast_mvcc::CommandResult, mast_mvcc::MvccError>>,
+            u64,
+        ),
+        Status,
+    > {
         Err(Status::unimplemented("not in this test"))
     }
     async fn read_index(&self) -> Result<u64, Status> {

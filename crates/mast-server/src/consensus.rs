@@ -201,11 +201,15 @@ impl Consensus {
     /// when leadership moved while they were in flight (they may or may not have been
     /// applied, as etcd's), [`EtcdError::Stopped`] when Raft has stopped, the leader's answer
     /// for a refused hand-over.
+    ///
+    /// On a follower the answer waits until this member has applied the entry itself, as
+    /// etcd's proposer waits for its own apply: a client that reads (serializable), watches or
+    /// uses a token on the member that took its write then sees the write.
     pub async fn propose(
         &self,
         commands: Vec<Command>,
         wanted: impl Fn() -> bool,
-    ) -> Result<Vec<Result<CommandResult, MvccError>>, EtcdError> {
+    ) -> Result<Proposed, EtcdError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let wall_deadline = std::time::SystemTime::now() + self.request_timeout;
         let mut leader = self.wait_leader(deadline).await?;
@@ -218,7 +222,10 @@ impl Consensus {
             match tokio::time::timeout(left, self.peers.propose(leader, &commands, wall_deadline))
                 .await
             {
-                Ok(Ok(results)) => return Ok(results),
+                Ok(Ok((results, index))) => {
+                    self.wait_applied(index, deadline).await?;
+                    return Ok(Proposed { results, index });
+                }
                 Ok(Err(e)) if never_sent(&e) => {
                     match self.wait_leader_other_than(leader, deadline).await {
                         Some(next) if wanted() => leader = next,
@@ -232,7 +239,10 @@ impl Consensus {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let proposal = mast_raft::Proposal::new(commands);
         match tokio::time::timeout(left, self.raft.client_write(proposal)).await {
-            Ok(Ok(r)) => Ok(r.data.results),
+            Ok(Ok(r)) => Ok(Proposed {
+                results: r.data.results,
+                index: r.log_id.index + 1,
+            }),
             Ok(Err(openraft::error::RaftError::APIError(
                 openraft::error::ClientWriteError::ForwardToLeader(_),
             ))) => Err(EtcdError::LeaderChanged),
@@ -242,6 +252,29 @@ impl Consensus {
             Ok(Err(openraft::error::RaftError::Fatal(_))) => Err(EtcdError::Stopped),
             Err(_) => Err(EtcdError::Timeout),
         }
+    }
+
+    /// Waits until this member has applied the entry at `index` (counted from 1; 0 waits for
+    /// nothing), or `deadline`.
+    ///
+    /// # Errors
+    /// [`EtcdError::Timeout`] at the deadline (the entry is committed, as with etcd's
+    /// `request timed out` after a proposal).
+    pub(crate) async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), EtcdError> {
+        if index == 0 {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index - 1), "forwarded write")
+            .await
+            .map(drop)
+            .map_err(|_| EtcdError::Timeout)
     }
 
     /// Waits until a member other than `old` leads, or `deadline` (then `None`).
@@ -381,6 +414,16 @@ pub(crate) fn peer_error(e: PeerError) -> EtcdError {
         }
         PeerError::BadAnswer { message, .. } => EtcdError::Internal(message),
     }
+}
+
+/// What [`Consensus::propose`] answers: one result per command, and the Raft log index of
+/// the entry they went into, counted from 1.
+#[derive(Debug)]
+pub struct Proposed {
+    /// One result per command, in order.
+    pub results: Vec<Result<CommandResult, MvccError>>,
+    /// The entry's log index, counted from 1.
+    pub index: u64,
 }
 
 /// The leader's lessor checkpoints: every [`CHECKPOINT_INTERVAL`], the remaining time of the
@@ -532,13 +575,13 @@ impl ForwardHandler for Forwarder {
     async fn propose(
         &self,
         commands: Vec<Command>,
-    ) -> Result<Vec<Result<CommandResult, MvccError>>, tonic::Status> {
+    ) -> Result<(Vec<Result<CommandResult, MvccError>>, u64), tonic::Status> {
         let node = self.node()?;
         if !node.consensus.is_leader() {
             return Err(EtcdError::NotLeader.into());
         }
         // All at once: they join the leader's next entries together.
-        let results = node.writer.submit_all(commands).await;
+        let (results, index) = node.writer.submit_all(commands).await;
         let mut out = Vec::with_capacity(results.len());
         for r in results {
             out.push(match r {
@@ -548,7 +591,7 @@ impl ForwardHandler for Forwarder {
                 Err(e) => return Err(e.into()),
             });
         }
-        Ok(out)
+        Ok((out, index))
     }
 
     async fn read_index(&self) -> Result<u64, tonic::Status> {

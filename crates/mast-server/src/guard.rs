@@ -8,6 +8,10 @@
 //!   too, as etcd's stream interceptor does.
 //! - a gRPC call carrying the metadata `hasleader: true` (what `clientv3.WithRequireLeader`
 //!   sends) fails with `etcdserver: no leader` (Unavailable) while this member knows no leader.
+//! - a call carrying a simple token issued at a Raft index this member has not applied yet
+//!   (the client logged in on another member a moment ago) waits until it has, for up to the
+//!   request timeout, as etcd's simple-token check waits for its index: the token is then
+//!   known here instead of `invalid auth token`.
 
 use std::sync::Arc;
 
@@ -75,7 +79,29 @@ pub async fn check(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
     {
         return refuse(grpc, EtcdError::NoLeader);
     }
+    if let Some(index) = token_index(&node, req.headers())
+        && node.consensus.applied_index() < index
+    {
+        let deadline = tokio::time::Instant::now() + node.consensus.request_timeout;
+        // At the deadline the handler refuses the token, as etcd's does.
+        let _ = node.consensus.wait_applied(index, deadline).await;
+    }
     next.run(req).await
+}
+
+/// The Raft index a request's simple token was issued at, when auth is on and it carries one
+/// (gRPC metadata `token`, or `Authorization` on the gateway).
+fn token_index(node: &Node, headers: &http::HeaderMap) -> Option<u64> {
+    let token = headers
+        .get("token")
+        .or_else(|| headers.get(http::header::AUTHORIZATION))?
+        .to_str()
+        .ok()?;
+    let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
+    if !node.store.auth().enabled() {
+        return None;
+    }
+    node.tokens.simple_token_index(token)
 }
 
 #[cfg(test)]

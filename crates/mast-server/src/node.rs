@@ -384,6 +384,15 @@ impl Node {
         self.writer.submit(cmd).await
     }
 
+    /// As [`Node::write`], also returning the Raft log index (counted from 1) of the entry
+    /// the command went into.
+    ///
+    /// # Errors
+    /// As [`Node::write`].
+    pub async fn write_indexed(&self, cmd: Command) -> Result<(CommandResult, u64), EtcdError> {
+        self.writer.submit_indexed(cmd).await
+    }
+
     /// The largest request accepted, in bytes (`--max-request-bytes`); larger ones are refused
     /// with [`EtcdError::RequestTooLarge`].
     pub fn max_request_bytes(&self) -> usize {

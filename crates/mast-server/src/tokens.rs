@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -112,7 +111,6 @@ enum Kind {
     Simple {
         ttl: Duration,
         tokens: Mutex<HashMap<String, SimpleEntry>>,
-        index: AtomicU64,
     },
     Jwt(Box<Jwt>),
 }
@@ -140,7 +138,6 @@ impl TokenProvider {
             kind: Kind::Simple {
                 ttl,
                 tokens: Mutex::new(HashMap::new()),
-                index: AtomicU64::new(1),
             },
         }
     }
@@ -217,24 +214,27 @@ impl TokenProvider {
         }
     }
 
-    /// Issues a token for `user` at auth revision `revision`.
+    /// Issues a token for `user` at auth revision `revision`, known to this member only (a
+    /// server's own tokens; clients get simple tokens through a `SimpleToken` entry, see
+    /// [`TokenProvider::new_simple_token`]).
     ///
     /// # Errors
     /// When signing a JWT fails or the server holds only a public key.
     pub fn assign(&self, user: &str, revision: u64) -> anyhow::Result<String> {
         match &self.kind {
-            Kind::Simple { ttl, tokens, index } => {
+            Kind::Simple { ttl, tokens } => {
                 let rand: String = rand::rng()
                     .sample_iter(rand::distr::Alphabetic)
                     .take(16)
                     .map(char::from)
                     .collect();
-                let token = format!("{rand}.{}", index.fetch_add(1, Ordering::Relaxed));
+                // Index 0: known here at once, nothing to wait for.
+                let token = format!("{rand}.0");
                 let mut tokens = tokens.lock().expect("token lock");
                 let now = Instant::now();
                 tokens.retain(|_, e| e.expires > now);
                 tokens.insert(
-                    token.clone(),
+                    rand,
                     SimpleEntry {
                         info: AuthInfo {
                             user: user.to_string(),
@@ -264,17 +264,32 @@ impl TokenProvider {
         }
     }
 
-    /// A fresh simple token to propose (see [`TokenProvider::register`]), or `None` when tokens
-    /// are JWTs (signed here, needing nobody else).
+    /// The random part of a fresh simple token, to propose in a `SimpleToken` entry (see
+    /// [`TokenProvider::register`]), or `None` when tokens are JWTs (signed here, needing
+    /// nobody else). The token handed to the client is `<prefix>.<index>`, `index` being the
+    /// Raft log index of that entry (counted from 1), as etcd's simple tokens: a member that
+    /// gets the token before it has applied the entry waits for it
+    /// ([`TokenProvider::simple_token_index`]) instead of refusing it.
     pub fn new_simple_token(&self) -> Option<String> {
         match &self.kind {
-            Kind::Simple { index, .. } => {
-                let rand: String = rand::rng()
+            Kind::Simple { .. } => Some(
+                rand::rng()
                     .sample_iter(rand::distr::Alphabetic)
                     .take(16)
                     .map(char::from)
-                    .collect();
-                Some(format!("{rand}.{}", index.fetch_add(1, Ordering::Relaxed)))
+                    .collect(),
+            ),
+            Kind::Jwt(_) => None,
+        }
+    }
+
+    /// The Raft log index (counted from 1) a simple token `<prefix>.<index>` was issued at;
+    /// `None` for anything else (a JWT has three dot-separated parts).
+    pub fn simple_token_index(&self, token: &str) -> Option<u64> {
+        match &self.kind {
+            Kind::Simple { .. } => {
+                let (_, index) = token.split_once('.')?;
+                index.parse().ok()
             }
             Kind::Jwt(_) => None,
         }
@@ -288,7 +303,7 @@ impl TokenProvider {
             let now = Instant::now();
             tokens.retain(|_, e| e.expires > now);
             tokens.insert(
-                token.to_string(),
+                simple_key(token).to_string(),
                 SimpleEntry {
                     info: AuthInfo {
                         user: user.to_string(),
@@ -330,9 +345,10 @@ impl TokenProvider {
             Kind::Simple { ttl, tokens, .. } => {
                 let mut tokens = tokens.lock().expect("token lock");
                 let now = Instant::now();
-                let e = tokens.get_mut(token)?;
+                let key = simple_key(token);
+                let e = tokens.get_mut(key)?;
                 if e.expires <= now {
-                    tokens.remove(token);
+                    tokens.remove(key);
                     return None;
                 }
                 e.expires = now + *ttl;
@@ -348,6 +364,12 @@ impl TokenProvider {
             }
         }
     }
+}
+
+/// What a simple token is kept under: its random part (before the `.<index>` suffix), so the
+/// entry that registers it need not know its own index.
+fn simple_key(token: &str) -> &str {
+    token.split_once('.').map_or(token, |(key, _)| key)
 }
 
 /// Slows down password guessing through Authenticate. Failures are counted under three keys:

@@ -31,17 +31,21 @@ pub const MAX_IN_FLIGHT: usize = 2;
 
 type Outcome = Result<CommandResult, EtcdError>;
 
+/// A command's outcome and the Raft log index of its entry, counted from 1 (0 when it never
+/// reached the log).
+type Delivered = (Outcome, u64);
+
 /// Where a command's result goes: the waiting task's channel, and the mailbox of the
 /// connection thread the task runs on, if any.
 struct Reply {
-    tx: oneshot::Sender<Outcome>,
+    tx: oneshot::Sender<Delivered>,
     mailbox: Option<Arc<Mailbox>>,
 }
 
 /// Results for the tasks of one connection thread, handed over with one wake-up per group
 /// (see the module docs).
 pub(crate) struct Mailbox {
-    waiting: Mutex<Vec<(oneshot::Sender<Outcome>, Outcome)>>,
+    waiting: Mutex<Vec<(oneshot::Sender<Delivered>, Delivered)>>,
     ready: tokio::sync::Notify,
 }
 
@@ -82,7 +86,7 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn send(&mut self, reply: Reply, outcome: Outcome) {
+    fn send(&mut self, reply: Reply, outcome: Delivered) {
         match reply.mailbox {
             None => {
                 let _ = reply.tx.send(outcome);
@@ -126,20 +130,34 @@ impl Writer {
     /// The store's refusal ([`EtcdError::Mvcc`], [`EtcdError::Auth`]), or the proposal's
     /// failure (no leader, a timeout, the leader changed, the server stopping).
     pub async fn submit(&self, cmd: Command) -> Result<CommandResult, EtcdError> {
+        Ok(self.submit_indexed(cmd).await?.0)
+    }
+
+    /// As [`Writer::submit`], also returning the Raft log index (counted from 1) of the
+    /// entry the command went into.
+    ///
+    /// # Errors
+    /// As [`Writer::submit`].
+    pub async fn submit_indexed(&self, cmd: Command) -> Result<(CommandResult, u64), EtcdError> {
         let (tx, rx) = oneshot::channel();
         let mailbox = HOME.with(|h| h.borrow().clone());
         self.tx
             .send((cmd, Reply { tx, mailbox }))
             .await
             .map_err(|_| EtcdError::Stopped)?;
-        rx.await.map_err(|_| EtcdError::Stopped)?
+        let (outcome, index) = rx.await.map_err(|_| EtcdError::Stopped)?;
+        Ok((outcome?, index))
     }
 
     /// Proposes every command of `cmds`, in order, without waiting for one result before
     /// sending the next, so they join the same entries as far as [`MAX_BATCH`] allows; returns
     /// their results in the same order once their entries are applied. This is how the leader
     /// takes a follower's hand-over: one forwarded batch must not become one entry per command.
-    pub async fn submit_all(&self, cmds: Vec<Command>) -> Vec<Result<CommandResult, EtcdError>> {
+    /// Also returns the highest Raft log index (counted from 1) of the entries they went into.
+    pub async fn submit_all(
+        &self,
+        cmds: Vec<Command>,
+    ) -> (Vec<Result<CommandResult, EtcdError>>, u64) {
         let mailbox = HOME.with(|h| h.borrow().clone());
         let mut waits = Vec::with_capacity(cmds.len());
         for cmd in cmds {
@@ -154,13 +172,16 @@ impl Writer {
             }
         }
         let mut out = Vec::with_capacity(waits.len());
+        let mut last = 0;
         for w in waits {
-            out.push(match w {
-                Some(rx) => rx.await.unwrap_or(Err(EtcdError::Stopped)),
-                None => Err(EtcdError::Stopped),
-            });
+            let (outcome, index) = match w {
+                Some(rx) => rx.await.unwrap_or((Err(EtcdError::Stopped), 0)),
+                None => (Err(EtcdError::Stopped), 0),
+            };
+            last = last.max(index);
+            out.push(outcome);
         }
-        out
+        (out, last)
     }
 }
 
@@ -195,15 +216,15 @@ async fn propose_loop(consensus: Arc<Consensus>, mut rx: mpsc::Receiver<(Command
             metrics::gauge!("etcd_server_proposals_pending").decrement(1.0);
             let mut outbox = Outbox::default();
             match result {
-                Ok(results) => {
-                    for (reply, r) in replies.into_iter().zip(results) {
-                        outbox.send(reply, r.map_err(EtcdError::from));
+                Ok(proposed) => {
+                    for (reply, r) in replies.into_iter().zip(proposed.results) {
+                        outbox.send(reply, (r.map_err(EtcdError::from), proposed.index));
                     }
                 }
                 Err(e) => {
                     metrics::counter!("etcd_server_proposals_failed_total").increment(1);
                     for reply in replies {
-                        outbox.send(reply, Err(e.clone_for_waiters()));
+                        outbox.send(reply, (Err(e.clone_for_waiters()), 0));
                     }
                 }
             }

@@ -129,15 +129,17 @@ pub async fn authenticate(
         return Err(AuthError::AuthFailed.into());
     }
     let token = match node.tokens.new_simple_token() {
-        // A simple token goes through the log, so every member knows it (as etcd's).
-        Some(token) => {
-            node.write(Command::SimpleToken {
-                user: req.name.clone(),
-                token: token.clone(),
-                auth_revision: revision,
-            })
-            .await?;
-            token
+        // A simple token goes through the log, so every member knows it, and carries the
+        // index of its entry, so a member that has not applied it yet waits (as etcd's).
+        Some(prefix) => {
+            let (_, index) = node
+                .write_indexed(Command::SimpleToken {
+                    user: req.name.clone(),
+                    token: prefix.clone(),
+                    auth_revision: revision,
+                })
+                .await?;
+            format!("{prefix}.{index}")
         }
         None => node
             .tokens
