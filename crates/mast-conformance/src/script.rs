@@ -49,6 +49,22 @@
 //!   compared.
 //! - `snapshot save`: only the exit code and the line `Snapshot saved at <dir>/snap.db` (the
 //!   file's format is the storage engine's).
+//!
+//! With [`Setup::members`] = 3 both sides are 3-member clusters and etcdctl gets every member's
+//! endpoint, so steps land on different members; on top of the above:
+//! - every member's endpoint and directory → `<endpoint>` / `<dir>` (rows keep their order);
+//! - `endpoint status`: `leader` → `<a member>` when it is one of the members answering (which
+//!   member wins the election is not the point);
+//! - `member list`: every ID → `<member_id>`, members sorted by name (etcd lists them in ID
+//!   order, and IDs are random per cluster);
+//! - `endpoint health`: lines (and JSON array items) sorted, as etcdctl prints each result when
+//!   its check ends.
+//! - `lease list`: sorted (a follower's lessor keeps no expiry, so etcd's expiry order holds
+//!   only on the leader);
+//! - `snapshot save` goes to the first member only ([`Step::one_member`]): etcdctl refuses
+//!   several endpoints for it.
+//! - a step marked [`Step::not_in_cluster`] is left out on both sides, with its reason (etcd
+//!   3.4 behaviour seen only in a cluster that Mast does not copy).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -58,6 +74,9 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::{Output, Server, ServerKind, mast_binary, mast_binary_exists};
+
+/// No extra environment for an etcdctl call.
+const NO_ENV: &[(&str, &str)] = &[];
 
 /// How a step's output is normalized before comparison (on top of what every step gets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +99,9 @@ pub enum Norm {
     MemberList,
     /// `-w fields`: `"Name" : value` lines.
     Fields,
+    /// `lease list`, simple or JSON: in expiry order on one member; in a cluster, a
+    /// follower's leases have no expiry (only the leader's lessor counts), so sorted there.
+    LeaseList,
 }
 
 /// What a step does.
@@ -108,6 +130,12 @@ pub struct Step {
     why: &'static str,
     action: Action,
     norm: Norm,
+    /// In a cluster run, etcdctl gets only the first member's endpoint (`snapshot save`
+    /// refuses several).
+    one_member: bool,
+    /// Why the step is left out of cluster runs, if it is (an etcd behaviour in a cluster that
+    /// Mast does not copy).
+    not_in_cluster: Option<&'static str>,
     /// Remember the lease ID this step prints under this name; later arguments say
     /// `{lease:NAME}` and get each server's own ID.
     capture_lease: Option<&'static str>,
@@ -156,6 +184,8 @@ pub fn ctl(why: &'static str, line: &str) -> Step {
             stdin: None,
         },
         norm: Norm::Text,
+        one_member: false,
+        not_in_cluster: None,
         capture_lease: None,
         expect_code: None,
         env: Vec::new(),
@@ -181,6 +211,8 @@ pub fn watch(why: &'static str, line: &str, during: &[&str]) -> Step {
             during: during.iter().map(|l| words(l)).collect(),
         },
         norm: Norm::Text,
+        one_member: false,
+        not_in_cluster: None,
         capture_lease: None,
         expect_code: None,
         env: Vec::new(),
@@ -193,6 +225,8 @@ pub fn sleep(why: &'static str, d: Duration) -> Step {
         why,
         action: Action::Sleep(d),
         norm: Norm::Text,
+        one_member: false,
+        not_in_cluster: None,
         capture_lease: None,
         expect_code: None,
         env: Vec::new(),
@@ -203,6 +237,18 @@ impl Step {
     /// Sets how the output is normalized.
     pub fn norm(mut self, norm: Norm) -> Self {
         self.norm = norm;
+        self
+    }
+    /// In a cluster run, talks to the first member only (etcdctl's `snapshot save` takes one
+    /// endpoint).
+    pub fn one_member(mut self) -> Self {
+        self.one_member = true;
+        self
+    }
+    /// Leaves the step out of cluster runs, for `why` (on both sides, so the state stays the
+    /// same): for etcd behaviour seen only in a cluster that Mast does not copy.
+    pub fn not_in_cluster(mut self, why: &'static str) -> Self {
+        self.not_in_cluster = Some(why);
         self
     }
     /// Normalizes every JSON line of the output ([`Norm::Json`]).
@@ -287,12 +333,19 @@ pub struct Setup {
     /// `{next_rev}` needs) once the script has turned auth on; tried when a read without them
     /// is refused.
     pub probe_user: Option<String>,
+    /// Members on each side: 0 or 1 runs one server each; 3 runs a 3-member etcd cluster and a
+    /// 3-member Mast cluster, and every etcdctl call is given all of a side's endpoints (etcdctl
+    /// picks among them, so consecutive steps land on different members).
+    pub members: usize,
 }
 
 /// One server with what the script learned about it.
 struct Side {
     label: String,
+    /// The first member: its directory is `{dir}`.
     server: Server,
+    /// The other members, in a cluster run.
+    others: Vec<Server>,
     /// Lease IDs captured by name.
     leases: BTreeMap<String, i64>,
     /// See [`Setup::probe_user`].
@@ -333,11 +386,53 @@ impl Side {
         a
     }
 
+    /// Every member's client URL, comma-separated (the first member's only when `one`).
+    fn endpoints(&self, one: bool) -> String {
+        if one {
+            return self.server.endpoint();
+        }
+        std::iter::once(&self.server)
+            .chain(&self.others)
+            .map(Server::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The etcdctl command for `args` against every member, with the TLS flags.
+    fn command<S: AsRef<str>, K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        args: &[S],
+        env: &[(K, V)],
+        one: bool,
+    ) -> std::process::Command {
+        let mut all = self.server.etcdctl_flags();
+        all.extend(args.iter().map(|a| a.as_ref().to_owned()));
+        let mut cmd = crate::etcdctl_command(&self.endpoints(one), &all);
+        for (k, v) in env {
+            cmd.env(k.as_ref(), v.as_ref());
+        }
+        cmd
+    }
+
+    /// Runs etcdctl against every member, bounded as [`Server::etcdctl`].
+    fn etcdctl<S: AsRef<str>, K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        args: &[S],
+        env: &[(K, V)],
+        stdin: Option<&[u8]>,
+        one: bool,
+    ) -> Output {
+        match crate::Background::spawn(self.command(args, env, one), stdin) {
+            Ok(child) => child.finish(crate::ETCDCTL_TIMEOUT),
+            Err(e) => panic!("cannot run etcdctl: {e:#}"),
+        }
+    }
+
     fn run(&mut self, step: &Step) -> Output {
         match &step.action {
             Action::Ctl { args, stdin } => {
                 let args: Vec<String> = args.iter().map(|a| self.subst(a)).collect();
-                self.server.etcdctl_env(&args, &step.env, stdin.as_deref())
+                self.etcdctl(&args, &step.env, stdin.as_deref(), step.one_member)
             }
             Action::Watch { args, during } => {
                 let mut args: Vec<String> = args.iter().map(|a| self.subst(a)).collect();
@@ -348,7 +443,9 @@ impl Side {
                         .map(|a| a.replace("{next_rev}", &next))
                         .collect();
                 }
-                let mut child = self.server.spawn_etcdctl_env(&args, &step.env);
+                let mut child =
+                    crate::Background::spawn(self.command(&args, &step.env, step.one_member), None)
+                        .unwrap_or_else(|e| panic!("cannot run etcdctl: {e:#}"));
                 if !during.is_empty() {
                     // No output says when the watcher exists; starting it at the next revision
                     // makes a late creation replay what it missed, so this pause only keeps
@@ -356,7 +453,7 @@ impl Side {
                     std::thread::sleep(Duration::from_millis(500));
                     for cmd in during {
                         let cmd: Vec<String> = cmd.iter().map(|a| self.subst(a)).collect();
-                        let out = self.server.etcdctl(&cmd, None);
+                        let out = self.etcdctl(&cmd, NO_ENV, None, false);
                         assert!(
                             out.success(),
                             "{}: `etcdctl {}` failed during a watch:\n{out}",
@@ -380,12 +477,12 @@ impl Side {
     /// Range without credentials is refused).
     fn current_revision(&self) -> i64 {
         let mut args = vec!["get", "conformance/revision-probe", "-w", "json"];
-        let mut out = self.server.etcdctl(&args, None);
+        let mut out = self.etcdctl(&args, NO_ENV, None, false);
         if !out.success()
             && let Some(user) = &self.probe_user
         {
             args.extend(["--user", user.as_str()]);
-            out = self.server.etcdctl(&args, None);
+            out = self.etcdctl(&args, NO_ENV, None, false);
         }
         serde_json::from_str::<Value>(&out.stdout)
             .ok()
@@ -427,7 +524,7 @@ impl Side {
             Norm::TimeToLive => self.time_to_live(&stdout),
             Norm::WatchJson => self.watch_json(&stdout),
             Norm::EndpointStatus => map_json_lines(&stdout, |v| self.endpoint_status(v)),
-            Norm::EndpointHealth => normalize_took(&stdout),
+            Norm::EndpointHealth => self.in_any_order(normalize_took(&stdout)),
             Norm::HashKv => map_json_lines(&stdout, |v| {
                 self.json(v);
                 for entry in v.as_array_mut().into_iter().flatten() {
@@ -438,10 +535,11 @@ impl Side {
             }),
             Norm::MemberList => self.member_list(&stdout),
             Norm::Fields => self.fields(&stdout),
+            Norm::LeaseList => self.lease_list(&stdout),
         };
         // Health results go to stderr in etcdctl 3.4.
         let stderr = if step.norm == Norm::EndpointHealth {
-            normalize_took(&stderr)
+            self.in_any_order(normalize_took(&stderr))
         } else {
             stderr
         };
@@ -452,16 +550,16 @@ impl Side {
         }
     }
 
-    /// What every output gets: endpoint, temporary directory and lease IDs.
+    /// What every output gets: endpoints, temporary directories and lease IDs.
     fn common(&self, text: &str) -> String {
-        // Random client port.
-        let mut t = text.replace(&self.server.endpoint(), "<endpoint>");
-        t = t.replace(
-            &format!("127.0.0.1:{}", self.server.client_port()),
-            "<endpoint>",
-        );
-        // Random temporary directory.
-        t = t.replace(&self.server.dir().display().to_string(), "<dir>");
+        let mut t = text.to_owned();
+        for m in std::iter::once(&self.server).chain(&self.others) {
+            // Random client port.
+            t = t.replace(&m.endpoint(), "<endpoint>");
+            t = t.replace(&format!("127.0.0.1:{}", m.client_port()), "<endpoint>");
+            // Random temporary directory.
+            t = t.replace(&m.dir().display().to_string(), "<dir>");
+        }
         // Each server picks its own lease IDs; etcdctl prints them as %016x.
         for (name, id) in &self.leases {
             t = t.replace(&format!("{id:016x}"), &format!("<lease:{name}>"));
@@ -569,6 +667,12 @@ impl Side {
 
     /// `endpoint status -w json` (see the module doc).
     fn endpoint_status(&self, v: &mut Value) {
+        let members: Vec<Value> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["Status"]["header"]["member_id"].clone())
+            .collect();
         for entry in v.as_array_mut().into_iter().flatten() {
             let status = &mut entry["Status"];
             let member_id = status["header"]["member_id"].clone();
@@ -578,9 +682,13 @@ impl Side {
                 Ok(_) => "<semver>".to_owned(),
                 Err(e) => format!("<not a semver: {version:?}: {e}>"),
             });
-            // A single member leads itself.
-            if status["leader"] == member_id && !member_id.is_null() {
+            // A single member leads itself; in a cluster the leader is one of the members
+            // listed (which one is the election's choice).
+            if status["leader"] == member_id && !member_id.is_null() && self.others.is_empty() {
                 status["leader"] = Value::from("<member_id>");
+            }
+            if !self.others.is_empty() && members.contains(&status["leader"]) {
+                status["leader"] = Value::from("<a member>");
             }
             // Storage engine sizes and Raft bookkeeping. Set whether present or not: a zero is
             // omitted by etcdctl's JSON, and Mast (no Raft, another storage engine) may report 0.
@@ -625,8 +733,12 @@ impl Side {
         for line in stdout.lines() {
             if let Ok(mut v) = serde_json::from_str::<Value>(line) {
                 let member_id = v["header"]["member_id"].clone();
+                if let Some(ms) = v["members"].as_array_mut() {
+                    // Listed in ID order, and IDs are random per cluster: by name instead.
+                    ms.sort_by_key(|m| m["name"].as_str().unwrap_or_default().to_owned());
+                }
                 for m in v["members"].as_array_mut().into_iter().flatten() {
-                    if m["ID"] == member_id {
+                    if m["ID"] == member_id || !self.others.is_empty() {
                         m["ID"] = Value::from("<member_id>");
                     }
                     // Present (etcd) or absent (an empty list is omitted): Mast has no peers.
@@ -644,6 +756,49 @@ impl Side {
                 lines.push(fields.join(", "));
             }
         }
+        if !self.others.is_empty() {
+            lines.sort();
+        }
+        lines.join("\n")
+    }
+
+    /// `lease list` (see [`Norm::LeaseList`]).
+    fn lease_list(&self, stdout: &str) -> String {
+        let json = map_json_lines(stdout, |v| {
+            self.json(v);
+            if !self.others.is_empty()
+                && let Some(leases) = v["leases"].as_array_mut()
+            {
+                leases.sort_by_key(Value::to_string);
+            }
+        });
+        if self.others.is_empty() {
+            return json;
+        }
+        // "found N leases" and one ID per line.
+        let mut lines: Vec<&str> = json.lines().collect();
+        if lines.len() > 1 {
+            lines[1..].sort_unstable();
+        }
+        lines.join("\n")
+    }
+
+    /// `endpoint health` of several members: etcdctl prints each result as its check ends.
+    fn in_any_order(&self, text: String) -> String {
+        if self.others.is_empty() {
+            return text;
+        }
+        let mut lines: Vec<String> = text
+            .lines()
+            .map(|line| match serde_json::from_str::<Value>(line) {
+                Ok(Value::Array(mut items)) => {
+                    items.sort_by_key(Value::to_string);
+                    Value::Array(items).to_string()
+                }
+                _ => line.to_owned(),
+            })
+            .collect();
+        lines.sort();
         lines.join("\n")
     }
 }
@@ -769,19 +924,38 @@ pub fn run(script: &[Step], setup: &Setup) {
     } else {
         ServerKind::Mast
     };
+    let start = |kind: ServerKind| -> (Server, Vec<Server>) {
+        if setup.members <= 1 {
+            return (Server::start(kind), Vec::new());
+        }
+        let cluster = crate::cluster::Cluster::start(kind, setup.members)
+            .unwrap_or_else(|e| panic!("{kind:?}: cannot start {} members: {e:#}", setup.members));
+        let mut members = cluster.members;
+        let first = members.remove(0);
+        (first, members)
+    };
+    let (ref_first, ref_others) = start(ServerKind::Etcd);
+    let (cand_first, cand_others) = start(candidate_kind);
+    let suffix = if setup.members > 1 {
+        format!(", {} members", setup.members)
+    } else {
+        String::new()
+    };
     let mut reference = Side {
-        label: "etcd".into(),
-        server: Server::start(ServerKind::Etcd),
+        label: format!("etcd{suffix}"),
+        server: ref_first,
+        others: ref_others,
         leases: BTreeMap::new(),
         probe_user: setup.probe_user.clone(),
     };
     let mut candidate = Side {
         label: if against_etcd {
-            "etcd #2 (MAST_DIFF_AGAINST_ETCD)".into()
+            format!("etcd #2 (MAST_DIFF_AGAINST_ETCD){suffix}")
         } else {
-            "mast".into()
+            format!("mast{suffix}")
         },
-        server: Server::start(candidate_kind),
+        server: cand_first,
+        others: cand_others,
         leases: BTreeMap::new(),
         probe_user: setup.probe_user.clone(),
     };
@@ -792,6 +966,17 @@ pub fn run(script: &[Step], setup: &Setup) {
         let n = n + 1;
         if let Action::Sleep(d) = step.action {
             std::thread::sleep(d);
+            continue;
+        }
+        if setup.members > 1
+            && let Some(why) = step.not_in_cluster
+        {
+            if trace {
+                eprintln!(
+                    "=== step {n} `{}` left out of cluster runs: {why}",
+                    step.command_line()
+                );
+            }
             continue;
         }
         // Both servers at once: the servers are independent, and a step's time (logins,

@@ -265,6 +265,10 @@ fn script() -> Vec<Step> {
             ALICE,
             "value(\"/services/app/a\") = \"1\"\n\nput /services/app/t 4\n\nget /other\n\n",
         )
+        .not_in_cluster(
+            "etcd 3.4 in a cluster answers permission denied yet applies the put (seen: the next \
+             read shows t = 4); one etcd member, and Mast, refuse it and change nothing",
+        )
         .fails(),
         txn(
             "a read where alice may only read",
@@ -386,6 +390,19 @@ fn etcdctl_auth_outputs_match_etcd() {
         &script(),
         &Setup {
             probe_user: Some("root:guang".into()),
+            ..Setup::default()
+        },
+    );
+}
+
+/// The same script against 3 etcd members and 3 Mast members, etcdctl given every endpoint.
+#[test]
+fn etcdctl_auth_outputs_match_etcd_on_three_members() {
+    script::run(
+        &script(),
+        &Setup {
+            probe_user: Some("root:guang".into()),
+            members: 3,
         },
     );
 }

@@ -446,9 +446,15 @@ fn members_talk_over_peer_tls(kind: ServerKind) {
         }
     };
     let member = handshake(Some((&certs.server_cert, &certs.server_key)));
-    assert!(member.success(), "a member's certificate is refused: {member:?}");
+    assert!(
+        member.success(),
+        "a member's certificate is refused: {member:?}"
+    );
     let without = handshake(None);
-    assert!(!without.success(), "no client certificate, yet: {without:?}");
+    assert!(
+        !without.success(),
+        "no client certificate, yet: {without:?}"
+    );
     let rogue = handshake(Some((&certs.rogue_cert, &certs.rogue_key)));
     assert!(!rogue.success(), "another CA's certificate, yet: {rogue:?}");
 }
