@@ -173,8 +173,9 @@ impl Cluster {
         self.status(i)
     }
 
-    /// Adds a member through `etcdctl member add` (a learner with `learner`) on member `via`,
-    /// then starts it with `--initial-cluster-state existing` and the cluster etcdctl printed,
+    /// Adds a member through `etcdctl member add` (a learner with `learner`) on member `via`
+    /// (asking again while the cluster answers "unhealthy cluster", for up to 30 s), then
+    /// starts it with `--initial-cluster-state existing` and the cluster etcdctl printed,
     /// and waits until it answers (a learner answers serializable reads only, so a learner is
     /// not waited for). Returns its index.
     ///
@@ -202,10 +203,19 @@ impl Cluster {
         if learner {
             args.push("--learner".into());
         }
-        let out = self.members[via].etcdctl(&args, None);
-        if !out.success() {
-            bail!("member add {name}: {}{}", out.stdout, out.stderr);
-        }
+        // etcd (and Mast) refuse an add until every voter has answered for 5 s ("unhealthy
+        // cluster", etcd's HealthInterval): ask again until then.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let out = loop {
+            let out = self.members[via].etcdctl(&args, None);
+            if out.success() {
+                break out;
+            }
+            if !out.stderr.contains("etcdserver: unhealthy cluster") || Instant::now() >= deadline {
+                bail!("member add {name}: {}{}", out.stdout, out.stderr);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
         let initial = out
             .stdout
             .lines()

@@ -339,9 +339,21 @@ fn membership_grows_and_shrinks_by_etcds_runbook() {
     ok(&c.members[fifth], &["put", "grow/5", "z"]);
 
     // Back to three: remove two members (one of them maybe the leader).
+    // Removing a member that answers needs the others to have answered for 5 s as well
+    // (etcd's "unhealthy cluster" otherwise).
     for gone in [fifth, fourth] {
         let s = c.status(gone).unwrap();
-        ok(&c.members[0], &["member", "remove", &format!("{:x}", s.id)]);
+        eventually(Duration::from_secs(20), "the member removed", || {
+            let out = c.members[0].etcdctl(&["member", "remove", &format!("{:x}", s.id)], None);
+            if !out.success() {
+                assert!(
+                    out.stderr.contains("etcdserver: unhealthy cluster"),
+                    "member remove: {}",
+                    out.stderr
+                );
+            }
+            out.success().then_some(())
+        });
         c.members[gone].stop();
     }
     let list = ok(&c.members[0], &["member", "list"]);
@@ -373,17 +385,22 @@ fn membership_grows_and_shrinks_by_etcds_runbook() {
 
 #[test]
 fn membership_changes_are_refused_as_etcd_refuses_them() {
-    let c = start(3);
+    let mut c = start(3);
     let m = &c.members[0];
-    let taken = m.etcdctl(
-        &[
-            "member",
-            "add",
-            "x",
-            &format!("--peer-urls={}", c.members[1].peer_url()),
-        ],
-        None,
-    );
+    // Until every voter has answered the leader for 5 s, any add is "unhealthy cluster"
+    // (etcd's strict reconfiguration check runs before the others).
+    let taken = eventually(Duration::from_secs(20), "a healthy cluster", || {
+        let out = m.etcdctl(
+            &[
+                "member",
+                "add",
+                "x",
+                &format!("--peer-urls={}", c.members[1].peer_url()),
+            ],
+            None,
+        );
+        (!out.stderr.contains("etcdserver: unhealthy cluster")).then_some(out)
+    });
     assert!(
         taken
             .stderr
@@ -432,6 +449,45 @@ fn membership_changes_are_refused_as_etcd_refuses_them() {
         "{}",
         two.stderr
     );
+
+    // A voter that stops answering makes the cluster unhealthy for adds, as etcd's
+    // isConnectedFullySince. (The leader notices at its next heartbeat; an add that gets in
+    // before is taken back.)
+    let learner = eventually(Duration::from_secs(10), "the learner listed", || {
+        let list = m.etcdctl(&["member", "list"], None);
+        list.stdout
+            .lines()
+            .find(|l| l.ends_with(", true"))
+            .map(|l| l.split(',').next().unwrap().trim().to_string())
+    });
+    ok(m, &["member", "remove", &learner]);
+    c.members[2].kill9();
+    let m = &c.members[0];
+    eventually(Duration::from_secs(20), "unhealthy cluster", || {
+        let out = m.etcdctl(
+            &[
+                "member",
+                "add",
+                "l3",
+                "--learner",
+                "--peer-urls=http://127.0.0.1:3",
+            ],
+            None,
+        );
+        if out.success() {
+            let id = out
+                .stdout
+                .split_whitespace()
+                .nth(1)
+                .expect("member add prints the ID")
+                .to_string();
+            ok(m, &["member", "remove", &id]);
+            return None;
+        }
+        out.stderr
+            .contains("etcdserver: unhealthy cluster")
+            .then_some(())
+    });
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //!
 //! Each check is one `async fn(ServerKind)`, and [`both!`] runs it against a real etcd 3.4 and
 //! against Mast (tests named `<check>::etcd` and `<check>::mast`), so every expectation is proven
-//! on etcd first. Filter with `cargo test -p mast-conformance --test etcd_client -- ::etcd`.
+//! on etcd first; and again against 3 etcd members and 3 Mast members with the client given
+//! every endpoint (`<check>::etcd_3`, `<check>::mast_3`). Filter with `cargo test -p mast-conformance --test etcd_client -- ::etcd`.
 //! The Mast variants need the binary: `cargo build -p mast` first.
 
 use std::time::Duration;
@@ -28,6 +29,14 @@ macro_rules! both {
             #[tokio::test]
             async fn mast() {
                 super::$check(super::ServerKind::Mast).await
+            }
+            #[tokio::test]
+            async fn etcd_3() {
+                super::MEMBERS.scope(3, super::$check(super::ServerKind::Etcd)).await
+            }
+            #[tokio::test]
+            async fn mast_3() {
+                super::MEMBERS.scope(3, super::$check(super::ServerKind::Mast)).await
             }
         }
     )*};
@@ -58,20 +67,47 @@ both!(
 /// Every single RPC is bounded by this (a hung server fails the test instead of hanging it).
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Starts a server of `kind` and connects a client to it.
-async fn start(kind: ServerKind) -> (Server, Client) {
-    // Server::start blocks (it waits for the server to answer); keep the runtime free meanwhile.
-    let server = tokio::task::spawn_blocking(move || Server::try_start(kind))
-        .await
-        .expect("start task")
-        .unwrap_or_else(|e| panic!("could not start {kind}: {e:#}"));
+tokio::task_local! {
+    /// Members a check runs against (1 when not set).
+    static MEMBERS: usize;
+}
+
+/// The servers a check runs against; dropping it stops them by their PIDs.
+struct Running {
+    servers: Vec<Server>,
+}
+
+impl Running {
+    /// Every member's client URL.
+    fn endpoints(&self) -> Vec<String> {
+        self.servers.iter().map(Server::endpoint).collect()
+    }
+}
+
+/// Starts a server of `kind` (or [`MEMBERS`] of them as one cluster) and connects a client
+/// to it, with every member's endpoint.
+async fn start(kind: ServerKind) -> (Running, Client) {
+    let n = MEMBERS.try_with(|n| *n).unwrap_or(1);
+    // Starting blocks (it waits for the servers to answer); keep the runtime free meanwhile.
+    let servers = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Server>> {
+        if n <= 1 {
+            Ok(vec![Server::try_start(kind)?])
+        } else {
+            Ok(mast_conformance::cluster::Cluster::start(kind, n)?.members)
+        }
+    })
+    .await
+    .expect("start task")
+    .unwrap_or_else(|e| panic!("could not start {n} × {kind}: {e:#}"));
+    let running = Running { servers };
     let options = ConnectOptions::new()
         .with_timeout(RPC_TIMEOUT)
         .with_connect_timeout(Duration::from_secs(5));
-    let client = Client::connect([server.endpoint()], Some(options))
+    let endpoints = running.endpoints();
+    let client = Client::connect(endpoints.clone(), Some(options))
         .await
-        .unwrap_or_else(|e| panic!("connecting to {kind} at {}: {e}", server.endpoint()));
-    (server, client)
+        .unwrap_or_else(|e| panic!("connecting to {kind} at {endpoints:?}: {e}"));
+    (running, client)
 }
 
 /// Unwraps `r`, or panics naming `what`.
@@ -1029,18 +1065,26 @@ async fn watch_cancel_and_progress(kind: ServerKind) {
     assert_ne!(first_id, second_id);
 
     ok(c.put("z", "1", None).await, "put"); // 2
-    ok(s.request_progress().await, "progress request");
-    let r = next(&mut s).await;
-    assert!(
-        r.events().is_empty() && !r.created() && !r.canceled(),
-        "progress response is empty: {r:?}"
-    );
-    assert_eq!(r.watch_id(), -1, "progress responses carry watch_id -1");
-    assert_eq!(
-        r.header().unwrap().revision(),
-        2,
-        "progress reports the current revision"
-    );
+    // A progress response reports the revision the watching member has applied. With several
+    // members the put may have been answered by another one, so ask until the watching
+    // member has caught up (it never reports more than there is).
+    let cluster = MEMBERS.try_with(|n| *n).unwrap_or(1) > 1;
+    for attempt in 0.. {
+        ok(s.request_progress().await, "progress request");
+        let r = next(&mut s).await;
+        assert!(
+            r.events().is_empty() && !r.created() && !r.canceled(),
+            "progress response is empty: {r:?}"
+        );
+        assert_eq!(r.watch_id(), -1, "progress responses carry watch_id -1");
+        let rev = r.header().unwrap().revision();
+        if cluster && rev == 1 && attempt < 50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        assert_eq!(rev, 2, "progress reports the current revision");
+        break;
+    }
 
     ok(s.cancel(first_id).await, "cancel");
     let r = next(&mut s).await;
@@ -1263,8 +1307,16 @@ async fn lease_time_to_live_and_leases(kind: ServerKind) {
         "unknown lease: TTL -1, no error"
     );
     let l = ok(c.leases().await, "leases");
-    let ids: Vec<i64> = l.leases().iter().map(|s| s.id()).collect();
-    assert_eq!(ids, [short, long], "etcd 3.4 lists leases by expiry");
+    let mut ids: Vec<i64> = l.leases().iter().map(|s| s.id()).collect();
+    if MEMBERS.try_with(|n| *n).unwrap_or(1) > 1 {
+        // A member that did not grant them lists them in its own order.
+        ids.sort_unstable();
+        let mut want = [short, long];
+        want.sort_unstable();
+        assert_eq!(ids, want);
+    } else {
+        assert_eq!(ids, [short, long], "etcd 3.4 lists leases by expiry");
+    }
 }
 
 // --- Maintenance and Cluster -----------------------------------------------------------------
@@ -1279,11 +1331,21 @@ async fn maintenance_rpcs(kind: ServerKind) {
         "version {:?} must be a semver (etcdctl parses it)",
         s.version()
     );
-    assert_eq!(
-        s.leader(),
-        header.member_id(),
-        "a single member leads itself"
-    );
+    if MEMBERS.try_with(|n| *n).unwrap_or(1) <= 1 {
+        assert_eq!(
+            s.leader(),
+            header.member_id(),
+            "a single member leads itself"
+        );
+    } else {
+        let l = ok(c.member_list().await, "member_list");
+        assert!(
+            l.members().iter().any(|m| m.id() == s.leader()),
+            "the leader {:x} is a member: {:?}",
+            s.leader(),
+            l.members()
+        );
+    }
     assert_ne!(header.member_id(), 0);
     assert_ne!(header.cluster_id(), 0);
     assert_eq!(header.revision(), 2);
@@ -1332,37 +1394,58 @@ async fn maintenance_rpcs(kind: ServerKind) {
 }
 
 async fn cluster_member_list_and_add(kind: ServerKind) {
-    let (server, mut c) = start(kind).await;
+    let (running, mut c) = start(kind).await;
     let l = ok(c.member_list().await, "member_list");
     let header = l.header().expect("header");
-    let [m] = l.members() else {
-        panic!("one member expected: {:?}", l.members())
-    };
-    assert_eq!(m.id(), header.member_id());
-    assert_eq!(m.name(), server.name());
-    assert_eq!(m.client_urls(), [server.endpoint()]);
-    assert!(!m.is_learner());
-    // Adding a member: etcd adds it (as a learner here, so the single voter keeps quorum);
-    // Mast is a single node and may answer Unimplemented.
-    let peer = format!("http://127.0.0.1:{}", mast_conformance::free_port());
-    match c
-        .member_add(
-            [peer.as_str()],
-            Some(MemberAddOptions::new().with_is_learner()),
-        )
-        .await
-    {
-        Ok(r) => {
-            let added = r.member().expect("added member");
-            assert_eq!(added.peer_urls(), [peer.as_str()]);
-            let l = ok(c.member_list().await, "member_list");
-            assert_eq!(l.members().len(), 2);
-            ok(c.member_remove(added.id()).await, "member_remove");
-        }
-        Err(etcd_client::Error::GRpcStatus(s))
-            if kind == ServerKind::Mast && s.code() == Code::Unimplemented => {}
-        Err(e) => panic!("member_add: {e}"),
+    let n = running.servers.len();
+    assert_eq!(l.members().len(), n, "{:?}", l.members());
+    assert!(l.members().iter().any(|m| m.id() == header.member_id()));
+    for server in &running.servers {
+        let m = l
+            .members()
+            .iter()
+            .find(|m| m.name() == server.name())
+            .unwrap_or_else(|| panic!("{} not listed: {:?}", server.name(), l.members()));
+        assert_eq!(m.client_urls(), [server.endpoint()]);
+        assert!(!m.is_learner());
     }
+    if n == 1 {
+        assert_eq!(l.members()[0].id(), header.member_id());
+    }
+    // Adding a member as a learner (so the voters keep quorum) lists it, unstarted, and it
+    // can be removed again, as etcd's `MemberAdd` / `MemberRemove`.
+    let peer = format!("http://127.0.0.1:{}", mast_conformance::free_port());
+    // Until every voter has answered the leader for 5 s (etcd's HealthInterval), an add is
+    // refused with "unhealthy cluster"; ask again until then.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        match c
+            .member_add(
+                [peer.as_str()],
+                Some(MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+        {
+            Ok(r) => break r,
+            Err(etcd_client::Error::GRpcStatus(s))
+                if s.code() == Code::Unavailable
+                    && s.message() == "etcdserver: unhealthy cluster"
+                    && n > 1
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("member_add: {e}"),
+        }
+    };
+    let added = r.member().expect("added member");
+    assert_eq!(added.peer_urls(), [peer.as_str()]);
+    assert!(added.is_learner());
+    let l = ok(c.member_list().await, "member_list");
+    assert_eq!(l.members().len(), n + 1);
+    ok(c.member_remove(added.id()).await, "member_remove");
+    let l = ok(c.member_list().await, "member_list");
+    assert_eq!(l.members().len(), n);
 }
 
 // --- Errors ----------------------------------------------------------------------------------

@@ -95,6 +95,9 @@ struct PeersInner {
     channels: Mutex<HashMap<MemberId, (String, Channel)>>,
     /// For `https://` peer URLs (`--peer-cert-file` and friends).
     tls: Option<ClientTlsConfig>,
+    /// Member → since when every RPC sent to it has been answered (etcd's transport
+    /// `ActiveSince`); absent while it does not answer.
+    active_since: Mutex<HashMap<MemberId, std::time::Instant>>,
 }
 
 fn route(cluster_id: u64, from: MemberId, to: MemberId) -> Option<pb::Route> {
@@ -115,6 +118,7 @@ impl Peers {
                 member_id,
                 channels: Mutex::new(HashMap::new()),
                 tls,
+                active_since: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -152,6 +156,28 @@ impl Peers {
                 ch.insert(id, (url.clone(), channel));
             }
             Err(e) => tracing::warn!(member = %format!("{id:x}"), url, error = %e, "bad peer URL"),
+        }
+    }
+
+    /// Since when `id` has answered every RPC this member sent it, as etcd's transport
+    /// `ActiveSince`; `None` when its last RPC failed or none was sent yet. Only a member
+    /// that sends (the leader, and candidates) keeps this current.
+    pub fn active_since(&self, id: MemberId) -> Option<std::time::Instant> {
+        self.inner
+            .active_since
+            .lock()
+            .expect("peers lock")
+            .get(&id)
+            .copied()
+    }
+
+    /// Records the outcome of an RPC sent to `id`.
+    fn answered(&self, id: MemberId, ok: bool) {
+        let mut active = self.inner.active_since.lock().expect("peers lock");
+        if ok {
+            active.entry(id).or_insert_with(std::time::Instant::now);
+        } else {
+            active.remove(&id);
         }
     }
 
@@ -443,9 +469,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             .client(self.target)
             .map_err(|e| self.rpc_error(e))?;
         let sent = std::time::Instant::now();
-        let resp = client
-            .append_entries(req)
-            .await
+        let resp = client.append_entries(req).await;
+        self.peers.answered(self.target, resp.is_ok());
+        let resp = resp
             .map_err(|s| self.rpc_error(Peers::status_error(self.target, s)))?
             .into_inner();
         if heartbeat {
@@ -493,9 +519,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             .peers
             .client(self.target)
             .map_err(|e| self.rpc_error(e))?;
-        let resp = client
-            .vote(req)
-            .await
+        let resp = client.vote(req).await;
+        self.peers.answered(self.target, resp.is_ok());
+        let resp = resp
             .map_err(|s| self.rpc_error(Peers::status_error(self.target, s)))?
             .into_inner();
         let bad = |e: mast_mvcc::CodecError| {

@@ -30,6 +30,27 @@ const MAX_LEARNERS: usize = 1;
 /// `readyPercent`.
 const READY_PERCENT: f64 = 0.9;
 
+/// How long every voter must have answered this member before a member is added, and the
+/// quorum counted when one is removed (etcd's `HealthInterval`).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Voters that have answered this member for at least [`HEALTH_INTERVAL`], this member
+/// included (etcd's `numConnectedSince`).
+fn connected_voters(node: &Node, voters: &BTreeSet<MemberId>) -> usize {
+    let since = std::time::Instant::now().checked_sub(HEALTH_INTERVAL);
+    voters
+        .iter()
+        .filter(|id| {
+            **id == node.consensus.member_id
+                || node
+                    .consensus
+                    .peers
+                    .active_since(**id)
+                    .is_some_and(|t| since.is_some_and(|s| t <= s))
+        })
+        .count()
+}
+
 const OP_ADD: u32 = 1;
 const OP_REMOVE: u32 = 2;
 const OP_UPDATE: u32 = 3;
@@ -175,6 +196,18 @@ pub async fn change_as_leader(
                 .map_or(0, |d| d.as_secs());
             // As etcd's MemberAdd: no token, the time of the add.
             let id = mast_raft::identity::member_id(&urls, "", Some(now));
+            if !req.is_learner {
+                // etcd's IsReadyToAddVotingMember (--strict-reconfig-check).
+                let members = voters.len() + 1;
+                let started = started_voters(&m);
+                if !(started == 1 && members == 2) && started < members / 2 + 1 {
+                    return Err(EtcdError::MemberNotEnoughStarted);
+                }
+            }
+            // etcd's isConnectedFullySince: every voter answers, and has for a while.
+            if connected_voters(node, &voters) < voters.len() {
+                return Err(EtcdError::Unhealthy);
+            }
             if nodes.contains_key(&id) {
                 return Err(EtcdError::MemberExist);
             }
@@ -186,14 +219,6 @@ pub async fn change_as_leader(
             }
             if req.is_learner && learners + 1 > MAX_LEARNERS {
                 return Err(EtcdError::TooManyLearners);
-            }
-            if !req.is_learner {
-                // etcd's IsReadyToAddVotingMember (--strict-reconfig-check).
-                let members = voters.len() + 1;
-                let started = started_voters(&m);
-                if !(started == 1 && members == 2) && started < members / 2 + 1 {
-                    return Err(EtcdError::MemberNotEnoughStarted);
-                }
             }
             let member = RaftMember {
                 name: String::new(),
@@ -224,6 +249,14 @@ pub async fn change_as_leader(
                     .count();
                 if rest == 0 || started < rest / 2 + 1 {
                     return Err(EtcdError::MemberNotEnoughStarted);
+                }
+                // As etcd's mayRemoveMember: a member that does not answer is not part of
+                // the active quorum and can go; otherwise the voters that answer, less the
+                // one removed, must still be a quorum of the rest.
+                let answers = id == node.consensus.member_id
+                    || node.consensus.peers.active_since(id).is_some();
+                if answers && connected_voters(node, &voters) - 1 < 1 + (voters.len() - 1) / 2 {
+                    return Err(EtcdError::Unhealthy);
                 }
                 change_membership(node, ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
             } else {
