@@ -59,6 +59,11 @@ pub struct ClientOptions {
     pub password: Option<String>,
     /// How long to wait for a connection before a call fails.
     pub connect_timeout: Duration,
+    /// For how long (in total backoff) a call that failed because a member is down or has no
+    /// leader is sent again, to whichever member answers: reads on any `Unavailable`, writes
+    /// only when they never reached a member (as etcd's clientv3 retry policies), so a write
+    /// is never applied twice. Zero: never sent again.
+    pub retry_for: Duration,
 }
 
 impl Default for ClientOptions {
@@ -68,6 +73,7 @@ impl Default for ClientOptions {
             user: None,
             password: None,
             connect_timeout: Duration::from_secs(5),
+            retry_for: Duration::from_secs(5),
         }
     }
 }
@@ -134,6 +140,43 @@ pub struct Client {
     token: TokenInterceptor,
     creds: Option<(String, String)>,
     login: Arc<RwLock<()>>,
+    retry_for: Duration,
+}
+
+/// Which calls may be sent again after an `Unavailable` answer, as etcd's clientv3 retry
+/// policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Reads (etcd's `repeatable`): sent again on any `Unavailable` — a member down,
+    /// `etcdserver: no leader`, `etcdserver: leader changed`.
+    Repeatable,
+    /// Writes (etcd's `nonRepeatable`): sent again only when no connection could be made,
+    /// so the write cannot have been applied.
+    NonRepeatable,
+}
+
+impl Retry {
+    /// Whether `s` allows sending the call again under this policy.
+    fn allows(self, s: &Status) -> bool {
+        s.code() == Code::Unavailable
+            && match self {
+                Retry::Repeatable => true,
+                Retry::NonRepeatable => never_sent(s),
+            }
+    }
+}
+
+/// Whether a call failed before reaching any member: the status was made by the transport
+/// from a failed connect (its sources hold tonic's `ConnectError`).
+fn never_sent(s: &Status) -> bool {
+    let mut cause = std::error::Error::source(s);
+    while let Some(e) = cause {
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 impl Client {
@@ -174,6 +217,7 @@ impl Client {
                 .user
                 .map(|u| (u, options.password.unwrap_or_default())),
             login: Arc::new(RwLock::new(())),
+            retry_for: options.retry_for,
         };
         if client.creds.is_some() {
             client.authenticate().await?;
@@ -202,9 +246,9 @@ impl Client {
     }
 
     /// Runs `f`, logging in again once if the server says the token is no longer good.
-    pub(crate) async fn retry_auth<T, F, Fut>(&self, mut f: F) -> Result<T>
+    async fn with_login<T, F, Fut>(&self, f: &F) -> Result<T>
     where
-        F: FnMut() -> Fut,
+        F: Fn() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, Status>>,
     {
         match f().await {
@@ -214,6 +258,31 @@ impl Client {
             }
             other => Ok(other?),
         }
+    }
+
+    /// Runs `f` (logging in again when the token is no longer good), sending it again under
+    /// `policy` with exponential backoff (25 ms up to 500 ms, jittered) for at most
+    /// [`ClientOptions::retry_for`] in total, so a call moves to another member when one dies.
+    pub(crate) async fn call<T, F, Fut>(&self, policy: Retry, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Status>>,
+    {
+        use backon::Retryable;
+        if self.retry_for.is_zero() {
+            return self.with_login(&f).await;
+        }
+        let backoff = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(25))
+            .with_max_delay(Duration::from_millis(500))
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(self.retry_for));
+        (|| self.with_login(&f))
+            .retry(backoff)
+            .when(|e| matches!(e, Error::Server(s) if policy.allows(s)))
+            .notify(|e, after| tracing::debug!(error = %e, ?after, "sending the call again"))
+            .await
     }
 
     /// The raw etcd KV client (with the auth token), for calls the SDK does not wrap.
@@ -246,7 +315,7 @@ impl Client {
     /// # Errors
     /// The server's error.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        self.retry_auth(|| {
+        self.call(Retry::Repeatable, || {
             let mut kv = self.kv.clone();
             let req = req.clone();
             async move { kv.range(req).await.map(|r| r.into_inner()) }
@@ -259,7 +328,7 @@ impl Client {
     /// # Errors
     /// The server's error.
     pub async fn put(&self, req: PutRequest) -> Result<i64> {
-        self.retry_auth(|| {
+        self.call(Retry::NonRepeatable, || {
             let mut kv = self.kv.clone();
             let req = req.clone();
             async move {
@@ -276,7 +345,7 @@ impl Client {
     /// # Errors
     /// The server's error.
     pub async fn delete(&self, req: DeleteRangeRequest) -> Result<i64> {
-        self.retry_auth(|| {
+        self.call(Retry::NonRepeatable, || {
             let mut kv = self.kv.clone();
             let req = req.clone();
             async move { kv.delete_range(req).await.map(|r| r.into_inner().deleted) }
@@ -289,7 +358,7 @@ impl Client {
     /// # Errors
     /// The server's error.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
-        self.retry_auth(|| {
+        self.call(Retry::NonRepeatable, || {
             let mut kv = self.kv.clone();
             let req = req.clone();
             async move { kv.txn(req).await.map(|r| r.into_inner()) }
@@ -302,7 +371,7 @@ impl Client {
     /// # Errors
     /// The server's error.
     pub async fn grant(&self, ttl: i64) -> Result<i64> {
-        self.retry_auth(|| {
+        self.call(Retry::NonRepeatable, || {
             let mut lease = self.lease.clone();
             async move {
                 lease
@@ -319,7 +388,7 @@ impl Client {
     /// # Errors
     /// The server's error.
     pub async fn revoke(&self, id: i64) -> Result<()> {
-        self.retry_auth(|| {
+        self.call(Retry::NonRepeatable, || {
             let mut lease = self.lease.clone();
             async move {
                 lease
