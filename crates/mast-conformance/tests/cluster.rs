@@ -699,3 +699,85 @@ fn the_cli_moves_to_another_member_when_one_dies() {
         out.stderr
     );
 }
+
+#[test]
+fn a_cli_registration_keeps_its_lease_while_members_die_in_turn() {
+    // `mast service register` (the SDK's Registration) given every endpoint keeps its lease
+    // alive through whichever member is up: each member is killed in turn (so the one its
+    // keepalive stream uses is killed once), and over more than TTL + election timeout after
+    // each kill the instance stays, under the same lease.
+    let mut c = start(3);
+    c.wait_leader(Duration::from_secs(10)).unwrap();
+    let all: Vec<String> = c.members.iter_mut().map(|m| m.endpoint()).collect();
+    let mut cmd = std::process::Command::new(mast_conformance::mast_binary());
+    cmd.env_remove("MAST_ENDPOINTS")
+        .env_remove("ETCDCTL_ENDPOINTS")
+        .args(["--endpoints", &all.join(",")])
+        .args(["service", "register", "pay", "p1", "10.0.0.1:80"])
+        .args(["--ttl", "3"]);
+    let reg_out = tempfile::NamedTempFile::new().unwrap();
+    cmd.env("RUST_LOG", "mast_sdk=debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(reg_out.reopen().unwrap())
+        .stderr(reg_out.reopen().unwrap());
+    let reg_path = reg_out.path().to_path_buf();
+    let reg_log = |_: &Cluster| std::fs::read_to_string(&reg_path).unwrap_or_default();
+    /// Kills the registering CLI (by PID) however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let reg = Killed(cmd.spawn().expect("run mast service register"));
+    let key = "/services/pay/p1";
+    // The lease ID of the instance key (`Ok(None)`: no such key), read through the members
+    // that are up; `Err` with etcdctl's output when the read itself failed.
+    let lease_of = |c: &mut Cluster| -> Result<Option<String>, String> {
+        let eps = c.endpoints();
+        let out = mast_conformance::etcdctl(
+            &eps,
+            &["get", key, "-w", "fields"],
+            None,
+            Duration::from_secs(10),
+        );
+        if !out.success() {
+            return Err(format!("{}{}", out.stdout, out.stderr));
+        }
+        Ok(out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("\"Lease\" : "))
+            .map(|v| v.trim().to_string())
+            .filter(|v| v != "0"))
+    };
+    let lease = eventually(Duration::from_secs(10), "the instance registered", || {
+        lease_of(&mut c).ok().flatten()
+    });
+    for victim in 0..3 {
+        c.members[victim].kill9();
+        c.wait_leader(Duration::from_secs(10))
+            .expect("a leader among the other two");
+        let until = Instant::now() + Duration::from_secs(5); // TTL 3 s + election timeout 1 s
+        while Instant::now() < until {
+            match lease_of(&mut c) {
+                Ok(Some(l)) if l == lease => {}
+                // A read that failed says nothing about the lease (asked again).
+                Err(e) => eprintln!("read with m{victim} down failed: {e}"),
+                Ok(seen) => panic!(
+                    "the instance is not under its first lease {lease} with m{victim} down: \
+                     {seen:?}; registration: {}",
+                    reg_log(&c)
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        c.members[victim].restart().expect("restart");
+        c.wait_leader(Duration::from_secs(10))
+            .expect("a leader after the restart");
+    }
+    drop(reg);
+    let log = reg_log(&c);
+    assert!(log.contains("registered /services/pay/p1"), "{log}");
+}
