@@ -1118,6 +1118,11 @@ async fn watch_compacted_start_revision(kind: ServerKind) {
         "watch from a compacted revision is canceled: {r:?}"
     );
     assert_eq!(r.compact_revision(), 3);
+    assert_eq!(
+        r.header().map_or(0, |h| h.revision()),
+        0,
+        "a compaction cancel carries no revision"
+    );
     // From exactly the compact revision: allowed.
     let mut s = ok(
         c.watch("k", Some(WatchOptions::new().with_start_revision(3)))
@@ -1367,7 +1372,11 @@ async fn maintenance_rpcs(kind: ServerKind) {
         "alarm list",
     );
     assert!(a.alarms().is_empty());
-    ok(c.defragment().await, "defragment");
+    let d = ok(c.defragment().await, "defragment");
+    assert!(
+        d.header().is_none(),
+        "etcd's Defragment answer has no header"
+    );
 
     let mut snap = ok(c.snapshot().await, "snapshot");
     let mut total = 0usize;

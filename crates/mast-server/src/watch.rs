@@ -325,8 +325,9 @@ impl Session {
         self.send(created).await?;
         let compact = self.node.store.compact_revision();
         if c.start_revision > 0 && c.start_revision < compact {
+            // As etcd's: the compaction cancel carries no revision in its header.
             let resp = WatchResponse {
-                header: Some(self.node.header_at(current)),
+                header: Some(self.node.header_at(0)),
                 watch_id: id,
                 canceled: true,
                 compact_revision: compact,
@@ -488,7 +489,7 @@ impl Session {
                 Err(MvccError::Compacted) => {
                     self.watchers.remove(&id);
                     let resp = WatchResponse {
-                        header: self.node.header(),
+                        header: Some(self.node.header_at(0)),
                         watch_id: id,
                         canceled: true,
                         compact_revision: self.node.store.compact_revision(),
