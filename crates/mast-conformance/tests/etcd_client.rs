@@ -1558,3 +1558,55 @@ async fn errors_out_of_range_and_not_found(kind: ServerKind) {
         "failed requests keep the revision"
     );
 }
+
+/// `--max-txn-ops`, given to both servers: a txn with more compares, or more ops in a branch,
+/// than allowed is refused with etcd's error; one at the limit goes through.
+async fn max_txn_ops_flag(kind: ServerKind) {
+    let options = mast_conformance::ServerOptions {
+        args: vec!["--max-txn-ops=2".into()],
+        ..Default::default()
+    };
+    let server = tokio::task::spawn_blocking(move || Server::try_start_with(kind, options))
+        .await
+        .expect("start task")
+        .unwrap_or_else(|e| panic!("could not start {kind}: {e:#}"));
+    let mut c = Client::connect(
+        [server.endpoint()],
+        Some(ConnectOptions::new().with_timeout(RPC_TIMEOUT)),
+    )
+    .await
+    .expect("connect");
+    let puts = |n: usize| {
+        (0..n)
+            .map(|i| TxnOp::put(format!("t/{i}"), "v", None))
+            .collect::<Vec<_>>()
+    };
+    const TOO_MANY: &str = "etcdserver: too many operations in txn request";
+    assert_status(
+        c.txn(Txn::new().and_then(puts(3))).await,
+        Code::InvalidArgument,
+        TOO_MANY,
+    );
+    assert_status(
+        c.txn(Txn::new().or_else(puts(3))).await,
+        Code::InvalidArgument,
+        TOO_MANY,
+    );
+    let r = ok(
+        c.txn(Txn::new().and_then(puts(2))).await,
+        "txn at the limit",
+    );
+    assert!(r.succeeded());
+    drop(server);
+}
+
+mod max_txn_ops_flag {
+    #[tokio::test]
+    async fn etcd() {
+        super::max_txn_ops_flag(super::ServerKind::Etcd).await
+    }
+    #[tokio::test]
+    async fn mast() {
+        super::max_txn_ops_flag(super::ServerKind::Mast).await
+    }
+}

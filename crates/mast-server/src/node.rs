@@ -30,6 +30,9 @@ pub struct ServerConfig {
     pub advertise_client_urls: Vec<String>,
     /// Largest request in bytes; larger ones get `etcdserver: request is too large`.
     pub max_request_bytes: usize,
+    /// Most compares, or ops in one branch, of a txn (`--max-txn-ops`, etcd's default 128);
+    /// more get `etcdserver: too many operations in txn request`.
+    pub max_txn_ops: usize,
     /// How often idle watchers that asked for progress notifications get one.
     pub watch_progress_notify_interval: Duration,
     /// Size of the store's page cache in bytes.
@@ -95,6 +98,7 @@ impl ServerConfig {
             listen: vec!["127.0.0.1:2379".parse().expect("valid address")],
             advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_txn_ops: crate::api::kv::MAX_TXN_OPS,
             watch_progress_notify_interval: Duration::from_secs(600),
             cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
             wal_bytes: mast_raft::log_store::DEFAULT_SEGMENT_BYTES,

@@ -54,6 +54,9 @@ struct ServeArgs {
     /// Largest request in bytes (etcd's default: 1.5 MiB).
     #[arg(long, env = "MAST_MAX_REQUEST_BYTES", default_value_t = mast_server::node::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// Most compares, or operations in one branch, of a txn (etcd's `--max-txn-ops`).
+    #[arg(long, env = "MAST_MAX_TXN_OPS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_txn_ops: u32,
     /// Seconds between progress notifications to idle watchers that asked for them.
     #[arg(
         long,
@@ -224,6 +227,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.listen = listen;
     config.advertise_client_urls = advertise;
     config.max_request_bytes = args.max_request_bytes;
+    config.max_txn_ops = args.max_txn_ops as usize;
     config.cache_bytes = args.cache_mb.max(1) * 1024 * 1024;
     config.wal_bytes = args.wal_size_mb.max(1) * 1024 * 1024;
     config.checkpoint_bytes = args.checkpoint_mb.max(1) * 1024 * 1024;

@@ -72,10 +72,11 @@ fn check_delete(d: &DeleteRangeRequest) -> Result<(), EtcdError> {
     Ok(())
 }
 
-/// etcd's `checkTxnRequest`: op counts and per-op checks, recursively.
-fn check_txn(t: &TxnRequest) -> Result<(), EtcdError> {
+/// etcd's `checkTxnRequest`: op counts (at most `max_ops` compares, and ops per branch) and
+/// per-op checks, recursively.
+fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), EtcdError> {
     let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
-    if ops > MAX_TXN_OPS {
+    if ops > max_ops {
         return Err(EtcdError::TooManyOps);
     }
     if t.compare.iter().any(|c| c.key.is_empty()) {
@@ -86,7 +87,7 @@ fn check_txn(t: &TxnRequest) -> Result<(), EtcdError> {
             Some(request_op::Request::RequestRange(r)) => check_range(r)?,
             Some(request_op::Request::RequestPut(p)) => check_put(p)?,
             Some(request_op::Request::RequestDeleteRange(d)) => check_delete(d)?,
-            Some(request_op::Request::RequestTxn(n)) => check_txn(n)?,
+            Some(request_op::Request::RequestTxn(n)) => check_txn(n, max_ops)?,
             None => {}
         }
     }
@@ -243,7 +244,7 @@ pub async fn delete_range(
 /// # Errors
 /// etcd's errors for too many ops, duplicate keys, empty keys, and those of the ops.
 pub async fn txn(node: &Node, caller: &Caller, req: TxnRequest) -> Result<TxnResponse, EtcdError> {
-    check_txn(&req)?;
+    check_txn(&req, node.config.max_txn_ops)?;
     mast_mvcc::check_txn_intervals(&req).map_err(|_| EtcdError::DuplicateKey)?;
     check_size(node, &req)?;
     let who = node.authenticate_caller(caller)?;
