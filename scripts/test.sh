@@ -9,6 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/install-test-deps.sh
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+# A clean clone gains nothing from incremental caches, which would double the size of target/.
+if [[ -n "${CI:-}" ]]; then export CARGO_INCREMENTAL=0; fi
 # The black-box tests (Rust and Node) run this binary.
 export MAST_BIN="$target_dir/debug/mast"
 
@@ -23,3 +25,5 @@ echo "== node --test (seeds' etcd3 flows against Mast)"
 
 echo "== node --test seeds.test.mjs (the same flows against 3 members, every endpoint given)"
 (cd tests/node && NODE_TEST_MEMBERS=3 node --test seeds.test.mjs)
+
+echo "== disk: $(du -sh "$target_dir" 2>/dev/null | cut -f1) in $target_dir; $(df -h --output=avail "$target_dir" | tail -1 | tr -d ' ') free"
