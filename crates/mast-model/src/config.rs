@@ -118,6 +118,10 @@ pub enum ConfigFormat {
     Toml,
     /// Java `.properties`.
     Properties,
+    /// XML (checked for well-formedness; Nacos's `xml` type).
+    Xml,
+    /// HTML (not checked: browsers accept anything; Nacos's `html` type).
+    Html,
 }
 
 impl std::str::FromStr for ConfigFormat {
@@ -129,6 +133,8 @@ impl std::str::FromStr for ConfigFormat {
             "yaml" | "yml" => Ok(ConfigFormat::Yaml),
             "toml" => Ok(ConfigFormat::Toml),
             "properties" => Ok(ConfigFormat::Properties),
+            "xml" => Ok(ConfigFormat::Xml),
+            "html" | "htm" => Ok(ConfigFormat::Html),
             other => Err(ValidationError::UnknownFormat(other.to_string())),
         }
     }
@@ -138,7 +144,7 @@ impl std::str::FromStr for ConfigFormat {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
     /// Not a format Mast knows.
-    #[error("unknown config format {0:?} (text, json, yaml, toml, properties)")]
+    #[error("unknown config format {0:?} (text, json, yaml, toml, properties, xml, html)")]
     UnknownFormat(String),
     /// Content is not UTF-8.
     #[error("content is not valid UTF-8")]
@@ -172,10 +178,13 @@ impl ConfigFormat {
             ConfigFormat::Yaml => "yaml",
             ConfigFormat::Toml => "toml",
             ConfigFormat::Properties => "properties",
+            ConfigFormat::Xml => "xml",
+            ConfigFormat::Html => "html",
         }
     }
 
-    /// Parses `content` into a JSON value (text gives a string; properties a flat object).
+    /// Parses `content` into a JSON value (text, XML and HTML give a string, once XML is seen
+    /// to be well-formed; properties a flat object).
     ///
     /// # Errors
     /// [`ValidationError::NotUtf8`] or [`ValidationError::Syntax`].
@@ -186,7 +195,13 @@ impl ConfigFormat {
             message,
         };
         match self {
-            ConfigFormat::Text => Ok(serde_json::Value::String(text.to_string())),
+            ConfigFormat::Text | ConfigFormat::Html => {
+                Ok(serde_json::Value::String(text.to_string()))
+            }
+            ConfigFormat::Xml => {
+                check_xml(text).map_err(syntax)?;
+                Ok(serde_json::Value::String(text.to_string()))
+            }
             ConfigFormat::Json => serde_json::from_str(text).map_err(|e| syntax(e.to_string())),
             ConfigFormat::Yaml => serde_norway::from_str(text).map_err(|e| syntax(e.to_string())),
             ConfigFormat::Toml => {
@@ -214,6 +229,8 @@ impl ConfigFormat {
             "toml" => Some(ConfigFormat::Toml),
             "properties" => Some(ConfigFormat::Properties),
             "txt" | "text" => Some(ConfigFormat::Text),
+            "xml" => Some(ConfigFormat::Xml),
+            "html" | "htm" => Some(ConfigFormat::Html),
             _ => None,
         }
     }
@@ -229,7 +246,10 @@ impl ConfigFormat {
     ) -> Result<(), ValidationError> {
         let value = self.parse(content)?;
         if let Some(schema) = schema {
-            if self == ConfigFormat::Text {
+            if matches!(
+                self,
+                ConfigFormat::Text | ConfigFormat::Xml | ConfigFormat::Html
+            ) {
                 return Err(ValidationError::SchemaNeedsStructure);
             }
             let validator = jsonschema::validator_for(schema)
@@ -245,6 +265,43 @@ impl ConfigFormat {
         }
         Ok(())
     }
+}
+
+/// Reads `text` as XML to its end: every element closed in order, at most one root element.
+fn check_xml(text: &str) -> Result<(), String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(text);
+    reader.config_mut().check_end_names = true;
+    let (mut depth, mut roots) = (0usize, 0usize);
+    loop {
+        let at = reader.buffer_position();
+        let event = reader.read_event();
+        if let Ok(Event::Start(e) | Event::Empty(e)) = &event {
+            for attr in e.attributes() {
+                attr.map_err(|e| format!("{e} at byte {at}"))?;
+            }
+        }
+        match event {
+            Ok(Event::Start(_)) => {
+                if depth == 0 {
+                    roots += 1;
+                }
+                depth += 1;
+            }
+            Ok(Event::Empty(_)) if depth == 0 => roots += 1,
+            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("{e} at byte {at}")),
+        }
+        if roots > 1 {
+            return Err(format!("a second root element at byte {at}"));
+        }
+    }
+    if depth > 0 {
+        return Err("an element is not closed".into());
+    }
+    Ok(())
 }
 
 /// Checks that `schema` is a usable JSON Schema (an object or a boolean that compiles), so a
@@ -385,6 +442,31 @@ mod tests {
         );
         assert!(ConfigFormat::Text.validate(&[0xff, 0xfe], None).is_err());
         assert_eq!("YML".parse::<ConfigFormat>().unwrap(), ConfigFormat::Yaml);
+    }
+
+    #[test]
+    fn xml_must_be_well_formed_and_html_is_free() {
+        let xml = ConfigFormat::Xml;
+        assert!(
+            xml.validate(b"<?xml version=\"1.0\"?><a x=\"1\"><b/>t</a>", None)
+                .is_ok()
+        );
+        for bad in [&b"<a><b></a>"[..], b"<a>", b"<a/><b/>", b"<a x=1/>"] {
+            assert!(
+                matches!(xml.validate(bad, None), Err(ValidationError::Syntax { .. })),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(ConfigFormat::Html.validate(b"<p>unclosed", None).is_ok());
+        assert_eq!(
+            ConfigFormat::from_data_id("log.xml"),
+            Some(ConfigFormat::Xml)
+        );
+        assert!(matches!(
+            xml.validate(b"<a/>", Some(&serde_json::json!({}))),
+            Err(ValidationError::SchemaNeedsStructure)
+        ));
     }
 
     #[test]

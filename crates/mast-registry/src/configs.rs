@@ -379,12 +379,12 @@ struct Publish {
 }
 
 async fn publish_version(
-    st: &AppState,
+    node: &Node,
+    retention: u64,
     caller: &Caller,
     id: &ConfigId,
     p: Publish,
 ) -> ApiResult<PublishResponse> {
-    let node = &st.node;
     if p.content.len() > node.max_request_bytes() {
         return Err(ApiError::new(
             ErrorCode::TooLarge,
@@ -451,7 +451,7 @@ async fn publish_version(
             etcd::put_op(id.meta_key(), to_json(&meta)?),
             etcd::put_op(id.history_key(version), to_json(&entry)?),
         ];
-        ops.extend(trim_op(id, version, st.config.history_retention));
+        ops.extend(trim_op(id, version, retention));
         let resp = etcd::txn(
             node,
             caller,
@@ -611,7 +611,65 @@ pub async fn publish(
         op: HistoryOp::Publish,
         rolled_back_from: None,
     };
-    publish_version(&st, &caller, &id, p).await.map(Json)
+    publish_version(&st.node, st.config.history_retention, &caller, &id, p)
+        .await
+        .map(Json)
+}
+
+/// What another API publishes: [`publish_from`]'s input.
+#[derive(Clone, Debug, Default)]
+pub struct NewVersion {
+    /// The content (UTF-8).
+    pub content: String,
+    /// Its format; `None` keeps the config's.
+    pub format: Option<ConfigFormat>,
+    /// A new description; `None` keeps the config's.
+    pub description: Option<String>,
+    /// The author when auth is off.
+    pub author: Option<String>,
+}
+
+/// A publish made through another API (the Nacos API): the same validation, history entry
+/// and optimistic concurrency as `PUT /mast/v1/configs/…`, keeping `retention` versions.
+/// A `format` of `None` keeps the config's format (or the one its data id's extension
+/// suggests, else text); `author` is used only when auth is off (with auth on, the caller's
+/// user is the author).
+///
+/// # Errors
+/// As `PUT /mast/v1/configs/…`: invalid content, too large, auth, conflict, etcd errors.
+pub async fn publish_from(
+    node: &Node,
+    retention: u64,
+    caller: &Caller,
+    id: &ConfigId,
+    v: NewVersion,
+) -> ApiResult<PublishResponse> {
+    let p = Publish {
+        content: v.content,
+        format: v.format,
+        description: v.description,
+        tags: None,
+        author: v.author,
+        schema: None,
+        expected_version: None,
+        op: HistoryOp::Publish,
+        rolled_back_from: None,
+    };
+    publish_version(node, retention.max(1), caller, id, p).await
+}
+
+/// A delete made through another API (the Nacos API), as `DELETE /mast/v1/configs/…`:
+/// content and metadata go, a `delete` history entry is written, `retention` versions kept.
+///
+/// # Errors
+/// [`ErrorCode::NotFound`] when there is nothing to delete; auth, conflict and etcd errors.
+pub async fn delete_from(
+    node: &Node,
+    retention: u64,
+    caller: &Caller,
+    id: &ConfigId,
+) -> ApiResult<DeleteResponse> {
+    delete_config(node, retention.max(1), caller, id).await
 }
 
 /// `POST …/rollback`: publishes an old version's content (and format) as a new version.
@@ -640,7 +698,9 @@ pub async fn rollback(
         op: HistoryOp::Rollback,
         rolled_back_from: Some(req.version),
     };
-    publish_version(&st, &caller, &id, p).await.map(Json)
+    publish_version(&st.node, st.config.history_retention, &caller, &id, p)
+        .await
+        .map(Json)
 }
 
 /// `DELETE /mast/v1/configs/{namespace}/{group}/{dataId}`: removes content and metadata and
@@ -650,8 +710,20 @@ pub async fn delete(
     Call(caller): Call,
     PathParams((ns, group, data_id)): PathParams<(String, String, String)>,
 ) -> ApiResult<Json<DeleteResponse>> {
-    let node = &st.node;
     let id = config_id(&ns, &group, &data_id)?;
+    delete_config(&st.node, st.config.history_retention, &caller, &id)
+        .await
+        .map(Json)
+}
+
+async fn delete_config(
+    node: &Node,
+    retention: u64,
+    caller: &Caller,
+    id: &ConfigId,
+) -> ApiResult<DeleteResponse> {
+    let caller = caller.clone();
+    let id = id.clone();
     let who = node.authenticate_caller(&caller)?;
     let author = who.map(|w| w.user).unwrap_or_default();
     for _ in 0..WRITE_ATTEMPTS {
@@ -680,7 +752,7 @@ pub async fn delete(
             etcd::delete_op(id.meta_key(), Vec::new()),
             etcd::put_op(id.history_key(version), to_json(&entry)?),
         ];
-        ops.extend(trim_op(&id, version, st.config.history_retention));
+        ops.extend(trim_op(&id, version, retention));
         let content_rev = content.as_ref().map_or(0, |kv| kv.mod_revision);
         let resp = etcd::txn(
             node,
@@ -693,13 +765,13 @@ pub async fn delete(
         )
         .await?;
         if resp.succeeded {
-            return Ok(Json(DeleteResponse {
+            return Ok(DeleteResponse {
                 namespace: id.namespace,
                 group: id.group,
                 data_id: id.data_id,
                 version,
                 revision: etcd::txn_revision(&resp),
-            }));
+            });
         }
     }
     Err(ApiError::new(

@@ -442,6 +442,28 @@ impl Node {
         Ok(self.store.mod_revisions(keys))
     }
 
+    /// How long a token lasts: a JWT's lifetime, or how long a simple token may stay unused
+    /// (`--auth-token-ttl`, as etcd's).
+    pub fn token_ttl(&self) -> Duration {
+        match &self.config.auth_token {
+            crate::tokens::TokenConfig::Jwt { ttl, .. } => *ttl,
+            crate::tokens::TokenConfig::Simple => self.config.auth_token_ttl,
+        }
+    }
+
+    /// Whether auth is enabled (etcd's `AuthStatus`).
+    pub fn auth_enabled(&self) -> bool {
+        self.store.auth().enabled()
+    }
+
+    /// Every committed batch of events from now on, unchecked by auth: for wake-ups only (the
+    /// Nacos config listener learns that a config it holds may have changed). What a caller
+    /// is shown must still be read through the checked operations in `api`. A receiver that
+    /// lags, or a batch with `gap` set (a snapshot was installed), means changes were missed.
+    pub fn subscribe_commits(&self) -> tokio::sync::broadcast::Receiver<Arc<crate::watch::Batch>> {
+        self.hub.subscribe()
+    }
+
     /// The compacted revision: history below it is gone (-1 before the first compaction).
     pub fn compact_revision(&self) -> i64 {
         self.store.compact_revision()

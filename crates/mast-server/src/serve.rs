@@ -298,6 +298,36 @@ impl Server {
         &self.addrs
     }
 
+    /// Serves `router` (a protocol of its own, such as the Nacos API) on `addr` until the
+    /// server shuts down, over TLS when the client port has TLS (same certificate and client
+    /// certificate check), with the client address in each request's extensions as on the
+    /// client port. Returns the bound address.
+    ///
+    /// # Errors
+    /// When `addr` cannot be bound (the `std::io::Error` is in the chain, so a caller can tell
+    /// `AddrInUse`), or the TLS files cannot be read.
+    pub async fn serve_router(
+        &mut self,
+        addr: SocketAddr,
+        router: axum::Router,
+    ) -> anyhow::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        let rx = self.stop.subscribe();
+        let task = match &self.node.config.tls {
+            Some(t) => spawn_serve(
+                crate::tls::TlsListener::new(listener, t.server_config()?)?,
+                router,
+                rx,
+            ),
+            None => spawn_serve(crate::authority::FixListener(listener), router, rx),
+        };
+        self.tasks.push(task);
+        Ok(local)
+    }
+
     /// The bound peer addresses.
     pub fn peer_addrs(&self) -> &[SocketAddr] {
         &self.peer_addrs

@@ -145,6 +145,11 @@ struct ServeArgs {
     /// Refuse members that dial in without a certificate signed by `--peer-trusted-ca-file`.
     #[arg(long, env = "MAST_PEER_CLIENT_CERT_AUTH")]
     peer_client_cert_auth: bool,
+    /// Where the Nacos HTTP API listens (`host:port`), or `off`. Unset: 127.0.0.1:8848, and
+    /// when that port is taken Mast serves without the Nacos API and says so in its log (an
+    /// address given here must be free).
+    #[arg(long, env = "MAST_NACOS_ADDR")]
+    nacos_addr: Option<String>,
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "MAST_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -286,11 +291,57 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval.max(1));
     config.election_timeout = Duration::from_millis(args.election_timeout);
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "starting mast");
-    let server = Server::start_with(config, mast_registry::router).await?;
+    let mut server = Server::start_with(config, mast_registry::router).await?;
+    serve_nacos(&mut server, args.nacos_addr.as_deref()).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Starts the Nacos HTTP API on `--nacos-addr` (see [`ServeArgs::nacos_addr`]).
+async fn serve_nacos(server: &mut Server, flag: Option<&str>) -> anyhow::Result<()> {
+    let (addr, given) = match flag.map(str::trim) {
+        Some("off") => return Ok(()),
+        Some(a) => {
+            let hostport = a
+                .strip_prefix("http://")
+                .or_else(|| a.strip_prefix("https://"))
+                .unwrap_or(a);
+            let addr = tokio::net::lookup_host(hostport)
+                .await
+                .ok()
+                .and_then(|mut it| it.next())
+                .ok_or_else(|| anyhow::anyhow!("invalid --nacos-addr {a:?} (host:port or off)"))?;
+            (addr, true)
+        }
+        None => (
+            SocketAddr::from(([127, 0, 0, 1], mast_nacos::DEFAULT_HTTP_PORT)),
+            false,
+        ),
+    };
+    let retention = mast_registry::RegistryConfig::from_env().history_retention;
+    let router = mast_nacos::router(server.node().clone(), retention);
+    match server.serve_router(addr, router).await {
+        Ok(local) => {
+            tracing::info!(address = %local, "serving the Nacos HTTP API");
+            Ok(())
+        }
+        Err(e)
+            if !given
+                && e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+                }) =>
+        {
+            tracing::warn!(
+                address = %addr,
+                "the Nacos API's default port is taken; serving without it (set --nacos-addr)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.context("--nacos-addr")),
+    }
 }
 
 async fn shutdown_signal() {

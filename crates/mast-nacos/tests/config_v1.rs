@@ -1,0 +1,420 @@
+//! The Nacos v1 config API through real HTTP against an in-process server (the same
+//! `Server::start_with` + `serve_router` the binary runs): headers and bodies as Nacos's, the
+//! long-polling listener, the public namespace, and Nacos logins on Mast users.
+
+use std::time::Duration;
+
+use base64::Engine;
+use mast_server::node::Secret;
+use mast_server::{Server, ServerConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+struct Nacos {
+    server: Option<Server>,
+    etcd: String,
+    base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Nacos {
+    async fn start(root_password: Option<&str>) -> Nacos {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::new(dir.path());
+        cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        cfg.root_password = root_password.map(|p| Secret(p.into()));
+        let mut server = Server::start_with(cfg, mast_registry::router)
+            .await
+            .unwrap();
+        let router = mast_nacos::router(server.node().clone(), 100);
+        let addr = server
+            .serve_router("127.0.0.1:0".parse().unwrap(), router)
+            .await
+            .unwrap();
+        Nacos {
+            etcd: format!("http://{}", server.local_addrs()[0]),
+            server: Some(server),
+            base: format!("http://{addr}/nacos/v1"),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn publish(&self, form: &[(&str, &str)]) -> (StatusCode, String) {
+        let r = self
+            .http
+            .post(format!("{}/cs/configs", self.base))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    async fn get(&self, query: &[(&str, &str)]) -> reqwest::Response {
+        self.http
+            .get(format!("{}/cs/configs", self.base))
+            .query(query)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn listen(
+        &self,
+        listening: String,
+        extra: &[(&'static str, &'static str)],
+    ) -> impl Future<Output = (StatusCode, String)> + use<> {
+        let mut req = self
+            .http
+            .post(format!("{}/cs/configs/listener", self.base))
+            .form(&[("Listening-Configs", listening)]);
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    }
+
+    /// An etcd JSON gateway call.
+    async fn etcd(&self, path: &str, body: Value, token: Option<&str>) -> Value {
+        let mut r = self.http.post(format!("{}{path}", self.etcd)).json(&body);
+        if let Some(t) = token {
+            r = r.header("Authorization", t);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        r.json().await.unwrap()
+    }
+}
+
+impl Drop for Nacos {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            drop(tokio::spawn(s.shutdown()));
+        }
+    }
+}
+
+fn md5(s: &str) -> String {
+    use md5::Digest;
+    md5::Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn get_answers_content_with_nacos_headers_and_404_when_absent() {
+    let n = Nacos::start(None).await;
+    let form = [
+        ("dataId", "app.json"),
+        ("group", "DEFAULT_GROUP"),
+        ("content", r#"{"a":1}"#),
+        ("type", "json"),
+    ];
+    assert_eq!(n.publish(&form).await, (StatusCode::OK, "true".into()));
+    // The public namespace is "" or "public".
+    for tenant in ["", "public"] {
+        let r = n
+            .get(&[
+                ("dataId", "app.json"),
+                ("group", "DEFAULT_GROUP"),
+                ("tenant", tenant),
+            ])
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let h = r.headers();
+        assert_eq!(h["config-type"], "json");
+        assert_eq!(h["content-type"], "application/json;charset=UTF-8");
+        assert_eq!(h["content-md5"].to_str().unwrap(), md5(r#"{"a":1}"#));
+        assert_eq!(h["cache-control"], "no-cache,no-store");
+        assert!(h.contains_key("last-modified"));
+        assert_eq!(r.text().await.unwrap(), r#"{"a":1}"#);
+    }
+    let r = n
+        .get(&[("dataId", "none"), ("group", "DEFAULT_GROUP")])
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.text().await.unwrap(), "config data not exist\n");
+
+    // Content an etcd client put (no metadata) is served as text.
+    n.etcd(
+        "/v3/kv/put",
+        json!({"key": b64("/configs/public/G/raw"), "value": b64("x=1")}),
+        None,
+    )
+    .await;
+    let r = n.get(&[("dataId", "raw"), ("group", "G")]).await;
+    assert_eq!(r.headers()["config-type"], "text");
+    assert_eq!(r.text().await.unwrap(), "x=1");
+
+    // A path Mast does not serve says so.
+    let r = n
+        .http
+        .get(format!("{}/ns/operator/metrics", n.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_IMPLEMENTED);
+}
+
+#[tokio::test]
+async fn the_listener_holds_until_a_listened_config_changes_and_names_it() {
+    let n = Nacos::start(None).await;
+    let form = [
+        ("dataId", "live.yaml"),
+        ("group", "G"),
+        ("tenant", "dev"),
+        ("content", "a: 1"),
+    ];
+    assert_eq!(n.publish(&form).await.0, StatusCode::OK);
+    let current = format!("live.yaml\u{2}G\u{2}{}\u{2}dev\u{1}", md5("a: 1"));
+
+    // Up to date: answered at once with No-Hangup, held otherwise.
+    let quick = n.listen(
+        current.clone(),
+        &[
+            ("Long-Pulling-Timeout", "30000"),
+            ("Long-Pulling-Timeout-No-Hangup", "true"),
+        ],
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, quick).await.unwrap(),
+        (StatusCode::OK, String::new())
+    );
+    let mut held = Box::pin(n.listen(current.clone(), &[("Long-Pulling-Timeout", "30000")]));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut held)
+            .await
+            .is_err(),
+        "an up-to-date listener is held"
+    );
+    // A change to another config does not answer it; a change to its own does.
+    let other = [
+        ("dataId", "other"),
+        ("group", "G"),
+        ("tenant", "dev"),
+        ("content", "x"),
+    ];
+    assert_eq!(n.publish(&other).await.0, StatusCode::OK);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut held)
+            .await
+            .is_err()
+    );
+    let form = [
+        ("dataId", "live.yaml"),
+        ("group", "G"),
+        ("tenant", "dev"),
+        ("content", "a: 2"),
+    ];
+    assert_eq!(n.publish(&form).await.0, StatusCode::OK);
+    let (status, body) = tokio::time::timeout(WAIT, held).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "live.yaml%02G%02dev%01\n");
+
+    // An md5 that differs answers at once; an absent config's md5 is "".
+    let stale = n.listen(current, &[("Long-Pulling-Timeout", "30000")]);
+    assert_eq!(
+        tokio::time::timeout(WAIT, stale).await.unwrap().1,
+        "live.yaml%02G%02dev%01\n"
+    );
+    let absent = n.listen(
+        "nothing\u{2}G\u{2}\u{1}".into(),
+        &[
+            ("Long-Pulling-Timeout", "30000"),
+            ("Long-Pulling-Timeout-No-Hangup", "true"),
+        ],
+    );
+    assert_eq!(tokio::time::timeout(WAIT, absent).await.unwrap().1, "");
+
+    // A delete is a change too.
+    let r = n
+        .http
+        .delete(format!("{}/cs/configs", n.base))
+        .query(&[("dataId", "live.yaml"), ("group", "G"), ("tenant", "dev")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "true");
+    let gone = n.listen(
+        format!("live.yaml\u{2}G\u{2}{}\u{2}dev\u{1}", md5("a: 2")),
+        &[("Long-Pulling-Timeout", "30000")],
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, gone).await.unwrap().1,
+        "live.yaml%02G%02dev%01\n"
+    );
+    // Malformed: Nacos's words and status.
+    let (s, body) = n
+        .listen("a\u{2}b\u{1}".into(), &[("Long-Pulling-Timeout", "x")])
+        .await;
+    assert_eq!(
+        (s, body.as_str()),
+        (StatusCode::BAD_REQUEST, "caused: invalid probeModify;")
+    );
+    let (s, body) = n
+        .listen("a\u{2}b\u{2}\u{1}".into(), &[("Long-Pulling-Timeout", "x")])
+        .await;
+    assert_eq!(
+        (s, body.as_str()),
+        (StatusCode::BAD_REQUEST, "caused: For input string: \"x\";")
+    );
+}
+
+#[tokio::test]
+async fn logins_are_mast_users_and_every_call_is_checked() {
+    let n = Nacos::start(Some("guang")).await;
+    let form = [("dataId", "a"), ("group", "G"), ("content", "x")];
+
+    // No caller, a wrong token, a wrong password: Nacos's 403s.
+    let r = n
+        .http
+        .post(format!("{}/cs/configs", n.base))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            v["status"].clone(),
+            v["error"].clone(),
+            v["message"].clone(),
+            v["path"].clone()
+        ),
+        (
+            json!(403),
+            json!("Forbidden"),
+            json!("user not found!"),
+            json!("/nacos/v1/cs/configs")
+        )
+    );
+    let r = n
+        .get(&[("dataId", "a"), ("group", "G"), ("accessToken", "nope")])
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "token invalid!"
+    );
+    let r = n
+        .http
+        .post(format!("{}/auth/login", n.base))
+        .form(&[("username", "root"), ("password", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.text().await.unwrap(), "user not found!");
+
+    // A login's token works as accessToken and as a Bearer header.
+    let r = n
+        .http
+        .post(format!("{}/auth/login", n.base))
+        .form(&[("username", "root"), ("password", "guang")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let bearer = r.headers()["authorization"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    let token = v["accessToken"].as_str().unwrap().to_string();
+    assert_eq!(bearer, format!("Bearer {token}"));
+    assert_eq!(
+        (v["globalAdmin"].clone(), v["username"].clone()),
+        (json!(true), json!("root"))
+    );
+    assert!(v["tokenTtl"].as_u64().unwrap() > 0);
+    let mut with_token = form.to_vec();
+    with_token.push(("accessToken", &token));
+    assert_eq!(
+        n.publish(&with_token).await,
+        (StatusCode::OK, "true".into())
+    );
+    let r = n
+        .http
+        .get(format!("{}/cs/configs?dataId=a&group=G", n.base))
+        .header("Authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "x");
+
+    // username / password on the call itself (the npm client's way).
+    let r = n
+        .get(&[
+            ("dataId", "a"),
+            ("group", "G"),
+            ("username", "root"),
+            ("password", "guang"),
+        ])
+        .await;
+    assert_eq!(r.text().await.unwrap(), "x");
+
+    // A user whose role reads only /configs/dev/: reads there, 403 elsewhere and on writes.
+    let root = n
+        .etcd(
+            "/v3/auth/authenticate",
+            json!({"name": "root", "password": "guang"}),
+            None,
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (path, body) in [
+        ("/v3/auth/role/add", json!({"name": "dev-reader"})),
+        (
+            "/v3/auth/role/grant",
+            json!({"name": "dev-reader", "perm": {"permType": "READ",
+                "key": b64("/configs/dev/"), "range_end": b64("/configs/dev0")}}),
+        ),
+        (
+            "/v3/auth/user/add",
+            json!({"name": "alice", "password": "pw"}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            json!({"user": "alice", "role": "dev-reader"}),
+        ),
+    ] {
+        n.etcd(path, body, Some(&root)).await;
+    }
+    let dev = [
+        ("dataId", "d"),
+        ("group", "G"),
+        ("tenant", "dev"),
+        ("content", "y"),
+    ];
+    let mut as_root = dev.to_vec();
+    as_root.push(("accessToken", &token));
+    assert_eq!(n.publish(&as_root).await.0, StatusCode::OK);
+    let alice = [("username", "alice"), ("password", "pw")];
+    let mut q = vec![("dataId", "d"), ("group", "G"), ("tenant", "dev")];
+    q.extend(alice);
+    assert_eq!(n.get(&q).await.text().await.unwrap(), "y");
+    let mut q = vec![("dataId", "a"), ("group", "G")];
+    q.extend(alice);
+    let r = n.get(&q).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "authorization failed!"
+    );
+    let mut w = dev.to_vec();
+    w.extend(alice);
+    let (s, body) = n.publish(&w).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+}
