@@ -94,6 +94,82 @@ pub fn parse_instance_key(key: &[u8]) -> Option<(&str, &str)> {
     Some((service, id))
 }
 
+/// The default service group (Nacos's).
+pub const DEFAULT_SERVICE_GROUP: &str = "DEFAULT_GROUP";
+
+/// A service named as Nacos names it: namespace, group and name. Its instances live under
+/// `/services/<segment>/`, where the segment is
+///
+/// - `<service>` in the public namespace and `DEFAULT_GROUP` (the seeds' layout, unchanged);
+/// - `<group>@@<service>` in the public namespace and another group (Nacos's grouped name);
+/// - `<namespace>#<group>@@<service>` in any other namespace (the group always written).
+///
+/// The mapping is one to one for Nacos names: a namespace is word characters and `-`, a group
+/// has no `#` or `@`, and a service name does not start with `@` or contain `@@`; so the text
+/// before the first `@@` tells a namespace (it holds a `#`) from a group.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName {
+    /// Namespace (`public` for Nacos's `""`).
+    pub namespace: String,
+    /// Group (`DEFAULT_GROUP` by default).
+    pub group: String,
+    /// Service name.
+    pub name: String,
+}
+
+impl ServiceName {
+    /// A service name; an empty namespace is `public`, an empty group `DEFAULT_GROUP`.
+    pub fn new(namespace: &str, group: &str, name: &str) -> ServiceName {
+        let namespace = match namespace {
+            "" => config::DEFAULT_NAMESPACE,
+            ns => ns,
+        };
+        let group = if group.is_empty() {
+            DEFAULT_SERVICE_GROUP
+        } else {
+            group
+        };
+        ServiceName {
+            namespace: namespace.to_string(),
+            group: group.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The key segment of the service (see the type's description).
+    pub fn segment(&self) -> String {
+        let public = self.namespace == config::DEFAULT_NAMESPACE;
+        if public && self.group == DEFAULT_SERVICE_GROUP {
+            self.name.clone()
+        } else if public {
+            format!("{}@@{}", self.group, self.name)
+        } else {
+            format!("{}#{}@@{}", self.namespace, self.group, self.name)
+        }
+    }
+
+    /// The service a key segment names (the inverse of [`ServiceName::segment`]).
+    pub fn parse(segment: &str) -> ServiceName {
+        match segment.split_once("@@") {
+            Some((head, name)) => match head.split_once('#') {
+                Some((ns, group)) => ServiceName::new(ns, group, name),
+                None => ServiceName::new("", head, name),
+            },
+            None => ServiceName::new("", "", segment),
+        }
+    }
+
+    /// Nacos's grouped name, `<group>@@<service>`.
+    pub fn grouped(&self) -> String {
+        format!("{}@@{}", self.group, self.name)
+    }
+
+    /// The prefix of the service's instance keys, `/services/<segment>/`.
+    pub fn prefix(&self) -> String {
+        service_prefix(&self.segment())
+    }
+}
+
 /// The exclusive end of a prefix range, as etcd's `clientv3.GetPrefixRangeEnd`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -221,6 +297,31 @@ mod tests {
             serde_json::json!({"host":"localhost","port":3000,"version":"v2"})
         );
         assert!(Instance::from_json(b"{\"host\":\"x\"}").is_err());
+    }
+
+    #[test]
+    fn nacos_service_names_map_one_to_one_onto_segments() {
+        let cases = [
+            (("", "", "user-service"), "user-service"),
+            (("public", "DEFAULT_GROUP", "orders"), "orders"),
+            (("", "PAY", "orders"), "PAY@@orders"),
+            (
+                ("dev", "DEFAULT_GROUP", "orders"),
+                "dev#DEFAULT_GROUP@@orders",
+            ),
+            (
+                ("dev", "g:1", "providers:com.a#b:1.0"),
+                "dev#g:1@@providers:com.a#b:1.0",
+            ),
+            (("", "", "a#b"), "a#b"),
+        ];
+        for ((ns, g, n), segment) in cases {
+            let s = ServiceName::new(ns, g, n);
+            assert_eq!(s.segment(), segment);
+            assert_eq!(ServiceName::parse(segment), s, "{segment}");
+        }
+        assert_eq!(ServiceName::new("", "G", "s").grouped(), "G@@s");
+        assert_eq!(ServiceName::new("", "", "s").prefix(), "/services/s/");
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //!
 //! - [`config_v1`]: the v1 open API for configs — get, publish, delete and the long-polling
 //!   listener (`/nacos/v1/cs/configs`, `/nacos/v1/cs/configs/listener`).
+//! - [`naming_v1`]: the v1 open API for naming — instances (register, deregister, update,
+//!   get, list, beat) and the service list — on Mast's instance keys.
+//! - [`push`]: UDP push of a subscribed service's instances to v1 naming clients.
 //! - [`auth`]: `/nacos/v1/auth/login`, and how a call names its caller.
 //! - [`listen`]: which held listeners wait on which config, woken by the node's commits.
 //! - [`params`]: parameters from the query string and a form body, as Nacos reads them.
@@ -20,7 +23,9 @@ pub mod auth;
 pub mod config_v1;
 pub mod error;
 pub mod listen;
+pub mod naming_v1;
 pub mod params;
+pub mod push;
 
 use std::sync::Arc;
 
@@ -44,6 +49,8 @@ pub struct AppState {
     pub listeners: Arc<listen::ListenHub>,
     /// Tokens from `username` / `password` parameters.
     pub logins: Arc<auth::LoginCache>,
+    /// Naming clients subscribed to UDP push.
+    pub push: Arc<push::PushHub>,
 }
 
 /// The Nacos API's routes for `node`, keeping `retention` versions of each config (the
@@ -52,6 +59,7 @@ pub struct AppState {
 pub fn router(node: Arc<Node>, retention: u64) -> Router {
     let state = AppState {
         listeners: listen::ListenHub::start(node.clone()),
+        push: push::PushHub::start(node.clone()),
         node,
         retention: retention.max(1),
         logins: Arc::default(),
@@ -67,6 +75,30 @@ pub fn router(node: Arc<Node>, retention: u64) -> Router {
         .route(
             "/nacos/v1/cs/configs/listener",
             post(config_v1::listener).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v1/ns/instance",
+            axum::routing::get(naming_v1::get_instance)
+                .post(naming_v1::register)
+                .put(naming_v1::update)
+                .delete(naming_v1::deregister)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v1/ns/instance/list",
+            axum::routing::get(naming_v1::list).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v1/ns/instance/beat",
+            axum::routing::put(naming_v1::beat).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v1/ns/service/list",
+            axum::routing::get(naming_v1::service_list).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v1/ns/operator/metrics",
+            axum::routing::get(naming_v1::metrics).fallback(method_not_allowed),
         )
         .route(
             "/nacos/v1/auth/login",

@@ -161,7 +161,7 @@ async fn get_answers_content_with_nacos_headers_and_404_when_absent() {
     // A path Mast does not serve says so.
     let r = n
         .http
-        .get(format!("{}/ns/operator/metrics", n.base))
+        .get(format!("{}/console/namespaces", n.base))
         .send()
         .await
         .unwrap();

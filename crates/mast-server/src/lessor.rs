@@ -82,6 +82,9 @@ pub struct LeaseTiming {
     pub granted_ttl: i64,
     /// Whole seconds left before expiry (0 when expiring).
     pub remaining: i64,
+    /// Milliseconds left before expiry (0 when expiring): `remaining` before rounding down,
+    /// for callers that measure beat ages below a second (Nacos's heartbeat timeout).
+    pub remaining_ms: u64,
 }
 
 fn secs(ttl: i64) -> Duration {
@@ -217,9 +220,11 @@ impl Lessor {
         let now = self.clock.now();
         let leases = self.leases.lock().expect("lessor lock");
         let d = leases.by_id.get(&id)?;
+        let left = d.expires.saturating_sub(now);
         Some(LeaseTiming {
             granted_ttl: d.ttl,
-            remaining: d.expires.saturating_sub(now).as_secs() as i64,
+            remaining: left.as_secs() as i64,
+            remaining_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
         })
     }
 
@@ -305,7 +310,8 @@ mod tests {
             lessor.timing(1),
             Some(LeaseTiming {
                 granted_ttl: 10,
-                remaining: 6
+                remaining: 6,
+                remaining_ms: 6_000,
             })
         );
         // Lease 2 was renewed at 4 s, so it now ends at 9 s; lease 1 ends at 10 s.

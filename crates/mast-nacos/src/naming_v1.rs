@@ -1,0 +1,891 @@
+//! Nacos open API v1 for naming (`/nacos/v1/ns/…`), on Mast's instances: a Nacos service is
+//! a [`ServiceName`] (namespace, group, name) whose instances live at
+//! `/services/<segment>/<ip>#<port>#<cluster>`, holding the same instance JSON the seeds and
+//! `/mast/v1` write (`host`, `port`, `weight`, `enabled`, `metadata`, plus `cluster`,
+//! `ephemeral` and, for a persistent instance, `healthy`). So an instance registered here is in
+//! `discoverService`'s prefix read, and one the seeds put with etcd is in this API's list
+//! (cluster `DEFAULT`, ephemeral when it has a lease).
+//!
+//! Ephemeral instances are kept by a lease, as etcd registrations are: registering grants one
+//! of the instance's delete timeout (`preserved.ip.delete.timeout`, default 30 s), and each
+//! beat is a keepalive of it. An instance whose last beat is older than its heartbeat timeout
+//! (`preserved.heart.beat.timeout`, default 15 s) is listed unhealthy; when the lease expires,
+//! the key goes (Nacos's "unhealthy after 15 s, removed after 30 s").
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use mast_model::{Instance, ServiceName, instance_key, parse_instance_key};
+use mast_proto::etcdserverpb::{
+    DeleteRangeRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
+};
+use mast_proto::mvccpb::KeyValue;
+use mast_registry::{ApiError, etcd};
+use mast_server::Node;
+use mast_server::api::{kv, lease};
+use mast_server::authz::Caller;
+use serde::Serialize;
+
+use crate::AppState;
+use crate::auth::NacosCaller;
+use crate::error::{NacosError, NacosResult};
+use crate::params::Params;
+
+/// Nacos's default cluster.
+pub const DEFAULT_CLUSTER: &str = "DEFAULT";
+/// How often a client beats, in milliseconds (Nacos's default).
+pub const HEART_BEAT_INTERVAL_MS: u64 = 5_000;
+/// Beat age past which an instance is unhealthy, in milliseconds (Nacos's default).
+pub const HEART_BEAT_TIMEOUT_MS: u64 = 15_000;
+/// Beat age past which an instance is removed, in milliseconds (Nacos's default).
+pub const IP_DELETE_TIMEOUT_MS: u64 = 30_000;
+/// How long a client may keep a list before asking again, in milliseconds (`cacheMillis`).
+pub const CACHE_MILLIS: u64 = 10_000;
+
+const META_BEAT_INTERVAL: &str = "preserved.heart.beat.interval";
+const META_BEAT_TIMEOUT: &str = "preserved.heart.beat.timeout";
+const META_DELETE_TIMEOUT: &str = "preserved.ip.delete.timeout";
+
+/// A naming request's 400, in Nacos's words (naming errors carry no `caused:` prefix).
+fn bad(message: impl Into<String>) -> NacosError {
+    NacosError::BadRequest(message.into())
+}
+
+/// A required naming parameter: absent or blank is a 400 `Param '<name>' is required.`.
+fn required<'a>(p: &'a Params, name: &str) -> NacosResult<&'a str> {
+    p.opt(name)
+        .ok_or_else(|| bad(format!("Param '{name}' is required.")))
+}
+
+/// The service a request names: `serviceName` (possibly `group@@name`), `groupName` and
+/// `namespaceId` (default `public`).
+fn service_of(p: &Params) -> NacosResult<ServiceName> {
+    let raw = required(p, "serviceName")?;
+    let namespace = p.opt("namespaceId").unwrap_or("");
+    check_namespace(namespace)?;
+    let (group, name) = match raw.split_once("@@") {
+        Some((g, n)) => (g, n),
+        None => (p.opt("groupName").unwrap_or(""), raw),
+    };
+    if raw.starts_with('@') || name.contains("@@") || name.is_empty() {
+        return Err(bad(
+            "Param 'serviceName' is illegal, it should be format as 'groupName@@serviceName'",
+        ));
+    }
+    if raw.contains("@@") && group.trim().is_empty() {
+        return Err(bad(
+            "Param 'serviceName' is illegal, groupName can't be empty",
+        ));
+    }
+    let svc = ServiceName::new(namespace, group, name);
+    // A service is one key segment: no '/', no control characters.
+    mast_model::check_name("service", &svc.segment()).map_err(|e| bad(e.to_string()))?;
+    if svc.group.contains(['#', '@']) {
+        return Err(bad(format!(
+            "Param 'groupName' is illegal, illegal characters should not appear in the param: {}",
+            svc.group
+        )));
+    }
+    Ok(svc)
+}
+
+fn check_namespace(ns: &str) -> NacosResult<()> {
+    if ns.len() > 64 {
+        return Err(bad(
+            "Param 'namespaceId/tenant' is illegal, the param length should not exceed 64.",
+        ));
+    }
+    if !ns
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(bad(
+            "Param 'namespaceId/tenant' is illegal, illegal characters should not appear in the param.",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_bool(p: &Params, names: &[&str], default: bool) -> bool {
+    names
+        .iter()
+        .find_map(|n| p.opt(n))
+        .map_or(default, |v| v.eq_ignore_ascii_case("true"))
+}
+
+/// Nacos's metadata parameter: a JSON object, or `k1=v1,k2=v2`.
+fn parse_metadata(raw: &str) -> NacosResult<BTreeMap<String, String>> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    if let Ok(map) = serde_json::from_str::<BTreeMap<String, serde_json::Value>>(raw) {
+        return Ok(map
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, v)
+            })
+            .collect());
+    }
+    let mut out = BTreeMap::new();
+    for pair in raw.split(',') {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(bad(format!("metadata format incorrect:{raw}")));
+        };
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// One instance as a request describes it.
+#[derive(Debug, Clone)]
+struct InstanceParams {
+    ip: String,
+    port: u16,
+    cluster: String,
+    weight: f64,
+    healthy: bool,
+    enabled: bool,
+    ephemeral: bool,
+    metadata: BTreeMap<String, String>,
+}
+
+fn check_ip(ip: &str) -> NacosResult<()> {
+    if ip.len() > 128 || ip.contains(|c: char| c.is_whitespace() || c == '/' || c == '#') {
+        return Err(bad(
+            "Param 'ip' is illegal, illegal characters should not appear in the param.",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_port(raw: &str) -> NacosResult<u16> {
+    raw.trim()
+        .parse::<u16>()
+        .map_err(|_| bad("Param 'port' is illegal, the value should be between 0 and 65535."))
+}
+
+fn check_cluster(cluster: &str) -> NacosResult<()> {
+    if cluster.is_empty()
+        || cluster.len() > 64
+        || !cluster
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(bad(format!(
+            "Instance 'clusterName' should be characters with only 0-9a-zA-Z-. (current: {cluster})"
+        )));
+    }
+    Ok(())
+}
+
+fn cluster_of(p: &Params) -> NacosResult<String> {
+    let cluster = p
+        .opt("clusterName")
+        .or_else(|| p.opt("cluster"))
+        .unwrap_or(DEFAULT_CLUSTER)
+        .to_string();
+    check_cluster(&cluster)?;
+    Ok(cluster)
+}
+
+fn instance_params(p: &Params) -> NacosResult<InstanceParams> {
+    let ip = required(p, "ip")?.to_string();
+    check_ip(&ip)?;
+    let port = parse_port(required(p, "port")?)?;
+    let weight = match p.opt("weight") {
+        Some(w) => w
+            .parse::<f64>()
+            .map_err(|_| bad(format!("For input string: \"{w}\"")))?,
+        None => 1.0,
+    };
+    if !(0.0..=10_000.0).contains(&weight) {
+        return Err(bad(
+            "instance format invalid: The weights range from 0.0 to 10000.0",
+        ));
+    }
+    Ok(InstanceParams {
+        ip,
+        port,
+        cluster: cluster_of(p)?,
+        weight,
+        healthy: parse_bool(p, &["healthy"], true),
+        enabled: parse_bool(p, &["enabled", "enable"], true),
+        ephemeral: parse_bool(p, &["ephemeral"], true),
+        metadata: parse_metadata(p.get("metadata").unwrap_or(""))?,
+    })
+}
+
+/// The last key segment of a Nacos instance: `<ip>#<port>#<cluster>`.
+fn instance_id(ip: &str, port: u16, cluster: &str) -> String {
+    format!("{ip}#{port}#{cluster}")
+}
+
+fn millis_meta(metadata: &BTreeMap<String, String>, key: &str, default: u64) -> u64 {
+    metadata
+        .get(key)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(default)
+}
+
+impl InstanceParams {
+    fn to_instance(&self) -> Instance {
+        let mut inst = Instance::new(self.ip.clone(), self.port);
+        inst.weight = self.weight;
+        inst.enabled = self.enabled;
+        inst.metadata = self.metadata.clone();
+        inst.registered_at = Some(etcd::now_ms());
+        inst.extra.insert(
+            "cluster".into(),
+            serde_json::Value::String(self.cluster.clone()),
+        );
+        inst.extra
+            .insert("ephemeral".into(), serde_json::Value::Bool(self.ephemeral));
+        if !self.ephemeral {
+            inst.extra
+                .insert("healthy".into(), serde_json::Value::Bool(self.healthy));
+        }
+        inst
+    }
+
+    /// The lease TTL of an ephemeral instance: its delete timeout, in whole seconds (≥ 2).
+    fn ttl_secs(&self) -> i64 {
+        let ms = millis_meta(&self.metadata, META_DELETE_TIMEOUT, IP_DELETE_TIMEOUT_MS);
+        (ms.div_ceil(1000) as i64).max(2)
+    }
+}
+
+/// Revokes `lease` when no key is attached to it any more.
+async fn revoke_if_unused(node: &Node, caller: &Caller, id: i64) {
+    if id == 0 || node.lease_key_count(id) != Some(0) {
+        return;
+    }
+    if let Err(e) = lease::revoke(node, caller, LeaseRevokeRequest { id }).await {
+        tracing::debug!(lease = id, error = %e, "revoking an unused lease failed");
+    }
+}
+
+/// Writes an instance: an ephemeral one with a fresh lease in the same write, a persistent
+/// one without a lease; the lease of the instance it replaces is revoked when unused.
+async fn write_instance(
+    node: &Node,
+    caller: &Caller,
+    svc: &ServiceName,
+    ip: &InstanceParams,
+) -> Result<(), ApiError> {
+    let key = instance_key(&svc.segment(), &instance_id(&ip.ip, ip.port, &ip.cluster));
+    let req = PutRequest {
+        key: key.into_bytes().into(),
+        value: ip.to_instance().to_json().into(),
+        prev_kv: true,
+        ..Default::default()
+    };
+    let (lease_id, put) = if ip.ephemeral {
+        let (id, _, put) = kv::put_with_new_lease(node, caller, ip.ttl_secs(), req).await?;
+        (id, put)
+    } else {
+        (0, kv::put(node, caller, req).await?)
+    };
+    if let Some(prev) = &put.prev_kv
+        && prev.lease != lease_id
+    {
+        revoke_if_unused(node, caller, prev.lease).await;
+    }
+    Ok(())
+}
+
+fn ok_text() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain;charset=UTF-8")], "ok").into_response()
+}
+
+/// `POST /nacos/v1/ns/instance`: registers (or replaces) an instance; answers `ok`.
+pub async fn register(
+    State(st): State<AppState>,
+    who: NacosCaller,
+    p: Params,
+) -> NacosResult<Response> {
+    let svc = service_of(&p)?;
+    let inst = instance_params(&p)?;
+    let (caller, had_token) = who.caller(&st, &p).await?;
+    write_instance(&st.node, &caller, &svc, &inst)
+        .await
+        .map_err(|e| NacosError::from_api(e, had_token))?;
+    Ok(ok_text())
+}
+
+/// `DELETE /nacos/v1/ns/instance`: deregisters an instance (its lease goes when unused);
+/// answers `ok`, also when it was not registered (as Nacos).
+pub async fn deregister(
+    State(st): State<AppState>,
+    who: NacosCaller,
+    p: Params,
+) -> NacosResult<Response> {
+    let svc = service_of(&p)?;
+    let ip = required(&p, "ip")?.to_string();
+    check_ip(&ip)?;
+    let port = parse_port(required(&p, "port")?)?;
+    let cluster = cluster_of(&p)?;
+    let (caller, had_token) = who.caller(&st, &p).await?;
+    let key = instance_key(&svc.segment(), &instance_id(&ip, port, &cluster));
+    let resp = kv::delete_range(
+        &st.node,
+        &caller,
+        DeleteRangeRequest {
+            key: key.into_bytes().into(),
+            prev_kv: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| NacosError::from_api(e.into(), had_token))?;
+    for prev in &resp.prev_kvs {
+        revoke_if_unused(&st.node, &caller, prev.lease).await;
+    }
+    Ok(ok_text())
+}
+
+/// `PUT /nacos/v1/ns/instance`: changes an instance's weight, enabled, metadata (and health
+/// of a persistent one), keeping its lease; answers `ok`.
+///
+/// # Errors
+/// 400 `service not found, …` when the instance is not registered.
+pub async fn update(
+    State(st): State<AppState>,
+    who: NacosCaller,
+    p: Params,
+) -> NacosResult<Response> {
+    let svc = service_of(&p)?;
+    let params = instance_params(&p)?;
+    let (caller, had_token) = who.caller(&st, &p).await?;
+    let key = instance_key(
+        &svc.segment(),
+        &instance_id(&params.ip, params.port, &params.cluster),
+    );
+    let err = |e: ApiError| NacosError::from_api(e, had_token);
+    for _ in 0..5 {
+        let (kv, _) = etcd::get(&st.node, &caller, &key, 0).await.map_err(err)?;
+        let Some(kv) = kv else {
+            return Err(bad(format!(
+                "service not found, namespace: {}, service: {}",
+                svc.namespace,
+                svc.grouped()
+            )));
+        };
+        let mut inst = Instance::from_json(&kv.value)
+            .map_err(|_| NacosError::Conflict(format!("the value at {key} is not an instance")))?;
+        inst.weight = params.weight;
+        inst.enabled = params.enabled;
+        if p.get("metadata").is_some() {
+            inst.metadata = params.metadata.clone();
+        }
+        if kv.lease == 0 && p.opt("healthy").is_some() {
+            inst.extra
+                .insert("healthy".into(), serde_json::Value::Bool(params.healthy));
+        }
+        let resp = etcd::txn(
+            &st.node,
+            &caller,
+            vec![etcd::mod_revision_is(key.clone(), kv.mod_revision)],
+            vec![etcd::put_keep_lease_op(key.clone(), inst.to_json())],
+        )
+        .await
+        .map_err(err)?;
+        if resp.succeeded {
+            return Ok(ok_text());
+        }
+    }
+    Err(NacosError::Conflict(
+        "the instance kept changing while it was updated; try again".into(),
+    ))
+}
+
+/// A beat's `beat` parameter (the fields Mast uses).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct Beat {
+    ip: Option<String>,
+    port: Option<u16>,
+    cluster: Option<String>,
+    weight: Option<f64>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// The beat answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BeatResponse {
+    client_beat_interval: u64,
+    code: u32,
+    light_beat_enabled: bool,
+}
+
+/// Beat codes: the instance is alive / is not registered (register again).
+const BEAT_OK: u32 = 10200;
+const BEAT_NOT_FOUND: u32 = 20404;
+
+/// `PUT /nacos/v1/ns/instance/beat` (`serviceName`, `beat` JSON, or `ip` / `port` /
+/// `clusterName`): keeps an ephemeral instance's lease alive. An unknown instance is
+/// registered from the `beat` JSON when there is one (as Nacos), else answered code 20404.
+pub async fn beat(
+    State(st): State<AppState>,
+    who: NacosCaller,
+    p: Params,
+) -> NacosResult<Response> {
+    let svc = service_of(&p)?;
+    let beat: Option<Beat> = match p.opt("beat") {
+        Some(raw) => Some(
+            serde_json::from_str(raw).map_err(|e| bad(format!("beat is not valid JSON: {e}")))?,
+        ),
+        None => None,
+    };
+    let b = beat.as_ref();
+    let ip = match b.and_then(|b| b.ip.clone()) {
+        Some(ip) => ip,
+        None => required(&p, "ip")?.to_string(),
+    };
+    check_ip(&ip)?;
+    let port = match b.and_then(|b| b.port) {
+        Some(port) => port,
+        None => parse_port(required(&p, "port")?)?,
+    };
+    let cluster = match b.and_then(|b| b.cluster.clone()).filter(|c| !c.is_empty()) {
+        Some(c) => c,
+        None => cluster_of(&p)?,
+    };
+    check_cluster(&cluster)?;
+    let (caller, had_token) = who.caller(&st, &p).await?;
+    let err = |e: ApiError| NacosError::from_api(e, had_token);
+    let key = instance_key(&svc.segment(), &instance_id(&ip, port, &cluster));
+    let (kv, _) = etcd::get(&st.node, &caller, &key, 0).await.map_err(err)?;
+    let mut interval = HEART_BEAT_INTERVAL_MS;
+    let code = match kv {
+        Some(kv) => {
+            // A beat decides an instance's fate: it needs write permission on its key.
+            let who = st
+                .node
+                .authenticate_caller(&caller)
+                .map_err(|e| err(e.into()))?;
+            st.node
+                .check_range(&who, key.as_bytes(), &[], true)
+                .map_err(|e| err(e.into()))?;
+            if let Ok(inst) = Instance::from_json(&kv.value) {
+                interval = millis_meta(&inst.metadata, META_BEAT_INTERVAL, interval);
+            }
+            if kv.lease == 0 {
+                BEAT_OK
+            } else {
+                let resp =
+                    lease::keep_alive_once(&st.node, &LeaseKeepAliveRequest { id: kv.lease })
+                        .await
+                        .map_err(|e| err(e.into()))?;
+                if resp.ttl > 0 {
+                    BEAT_OK
+                } else {
+                    BEAT_NOT_FOUND
+                }
+            }
+        }
+        None => match b {
+            Some(b) => {
+                let params = InstanceParams {
+                    ip,
+                    port,
+                    cluster,
+                    weight: b.weight.unwrap_or(1.0),
+                    healthy: true,
+                    enabled: true,
+                    ephemeral: true,
+                    metadata: b.metadata.clone(),
+                };
+                interval = millis_meta(&params.metadata, META_BEAT_INTERVAL, interval);
+                write_instance(&st.node, &caller, &svc, &params)
+                    .await
+                    .map_err(err)?;
+                BEAT_OK
+            }
+            None => BEAT_NOT_FOUND,
+        },
+    };
+    Ok(Json(BeatResponse {
+        client_beat_interval: interval,
+        code,
+        light_beat_enabled: true,
+    })
+    .into_response())
+}
+
+/// One instance in a list, in Nacos's field order.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Host {
+    /// `ip#port#cluster#group@@service`.
+    pub instance_id: String,
+    /// Address.
+    pub ip: String,
+    /// Port.
+    pub port: u16,
+    /// Weight.
+    pub weight: f64,
+    /// Beating within its heartbeat timeout (ephemeral), or marked healthy (persistent).
+    pub healthy: bool,
+    /// In discovery.
+    pub enabled: bool,
+    /// Kept by beats (a lease) rather than stored until deleted.
+    pub ephemeral: bool,
+    /// Cluster.
+    pub cluster_name: String,
+    /// `group@@service`.
+    pub service_name: String,
+    /// Labels.
+    pub metadata: BTreeMap<String, String>,
+    /// Milliseconds between beats.
+    pub instance_heart_beat_interval: u64,
+    /// Always `simple`.
+    pub instance_id_generator: &'static str,
+    /// Milliseconds without a beat before unhealthy.
+    pub instance_heart_beat_time_out: u64,
+    /// Milliseconds without a beat before removal.
+    pub ip_delete_timeout: u64,
+}
+
+/// A service's instances, in Nacos's field order (`ServiceInfo`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceInfo {
+    /// `group@@service`.
+    pub name: String,
+    /// Group.
+    pub group_name: String,
+    /// The clusters asked for, as given.
+    pub clusters: String,
+    /// How long the client may keep this answer, in milliseconds.
+    pub cache_millis: u64,
+    /// Instances.
+    pub hosts: Vec<Host>,
+    /// When the answer was made, in milliseconds since the epoch.
+    pub last_ref_time: u64,
+    /// Unused (empty).
+    pub checksum: String,
+    /// Unused (false).
+    #[serde(rename = "allIPs")]
+    pub all_ips: bool,
+    /// Whether the healthy share fell below the service's protection threshold.
+    pub reach_protection_threshold: bool,
+    /// Always true.
+    pub valid: bool,
+}
+
+/// An instance key's value as a Nacos [`Host`] (`None`: not instance JSON).
+pub fn host_of(node: &Node, svc: &ServiceName, kv: &KeyValue) -> Option<Host> {
+    let inst = Instance::from_json(&kv.value).ok()?;
+    let cluster = inst
+        .extra
+        .get("cluster")
+        .and_then(|v| v.as_str())
+        .unwrap_or(DEFAULT_CLUSTER)
+        .to_string();
+    let beat_interval = millis_meta(&inst.metadata, META_BEAT_INTERVAL, HEART_BEAT_INTERVAL_MS);
+    let beat_timeout = millis_meta(&inst.metadata, META_BEAT_TIMEOUT, HEART_BEAT_TIMEOUT_MS);
+    let delete_timeout = millis_meta(&inst.metadata, META_DELETE_TIMEOUT, IP_DELETE_TIMEOUT_MS);
+    let ephemeral = kv.lease != 0;
+    let healthy = if ephemeral {
+        // Time since the last keepalive: the granted TTL minus what is left.
+        node.lease_timing(kv.lease).is_some_and(|t| {
+            let granted_ms = t.granted_ttl.max(0) as u64 * 1000;
+            let since_ms = granted_ms.saturating_sub(t.remaining_ms);
+            t.remaining_ms > 0 && since_ms < beat_timeout
+        })
+    } else {
+        inst.extra
+            .get("healthy")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true)
+    };
+    let grouped = svc.grouped();
+    Some(Host {
+        instance_id: format!("{}#{}#{}#{}", inst.host, inst.port, cluster, grouped),
+        ip: inst.host,
+        port: inst.port,
+        weight: inst.weight,
+        healthy,
+        enabled: inst.enabled,
+        ephemeral,
+        cluster_name: cluster,
+        service_name: grouped,
+        metadata: inst.metadata,
+        instance_heart_beat_interval: beat_interval,
+        instance_id_generator: "simple",
+        instance_heart_beat_time_out: beat_timeout,
+        ip_delete_timeout: delete_timeout,
+    })
+}
+
+/// Every instance of `svc` as Nacos hosts, read with the caller's permissions.
+pub async fn hosts_of(
+    node: &Node,
+    caller: &Caller,
+    svc: &ServiceName,
+) -> Result<Vec<Host>, ApiError> {
+    let resp = etcd::range_prefix(node, caller, &svc.prefix(), 0, false).await?;
+    Ok(resp
+        .kvs
+        .iter()
+        .filter(|kv| parse_instance_key(&kv.key).is_some())
+        .filter_map(|kv| host_of(node, svc, kv))
+        .collect())
+}
+
+/// The list answer for `svc`: enabled hosts in `clusters` (all when empty), only healthy ones
+/// when `healthy_only`.
+pub fn service_info(
+    svc: &ServiceName,
+    hosts: Vec<Host>,
+    clusters: &str,
+    healthy_only: bool,
+) -> ServiceInfo {
+    let wanted: Vec<&str> = clusters
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let hosts = hosts
+        .into_iter()
+        .filter(|h| h.enabled)
+        .filter(|h| wanted.is_empty() || wanted.contains(&h.cluster_name.as_str()))
+        .filter(|h| !healthy_only || h.healthy)
+        .collect();
+    ServiceInfo {
+        name: svc.grouped(),
+        group_name: svc.group.clone(),
+        clusters: clusters.to_string(),
+        cache_millis: CACHE_MILLIS,
+        hosts,
+        last_ref_time: etcd::now_ms(),
+        checksum: String::new(),
+        all_ips: false,
+        reach_protection_threshold: false,
+        valid: true,
+    }
+}
+
+/// `GET /nacos/v1/ns/instance/list` (`serviceName`, `groupName`, `namespaceId`, `clusters`,
+/// `healthyOnly`, `clientIP`, `udpPort`): the service's enabled instances as Nacos's
+/// `ServiceInfo`. With `udpPort`, the client is also subscribed: changes to the service are
+/// pushed to it over UDP (see [`crate::push`]).
+pub async fn list(
+    State(st): State<AppState>,
+    who: NacosCaller,
+    p: Params,
+) -> NacosResult<Response> {
+    let svc = service_of(&p)?;
+    let clusters = p.get("clusters").unwrap_or("").to_string();
+    let healthy_only = parse_bool(&p, &["healthyOnly"], false);
+    let (caller, had_token) = who.caller(&st, &p).await?;
+    let hosts = hosts_of(&st.node, &caller, &svc)
+        .await
+        .map_err(|e| NacosError::from_api(e, had_token))?;
+    let udp_port = p
+        .opt("udpPort")
+        .and_then(|v| v.parse::<u16>().ok())
+        .filter(|p| *p > 0);
+    if let (Some(port), Some(peer)) = (udp_port, caller.addr) {
+        let ip = crate::push::push_ip(peer.ip(), p.opt("clientIP"));
+        st.push.subscribe(
+            std::net::SocketAddr::new(ip, port),
+            svc.clone(),
+            clusters.clone(),
+            caller,
+        );
+    }
+    Ok(Json(service_info(&svc, hosts, &clusters, healthy_only)).into_response())
+}
+
+/// One instance, as `GET /nacos/v1/ns/instance` answers it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InstanceAnswer {
+    service: String,
+    ip: String,
+    port: u16,
+    cluster_name: String,
+    weight: f64,
+    healthy: bool,
+    instance_id: String,
+    metadata: BTreeMap<String, String>,
+}
+
+/// `GET /nacos/v1/ns/instance` (`serviceName`, `ip`, `port`, `clusterName`): one instance.
+///
+/// # Errors
+/// 404 `no ips found for cluster …` when the service has no instance in the cluster,
+/// `no matched ip found!` when none has this address.
+pub async fn get_instance(
+    State(st): State<AppState>,
+    who: NacosCaller,
+    p: Params,
+) -> NacosResult<Response> {
+    let svc = service_of(&p)?;
+    let ip = required(&p, "ip")?.to_string();
+    let port = parse_port(required(&p, "port")?)?;
+    let cluster = cluster_of(&p)?;
+    let (caller, had_token) = who.caller(&st, &p).await?;
+    let hosts = hosts_of(&st.node, &caller, &svc)
+        .await
+        .map_err(|e| NacosError::from_api(e, had_token))?;
+    let in_cluster: Vec<Host> = hosts
+        .into_iter()
+        .filter(|h| h.cluster_name == cluster)
+        .collect();
+    if in_cluster.is_empty() {
+        return Err(NacosError::NotFound(format!(
+            "no ips found for cluster {cluster} in service {}",
+            svc.grouped()
+        )));
+    }
+    let Some(h) = in_cluster
+        .into_iter()
+        .find(|h| h.ip == ip && h.port == port)
+    else {
+        return Err(NacosError::NotFound("no matched ip found!".into()));
+    };
+    Ok(Json(InstanceAnswer {
+        service: h.service_name,
+        ip: h.ip,
+        port: h.port,
+        cluster_name: h.cluster_name,
+        weight: h.weight,
+        healthy: h.healthy,
+        instance_id: h.instance_id,
+        metadata: h.metadata,
+    })
+    .into_response())
+}
+
+/// The services of one namespace and group that have instances, by name.
+async fn service_names(
+    node: &Node,
+    caller: &Caller,
+    namespace: &str,
+    group: &str,
+) -> Result<Vec<String>, ApiError> {
+    let resp = etcd::range_prefix(node, caller, mast_model::SERVICES_PREFIX, 0, true).await?;
+    let want = ServiceName::new(namespace, group, "x");
+    let mut names: Vec<String> = resp
+        .kvs
+        .iter()
+        .filter_map(|kv| parse_instance_key(&kv.key))
+        .map(|(segment, _)| ServiceName::parse(segment))
+        .filter(|s| s.namespace == want.namespace && s.group == want.group)
+        .map(|s| s.name)
+        .collect();
+    names.dedup();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// `GET /nacos/v1/ns/service/list` (`pageNo`, `pageSize`, `namespaceId`, `groupName`):
+/// `{"count", "doms"}` — the services with instances, by name, one page of them.
+pub async fn service_list(
+    State(st): State<AppState>,
+    who: NacosCaller,
+    p: Params,
+) -> NacosResult<Response> {
+    let page_no = required(&p, "pageNo")?
+        .parse::<usize>()
+        .map_err(|_| bad("Param 'pageNo' is illegal."))?
+        .max(1);
+    let page_size = required(&p, "pageSize")?
+        .parse::<usize>()
+        .map_err(|_| bad("Param 'pageSize' is illegal."))?;
+    let namespace = p.opt("namespaceId").unwrap_or("");
+    check_namespace(namespace)?;
+    let group = p.opt("groupName").unwrap_or("");
+    let (caller, had_token) = who.caller(&st, &p).await?;
+    let names = service_names(&st.node, &caller, namespace, group)
+        .await
+        .map_err(|e| NacosError::from_api(e, had_token))?;
+    let count = names.len();
+    let doms: Vec<String> = names
+        .into_iter()
+        .skip((page_no - 1).saturating_mul(page_size))
+        .take(page_size)
+        .collect();
+    Ok(Json(serde_json::json!({ "count": count, "doms": doms })).into_response())
+}
+
+/// `GET /nacos/v1/ns/operator/metrics`: `{"status": "UP"}` (clients ask it for the server's
+/// status; a member that answers is up).
+pub async fn metrics() -> Response {
+    Json(serde_json::json!({ "status": "UP" })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(q: &str) -> Params {
+        Params::parse(Some(q), None)
+    }
+
+    #[test]
+    fn service_names_come_from_grouped_names_or_group_name() {
+        let s = service_of(&params("serviceName=DEFAULT_GROUP%40%40orders")).unwrap();
+        assert_eq!(s.segment(), "orders");
+        let s = service_of(&params("serviceName=orders&groupName=PAY&namespaceId=dev")).unwrap();
+        assert_eq!(s.segment(), "dev#PAY@@orders");
+        for bad_q in [
+            "",
+            "serviceName=%40%40x",
+            "serviceName=a%40%40b%40%40c",
+            "serviceName=a%2Fb",
+            "serviceName=s&namespaceId=d.v",
+        ] {
+            assert!(
+                matches!(service_of(&params(bad_q)), Err(NacosError::BadRequest(_))),
+                "{bad_q}"
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_is_json_or_pairs() {
+        assert_eq!(
+            parse_metadata(r#"{"a":"1","b":2}"#).unwrap(),
+            BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())])
+        );
+        assert_eq!(
+            parse_metadata("a=1, b=x").unwrap(),
+            BTreeMap::from([("a".into(), "1".into()), ("b".into(), "x".into())])
+        );
+        assert!(parse_metadata("nope").is_err());
+    }
+
+    #[test]
+    fn instance_params_follow_nacos_defaults_and_limits() {
+        let i = instance_params(&params("ip=10.0.0.1&port=8080")).unwrap();
+        assert_eq!(
+            (i.cluster.as_str(), i.weight, i.enabled, i.ephemeral),
+            ("DEFAULT", 1.0, true, true)
+        );
+        assert_eq!(i.ttl_secs(), 30);
+        for bad_q in [
+            "ip=10.0.0.1",
+            "port=1",
+            "ip=a b&port=1",
+            "ip=1.1.1.1&port=70000",
+            "ip=1.1.1.1&port=1&weight=10001",
+            "ip=1.1.1.1&port=1&clusterName=a.b",
+        ] {
+            assert!(instance_params(&params(bad_q)).is_err(), "{bad_q}");
+        }
+    }
+}
