@@ -1392,7 +1392,10 @@ async fn maintenance_rpcs(kind: ServerKind) {
             assert_eq!(v, 2);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "compaction never seen: {v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "compaction never seen: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

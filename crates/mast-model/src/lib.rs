@@ -170,6 +170,43 @@ impl ServiceName {
     }
 }
 
+/// Prefix of service metadata keys (`/service-meta/<segment>`).
+pub const SERVICE_META_PREFIX: &str = "/service-meta/";
+
+/// A service's own settings, at `/service-meta/<segment>` (a service needs none: instances
+/// alone make it exist). Unknown fields are kept.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMeta {
+    /// Nacos's protection threshold, 0–1: when the healthy share of the instances is at or
+    /// below it, discovery answers all of them (so a partial outage does not pile all traffic
+    /// onto the few left). 0 turns it off.
+    #[serde(default)]
+    pub protect_threshold: f64,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Nacos's selector (kept as given; Mast does not apply it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<serde_json::Value>,
+    /// Any other field found in the stored JSON.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl ServiceName {
+    /// The key of the service's settings, `/service-meta/<segment>`.
+    pub fn meta_key(&self) -> String {
+        format!("{SERVICE_META_PREFIX}{}", self.segment())
+    }
+}
+
+/// Whether a service with `healthy` of `total` instances has reached `threshold`: the share
+/// is at or below it (Nacos's test), with a threshold above 0 and at least one instance.
+pub fn reaches_protection_threshold(healthy: usize, total: usize, threshold: f64) -> bool {
+    threshold > 0.0 && total > 0 && (healthy as f64 / total as f64) <= threshold
+}
+
 /// The exclusive end of a prefix range, as etcd's `clientv3.GetPrefixRangeEnd`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -322,6 +359,19 @@ mod tests {
         }
         assert_eq!(ServiceName::new("", "G", "s").grouped(), "G@@s");
         assert_eq!(ServiceName::new("", "", "s").prefix(), "/services/s/");
+    }
+
+    #[test]
+    fn protection_threshold_is_reached_at_or_below_the_share() {
+        assert!(reaches_protection_threshold(1, 4, 0.5));
+        assert!(reaches_protection_threshold(2, 4, 0.5));
+        assert!(!reaches_protection_threshold(3, 4, 0.5));
+        assert!(!reaches_protection_threshold(0, 4, 0.0));
+        assert!(!reaches_protection_threshold(0, 0, 0.9));
+        assert_eq!(
+            ServiceName::new("dev", "G", "s").meta_key(),
+            "/service-meta/dev#G@@s"
+        );
     }
 
     #[test]

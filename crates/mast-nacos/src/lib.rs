@@ -93,6 +93,14 @@ pub fn router(node: Arc<Node>, retention: u64) -> Router {
             axum::routing::put(naming_v1::beat).fallback(method_not_allowed),
         )
         .route(
+            "/nacos/v1/ns/service",
+            axum::routing::get(naming_v1::get_service)
+                .post(naming_v1::create_service)
+                .put(naming_v1::update_service)
+                .delete(naming_v1::delete_service)
+                .fallback(method_not_allowed),
+        )
+        .route(
             "/nacos/v1/ns/service/list",
             axum::routing::get(naming_v1::service_list).fallback(method_not_allowed),
         )

@@ -18,7 +18,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use mast_model::{Instance, ServiceName, instance_key, parse_instance_key};
+use mast_model::{Instance, ServiceMeta, ServiceName, instance_key, parse_instance_key};
 use mast_proto::etcdserverpb::{
     DeleteRangeRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
 };
@@ -643,25 +643,37 @@ pub async fn hosts_of(
         .collect())
 }
 
-/// The list answer for `svc`: enabled hosts in `clusters` (all when empty), only healthy ones
-/// when `healthy_only`.
+/// The list answer for `svc`: enabled hosts in `clusters` (all when empty); when the
+/// healthy share is at or below `threshold` (the service's protection threshold) every one of
+/// them, marked healthy, with `reachProtectionThreshold`; then only healthy ones when
+/// `healthy_only`.
 pub fn service_info(
     svc: &ServiceName,
     hosts: Vec<Host>,
     clusters: &str,
     healthy_only: bool,
+    threshold: f64,
 ) -> ServiceInfo {
     let wanted: Vec<&str> = clusters
         .split(',')
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .collect();
-    let hosts = hosts
+    let mut hosts: Vec<Host> = hosts
         .into_iter()
         .filter(|h| h.enabled)
         .filter(|h| wanted.is_empty() || wanted.contains(&h.cluster_name.as_str()))
-        .filter(|h| !healthy_only || h.healthy)
         .collect();
+    let healthy = hosts.iter().filter(|h| h.healthy).count();
+    let protect = mast_model::reaches_protection_threshold(healthy, hosts.len(), threshold);
+    if protect {
+        for h in &mut hosts {
+            h.healthy = true;
+        }
+    }
+    if healthy_only {
+        hosts.retain(|h| h.healthy);
+    }
     ServiceInfo {
         name: svc.grouped(),
         group_name: svc.group.clone(),
@@ -671,9 +683,47 @@ pub fn service_info(
         last_ref_time: etcd::now_ms(),
         checksum: String::new(),
         all_ips: false,
-        reach_protection_threshold: false,
+        reach_protection_threshold: protect,
         valid: true,
     }
+}
+
+/// The service's settings and their key's mod revision, if it has any (and the caller may
+/// read them).
+///
+/// # Errors
+/// Auth (other than a denied read) and etcd errors.
+pub async fn service_meta(
+    node: &Node,
+    caller: &Caller,
+    svc: &ServiceName,
+) -> Result<Option<(ServiceMeta, i64)>, ApiError> {
+    match etcd::get(node, caller, &svc.meta_key(), 0).await {
+        Ok((Some(kv), _)) => Ok(serde_json::from_slice(&kv.value)
+            .ok()
+            .map(|m| (m, kv.mod_revision))),
+        Ok((None, _)) => Ok(None),
+        Err(e) if e.code == mast_registry::ErrorCode::PermissionDenied => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A service's list as a client sees it: its hosts under its protection threshold.
+///
+/// # Errors
+/// Auth and etcd errors.
+pub async fn list_service(
+    node: &Node,
+    caller: &Caller,
+    svc: &ServiceName,
+    clusters: &str,
+    healthy_only: bool,
+) -> Result<ServiceInfo, ApiError> {
+    let hosts = hosts_of(node, caller, svc).await?;
+    let threshold = service_meta(node, caller, svc)
+        .await?
+        .map_or(0.0, |(m, _)| m.protect_threshold);
+    Ok(service_info(svc, hosts, clusters, healthy_only, threshold))
 }
 
 /// `GET /nacos/v1/ns/instance/list` (`serviceName`, `groupName`, `namespaceId`, `clusters`,
@@ -689,7 +739,7 @@ pub async fn list(
     let clusters = p.get("clusters").unwrap_or("").to_string();
     let healthy_only = parse_bool(&p, &["healthyOnly"], false);
     let (caller, had_token) = who.caller(&st, &p).await?;
-    let hosts = hosts_of(&st.node, &caller, &svc)
+    let info = list_service(&st.node, &caller, &svc, &clusters, healthy_only)
         .await
         .map_err(|e| NacosError::from_api(e, had_token))?;
     let udp_port = p
@@ -705,7 +755,7 @@ pub async fn list(
             caller,
         );
     }
-    Ok(Json(service_info(&svc, hosts, &clusters, healthy_only)).into_response())
+    Ok(Json(info).into_response())
 }
 
 /// One instance, as `GET /nacos/v1/ns/instance` answers it.
@@ -777,16 +827,23 @@ async fn service_names(
     group: &str,
 ) -> Result<Vec<String>, ApiError> {
     let resp = etcd::range_prefix(node, caller, mast_model::SERVICES_PREFIX, 0, true).await?;
+    let metas = etcd::range_prefix(node, caller, mast_model::SERVICE_META_PREFIX, 0, true).await?;
     let want = ServiceName::new(namespace, group, "x");
+    let from_meta = metas.kvs.iter().filter_map(|kv| {
+        std::str::from_utf8(&kv.key)
+            .ok()?
+            .strip_prefix(mast_model::SERVICE_META_PREFIX)
+            .map(ServiceName::parse)
+    });
     let mut names: Vec<String> = resp
         .kvs
         .iter()
         .filter_map(|kv| parse_instance_key(&kv.key))
         .map(|(segment, _)| ServiceName::parse(segment))
+        .chain(from_meta)
         .filter(|s| s.namespace == want.namespace && s.group == want.group)
         .map(|s| s.name)
         .collect();
-    names.dedup();
     names.sort();
     names.dedup();
     Ok(names)
@@ -820,6 +877,218 @@ pub async fn service_list(
         .take(page_size)
         .collect();
     Ok(Json(serde_json::json!({ "count": count, "doms": doms })).into_response())
+}
+
+fn parse_threshold(raw: &str) -> NacosResult<f64> {
+    let t = raw
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| bad(format!("For input string: \"{raw}\"")))?;
+    if !(0.0..=1.0).contains(&t) {
+        return Err(bad(
+            "Param 'protectThreshold' is illegal, it should be between 0 and 1.",
+        ));
+    }
+    Ok(t)
+}
+
+fn parse_selector(p: &Params) -> NacosResult<Option<serde_json::Value>> {
+    match p.opt("selector") {
+        Some(raw) => serde_json::from_str(raw)
+            .map(Some)
+            .map_err(|_| bad(format!("selector format incorrect:{raw}"))),
+        None => Ok(None),
+    }
+}
+
+/// Whether the service has instances, and its settings if it has any.
+async fn service_exists(
+    node: &Node,
+    caller: &Caller,
+    svc: &ServiceName,
+) -> Result<(bool, Option<(ServiceMeta, i64)>), ApiError> {
+    let meta = service_meta(node, caller, svc).await?;
+    let instances = etcd::range_prefix(node, caller, &svc.prefix(), 0, true)
+        .await?
+        .count;
+    Ok((instances > 0, meta))
+}
+
+fn meta_json(meta: &ServiceMeta) -> NacosResult<Vec<u8>> {
+    serde_json::to_vec(meta).map_err(|e| NacosError::Internal(e.to_string()))
+}
+
+/// `POST /nacos/v1/ns/service` (`serviceName`, `namespaceId`, `groupName`,
+/// `protectThreshold`, `metadata`, `selector`): creates a service's settings at
+/// `/service-meta/<segment>`; answers `ok`.
+///
+/// # Errors
+/// 400 `specified service … already exists!` when it has instances or settings.
+pub async fn create_service(
+    State(st): State<AppState>,
+    who: NacosCaller,
+    p: Params,
+) -> NacosResult<Response> {
+    let svc = service_of(&p)?;
+    let meta = ServiceMeta {
+        protect_threshold: p
+            .opt("protectThreshold")
+            .map(parse_threshold)
+            .transpose()?
+            .unwrap_or(0.0),
+        metadata: parse_metadata(p.get("metadata").unwrap_or(""))?,
+        selector: parse_selector(&p)?,
+        extra: BTreeMap::new(),
+    };
+    let (caller, had_token) = who.caller(&st, &p).await?;
+    let err = |e: ApiError| NacosError::from_api(e, had_token);
+    let exists = || {
+        bad(format!(
+            "specified service {} already exists!",
+            svc.grouped()
+        ))
+    };
+    let (has_instances, old) = service_exists(&st.node, &caller, &svc).await.map_err(err)?;
+    if has_instances || old.is_some() {
+        return Err(exists());
+    }
+    let resp = etcd::txn(
+        &st.node,
+        &caller,
+        vec![etcd::mod_revision_is(svc.meta_key(), 0)],
+        vec![etcd::put_op(svc.meta_key(), meta_json(&meta)?)],
+    )
+    .await
+    .map_err(err)?;
+    if !resp.succeeded {
+        return Err(exists());
+    }
+    Ok(ok_text())
+}
+
+/// `PUT /nacos/v1/ns/service` (`protectThreshold` required, `metadata`, `selector`): changes
+/// a service's settings; answers `ok`.
+///
+/// # Errors
+/// 400 `service … not found!` when it has neither instances nor settings.
+pub async fn update_service(
+    State(st): State<AppState>,
+    who: NacosCaller,
+    p: Params,
+) -> NacosResult<Response> {
+    let svc = service_of(&p)?;
+    let threshold = parse_threshold(required(&p, "protectThreshold")?)?;
+    let metadata = match p.get("metadata") {
+        Some(raw) => Some(parse_metadata(raw)?),
+        None => None,
+    };
+    let selector = parse_selector(&p)?;
+    let (caller, had_token) = who.caller(&st, &p).await?;
+    let err = |e: ApiError| NacosError::from_api(e, had_token);
+    for _ in 0..5 {
+        let (has_instances, old) = service_exists(&st.node, &caller, &svc).await.map_err(err)?;
+        if !has_instances && old.is_none() {
+            return Err(bad(format!("service {} not found!", svc.grouped())));
+        }
+        let (mut meta, rev) = old.unwrap_or_default();
+        meta.protect_threshold = threshold;
+        if let Some(m) = &metadata {
+            meta.metadata = m.clone();
+        }
+        if let Some(sel) = &selector {
+            meta.selector = Some(sel.clone());
+        }
+        let resp = etcd::txn(
+            &st.node,
+            &caller,
+            vec![etcd::mod_revision_is(svc.meta_key(), rev)],
+            vec![etcd::put_op(svc.meta_key(), meta_json(&meta)?)],
+        )
+        .await
+        .map_err(err)?;
+        if resp.succeeded {
+            return Ok(ok_text());
+        }
+    }
+    Err(NacosError::Conflict(
+        "the service kept changing while it was updated; try again".into(),
+    ))
+}
+
+/// `DELETE /nacos/v1/ns/service`: removes a service's settings; answers `ok`.
+///
+/// # Errors
+/// 400 when it is unknown, or still has instances (Nacos's words for both).
+pub async fn delete_service(
+    State(st): State<AppState>,
+    who: NacosCaller,
+    p: Params,
+) -> NacosResult<Response> {
+    let svc = service_of(&p)?;
+    let (caller, had_token) = who.caller(&st, &p).await?;
+    let err = |e: ApiError| NacosError::from_api(e, had_token);
+    let (has_instances, meta) = service_exists(&st.node, &caller, &svc).await.map_err(err)?;
+    if has_instances {
+        return Err(bad(format!(
+            "Service {} is not empty, can't be delete. Please unregister instance first",
+            svc.grouped()
+        )));
+    }
+    let Some((_, rev)) = meta else {
+        return Err(bad(format!("service {} not found!", svc.grouped())));
+    };
+    etcd::txn(
+        &st.node,
+        &caller,
+        vec![etcd::mod_revision_is(svc.meta_key(), rev)],
+        vec![etcd::delete_op(svc.meta_key(), Vec::new())],
+    )
+    .await
+    .map_err(err)?;
+    Ok(ok_text())
+}
+
+/// `GET /nacos/v1/ns/service`: a service's settings and clusters, as Nacos's detail.
+///
+/// # Errors
+/// 400 `service not found, …` when it has neither instances nor settings.
+pub async fn get_service(
+    State(st): State<AppState>,
+    who: NacosCaller,
+    p: Params,
+) -> NacosResult<Response> {
+    let svc = service_of(&p)?;
+    let (caller, had_token) = who.caller(&st, &p).await?;
+    let err = |e: ApiError| NacosError::from_api(e, had_token);
+    let (has_instances, meta) = service_exists(&st.node, &caller, &svc).await.map_err(err)?;
+    if !has_instances && meta.is_none() {
+        return Err(bad(format!(
+            "service not found, namespace: {}, serviceName: {}",
+            svc.namespace,
+            svc.grouped()
+        )));
+    }
+    let meta = meta.map(|(m, _)| m).unwrap_or_default();
+    let hosts = hosts_of(&st.node, &caller, &svc).await.map_err(err)?;
+    let mut names: Vec<String> = hosts.into_iter().map(|h| h.cluster_name).collect();
+    names.sort();
+    names.dedup();
+    let clusters: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|name| {
+            serde_json::json!({"name": name, "healthChecker": {"type": "TCP"}, "metadata": {}})
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "namespaceId": svc.namespace,
+        "groupName": svc.group,
+        "name": svc.name,
+        "protectThreshold": meta.protect_threshold,
+        "metadata": meta.metadata,
+        "selector": meta.selector.unwrap_or_else(|| serde_json::json!({"type": "none"})),
+        "clusters": clusters,
+    }))
+    .into_response())
 }
 
 /// `GET /nacos/v1/ns/operator/metrics`: `{"status": "UP"}` (clients ask it for the server's

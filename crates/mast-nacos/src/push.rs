@@ -186,14 +186,13 @@ async fn push_loop(
         };
         drop(hub);
         for (addr, clusters, caller) in targets {
-            let hosts = match naming_v1::hosts_of(&node, &caller, &svc).await {
-                Ok(h) => h,
+            let info = match naming_v1::list_service(&node, &caller, &svc, &clusters, false).await {
+                Ok(info) => info,
                 Err(e) => {
                     tracing::debug!(%addr, error = %e.message, "push skipped: the list failed");
                     continue;
                 }
             };
-            let info = naming_v1::service_info(&svc, hosts, &clusters, false);
             let Ok(data) = serde_json::to_string(&info) else {
                 continue;
             };

@@ -399,3 +399,117 @@ async fn a_subscribed_client_gets_changes_pushed_over_udp() {
     assert_eq!(info["name"], "DEFAULT_GROUP@@pushed");
     assert_eq!(info["hosts"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn services_carry_a_protection_threshold_that_discovery_honours() {
+    let n = Nacos::start().await;
+    let svc = [("serviceName", "guarded"), ("protectThreshold", "0.6")];
+    assert_eq!(
+        n.call(Method::POST, "/service", &svc).await,
+        (StatusCode::OK, "ok".into())
+    );
+    assert_eq!(
+        n.call(Method::POST, "/service", &svc).await,
+        (
+            StatusCode::BAD_REQUEST,
+            "specified service DEFAULT_GROUP@@guarded already exists!".into()
+        )
+    );
+    // A service with settings and no instance is listed.
+    let v = n
+        .json("/service/list", &[("pageNo", "1"), ("pageSize", "10")])
+        .await;
+    assert_eq!(v, json!({"count": 1, "doms": ["guarded"]}));
+
+    for (ip, healthy) in [("10.0.0.1", "true"), ("10.0.0.2", "false")] {
+        let q = [
+            ("serviceName", "guarded"),
+            ("ip", ip),
+            ("port", "80"),
+            ("ephemeral", "false"),
+            ("healthy", healthy),
+        ];
+        assert_eq!(n.call(Method::POST, "/instance", &q).await.1, "ok");
+    }
+    // 1 healthy of 2 = 0.5 <= 0.6: every instance is answered, as healthy.
+    let v = n
+        .json(
+            "/instance/list",
+            &[("serviceName", "guarded"), ("healthyOnly", "true")],
+        )
+        .await;
+    assert_eq!(v["reachProtectionThreshold"], true);
+    assert_eq!(v["hosts"].as_array().unwrap().len(), 2);
+    assert!(
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["healthy"] == true)
+    );
+    // Below the share: only the healthy one.
+    let upd = [("serviceName", "guarded"), ("protectThreshold", "0.4")];
+    assert_eq!(n.call(Method::PUT, "/service", &upd).await.1, "ok");
+    let v = n
+        .json(
+            "/instance/list",
+            &[("serviceName", "guarded"), ("healthyOnly", "true")],
+        )
+        .await;
+    assert_eq!(v["reachProtectionThreshold"], false);
+    assert_eq!(v["hosts"].as_array().unwrap().len(), 1);
+    let v = n.json("/service", &[("serviceName", "guarded")]).await;
+    assert_eq!(v["protectThreshold"], 0.4);
+    assert_eq!(v["clusters"][0]["name"], "DEFAULT");
+    // The settings are an ordinary key.
+    assert_eq!(
+        n.etcd_keys("/service-meta/").await,
+        ["/service-meta/guarded"]
+    );
+
+    let (s, body) = n
+        .call(Method::DELETE, "/service", &[("serviceName", "guarded")])
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        body.ends_with("is not empty, can't be delete. Please unregister instance first"),
+        "{body}"
+    );
+    for ip in ["10.0.0.1", "10.0.0.2"] {
+        let q = [
+            ("serviceName", "guarded"),
+            ("ip", ip),
+            ("port", "80"),
+            ("ephemeral", "false"),
+        ];
+        assert_eq!(n.call(Method::DELETE, "/instance", &q).await.1, "ok");
+    }
+    assert_eq!(
+        n.call(Method::DELETE, "/service", &[("serviceName", "guarded")])
+            .await
+            .1,
+        "ok"
+    );
+    assert_eq!(
+        n.call(Method::DELETE, "/service", &[("serviceName", "guarded")])
+            .await,
+        (
+            StatusCode::BAD_REQUEST,
+            "service DEFAULT_GROUP@@guarded not found!".into()
+        )
+    );
+    let (s, body) = n
+        .call(
+            Method::PUT,
+            "/service",
+            &[("serviceName", "x"), ("protectThreshold", "2")],
+        )
+        .await;
+    assert_eq!(
+        (s, body.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "Param 'protectThreshold' is illegal, it should be between 0 and 1."
+        )
+    );
+}
