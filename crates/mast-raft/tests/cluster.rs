@@ -302,12 +302,20 @@ async fn three_members_elect_replicate_fail_over_and_catch_up() {
         .collect();
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
     // It got there by installing the snapshot: its log starts after the purged entries.
-    let back = running[leader_name].member.raft.metrics().borrow().clone();
-    assert!(
-        back.snapshot.is_some_and(|s| s.index >= 80),
-        "the returning member installed no snapshot: {:?}",
-        back.snapshot
-    );
+    // (Metrics are published after the install: wait for them, bounded.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let back = running[leader_name].member.raft.metrics().borrow().clone();
+        if back.snapshot.is_some_and(|s| s.index >= 80) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the returning member installed no snapshot: {:?}",
+            back.snapshot
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for (_, r) in running {
         stop(r).await;
     }
