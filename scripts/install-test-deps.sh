@@ -4,6 +4,7 @@
 #   - protobuf-compiler and libprotobuf-dev (protoc and its well-known .proto files, for the
 #     etcd-client crate's build script)
 #   - node + npm, and tests/node's npm packages (the etcd3 client)
+#   - python3 with venv, and tests/python's virtualenv (the Nacos gRPC client)
 #   - tests/go's Go modules (go.etcd.io/etcd/client/v3) from the Go module proxy; Go itself
 #     (1.26 or newer, as tests/go/go.mod says) is expected on the machine
 # Idempotent: whatever is already there is skipped. Quiet: one line per step;
@@ -102,5 +103,20 @@ fi
 command -v go >/dev/null 2>&1 || { echo "install-test-deps: Go 1.26+ is needed for tests/go" >&2; exit 1; }
 log "$(go version): present"
 run_quiet "go mod download" bash -c 'cd "$1" && go mod download' _ "$repo_root/tests/go"
+
+# 5. Python: a virtualenv in tests/python with the Nacos gRPC client (nacos-sdk-python 2.x,
+# from PyPI), remade only when requirements.txt is newer than it.
+py_dir="$repo_root/tests/python"
+command -v python3 >/dev/null 2>&1 || apt_install python3
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
+venv_stamp="$py_dir/.venv/installed"
+if [ ! -f "$venv_stamp" ] || [ "$py_dir/requirements.txt" -nt "$venv_stamp" ]; then
+  log "python venv in tests/python ($(python3 --version))"
+  run_quiet "python3 -m venv" python3 -m venv "$py_dir/.venv"
+  run_quiet "pip install" "$py_dir/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$py_dir/requirements.txt"
+  touch "$venv_stamp"
+else
+  log "tests/python/.venv: up to date"
+fi
 
 log "done"

@@ -22,6 +22,11 @@ const PROTOS: &[&str] = &[
     "mastraftpb/peer.proto",
 ];
 
+/// The Nacos 2.x protocol, compiled on its own: it has no package (its services are
+/// `/Request/request` and `/BiRequestStream/requestBiStream`), so prost writes it to `_.rs`,
+/// and it needs no serde impls.
+const NACOS_PROTO: &str = "nacos/nacos_grpc_service.proto";
+
 /// Proto packages to generate code for.
 const PACKAGES: &[&str] = &[
     ".mvccpb",
@@ -66,6 +71,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .preserve_proto_field_names()
         .ignore_unknown_fields()
         .build(PACKAGES)?;
+
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_root.join(NACOS_PROTO).display()
+    );
+    let nacos = protox::compile([proto_root.join(NACOS_PROTO)], [&proto_root])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .emit_rerun_if_changed(false)
+        .out_dir(&out_dir)
+        .compile_fds(nacos)?;
 
     Ok(())
 }

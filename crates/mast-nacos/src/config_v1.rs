@@ -67,7 +67,7 @@ fn config_of(p: &Params) -> NacosResult<ConfigId> {
     id_of(data_id, group, tenant)
 }
 
-fn id_of(data_id: &str, group: &str, tenant: &str) -> NacosResult<ConfigId> {
+pub(crate) fn id_of(data_id: &str, group: &str, tenant: &str) -> NacosResult<ConfigId> {
     check_chars("dataId", data_id, 256, name_char)?;
     check_chars("group", group, 128, name_char)?;
     check_chars("namespaceId/tenant", tenant, 64, tenant_char)?;

@@ -7,6 +7,9 @@
 //! - [`naming_v1`]: the v1 open API for naming — instances (register, deregister, update,
 //!   get, list, beat) and the service list — on Mast's instance keys.
 //! - [`push`]: UDP push of a subscribed service's instances to v1 naming clients.
+//! - [`grpc`]: the 2.x gRPC protocol (port + 1000): connections, configs with pushed
+//!   changes, naming with pushed subscriptions, ephemeral instances living with their
+//!   connection.
 //! - [`auth`]: `/nacos/v1/auth/login`, and how a call names its caller.
 //! - [`listen`]: which held listeners wait on which config, woken by the node's commits.
 //! - [`params`]: parameters from the query string and a form body, as Nacos reads them.
@@ -22,6 +25,7 @@
 pub mod auth;
 pub mod config_v1;
 pub mod error;
+pub mod grpc;
 pub mod listen;
 pub mod naming_v1;
 pub mod params;
@@ -53,17 +57,32 @@ pub struct AppState {
     pub push: Arc<push::PushHub>,
 }
 
-/// The Nacos API's routes for `node`, keeping `retention` versions of each config (the
-/// registry's `MAST_CONFIG_HISTORY_RETENTION`). Must be called inside a tokio runtime: it
-/// starts the task that wakes held listeners.
+/// The Nacos API for `node`: the HTTP router and the 2.x gRPC router (for the HTTP port and
+/// the port 1000 above it), sharing one state, keeping `retention` versions of each config
+/// (the registry's `MAST_CONFIG_HISTORY_RETENTION`). Must be called inside a tokio runtime:
+/// it starts the tasks that wake held listeners and push changes.
+pub fn routers(node: Arc<Node>, retention: u64) -> (Router, Router) {
+    let state = state(node, retention);
+    let grpc = grpc::Grpc::new(state.clone()).router();
+    (http_router(state), grpc)
+}
+
+/// The Nacos HTTP API's routes for `node` (see [`routers`]).
 pub fn router(node: Arc<Node>, retention: u64) -> Router {
-    let state = AppState {
+    http_router(state(node, retention))
+}
+
+fn state(node: Arc<Node>, retention: u64) -> AppState {
+    AppState {
         listeners: listen::ListenHub::start(node.clone()),
         push: push::PushHub::start(node.clone()),
         node,
         retention: retention.max(1),
         logins: Arc::default(),
-    };
+    }
+}
+
+fn http_router(state: AppState) -> Router {
     Router::new()
         .route(
             "/nacos/v1/cs/configs",

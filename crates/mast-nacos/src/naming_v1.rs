@@ -92,7 +92,7 @@ fn service_of(p: &Params) -> NacosResult<ServiceName> {
     Ok(svc)
 }
 
-fn check_namespace(ns: &str) -> NacosResult<()> {
+pub(crate) fn check_namespace(ns: &str) -> NacosResult<()> {
     if ns.len() > 64 {
         return Err(bad(
             "Param 'namespaceId/tenant' is illegal, the param length should not exceed 64.",
@@ -146,18 +146,18 @@ fn parse_metadata(raw: &str) -> NacosResult<BTreeMap<String, String>> {
 
 /// One instance as a request describes it.
 #[derive(Debug, Clone)]
-struct InstanceParams {
-    ip: String,
-    port: u16,
-    cluster: String,
-    weight: f64,
-    healthy: bool,
-    enabled: bool,
-    ephemeral: bool,
-    metadata: BTreeMap<String, String>,
+pub(crate) struct InstanceParams {
+    pub(crate) ip: String,
+    pub(crate) port: u16,
+    pub(crate) cluster: String,
+    pub(crate) weight: f64,
+    pub(crate) healthy: bool,
+    pub(crate) enabled: bool,
+    pub(crate) ephemeral: bool,
+    pub(crate) metadata: BTreeMap<String, String>,
 }
 
-fn check_ip(ip: &str) -> NacosResult<()> {
+pub(crate) fn check_ip(ip: &str) -> NacosResult<()> {
     if ip.len() > 128 || ip.contains(|c: char| c.is_whitespace() || c == '/' || c == '#') {
         return Err(bad(
             "Param 'ip' is illegal, illegal characters should not appear in the param.",
@@ -172,7 +172,7 @@ fn parse_port(raw: &str) -> NacosResult<u16> {
         .map_err(|_| bad("Param 'port' is illegal, the value should be between 0 and 65535."))
 }
 
-fn check_cluster(cluster: &str) -> NacosResult<()> {
+pub(crate) fn check_cluster(cluster: &str) -> NacosResult<()> {
     if cluster.is_empty()
         || cluster.len() > 64
         || !cluster
@@ -224,7 +224,7 @@ fn instance_params(p: &Params) -> NacosResult<InstanceParams> {
 }
 
 /// The last key segment of a Nacos instance: `<ip>#<port>#<cluster>`.
-fn instance_id(ip: &str, port: u16, cluster: &str) -> String {
+pub(crate) fn instance_id(ip: &str, port: u16, cluster: &str) -> String {
     format!("{ip}#{port}#{cluster}")
 }
 
@@ -264,7 +264,7 @@ impl InstanceParams {
 }
 
 /// Revokes `lease` when no key is attached to it any more.
-async fn revoke_if_unused(node: &Node, caller: &Caller, id: i64) {
+pub(crate) async fn revoke_if_unused(node: &Node, caller: &Caller, id: i64) {
     if id == 0 || node.lease_key_count(id) != Some(0) {
         return;
     }
@@ -281,18 +281,35 @@ async fn write_instance(
     svc: &ServiceName,
     ip: &InstanceParams,
 ) -> Result<(), ApiError> {
+    put_instance(node, caller, svc, ip, None).await
+}
+
+/// Writes an instance on `lease` (a gRPC connection's), or as [`write_instance`] does when
+/// `None`; the lease of the instance it replaces is revoked when unused.
+pub(crate) async fn put_instance(
+    node: &Node,
+    caller: &Caller,
+    svc: &ServiceName,
+    ip: &InstanceParams,
+    lease: Option<i64>,
+) -> Result<(), ApiError> {
     let key = instance_key(&svc.segment(), &instance_id(&ip.ip, ip.port, &ip.cluster));
-    let req = PutRequest {
+    let mut req = PutRequest {
         key: key.into_bytes().into(),
         value: ip.to_instance().to_json().into(),
         prev_kv: true,
         ..Default::default()
     };
-    let (lease_id, put) = if ip.ephemeral {
-        let (id, _, put) = kv::put_with_new_lease(node, caller, ip.ttl_secs(), req).await?;
-        (id, put)
-    } else {
-        (0, kv::put(node, caller, req).await?)
+    let (lease_id, put) = match lease {
+        Some(id) if ip.ephemeral => {
+            req.lease = id;
+            (id, kv::put(node, caller, req).await?)
+        }
+        None if ip.ephemeral => {
+            let (id, _, put) = kv::put_with_new_lease(node, caller, ip.ttl_secs(), req).await?;
+            (id, put)
+        }
+        _ => (0, kv::put(node, caller, req).await?),
     };
     if let Some(prev) = &put.prev_kv
         && prev.lease != lease_id
@@ -820,7 +837,7 @@ pub async fn get_instance(
 }
 
 /// The services of one namespace and group that have instances, by name.
-async fn service_names(
+pub(crate) async fn service_names(
     node: &Node,
     caller: &Caller,
     namespace: &str,

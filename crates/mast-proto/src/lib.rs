@@ -60,6 +60,13 @@ pub mod mastraftpb {
     include!(concat!(env!("OUT_DIR"), "/mastraftpb.rs"));
 }
 
+/// The Nacos 2.x client protocol: `Payload` (metadata + a JSON body) over the `Request` and
+/// `BiRequestStream` services (no proto package, as Nacos's).
+#[allow(missing_docs, non_camel_case_types)]
+pub mod nacospb {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
 /// The encoded `google.protobuf.FileDescriptorSet` of all Mast's .proto files
 /// (with source info), for serving gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

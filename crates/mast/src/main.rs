@@ -145,9 +145,10 @@ struct ServeArgs {
     /// Refuse members that dial in without a certificate signed by `--peer-trusted-ca-file`.
     #[arg(long, env = "MAST_PEER_CLIENT_CERT_AUTH")]
     peer_client_cert_auth: bool,
-    /// Where the Nacos HTTP API listens (`host:port`), or `off`. Unset: 127.0.0.1:8848, and
-    /// when that port is taken Mast serves without the Nacos API and says so in its log (an
-    /// address given here must be free).
+    /// Where the Nacos HTTP API listens (`host:port`), or `off`; the Nacos 2.x gRPC protocol
+    /// listens on the same host at port + 1000, as clients expect. Unset: 127.0.0.1:8848 (and
+    /// 9848), and when 8848 is taken Mast serves without the Nacos API and says so in its log
+    /// (an address given here must be free).
     #[arg(long, env = "MAST_NACOS_ADDR")]
     nacos_addr: Option<String>,
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
@@ -321,10 +322,26 @@ async fn serve_nacos(server: &mut Server, flag: Option<&str>) -> anyhow::Result<
         ),
     };
     let retention = mast_registry::RegistryConfig::from_env().history_retention;
-    let router = mast_nacos::router(server.node().clone(), retention);
+    let (router, grpc) = mast_nacos::routers(server.node().clone(), retention);
     match server.serve_router(addr, router).await {
         Ok(local) => {
             tracing::info!(address = %local, "serving the Nacos HTTP API");
+            // Nacos clients find the gRPC port themselves: the HTTP port + 1000.
+            let grpc_port = local
+                .port()
+                .checked_add(mast_nacos::grpc::GRPC_PORT_OFFSET)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--nacos-addr port {} leaves no room for the gRPC port (+1000)",
+                        local.port()
+                    )
+                })?;
+            let grpc_addr = SocketAddr::new(local.ip(), grpc_port);
+            let grpc_local = server
+                .serve_router(grpc_addr, grpc)
+                .await
+                .map_err(|e| e.context("the Nacos gRPC port (--nacos-addr port + 1000)"))?;
+            tracing::info!(address = %grpc_local, "serving the Nacos 2.x gRPC protocol");
             Ok(())
         }
         Err(e)

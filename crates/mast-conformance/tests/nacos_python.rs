@@ -1,0 +1,59 @@
+//! nacos-sdk-python 2.x — a Nacos 2.x gRPC client, unchanged — against `mast serve`
+//! (`tests/python/nacos_grpc.py`): config get / publish / listen with a change made through
+//! etcd, invalid content refused; naming register / list / subscribe with a pushed change,
+//! and a closed connection's ephemeral instances removed; the same data read through etcd.
+//!
+//! Needs the virtualenv `scripts/install-test-deps.sh` makes at `tests/python/.venv`, and the
+//! Mast binary (`cargo build -p mast`).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use mast_conformance::{Background, Server, ServerKind, ServerOptions, free_port};
+
+fn python_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
+}
+
+/// A port `p` free along with `p + 1000` (the Nacos gRPC port), at the time of asking.
+fn nacos_port() -> u16 {
+    for _ in 0..50 {
+        let p = free_port();
+        if p < 64_000 && TcpListener::bind(("127.0.0.1", p + 1000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair for the Nacos HTTP and gRPC ports");
+}
+
+#[test]
+fn nacos_sdk_python_works_unchanged_over_grpc() {
+    let python = python_dir().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/install-test-deps.sh",
+        python.display()
+    );
+    let port = nacos_port();
+    let nacos = format!("127.0.0.1:{port}");
+    let server = Server::start_with(
+        ServerKind::Mast,
+        ServerOptions::default().args(&["--nacos-addr", nacos.as_str()]),
+    );
+    let mut cmd = Command::new(&python);
+    cmd.arg(python_dir().join("nacos_grpc.py"))
+        .arg(&nacos)
+        .arg(server.endpoint())
+        .current_dir(env!("CARGO_TARGET_TMPDIR"));
+    let out = Background::spawn(cmd, None)
+        .expect("start python")
+        .finish(Duration::from_secs(180));
+    assert!(
+        out.success() && out.stdout.trim_end().ends_with("ok"),
+        "nacos_grpc.py failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
