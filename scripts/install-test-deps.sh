@@ -5,6 +5,7 @@
 #     etcd-client crate's build script)
 #   - node + npm, and tests/node's npm packages (the etcd3 client)
 #   - python3 with venv, and tests/python's virtualenv (the Nacos gRPC client)
+#   - a JDK and Maven, and tests/java's classpath (the Java Nacos client)
 #   - tests/go's Go modules (go.etcd.io/etcd/client/v3) from the Go module proxy; Go itself
 #     (1.26 or newer, as tests/go/go.mod says) is expected on the machine
 # Idempotent: whatever is already there is skipped. Quiet: one line per step;
@@ -117,6 +118,18 @@ if [ ! -f "$venv_stamp" ] || [ "$py_dir/requirements.txt" -nt "$venv_stamp" ]; t
   touch "$venv_stamp"
 else
   log "tests/python/.venv: up to date"
+fi
+
+# 6. Java: the Nacos Java client (com.alibaba.nacos:nacos-client, from Maven Central) and its
+# classpath for tests/java, resolved by Maven (javac and java run it in the tests).
+java_dir="$repo_root/tests/java"
+command -v javac >/dev/null 2>&1 || apt_install default-jdk-headless
+command -v mvn >/dev/null 2>&1 || apt_install maven
+if [ ! -f "$java_dir/target/cp.txt" ] || [ "$java_dir/pom.xml" -nt "$java_dir/target/cp.txt" ]; then
+  log "maven: tests/java's classpath"
+  run_quiet "mvn dependency:build-classpath" bash -c 'cd "$1" && mvn -q -B dependency:build-classpath -Dmdep.outputFile=target/cp.txt' _ "$java_dir"
+else
+  log "tests/java/target/cp.txt: up to date"
 fi
 
 log "done"

@@ -1,0 +1,78 @@
+//! The Java Nacos client (`com.alibaba.nacos:nacos-client` 2.4, gRPC) against `mast serve`,
+//! unchanged (`tests/java`, `mast.NacosJava`): config publish / get / listen with a change made
+//! through etcd, naming register / list / subscribe / deregister.
+//!
+//! Needs a JDK and the classpath `scripts/install-test-deps.sh` resolves with Maven into
+//! `tests/java/target/cp.txt`, and the Mast binary (`cargo build -p mast`).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use mast_conformance::{Background, Server, ServerKind, ServerOptions, free_port};
+
+fn java_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/java")
+}
+
+/// A port `p` free along with `p + 1000` (the Nacos gRPC port), at the time of asking.
+fn nacos_port() -> u16 {
+    for _ in 0..50 {
+        let p = free_port();
+        if p < 64_000 && TcpListener::bind(("127.0.0.1", p + 1000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair for the Nacos HTTP and gRPC ports");
+}
+
+#[test]
+fn the_java_nacos_client_works_unchanged_over_grpc() {
+    let cp_file = java_dir().join("target/cp.txt");
+    let deps = std::fs::read_to_string(&cp_file).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run scripts/install-test-deps.sh",
+            cp_file.display()
+        )
+    });
+    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nacos-java");
+    let classes = scratch.join("classes");
+    std::fs::create_dir_all(&classes).unwrap();
+    let status = Command::new("javac")
+        .arg("-d")
+        .arg(&classes)
+        .arg("-cp")
+        .arg(deps.trim())
+        .arg(java_dir().join("src/main/java/mast/NacosJava.java"))
+        .status()
+        .expect("javac (a JDK is needed)");
+    assert!(status.success(), "javac failed");
+
+    let port = nacos_port();
+    let nacos = format!("127.0.0.1:{port}");
+    let server = Server::start_with(
+        ServerKind::Mast,
+        ServerOptions::default().args(&["--nacos-addr", nacos.as_str()]),
+    );
+    let mut cmd = Command::new("java");
+    cmd.arg(format!("-DJM.LOG.PATH={}", scratch.join("logs").display()))
+        .arg(format!(
+            "-DJM.SNAPSHOT.PATH={}",
+            scratch.join("snapshot").display()
+        ))
+        .arg("-cp")
+        .arg(format!("{}:{}", classes.display(), deps.trim()))
+        .arg("mast.NacosJava")
+        .arg(&nacos)
+        .arg(server.endpoint());
+    let out = Background::spawn(cmd, None)
+        .expect("start java")
+        .finish(Duration::from_secs(180));
+    assert!(
+        out.success() && out.stdout.trim_end().ends_with("ok"),
+        "mast.NacosJava failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
