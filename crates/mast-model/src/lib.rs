@@ -207,6 +207,30 @@ pub fn reaches_protection_threshold(healthy: usize, total: usize, threshold: f64
     threshold > 0.0 && total > 0 && (healthy as f64 / total as f64) <= threshold
 }
 
+/// Prefix of namespace keys (`/namespaces/<id>`).
+pub const NAMESPACE_PREFIX: &str = "/namespaces/";
+
+/// A namespace's description, at `/namespaces/<id>` (the public namespace has none: it always
+/// exists). Configs and services may name a namespace that has no key; Nacos's console lists
+/// only those with one. Unknown fields are kept.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceMeta {
+    /// Display name.
+    pub name: String,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// Any other field found in the stored JSON.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// The key of namespace `id`.
+pub fn namespace_key(id: &str) -> String {
+    format!("{NAMESPACE_PREFIX}{id}")
+}
+
 /// The exclusive end of a prefix range, as etcd's `clientv3.GetPrefixRangeEnd`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

@@ -10,6 +10,8 @@
 //! - [`grpc`]: the 2.x gRPC protocol (port + 1000): connections, configs with pushed
 //!   changes, naming with pushed subscriptions, ephemeral instances living with their
 //!   connection.
+//! - [`history_v1`]: config history (`/nacos/v1/cs/history`) on `/config-history/…`.
+//! - [`namespace_v1`]: namespaces (`/nacos/v1/console/namespaces`) on `/namespaces/<id>`.
 //! - [`auth`]: `/nacos/v1/auth/login`, and how a call names its caller.
 //! - [`listen`]: which held listeners wait on which config, woken by the node's commits.
 //! - [`params`]: parameters from the query string and a form body, as Nacos reads them.
@@ -26,7 +28,9 @@ pub mod auth;
 pub mod config_v1;
 pub mod error;
 pub mod grpc;
+pub mod history_v1;
 pub mod listen;
+pub mod namespace_v1;
 pub mod naming_v1;
 pub mod params;
 pub mod push;
@@ -126,6 +130,22 @@ fn http_router(state: AppState) -> Router {
         .route(
             "/nacos/v1/ns/operator/metrics",
             axum::routing::get(naming_v1::metrics).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v1/cs/history",
+            axum::routing::get(history_v1::history).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v1/cs/history/previous",
+            axum::routing::get(history_v1::previous).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v1/console/namespaces",
+            axum::routing::get(namespace_v1::list)
+                .post(namespace_v1::create)
+                .put(namespace_v1::update)
+                .delete(namespace_v1::delete)
+                .fallback(method_not_allowed),
         )
         .route(
             "/nacos/v1/auth/login",

@@ -161,7 +161,7 @@ async fn get_answers_content_with_nacos_headers_and_404_when_absent() {
     // A path Mast does not serve says so.
     let r = n
         .http
-        .get(format!("{}/console/namespaces", n.base))
+        .get(format!("{}/cs/capacity", n.base))
         .send()
         .await
         .unwrap();
@@ -417,4 +417,181 @@ async fn logins_are_mast_users_and_every_call_is_checked() {
     w.extend(alice);
     let (s, body) = n.publish(&w).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+}
+
+#[tokio::test]
+async fn namespaces_are_listed_created_renamed_and_deleted() {
+    let n = Nacos::start(None).await;
+    let url = format!("{}/console/namespaces", n.base);
+    let post = |form: Vec<(&'static str, &'static str)>| {
+        let (http, url) = (n.http.clone(), url.clone());
+        async move {
+            http.post(url)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        post(vec![
+            ("customNamespaceId", "dev"),
+            ("namespaceName", "Development"),
+            ("namespaceDesc", "d")
+        ])
+        .await,
+        "true"
+    );
+    assert_eq!(
+        post(vec![
+            ("customNamespaceId", "dev"),
+            ("namespaceName", "Again")
+        ])
+        .await,
+        "false"
+    );
+    assert_eq!(
+        post(vec![
+            ("customNamespaceId", "bad id"),
+            ("namespaceName", "x")
+        ])
+        .await,
+        "false"
+    );
+    assert_eq!(
+        post(vec![("customNamespaceId", "x"), ("namespaceName", "a@b")]).await,
+        "false"
+    );
+    let form = [
+        ("dataId", "a"),
+        ("group", "G"),
+        ("tenant", "dev"),
+        ("content", "x"),
+    ];
+    assert_eq!(n.publish(&form).await.0, StatusCode::OK);
+
+    let v: Value = n.http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["code"], 200);
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data[0]["namespace"], "");
+    assert_eq!(data[0]["namespaceShowName"], "public");
+    assert_eq!(
+        (
+            data[1]["namespace"].clone(),
+            data[1]["namespaceShowName"].clone(),
+            data[1]["configCount"].clone(),
+            data[1]["type"].clone()
+        ),
+        (json!("dev"), json!("Development"), json!(1), json!(2))
+    );
+    let r = n
+        .http
+        .put(&url)
+        .form(&[
+            ("namespace", "dev"),
+            ("namespaceShowName", "Dev"),
+            ("namespaceDesc", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "true");
+    let one: Value = n
+        .http
+        .get(format!("{url}?show=all&namespaceId=dev"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["namespaceShowName"], "Dev");
+    let r = n
+        .http
+        .delete(format!("{url}?namespaceId=dev"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "true");
+    let v: Value = n.http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    // Its configs stay.
+    let r = n
+        .get(&[("dataId", "a"), ("group", "G"), ("tenant", "dev")])
+        .await;
+    assert_eq!(r.text().await.unwrap(), "x");
+}
+
+#[tokio::test]
+async fn history_lists_every_version_newest_first_and_the_one_before() {
+    let n = Nacos::start(None).await;
+    for c in ["a=1", "a=2", "a=3"] {
+        let form = [("dataId", "h.properties"), ("group", "G"), ("content", c)];
+        assert_eq!(n.publish(&form).await.0, StatusCode::OK);
+    }
+    let r = n
+        .http
+        .delete(format!("{}/cs/configs?dataId=h.properties&group=G", n.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "true");
+    let q = "dataId=h.properties&group=G&tenant=";
+    let v: Value = n
+        .http
+        .get(format!(
+            "{}/cs/history?search=accurate&{q}&pageNo=1&pageSize=3",
+            n.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["totalCount"].clone(), v["pagesAvailable"].clone()),
+        (json!(4), json!(2))
+    );
+    let ops: Vec<&str> = v["pageItems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["opType"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["D", "U", "U"]);
+    assert_eq!(v["pageItems"][1]["id"], "3");
+    let one: Value = n
+        .http
+        .get(format!("{}/cs/history?nid=1&{q}", n.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (one["content"].clone(), one["opType"].clone()),
+        (json!("a=1"), json!("I"))
+    );
+    let prev: Value = n
+        .http
+        .get(format!("{}/cs/history/previous?id=3&{q}", n.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(prev["content"], "a=2");
+    let r = n
+        .http
+        .get(format!("{}/cs/history?nid=99&{q}", n.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
