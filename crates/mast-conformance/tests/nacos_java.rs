@@ -1,6 +1,7 @@
 //! The Java Nacos client (`com.alibaba.nacos:nacos-client` 2.4, gRPC) against `mast serve`,
 //! unchanged (`tests/java`, `mast.NacosJava`): config publish / get / listen with a change made
-//! through etcd, naming register / list / subscribe / deregister.
+//! through etcd, naming register / list / subscribe / deregister; and, with auth on, a login
+//! as a Mast user (right password: served; wrong: refused with 403).
 //!
 //! Needs a JDK and the classpath `scripts/install-test-deps.sh` resolves with Maven into
 //! `tests/java/target/cp.txt`, and the Mast binary (`cargo build -p mast`).
@@ -27,8 +28,9 @@ fn nacos_port() -> u16 {
     panic!("no free port pair for the Nacos HTTP and gRPC ports");
 }
 
-#[test]
-fn the_java_nacos_client_works_unchanged_over_grpc() {
+/// Compiles `mast.NacosJava` and runs it against a fresh Mast (`env`: its environment) with
+/// `extra` arguments after the Nacos address and the etcd URL.
+fn run_java(env: &[(&str, &str)], extra: &[&str]) {
     let cp_file = java_dir().join("target/cp.txt");
     let deps = std::fs::read_to_string(&cp_file).unwrap_or_else(|_| {
         panic!(
@@ -36,8 +38,11 @@ fn the_java_nacos_client_works_unchanged_over_grpc() {
             cp_file.display()
         )
     });
-    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nacos-java");
-    let classes = scratch.join("classes");
+    let scratch = tempfile::Builder::new()
+        .prefix("nacos-java")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let classes = scratch.path().join("classes");
     std::fs::create_dir_all(&classes).unwrap();
     let status = Command::new("javac")
         .arg("-d")
@@ -51,28 +56,43 @@ fn the_java_nacos_client_works_unchanged_over_grpc() {
 
     let port = nacos_port();
     let nacos = format!("127.0.0.1:{port}");
-    let server = Server::start_with(
-        ServerKind::Mast,
-        ServerOptions::default().args(&["--nacos-addr", nacos.as_str()]),
-    );
+    let mut options = ServerOptions::default().args(&["--nacos-addr", nacos.as_str()]);
+    for (k, v) in env {
+        options = options.env(k, v);
+    }
+    let server = Server::start_with(ServerKind::Mast, options);
     let mut cmd = Command::new("java");
-    cmd.arg(format!("-DJM.LOG.PATH={}", scratch.join("logs").display()))
-        .arg(format!(
-            "-DJM.SNAPSHOT.PATH={}",
-            scratch.join("snapshot").display()
-        ))
-        .arg("-cp")
-        .arg(format!("{}:{}", classes.display(), deps.trim()))
-        .arg("mast.NacosJava")
-        .arg(&nacos)
-        .arg(server.endpoint());
+    cmd.arg(format!(
+        "-DJM.LOG.PATH={}",
+        scratch.path().join("logs").display()
+    ))
+    .arg(format!(
+        "-DJM.SNAPSHOT.PATH={}",
+        scratch.path().join("snapshot").display()
+    ))
+    .arg("-cp")
+    .arg(format!("{}:{}", classes.display(), deps.trim()))
+    .arg("mast.NacosJava")
+    .arg(&nacos)
+    .arg(server.endpoint())
+    .args(extra);
     let out = Background::spawn(cmd, None)
         .expect("start java")
         .finish(Duration::from_secs(180));
     assert!(
         out.success() && out.stdout.trim_end().ends_with("ok"),
-        "mast.NacosJava failed:\n{}\n{}",
+        "mast.NacosJava {extra:?} failed:\n{}\n{}",
         out.stdout,
         out.stderr
     );
+}
+
+#[test]
+fn the_java_nacos_client_works_unchanged_over_grpc() {
+    run_java(&[], &[]);
+}
+
+#[test]
+fn the_java_nacos_client_logs_in_as_a_mast_user() {
+    run_java(&[("MAST_ROOT_PASSWORD", "guang")], &["auth"]);
 }

@@ -53,7 +53,7 @@ pub async fn handle(
     match result {
         Ok(Ok(extra)) => response(kind, Outcome::ok(rid), extra),
         Ok(Err((code, message))) => response(kind, Outcome::fail(rid, code, message), json!({})),
-        Err(e) => failed(kind, rid, &e),
+        Err(e) => failed(kind, rid, &e, caller.token.is_some()),
     }
 }
 

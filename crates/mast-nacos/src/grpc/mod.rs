@@ -174,8 +174,17 @@ pub fn error_response(request_id: &str, error_code: i32, message: impl Into<Stri
 }
 
 /// The response for a request that failed with `e`, of class `kind`, with Nacos's codes:
-/// 400 for bad parameters, 403 for auth, 404 / 300 for absent data, 500 otherwise.
-pub fn failed(kind: &str, request_id: &str, e: &NacosError) -> Payload {
+/// 400 for bad parameters, 403 for auth, 404 / 300 for absent data, 500 otherwise. A refused
+/// request that carried no token is `user not found!`, as Nacos says.
+pub fn failed(kind: &str, request_id: &str, e: &NacosError, had_token: bool) -> Payload {
+    let unnamed;
+    let e = match e {
+        NacosError::Forbidden(_) if !had_token => {
+            unnamed = NacosError::Forbidden("user not found!".into());
+            &unnamed
+        }
+        other => other,
+    };
     let code = match e {
         NacosError::MissingParam(_) | NacosError::BadRequest(_) => 400,
         NacosError::Forbidden(_) | NacosError::LoginFailed => 403,

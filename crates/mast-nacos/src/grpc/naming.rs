@@ -54,7 +54,7 @@ pub async fn handle(
     };
     match result {
         Ok(extra) => response(kind, Outcome::ok(rid), extra),
-        Err(e) => failed(kind, rid, &e),
+        Err(e) => failed(kind, rid, &e, caller.token.is_some()),
     }
 }
 

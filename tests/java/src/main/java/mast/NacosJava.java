@@ -21,8 +21,10 @@ import java.util.stream.Collectors;
 /**
  * The Java Nacos client (gRPC) against Mast, unchanged: config publish / get / listen (a change
  * made through etcd reaches the listener), naming register / list / subscribe / deregister.
- * Arguments: the Nacos address (host:port) and the etcd client URL. Prints "ok" and exits 0
- * when every check holds; exits 1 with the reason otherwise. Every wait is bounded.
+ * Arguments: the Nacos address (host:port) and the etcd client URL, and `auth` when the server
+ * runs with auth on and user root / guang: then a login with the right password publishes and
+ * reads, and one with a wrong password is refused. Prints "ok" and exits 0 when every check
+ * holds; exits 1 with the reason otherwise. Every wait is bounded.
  */
 public final class NacosJava {
     private static final long WAIT_MS = 15_000;
@@ -54,9 +56,46 @@ public final class NacosJava {
         check(r.statusCode() == 200, "etcd put: " + r.body());
     }
 
+    private static void auth(String addr) throws Exception {
+        Properties good = new Properties();
+        good.put("serverAddr", addr);
+        good.put("username", "root");
+        good.put("password", "guang");
+        ConfigService root = NacosFactory.createConfigService(good);
+        check(root.publishConfig("auth.txt", "G", "hello"), "root publishes");
+        check("hello".equals(root.getConfig("auth.txt", "G", 3000)), "root reads");
+        root.shutDown();
+        Properties bad = new Properties();
+        bad.put("serverAddr", addr);
+        bad.put("username", "root");
+        bad.put("password", "wrong");
+        ConfigService intruder = NacosFactory.createConfigService(bad);
+        boolean published;
+        try {
+            published = intruder.publishConfig("auth.txt", "G", "evil");
+        } catch (Exception e) {
+            published = false;
+        }
+        check(!published, "a wrong password publishes nothing");
+        String read;
+        try {
+            read = intruder.getConfig("auth.txt", "G", 3000);
+        } catch (com.alibaba.nacos.api.exception.NacosException e) {
+            check(e.getErrCode() == 403, "refused with 403: " + e);
+            read = null;
+        }
+        check(read == null, "a wrong password reads nothing");
+        intruder.shutDown();
+    }
+
     public static void main(String[] args) throws Exception {
         String addr = args[0];
         String etcd = args[1];
+        if (args.length > 2 && args[2].equals("auth")) {
+            auth(addr);
+            System.out.println("ok");
+            System.exit(0);
+        }
         Properties props = new Properties();
         props.put("serverAddr", addr);
         props.put("namespace", "dev");
