@@ -66,13 +66,26 @@ impl Cluster {
         n: usize,
         options: &ServerOptions,
     ) -> anyhow::Result<Cluster> {
+        Self::start_each(kind, n, |_| options.clone())
+    }
+
+    /// As [`Cluster::start`], member `i` with `options(i)` (its name and cluster flags are the
+    /// harness's): for flags that differ per member, such as a port.
+    ///
+    /// # Errors
+    /// When a member cannot start or does not answer within the harness's timeout.
+    pub fn start_each(
+        kind: ServerKind,
+        n: usize,
+        options: impl Fn(usize) -> ServerOptions,
+    ) -> anyhow::Result<Cluster> {
         let token = format!("conformance-{}-{}", std::process::id(), crate::free_port());
         let mut members = Vec::with_capacity(n);
         for i in 0..n {
             let options = ServerOptions {
                 name: Some(format!("m{i}")),
                 member: None,
-                ..options.clone()
+                ..options(i)
             };
             members.push(Server::unstarted(kind, options)?);
         }

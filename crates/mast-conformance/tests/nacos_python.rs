@@ -1,7 +1,10 @@
 //! nacos-sdk-python 2.x — a Nacos 2.x gRPC client, unchanged — against `mast serve`
 //! (`tests/python/nacos_grpc.py`): config get / publish / listen with a change made through
 //! etcd, invalid content refused; naming register / list / subscribe with a pushed change,
-//! and a closed connection's ephemeral instances removed; the same data read through etcd.
+//! and a closed connection's ephemeral instances removed; the same data read through etcd. And
+//! against three members (`tests/python/nacos_failover.py`): the member the client is
+//! connected to is killed, the client registers again through another and its config listener
+//! keeps getting changes.
 //!
 //! Needs the virtualenv `scripts/install-test-deps.sh` makes at `tests/python/.venv`, and the
 //! Mast binary (`cargo build -p mast`).
@@ -11,6 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use mast_conformance::cluster::Cluster;
 use mast_conformance::{Background, Server, ServerKind, ServerOptions, free_port};
 
 fn python_dir() -> PathBuf {
@@ -53,6 +57,43 @@ fn nacos_sdk_python_works_unchanged_over_grpc() {
     assert!(
         out.success() && out.stdout.trim_end().ends_with("ok"),
         "nacos_grpc.py failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
+fn a_python_client_fails_over_to_another_member_and_registers_again() {
+    let python = python_dir().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/install-test-deps.sh",
+        python.display()
+    );
+    let ports: Vec<u16> = (0..3).map(|_| nacos_port()).collect();
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let cluster = Cluster::start_each(ServerKind::Mast, 3, |i| {
+        ServerOptions::default().args(&["--nacos-addr", addrs[i].as_str()])
+    })
+    .expect("three members");
+    let urls: Vec<String> = cluster.members.iter().map(Server::endpoint).collect();
+    let pids: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.pid().expect("running").to_string())
+        .collect();
+    let mut cmd = Command::new(&python);
+    cmd.arg(python_dir().join("nacos_failover.py"))
+        .arg(addrs.join(","))
+        .arg(urls.join(","))
+        .arg(pids.join(","))
+        .current_dir(env!("CARGO_TARGET_TMPDIR"));
+    let out = Background::spawn(cmd, None)
+        .expect("start python")
+        .finish(Duration::from_secs(300));
+    assert!(
+        out.success() && out.stdout.trim_end().ends_with("ok"),
+        "nacos_failover.py failed:\n{}\n{}",
         out.stdout,
         out.stderr
     );

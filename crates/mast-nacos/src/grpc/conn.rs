@@ -29,6 +29,9 @@ use crate::AppState;
 /// that died without closing the stream.
 pub const CONN_LEASE_TTL: i64 = 20;
 
+/// The Prometheus gauge of open Nacos 2.x connections on this member (at `/metrics`).
+pub const CONNECTIONS_GAUGE: &str = "mast_nacos_grpc_connections";
+
 /// Pushes a connection may have waiting before more are dropped (a client that does not read).
 const PUSH_BUFFER: usize = 1024;
 
@@ -218,7 +221,12 @@ pub fn serve_stream(
                                 listened: Mutex::default(),
                                 subscribed: Mutex::default(),
                             });
-                            conns.lock().insert(addr, c.clone());
+                            let n = {
+                                let mut map = conns.lock();
+                                map.insert(addr, c.clone());
+                                map.len()
+                            };
+                            metrics::gauge!(CONNECTIONS_GAUGE).set(n as f64);
                             conns.registered.notify_waiters();
                             tracing::debug!(conn = %c.id, "Nacos connection set up");
                             conn = Some(c);
@@ -239,14 +247,16 @@ pub fn serve_stream(
             }
         }
         if let Some(c) = conn {
-            let removed = {
+            let (removed, n) = {
                 let mut map = conns.lock();
-                match map.get(&addr) {
+                let removed = match map.get(&addr) {
                     Some(cur) if Arc::ptr_eq(cur, &c) => map.remove(&addr),
                     _ => None,
-                }
+                };
+                (removed, map.len())
             };
             drop(removed);
+            metrics::gauge!(CONNECTIONS_GAUGE).set(n as f64);
             let id = c.lease_now();
             if id != 0 {
                 let who = c.caller();
