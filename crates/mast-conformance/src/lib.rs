@@ -120,6 +120,23 @@ pub fn etcdctl_binary() -> PathBuf {
 /// running in parallel threads cannot pick the same port between "bind :0" and the server's bind.
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
+/// A loopback port `p` that is free along with `p + offset` at the time of asking (a Nacos
+/// HTTP port and its gRPC port, 1000 above it).
+///
+/// # Panics
+/// When no such pair is found in 50 tries.
+pub fn free_port_pair(offset: u16) -> u16 {
+    for _ in 0..50 {
+        let p = free_port();
+        if let Some(q) = p.checked_add(offset)
+            && std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()
+        {
+            return p;
+        }
+    }
+    panic!("no free pair of ports {offset} apart");
+}
+
 /// A loopback TCP port that was free a moment ago: bind `127.0.0.1:0`, read the port, drop.
 ///
 /// Another process may still take it before the server binds it; [`Server::start`] retries with

@@ -6,26 +6,19 @@
 //! Needs a JDK and the classpath `scripts/install-test-deps.sh` resolves with Maven into
 //! `tests/java/target/cp.txt`, and the Mast binary (`cargo build -p mast`).
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use mast_conformance::{Background, Server, ServerKind, ServerOptions, free_port};
+use mast_conformance::{Background, Server, ServerKind, ServerOptions, free_port_pair};
 
 fn java_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/java")
 }
 
-/// A port `p` free along with `p + 1000` (the Nacos gRPC port), at the time of asking.
+/// A Nacos HTTP port whose gRPC port (1000 above) is free too.
 fn nacos_port() -> u16 {
-    for _ in 0..50 {
-        let p = free_port();
-        if p < 64_000 && TcpListener::bind(("127.0.0.1", p + 1000)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port pair for the Nacos HTTP and gRPC ports");
+    free_port_pair(1000)
 }
 
 /// Compiles `mast.NacosJava` and runs it against a fresh Mast (`env`: its environment) with

@@ -9,27 +9,20 @@
 //! Needs the virtualenv `scripts/install-test-deps.sh` makes at `tests/python/.venv`, and the
 //! Mast binary (`cargo build -p mast`).
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use mast_conformance::cluster::Cluster;
-use mast_conformance::{Background, Server, ServerKind, ServerOptions, free_port};
+use mast_conformance::{Background, Server, ServerKind, ServerOptions, free_port_pair};
 
 fn python_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
 }
 
-/// A port `p` free along with `p + 1000` (the Nacos gRPC port), at the time of asking.
+/// A Nacos HTTP port whose gRPC port (1000 above) is free too.
 fn nacos_port() -> u16 {
-    for _ in 0..50 {
-        let p = free_port();
-        if p < 64_000 && TcpListener::bind(("127.0.0.1", p + 1000)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port pair for the Nacos HTTP and gRPC ports");
+    free_port_pair(1000)
 }
 
 #[test]

@@ -64,11 +64,20 @@ fn required<'a>(p: &'a Params, name: &str) -> NacosResult<&'a str> {
 /// `namespaceId` (default `public`).
 fn service_of(p: &Params) -> NacosResult<ServiceName> {
     let raw = required(p, "serviceName")?;
-    let namespace = p.opt("namespaceId").unwrap_or("");
+    service_name(
+        p.opt("namespaceId").unwrap_or(""),
+        p.opt("groupName").unwrap_or(""),
+        raw,
+    )
+}
+
+/// A service from a request's namespace, group and service name (possibly `group@@name`,
+/// which wins over `group`), checked as Nacos checks them; shared by the v1 and gRPC APIs.
+pub(crate) fn service_name(namespace: &str, group: &str, raw: &str) -> NacosResult<ServiceName> {
     check_namespace(namespace)?;
     let (group, name) = match raw.split_once("@@") {
         Some((g, n)) => (g, n),
-        None => (p.opt("groupName").unwrap_or(""), raw),
+        None => (group, raw),
     };
     if raw.starts_with('@') || name.contains("@@") || name.is_empty() {
         return Err(bad(

@@ -5,40 +5,26 @@
 use std::time::Duration;
 
 use base64::Engine;
-use mast_server::node::Secret;
-use mast_server::{Server, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-struct Nacos {
-    server: Option<Server>,
-    etcd: String,
-    base: String,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
+mod common;
+
+use common::Nacos as Base;
+
+/// The common server, with this file's helpers.
+struct Nacos(Base);
+
+impl std::ops::Deref for Nacos {
+    type Target = Base;
+    fn deref(&self) -> &Base {
+        &self.0
+    }
 }
 
 impl Nacos {
     async fn start(root_password: Option<&str>) -> Nacos {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = ServerConfig::new(dir.path());
-        cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-        cfg.root_password = root_password.map(|p| Secret(p.into()));
-        let mut server = Server::start_with(cfg, mast_registry::router)
-            .await
-            .unwrap();
-        let router = mast_nacos::router(server.node().clone(), 100);
-        let addr = server
-            .serve_router("127.0.0.1:0".parse().unwrap(), router)
-            .await
-            .unwrap();
-        Nacos {
-            etcd: format!("http://{}", server.local_addrs()[0]),
-            server: Some(server),
-            base: format!("http://{addr}/nacos/v1"),
-            http: reqwest::Client::new(),
-            _dir: dir,
-        }
+        Nacos(Base::start_with(root_password).await)
     }
 
     async fn publish(&self, form: &[(&str, &str)]) -> (StatusCode, String) {
@@ -88,14 +74,6 @@ impl Nacos {
         let r = r.send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{path}");
         r.json().await.unwrap()
-    }
-}
-
-impl Drop for Nacos {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            drop(tokio::spawn(s.shutdown()));
-        }
     }
 }
 

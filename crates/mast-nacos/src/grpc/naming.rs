@@ -68,26 +68,7 @@ fn service_of(req: &Incoming) -> NacosResult<ServiceName> {
     if raw.is_empty() {
         return Err(bad("Param 'serviceName' is required."));
     }
-    let namespace = req.str("namespace");
-    naming_v1::check_namespace(namespace)?;
-    let (group, name) = match raw.split_once("@@") {
-        Some((g, n)) => (g, n),
-        None => (req.str("groupName"), raw),
-    };
-    if raw.starts_with('@') || name.contains("@@") || name.is_empty() {
-        return Err(bad(
-            "Param 'serviceName' is illegal, it should be format as 'groupName@@serviceName'",
-        ));
-    }
-    let svc = ServiceName::new(namespace, group, name);
-    mast_model::check_name("service", &svc.segment()).map_err(|e| bad(e.to_string()))?;
-    if svc.group.contains(['#', '@']) {
-        return Err(bad(format!(
-            "Param 'groupName' is illegal, illegal characters should not appear in the param: {}",
-            svc.group
-        )));
-    }
-    Ok(svc)
+    naming_v1::service_name(req.str("namespace"), req.str("groupName"), raw)
 }
 
 /// An instance as a request's JSON describes it.
