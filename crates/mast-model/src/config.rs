@@ -301,6 +301,9 @@ fn check_xml(text: &str) -> Result<(), String> {
     if depth > 0 {
         return Err("an element is not closed".into());
     }
+    if roots == 0 {
+        return Err("no root element".into());
+    }
     Ok(())
 }
 
@@ -451,7 +454,7 @@ mod tests {
             xml.validate(b"<?xml version=\"1.0\"?><a x=\"1\"><b/>t</a>", None)
                 .is_ok()
         );
-        for bad in [&b"<a><b></a>"[..], b"<a>", b"<a/><b/>", b"<a x=1/>"] {
+        for bad in [&b"<a><b></a>"[..], b"<a>", b"<a/><b/>", b"<a x=1/>", b"{}", b""] {
             assert!(
                 matches!(xml.validate(bad, None), Err(ValidationError::Syntax { .. })),
                 "{}",

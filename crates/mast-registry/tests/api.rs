@@ -400,7 +400,7 @@ async fn publish_validates_every_format_and_schema() {
         ),
         (
             "app.json",
-            json!({"content": "{}", "format": "xml"}),
+            json!({"content": "{}", "format": "ini"}),
             "invalid_argument",
         ),
         (
