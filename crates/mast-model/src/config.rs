@@ -454,7 +454,14 @@ mod tests {
             xml.validate(b"<?xml version=\"1.0\"?><a x=\"1\"><b/>t</a>", None)
                 .is_ok()
         );
-        for bad in [&b"<a><b></a>"[..], b"<a>", b"<a/><b/>", b"<a x=1/>", b"{}", b""] {
+        for bad in [
+            &b"<a><b></a>"[..],
+            b"<a>",
+            b"<a/><b/>",
+            b"<a x=1/>",
+            b"{}",
+            b"",
+        ] {
             assert!(
                 matches!(xml.validate(bad, None), Err(ValidationError::Syntax { .. })),
                 "{}",

@@ -12,6 +12,7 @@
 //!   connection.
 //! - [`history_v1`]: config history (`/nacos/v1/cs/history`) on `/config-history/…`.
 //! - [`namespace_v1`]: namespaces (`/nacos/v1/console/namespaces`) on `/namespaces/<id>`.
+//! - [`v2`]: the v2 open API — the same operations in the `{code, message, data}` envelope.
 //! - [`auth`]: `/nacos/v1/auth/login`, and how a call names its caller.
 //! - [`listen`]: which held listeners wait on which config, woken by the node's commits.
 //! - [`params`]: parameters from the query string and a form body, as Nacos reads them.
@@ -34,6 +35,7 @@ pub mod namespace_v1;
 pub mod naming_v1;
 pub mod params;
 pub mod push;
+pub mod v2;
 
 use std::sync::Arc;
 
@@ -146,6 +148,37 @@ fn http_router(state: AppState) -> Router {
                 .put(namespace_v1::update)
                 .delete(namespace_v1::delete)
                 .fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v2/cs/config",
+            axum::routing::get(v2::get_config)
+                .post(v2::publish_config)
+                .delete(v2::delete_config)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v2/ns/instance",
+            axum::routing::get(v2::get_instance)
+                .post(v2::register)
+                .put(v2::update)
+                .delete(v2::deregister)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v2/ns/instance/list",
+            axum::routing::get(v2::list).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v2/ns/instance/beat",
+            axum::routing::put(naming_v1::beat).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v2/ns/service/list",
+            axum::routing::get(v2::service_list).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v2/console/namespace/list",
+            axum::routing::get(v2::namespaces).fallback(method_not_allowed),
         )
         .route(
             "/nacos/v1/auth/login",

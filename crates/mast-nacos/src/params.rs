@@ -30,6 +30,25 @@ impl Params {
         Params(all)
     }
 
+    /// These parameters with `name` = `value` added when `name` is absent or blank.
+    pub fn with_default(mut self, name: &str, value: &str) -> Params {
+        if self.opt(name).is_none() {
+            self.0.retain(|(k, _)| k != name);
+            self.0.push((name.to_string(), value.to_string()));
+        }
+        self
+    }
+
+    /// These parameters with `to` set from `from` when `to` is absent (a v2 name for a v1 one).
+    pub fn alias(mut self, from: &str, to: &str) -> Params {
+        if self.get(to).is_none()
+            && let Some(v) = self.get(from).map(str::to_string)
+        {
+            self.0.push((to.to_string(), v));
+        }
+        self
+    }
+
     /// The first value of `name`, if given (possibly empty).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0

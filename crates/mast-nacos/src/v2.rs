@@ -1,0 +1,185 @@
+//! The Nacos open API v2 (`/nacos/v2/…`): the v1 operations answered in Nacos's
+//! `{"code", "message", "data"}` envelope, with v2's parameter names (`namespaceId` for a
+//! config's tenant) and v2's error codes: 10000 parameter missing, 20002 parameter validate
+//! error, 20004 resource not found, 20005 resource conflict (HTTP 400 / 400 / 404 / 409), 30000
+//! for a server error (500). Auth failures keep Spring's JSON error body, as Nacos's.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::NacosCaller;
+use crate::error::{NacosError, NacosResult};
+use crate::params::Params;
+use crate::{config_v1, namespace_v1, naming_v1};
+
+/// Bytes of a v1 answer read to re-wrap it.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+fn envelope(status: StatusCode, code: i32, message: &str, data: Value) -> Response {
+    let body = json!({ "code": code, "message": message, "data": data });
+    (status, axum::Json(body)).into_response()
+}
+
+/// The v2 answer for a failed operation.
+fn failure(e: NacosError) -> Response {
+    let detail = |m: &str| {
+        m.trim_end()
+            .trim_start_matches("caused: ")
+            .trim_end_matches(';')
+            .to_string()
+    };
+    match e {
+        NacosError::MissingParam(name) => envelope(
+            StatusCode::BAD_REQUEST,
+            10000,
+            "parameter missing",
+            json!(format!(
+                "Required parameter '{name}' type String is not present"
+            )),
+        ),
+        NacosError::BadRequest(m) => envelope(
+            StatusCode::BAD_REQUEST,
+            20002,
+            "parameter validate error",
+            json!(detail(&m)),
+        ),
+        NacosError::NotFound(m) => envelope(
+            StatusCode::NOT_FOUND,
+            20004,
+            "resource not found",
+            json!(detail(&m)),
+        ),
+        NacosError::Conflict(m) => envelope(
+            StatusCode::CONFLICT,
+            20005,
+            "resource conflict",
+            json!(detail(&m)),
+        ),
+        e @ (NacosError::Forbidden(_) | NacosError::LoginFailed) => e.into_response(),
+        NacosError::NotImplemented(m) => {
+            envelope(StatusCode::NOT_IMPLEMENTED, 30000, &m, Value::Null)
+        }
+        NacosError::Unavailable(m) | NacosError::Internal(m) => {
+            envelope(StatusCode::INTERNAL_SERVER_ERROR, 30000, &m, Value::Null)
+        }
+    }
+}
+
+/// How a v1 answer's body becomes `data`.
+#[derive(Clone, Copy)]
+enum Data {
+    /// The body as a string (config content).
+    Text,
+    /// The body parsed as JSON (`true`, an object), else as a string (`ok`).
+    Json,
+}
+
+/// Wraps a v1 answer: success in the envelope; failures as [`failure`].
+async fn wrap(result: NacosResult<Response>, data: Data, edit: fn(&mut Value)) -> Response {
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => return failure(e),
+    };
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let bytes = match axum::body::to_bytes(resp.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return failure(NacosError::Internal(e.to_string())),
+    };
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let mut value = match data {
+        Data::Text => Value::String(text),
+        Data::Json => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    };
+    edit(&mut value);
+    envelope(StatusCode::OK, 0, "success", value)
+}
+
+fn keep(_: &mut Value) {}
+
+/// v2 config parameters as v1 reads them: `namespaceId` is the tenant.
+fn config_params(p: Params) -> Params {
+    p.alias("namespaceId", "tenant")
+        .alias("srcUser", "src_user")
+}
+
+/// `GET /nacos/v2/cs/config`: `data` is the content.
+pub async fn get_config(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let r = config_v1::get(st, who, config_params(p)).await;
+    wrap(r, Data::Text, keep).await
+}
+
+/// `POST /nacos/v2/cs/config`: `data` is `true`.
+pub async fn publish_config(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let r = config_v1::publish(st, who, config_params(p)).await;
+    wrap(r, Data::Json, keep).await
+}
+
+/// `DELETE /nacos/v2/cs/config`: `data` is `true`.
+pub async fn delete_config(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let r = config_v1::delete(st, who, config_params(p)).await;
+    wrap(r, Data::Json, keep).await
+}
+
+/// `POST /nacos/v2/ns/instance`: `data` is `"ok"`.
+pub async fn register(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    wrap(naming_v1::register(st, who, p).await, Data::Json, keep).await
+}
+
+/// `DELETE /nacos/v2/ns/instance`: `data` is `"ok"`.
+pub async fn deregister(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    wrap(naming_v1::deregister(st, who, p).await, Data::Json, keep).await
+}
+
+/// `PUT /nacos/v2/ns/instance`: `data` is `"ok"`.
+pub async fn update(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    wrap(naming_v1::update(st, who, p).await, Data::Json, keep).await
+}
+
+/// `GET /nacos/v2/ns/instance`: one instance, its service as `serviceName`.
+pub async fn get_instance(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let r = naming_v1::get_instance(st, who, p).await;
+    wrap(r, Data::Json, |v| {
+        if let Value::Object(m) = v
+            && let Some(s) = m.remove("service")
+        {
+            m.insert("serviceName".into(), s);
+        }
+    })
+    .await
+}
+
+/// `GET /nacos/v2/ns/instance/list` (`clusterName` for v1's `clusters`): the service info.
+pub async fn list(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let r = naming_v1::list(st, who, p.alias("clusterName", "clusters")).await;
+    wrap(r, Data::Json, keep).await
+}
+
+/// `GET /nacos/v2/ns/service/list` (pages of 20 by default): `{"count", "services"}`.
+pub async fn service_list(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let p = p.with_default("pageNo", "1").with_default("pageSize", "20");
+    let r = naming_v1::service_list(st, who, p).await;
+    wrap(r, Data::Json, |v| {
+        if let Value::Object(m) = v
+            && let Some(d) = m.remove("doms")
+        {
+            m.insert("services".into(), d);
+        }
+    })
+    .await
+}
+
+/// `GET /nacos/v2/console/namespace/list`: `data` is the namespaces.
+pub async fn namespaces(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let r = namespace_v1::list(st, who, p).await;
+    wrap(r, Data::Json, |v| {
+        if let Some(data) = v.get("data").cloned() {
+            *v = data;
+        }
+    })
+    .await
+}

@@ -1,0 +1,154 @@
+//! The Nacos v2 open API: the same operations as v1 in the `{code, message, data}` envelope,
+//! with v2's parameter names and error codes.
+
+mod common;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn call(
+    n: &common::Nacos,
+    method: reqwest::Method,
+    path: &str,
+    q: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let base = n.base.replace("/nacos/v1", "/nacos/v2");
+    let r = n
+        .http
+        .request(method, format!("{base}{path}"))
+        .query(q)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status();
+    let text = r.text().await.unwrap();
+    (
+        s,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
+}
+
+#[tokio::test]
+async fn configs_and_instances_in_the_envelope() {
+    let n = common::Nacos::start_with(None).await;
+    use reqwest::Method;
+    let cfg = [
+        ("dataId", "v2.json"),
+        ("group", "G"),
+        ("namespaceId", "dev"),
+    ];
+    let mut publish = cfg.to_vec();
+    publish.extend([("content", r#"{"a":1}"#), ("type", "json")]);
+    assert_eq!(
+        call(&n, Method::POST, "/cs/config", &publish).await,
+        (
+            StatusCode::OK,
+            json!({"code": 0, "message": "success", "data": true})
+        )
+    );
+    assert_eq!(
+        call(&n, Method::GET, "/cs/config", &cfg).await,
+        (
+            StatusCode::OK,
+            json!({"code": 0, "message": "success", "data": r#"{"a":1}"#})
+        )
+    );
+    // The same config for v1 (tenant) and etcd.
+    let r = n
+        .http
+        .get(format!(
+            "{}/cs/configs?dataId=v2.json&group=G&tenant=dev",
+            n.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), r#"{"a":1}"#);
+    assert_eq!(
+        call(
+            &n,
+            Method::GET,
+            "/cs/config",
+            &[("dataId", "none"), ("group", "G")]
+        )
+        .await,
+        (
+            StatusCode::NOT_FOUND,
+            json!({"code": 20004, "message": "resource not found", "data": "config data not exist"})
+        )
+    );
+    assert_eq!(
+        call(&n, Method::GET, "/cs/config", &[("dataId", "x")]).await,
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"code": 10000, "message": "parameter missing", "data": "Required parameter 'group' type String is not present"})
+        )
+    );
+    assert_eq!(
+        call(
+            &n,
+            Method::GET,
+            "/cs/config",
+            &[("dataId", "x"), ("group", "")]
+        )
+        .await,
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"code": 20002, "message": "parameter validate error", "data": "invalid group : "})
+        )
+    );
+    assert_eq!(
+        call(&n, Method::DELETE, "/cs/config", &cfg).await.1["data"],
+        true
+    );
+
+    let inst = [
+        ("serviceName", "svc"),
+        ("groupName", "G"),
+        ("ip", "10.0.0.1"),
+        ("port", "80"),
+    ];
+    assert_eq!(
+        call(&n, Method::POST, "/ns/instance", &inst).await.1["data"],
+        "ok"
+    );
+    let (s, v) = call(
+        &n,
+        Method::GET,
+        "/ns/instance/list",
+        &[("serviceName", "svc"), ("groupName", "G")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["data"]["name"], "G@@svc");
+    assert_eq!(v["data"]["hosts"][0]["ip"], "10.0.0.1");
+    let (_, v) = call(&n, Method::GET, "/ns/instance", &inst).await;
+    assert_eq!(v["data"]["serviceName"], "G@@svc");
+    let (_, v) = call(&n, Method::GET, "/ns/service/list", &[("groupName", "G")]).await;
+    assert_eq!(v["data"], json!({"count": 1, "services": ["svc"]}));
+    let (s, v) = call(
+        &n,
+        Method::GET,
+        "/ns/instance",
+        &[
+            ("serviceName", "svc"),
+            ("groupName", "G"),
+            ("ip", "9.9.9.9"),
+            ("port", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (s, v),
+        (
+            StatusCode::NOT_FOUND,
+            json!({"code": 20004, "message": "resource not found", "data": "no matched ip found!"})
+        )
+    );
+    assert_eq!(
+        call(&n, Method::DELETE, "/ns/instance", &inst).await.1["data"],
+        "ok"
+    );
+    let (_, v) = call(&n, Method::GET, "/console/namespace/list", &[]).await;
+    assert_eq!(v["data"][0]["namespaceShowName"], "public");
+}
