@@ -337,20 +337,22 @@ async fn serve_nacos(server: &mut Server, flag: Option<&str>) -> anyhow::Result<
                     )
                 })?;
             let grpc_addr = SocketAddr::new(local.ip(), grpc_port);
-            let grpc_local = server
-                .serve_router(grpc_addr, grpc)
-                .await
-                .map_err(|e| e.context("the Nacos gRPC port (--nacos-addr port + 1000)"))?;
-            tracing::info!(address = %grpc_local, "serving the Nacos 2.x gRPC protocol");
-            Ok(())
+            match server.serve_router(grpc_addr, grpc).await {
+                Ok(grpc_local) => {
+                    tracing::info!(address = %grpc_local, "serving the Nacos 2.x gRPC protocol");
+                    Ok(())
+                }
+                Err(e) if !given && addr_in_use(&e) => {
+                    tracing::warn!(
+                        address = %grpc_addr,
+                        "the Nacos gRPC default port is taken; serving the Nacos HTTP API only (set --nacos-addr)"
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(e.context("the Nacos gRPC port (--nacos-addr port + 1000)")),
+            }
         }
-        Err(e)
-            if !given
-                && e.chain().any(|c| {
-                    c.downcast_ref::<std::io::Error>()
-                        .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
-                }) =>
-        {
+        Err(e) if !given && addr_in_use(&e) => {
             tracing::warn!(
                 address = %addr,
                 "the Nacos API's default port is taken; serving without it (set --nacos-addr)"
@@ -359,6 +361,14 @@ async fn serve_nacos(server: &mut Server, flag: Option<&str>) -> anyhow::Result<
         }
         Err(e) => Err(e.context("--nacos-addr")),
     }
+}
+
+/// Whether binding failed because the address is taken.
+fn addr_in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    })
 }
 
 async fn shutdown_signal() {
