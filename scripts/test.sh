@@ -18,7 +18,7 @@ echo "== cargo build --bin mast"
 cargo build --locked --bin mast
 
 echo "== cargo test"
-cargo test --locked --workspace -- --test-threads=2
+cargo test --locked --workspace --no-fail-fast -- --test-threads=2
 
 echo "== node --test (seeds' etcd3 flows against Mast)"
 (cd tests/node && node --test)
