@@ -14,13 +14,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use mast_proto::etcdserverpb::AuthenticateRequest;
 use mast_server::authz::Caller;
-use mast_server::serve::ClientAddr;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -80,13 +79,11 @@ impl<S: Send + Sync> FromRequestParts<S> for NacosCaller {
 
     async fn from_request_parts(
         parts: &mut Parts,
-        _state: &S,
+        state: &S,
     ) -> Result<Self, std::convert::Infallible> {
-        let client = parts
-            .extensions
-            .get::<ConnectInfo<ClientAddr>>()
-            .map(|c| &c.0);
-        Ok(NacosCaller(Caller::from_http(&parts.headers, client)))
+        let mast_registry::error::Call(caller) =
+            mast_registry::error::Call::from_request_parts(parts, state).await?;
+        Ok(NacosCaller(caller))
     }
 }
 

@@ -54,8 +54,8 @@ pub struct PushHub {
 
 impl PushHub {
     /// A hub pushing from a UDP socket on an ephemeral port, fed by `node`'s commits until the
-    /// node shuts down. `None` when no UDP socket can be opened (push is then off; clients
-    /// still poll).
+    /// node shuts down. When no UDP socket can be opened, push is off (logged) and clients
+    /// still poll.
     pub fn start(node: Arc<Node>) -> Arc<PushHub> {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(PushHub {

@@ -142,7 +142,7 @@ pub struct Connections {
 
 impl Connections {
     /// An empty registry.
-    pub fn start(_node: Arc<Node>) -> Arc<Connections> {
+    pub fn new() -> Arc<Connections> {
         Arc::new(Connections {
             by_addr: Mutex::default(),
             registered: Notify::new(),

@@ -212,7 +212,7 @@ impl Grpc {
     /// The services over `st`; starts the tasks that push config changes and subscribed
     /// services to connections.
     pub fn new(st: AppState) -> Grpc {
-        let conns = conn::Connections::start(st.node.clone());
+        let conns = conn::Connections::new();
         config::start_pushes(&st, &conns);
         naming::start_pushes(&st, &conns);
         Grpc { st, conns }

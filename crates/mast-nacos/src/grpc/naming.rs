@@ -36,9 +36,15 @@ pub async fn handle(
         c.seen(&caller);
     }
     let (kind, result) = match req.kind.as_str() {
-        "InstanceRequest" => ("InstanceResponse", instance(st, conn, &caller, req).await),
+        "InstanceRequest" => (
+            "InstanceResponse",
+            instance(st, conn, &caller, req, false).await,
+        ),
         "BatchInstanceRequest" => ("BatchInstanceResponse", batch(st, conn, &caller, req).await),
-        "PersistentInstanceRequest" => ("InstanceResponse", persistent(st, &caller, req).await),
+        "PersistentInstanceRequest" => (
+            "InstanceResponse",
+            instance(st, conn, &caller, req, true).await,
+        ),
         "ServiceQueryRequest" => ("QueryServiceResponse", query(st, &caller, req).await),
         "SubscribeServiceRequest" => (
             "SubscribeServiceResponse",
@@ -132,17 +138,22 @@ fn need_conn(conn: Option<Arc<Conn>>) -> NacosResult<Arc<Conn>> {
     conn.ok_or_else(|| NacosError::Unavailable("Connection is unregistered.".into()))
 }
 
+/// Registers `inst`: an ephemeral one on its connection's lease, a persistent one without.
 async fn register(
     st: &AppState,
-    conn: &Conn,
+    conn: Option<&Arc<Conn>>,
     caller: &Caller,
     svc: &ServiceName,
     inst: &InstanceParams,
 ) -> NacosResult<()> {
-    let lease = if inst.ephemeral {
-        Some(conn.lease(&st.node, caller).await?)
-    } else {
-        None
+    let lease = match conn {
+        _ if !inst.ephemeral => None,
+        Some(c) => Some(c.lease(&st.node, caller).await?),
+        None => {
+            return Err(NacosError::Unavailable(
+                "Connection is unregistered.".into(),
+            ));
+        }
     };
     naming_v1::put_instance(&st.node, caller, svc, inst, lease).await?;
     Ok(())
@@ -170,20 +181,24 @@ async fn deregister(
     Ok(())
 }
 
+/// `InstanceRequest` (ephemeral by default) and `PersistentInstanceRequest` (`persistent`):
+/// register or deregister one instance.
 async fn instance(
     st: &AppState,
     conn: Option<Arc<Conn>>,
     caller: &Caller,
     req: &Incoming,
+    persistent: bool,
 ) -> NacosResult<Value> {
     let svc = service_of(req)?;
-    let inst = instance_of(req.body.get("instance").unwrap_or(&Value::Null), true)?;
+    let mut inst = instance_of(
+        req.body.get("instance").unwrap_or(&Value::Null),
+        !persistent,
+    )?;
+    inst.ephemeral &= !persistent;
     let kind = req.str("type");
     match kind {
-        "registerInstance" => {
-            let conn = need_conn(conn)?;
-            register(st, &conn, caller, &svc, &inst).await?
-        }
+        "registerInstance" => register(st, conn.as_ref(), caller, &svc, &inst).await?,
         // Java says deRegisterInstance, Python deregisterInstance.
         k if k.eq_ignore_ascii_case("deRegisterInstance") => {
             deregister(st, caller, &svc, &inst).await?
@@ -200,7 +215,6 @@ async fn batch(
     req: &Incoming,
 ) -> NacosResult<Value> {
     let svc = service_of(req)?;
-    let conn = need_conn(conn)?;
     let instances = req
         .body
         .get("instances")
@@ -212,27 +226,9 @@ async fn batch(
         .map(|v| instance_of(v, true))
         .collect::<NacosResult<_>>()?;
     for inst in &parsed {
-        register(st, &conn, caller, &svc, inst).await?;
+        register(st, conn.as_ref(), caller, &svc, inst).await?;
     }
     Ok(json!({ "type": req.str("type") }))
-}
-
-async fn persistent(st: &AppState, caller: &Caller, req: &Incoming) -> NacosResult<Value> {
-    let svc = service_of(req)?;
-    let mut inst = instance_of(req.body.get("instance").unwrap_or(&Value::Null), false)?;
-    inst.ephemeral = false;
-    let kind = req.str("type");
-    match kind {
-        "registerInstance" => {
-            naming_v1::put_instance(&st.node, caller, &svc, &inst, None).await?;
-        }
-        // Java says deRegisterInstance, Python deregisterInstance.
-        k if k.eq_ignore_ascii_case("deRegisterInstance") => {
-            deregister(st, caller, &svc, &inst).await?
-        }
-        other => return Err(bad(format!("Unsupported request type {other}"))),
-    }
-    Ok(json!({ "type": kind }))
 }
 
 async fn service_info(
