@@ -1488,11 +1488,25 @@ async fn cluster_member_list_and_add(kind: ServerKind) {
     let added = r.member().expect("added member");
     assert_eq!(added.peer_urls(), [peer.as_str()]);
     assert!(added.is_learner());
-    let l = ok(c.member_list().await, "member_list");
-    assert_eq!(l.members().len(), n + 1);
+    // MemberList answers from the member asked, which in a cluster may still be applying the
+    // change (etcd's followers do too): it shows it soon.
+    async fn listed(c: &mut etcd_client::Client, want: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = ok(c.member_list().await, "member_list").members().len();
+            if got == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "member list has {got} members, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    listed(&mut c, n + 1).await;
     ok(c.member_remove(added.id()).await, "member_remove");
-    let l = ok(c.member_list().await, "member_list");
-    assert_eq!(l.members().len(), n);
+    listed(&mut c, n).await;
 }
 
 // --- Errors ----------------------------------------------------------------------------------
