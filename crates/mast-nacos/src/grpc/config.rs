@@ -52,8 +52,21 @@ pub async fn handle(
     };
     match result {
         Ok(Ok(extra)) => response(kind, Outcome::ok(rid), extra),
-        Ok(Err((code, message))) => response(kind, Outcome::fail(rid, code, message), json!({})),
+        Ok(Err((code, message))) => {
+            response(kind, Outcome::fail(rid, code, message), fail_body(kind))
+        }
         Err(e) => failed(kind, rid, &e, caller.token.is_some()),
+    }
+}
+
+/// The fields a failed response of class `kind` still carries: Nacos serializes its
+/// primitive and initialized fields whatever the outcome, and clients (the Rust `nacos-sdk`)
+/// require them.
+fn fail_body(kind: &str) -> Value {
+    match kind {
+        "ConfigQueryResponse" => json!({ "lastModified": 0, "beta": false }),
+        "ConfigChangeBatchListenResponse" => json!({ "changedConfigs": [] }),
+        _ => json!({}),
     }
 }
 
@@ -173,10 +186,7 @@ async fn batch_listen(
         let key = id.content_key().into_bytes();
         if !listen {
             if let Some(conn) = &conn {
-                conn.listened
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key);
+                conn.unlisten(&key);
             }
             continue;
         }
@@ -184,10 +194,7 @@ async fn batch_listen(
         let (kv, _) = etcd::get(&st.node, caller, &id.content_key(), 0).await?;
         let md5 = kv.map(|kv| md5_hex(&kv.value)).unwrap_or_default();
         if let Some(conn) = &conn {
-            conn.listened
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, (id, name.clone()));
+            conn.listen(key, id, name.clone());
         }
         if md5 != field(c, "md5") {
             changed.push(json!({

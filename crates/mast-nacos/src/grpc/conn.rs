@@ -32,6 +32,14 @@ pub const CONN_LEASE_TTL: i64 = 20;
 /// The Prometheus gauge of open Nacos 2.x connections on this member (at `/metrics`).
 pub const CONNECTIONS_GAUGE: &str = "mast_nacos_grpc_connections";
 
+/// The Prometheus gauge of configs listened to over this member's Nacos 2.x connections (one
+/// per connection and config).
+pub const LISTENS_GAUGE: &str = "mast_nacos_grpc_config_listens";
+
+/// The Prometheus gauge of services subscribed to over this member's Nacos 2.x connections
+/// (one per connection and service).
+pub const SUBSCRIPTIONS_GAUGE: &str = "mast_nacos_grpc_service_subscriptions";
+
 /// Pushes a connection may have waiting before more are dropped (a client that does not read).
 const PUSH_BUFFER: usize = 1024;
 
@@ -74,9 +82,11 @@ pub struct Conn {
     /// The caller of the stream (the last token a request carried is used for pushes).
     pub caller: Mutex<Caller>,
     lease: tokio::sync::Mutex<i64>,
-    /// Configs listened to, by content key.
+    /// Configs listened to, by content key (changed through [`Conn::listen`] /
+    /// [`Conn::unlisten`], which keep [`LISTENS_GAUGE`]).
     pub listened: Mutex<HashMap<Vec<u8>, (ConfigId, ListenedName)>>,
-    /// Services subscribed to, with the clusters asked for.
+    /// Services subscribed to, with the clusters asked for (changed through
+    /// [`Conn::subscribe`], which keeps [`SUBSCRIPTIONS_GAUGE`]).
     pub subscribed: Mutex<HashMap<ServiceName, String>>,
 }
 
@@ -127,6 +137,43 @@ impl Conn {
             *lease = resp.id;
         }
         Ok(*lease)
+    }
+
+    /// Starts listening to the config at content `key`.
+    pub fn listen(&self, key: Vec<u8>, id: ConfigId, name: ListenedName) {
+        let mut l = self.listened.lock().unwrap_or_else(|p| p.into_inner());
+        if l.insert(key, (id, name)).is_none() {
+            metrics::gauge!(LISTENS_GAUGE).increment(1.0);
+        }
+    }
+
+    /// Stops listening to the config at content `key`.
+    pub fn unlisten(&self, key: &[u8]) {
+        let mut l = self.listened.lock().unwrap_or_else(|p| p.into_inner());
+        if l.remove(key).is_some() {
+            metrics::gauge!(LISTENS_GAUGE).decrement(1.0);
+        }
+    }
+
+    /// Subscribes to `svc` for `clusters` (`on`), or unsubscribes.
+    pub fn subscribe(&self, svc: ServiceName, clusters: String, on: bool) {
+        let mut subs = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = if on {
+            subs.insert(svc, clusters).is_none()
+        } else {
+            subs.remove(&svc).is_some()
+        };
+        if changed {
+            metrics::gauge!(SUBSCRIPTIONS_GAUGE).increment(if on { 1.0 } else { -1.0 });
+        }
+    }
+
+    /// Forgets every listen and subscription (the connection closed).
+    fn forget_interest(&self) {
+        let l = std::mem::take(&mut *self.listened.lock().unwrap_or_else(|p| p.into_inner()));
+        metrics::gauge!(LISTENS_GAUGE).decrement(l.len() as f64);
+        let s = std::mem::take(&mut *self.subscribed.lock().unwrap_or_else(|p| p.into_inner()));
+        metrics::gauge!(SUBSCRIPTIONS_GAUGE).decrement(s.len() as f64);
     }
 
     fn lease_now(&self) -> i64 {
@@ -257,6 +304,7 @@ pub fn serve_stream(
             };
             drop(removed);
             metrics::gauge!(CONNECTIONS_GAUGE).set(n as f64);
+            c.forget_interest();
             let id = c.lease_now();
             if id != 0 {
                 let who = c.caller();

@@ -232,6 +232,7 @@ impl Grpc {
             Err(e) => return error_response("", 400, e),
         };
         let rid = req.request_id().to_string();
+        tracing::trace!(kind = %req.kind, client = ?caller.addr, request_id = %rid, "Nacos request");
         // Every request but ServerCheck needs the connection's bi-stream set up (a client may
         // send one right after opening the stream: wait for the setup, bounded).
         let conn = match caller.addr {

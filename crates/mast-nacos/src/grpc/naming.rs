@@ -4,13 +4,14 @@
 //! lives while the client is connected. `NotifySubscriberRequest` is pushed to every
 //! connection subscribed to a service a commit touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use mast_model::{
     SERVICE_META_PREFIX, SERVICES_PREFIX, ServiceName, instance_key, parse_instance_key,
+    service_prefix,
 };
-use mast_proto::etcdserverpb::DeleteRangeRequest;
+use mast_proto::etcdserverpb::{DeleteRangeRequest, RangeRequest};
 use mast_server::api::kv;
 use mast_server::authz::Caller;
 use serde_json::{Value, json};
@@ -228,7 +229,62 @@ async fn batch(
     for inst in &parsed {
         register(st, conn.as_ref(), caller, &svc, inst).await?;
     }
+    if let Some(conn) = &conn {
+        drop_unnamed(st, conn, caller, &svc, &parsed).await?;
+    }
     Ok(json!({ "type": req.str("type") }))
+}
+
+/// As Nacos 2.x's batch register: a batch is the connection's whole set of ephemeral instances
+/// of the service, so those it registered before and no longer names are deregistered.
+async fn drop_unnamed(
+    st: &AppState,
+    conn: &Arc<Conn>,
+    caller: &Caller,
+    svc: &ServiceName,
+    named: &[InstanceParams],
+) -> NacosResult<()> {
+    let lease = conn.lease(&st.node, caller).await?;
+    let keep: HashSet<String> = named
+        .iter()
+        .map(|i| {
+            instance_key(
+                &svc.segment(),
+                &naming_v1::instance_id(&i.ip, i.port, &i.cluster),
+            )
+        })
+        .collect();
+    let prefix = service_prefix(&svc.segment()).into_bytes();
+    let mut range_end = prefix.clone();
+    if let Some(last) = range_end.last_mut() {
+        *last += 1; // '/' + 1: the end of the prefix range
+    }
+    let owned = kv::range(
+        &st.node,
+        caller,
+        RangeRequest {
+            key: prefix.into(),
+            range_end: range_end.into(),
+            keys_only: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    for kv in owned.kvs {
+        if kv.lease != lease || keep.contains(String::from_utf8_lossy(&kv.key).as_ref()) {
+            continue;
+        }
+        kv::delete_range(
+            &st.node,
+            caller,
+            DeleteRangeRequest {
+                key: kv.key,
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn service_info(
@@ -275,14 +331,7 @@ async fn subscribe(
         .unwrap_or(true);
     let info = service_info(st, caller, &svc, &clusters, false).await?;
     let conn = need_conn(conn)?;
-    {
-        let mut subs = conn.subscribed.lock().unwrap_or_else(|p| p.into_inner());
-        if on {
-            subs.insert(svc, clusters);
-        } else {
-            subs.remove(&svc);
-        }
-    }
+    conn.subscribe(svc, clusters, on);
     Ok(json!({ "serviceInfo": info }))
 }
 
