@@ -6,6 +6,8 @@
 #   - node + npm, and tests/node's npm packages (the etcd3 client)
 #   - python3 with venv, and tests/python's virtualenv (the Nacos gRPC client)
 #   - a JDK and Maven, and tests/java's classpath (the Java Nacos client)
+#   - r-nacos 0.8.8 (cargo install, a debug build in target/rnacos), for the Nacos
+#     differential test
 #   - tests/go's Go modules (go.etcd.io/etcd/client/v3) from the Go module proxy; Go itself
 #     (1.26 or newer, as tests/go/go.mod says) is expected on the machine
 # Idempotent: whatever is already there is skipped. Quiet: one line per step;
@@ -130,6 +132,19 @@ if [ ! -f "$java_dir/target/cp.txt" ] || [ "$java_dir/pom.xml" -nt "$java_dir/ta
   run_quiet "mvn dependency:build-classpath" bash -c 'cd "$1" && mvn -q -B dependency:build-classpath -Dmdep.outputFile=target/cp.txt' _ "$java_dir"
 else
   log "tests/java/target/cp.txt: up to date"
+fi
+
+# 7. r-nacos (the `rnacos` crate, a Nacos server in Rust), the reference of the Nacos
+# differential test (crates/mast-conformance/tests/nacos_diff.rs). A debug build: about four
+# minutes here against eleven for a release one, and the test needs answers, not speed
+# (scripts/nacos-compare.sh builds its own release binary for the benchmarks).
+if command -v rnacos >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/rnacos" ] ||
+  [ -x "$repo_root/target/rnacos/bin/rnacos" ]; then
+  log "rnacos: present"
+else
+  log "rnacos 0.8.8: cargo install --debug into target/rnacos (a few minutes)"
+  run_quiet "cargo install rnacos" cargo install rnacos --version 0.8.8 --locked --debug \
+    --root "$repo_root/target/rnacos"
 fi
 
 log "done"
