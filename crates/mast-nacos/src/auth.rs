@@ -64,6 +64,12 @@ impl LoginCache {
         tokens.insert(Self::key(user, password), (token, Instant::now()));
     }
 
+    /// Forgets every cached login of `user` (its password changed or it was deleted).
+    pub fn forget_user(&self, user: &str) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.retain(|(u, _), _| u != user);
+    }
+
     fn forget(&self, user: &str, password: &str) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens.remove(&Self::key(user, password));

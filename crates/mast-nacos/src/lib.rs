@@ -14,6 +14,8 @@
 //! - [`namespace_v1`]: namespaces (`/nacos/v1/console/namespaces`) on `/namespaces/<id>`.
 //! - [`v2`]: the v2 open API — the same operations in the `{code, message, data}` envelope.
 //! - [`auth`]: `/nacos/v1/auth/login`, and how a call names its caller.
+//! - [`auth_admin`]: `/nacos/v1/auth/users`, `/roles`, `/permissions` on Mast's users and
+//!   roles, Nacos resources mapped to key ranges.
 //! - [`listen`]: which held listeners wait on which config, woken by the node's commits.
 //! - [`params`]: parameters from the query string and a form body, as Nacos reads them.
 //! - [`error`]: the one error type, with Nacos's statuses and plain-text bodies.
@@ -26,6 +28,7 @@
 //! requests.
 
 pub mod auth;
+pub mod auth_admin;
 pub mod config_v1;
 pub mod error;
 pub mod grpc;
@@ -179,6 +182,28 @@ fn http_router(state: AppState) -> Router {
         .route(
             "/nacos/v2/console/namespace/list",
             axum::routing::get(v2::namespaces).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v1/auth/users",
+            axum::routing::get(auth_admin::list_users)
+                .post(auth_admin::create_user)
+                .put(auth_admin::update_user)
+                .delete(auth_admin::delete_user)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v1/auth/roles",
+            axum::routing::get(auth_admin::list_roles)
+                .post(auth_admin::add_role)
+                .delete(auth_admin::delete_role)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v1/auth/permissions",
+            axum::routing::get(auth_admin::list_permissions)
+                .post(auth_admin::add_permission)
+                .delete(auth_admin::delete_permission)
+                .fallback(method_not_allowed),
         )
         .route(
             "/nacos/v1/auth/login",
