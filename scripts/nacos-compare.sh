@@ -40,6 +40,11 @@
 #   NACOS_BENCH_SERVER_THREADS  request-serving threads of both servers: r-nacos's
 #                        RNACOS_HTTP_WORKERS (actix workers) and Mast's MAST_WORKER_THREADS
 #                        (connection threads); default: unset, each server's own default (one per core)
+#   NACOS_BENCH_MAST_API nacos (default): Mast is driven through its own Nacos v1 API, the same
+#                        requests as r-nacos, like for like; native: through /mast/v1 (the
+#                        comparison of issue 6)
+#   NACOS_BENCH_PUSH_CLIENTS     Nacos 2.x gRPC clients listening to one config (default 1000)
+#   NACOS_BENCH_PUSH_PUBLISHES   publishes timed to every one of them (default 20)
 #   NACOS_BENCH_LOAD     configs and instances loaded for the RSS measurement (default 10000)
 #   NACOS_BENCH_OUT      Markdown output (default: benchmarks/nacos.md for a full run, which
 #                        is also spliced into BENCHMARKS.md between its include markers;
@@ -65,6 +70,8 @@ fi
 conns="${NACOS_BENCH_CONNS:-50}"
 wthreads="${NACOS_BENCH_THREADS:-2}"
 load_n="${NACOS_BENCH_LOAD:-10000}"
+mast_api="${NACOS_BENCH_MAST_API:-nacos}"
+case "$mast_api" in nacos | native) ;; *) echo "nacos-compare: NACOS_BENCH_MAST_API is nacos or native" >&2; exit 1 ;; esac
 server_threads="${NACOS_BENCH_SERVER_THREADS:-}"
 # Extra environment for each server when NACOS_BENCH_SERVER_THREADS is set (same for both).
 nacos_threads_env=() mast_threads_env=()
@@ -83,6 +90,9 @@ else
 fi
 lua="$repo/scripts/nacos/bench.lua"
 mast_bin="$repo/target/release/mast"
+bench_bin="$repo/target/release/mast-bench"
+push_clients="${NACOS_BENCH_PUSH_CLIENTS:-1000}"
+push_rounds="${NACOS_BENCH_PUSH_PUBLISHES:-20}"
 
 log() { printf '[nacos-compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -136,8 +146,8 @@ rnacos_version="$("$rnacos_bin" --version 2>/dev/null | head -n1 || true)"
 [ -n "$rnacos_version" ] || rnacos_version="rnacos (version not reported)"
 
 if [ "${NACOS_BENCH_SKIP_BUILD:-0}" != 1 ]; then
-  log "cargo build --release -p mast"
-  cargo build --release -p mast >&2
+  log "cargo build --release -p mast -p mast-bench"
+  cargo build --release -p mast -p mast-bench >&2
 fi
 [ -x "$mast_bin" ] || die "no $mast_bin"
 
@@ -161,6 +171,23 @@ nacos_grpc="$(distinct_port "$nacos_port")"
 mast_port="$(distinct_port "$nacos_port" "$nacos_grpc")"
 nacos_url="http://127.0.0.1:$nacos_port"
 mast_url="http://127.0.0.1:$mast_port"
+# Mast's Nacos HTTP port (its gRPC port, 1000 above, must be free too).
+mast_nacos_port=""
+for _ in $(seq 1 50); do
+  p="$(distinct_port "$nacos_port" "$nacos_grpc" "$mast_port")"
+  q=$((p + 1000))
+  if [ "$q" -lt 65536 ] && ! (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null; then
+    mast_nacos_port="$p"
+    break
+  fi
+done
+[ -n "$mast_nacos_port" ] || die "no free port pair for Mast's Nacos API"
+# What the workloads talk to on Mast, and the request shape bench.lua / load.py use for it.
+if [ "$mast_api" = nacos ]; then
+  mast_bench_url="http://127.0.0.1:$mast_nacos_port" mast_shape=nacos
+else
+  mast_bench_url="$mast_url" mast_shape=mast
+fi
 
 mkdir -p "$run_dir/mast"
 start_nacos() { # attempt: a fresh data dir per attempt; sets nacos_pid
@@ -186,7 +213,7 @@ start_nacos 1
 
 log "starting mast on $mast_url (data $run_dir/mast)"
 env RUST_LOG=warn "${mast_threads_env[@]}" "$mast_bin" serve --name nacos-compare --data-dir "$run_dir/mast/data" \
-  --listen-client-urls "$mast_url" >"$run_dir/mast.log" 2>&1 &
+  --listen-client-urls "$mast_url" --nacos-addr "127.0.0.1:$mast_nacos_port" >"$run_dir/mast.log" 2>&1 &
 mast_pid=$!
 pids+=("$mast_pid")
 
@@ -249,26 +276,55 @@ ns=bench group=DEFAULT_GROUP
 read_id=read-target read_content=read-target-content-0123456789
 list_svc=list-svc
 
-nacos_publish() { # dataId content
-  curl -sf -XPOST "$nacos_url/nacos/v1/cs/configs" \
-    --data-urlencode "dataId=$1" --data-urlencode "group=$group" \
-    --data-urlencode "content=$2" --data-urlencode "tenant=$ns"
+# Through the Nacos v1 API at a base URL.
+publish_at() { # url dataId content
+  curl -sf -XPOST "$1/nacos/v1/cs/configs" \
+    --data-urlencode "dataId=$2" --data-urlencode "group=$group" \
+    --data-urlencode "content=$3" --data-urlencode "tenant=$ns"
 }
-nacos_get() { curl -sf "$nacos_url/nacos/v1/cs/configs?dataId=$1&group=$group&tenant=$ns"; }
-mast_publish() {
-  curl -sf -XPUT "$mast_url/mast/v1/configs/$ns/$group/$1" -H 'content-type: application/json' \
-    -d "{\"content\":\"$2\",\"format\":\"text\"}"
-}
-mast_get_content() {
-  curl -sf "$mast_url/mast/v1/configs/$ns/$group/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["content"])'
-}
-nacos_count() { # service
-  curl -sf "$nacos_url/nacos/v1/ns/instance/list?serviceName=$1&namespaceId=$ns" |
+get_at() { curl -sf "$1/nacos/v1/cs/configs?dataId=$2&group=$group&tenant=$ns"; }
+count_at() { # url service
+  curl -sf "$1/nacos/v1/ns/instance/list?serviceName=$2&namespaceId=$ns" |
     python3 -c 'import json,sys; print(len(json.load(sys.stdin)["hosts"]))'
 }
+register_at() { # url service ip
+  [ "$(curl -sf -XPOST "$1/nacos/v1/ns/instance" -d "serviceName=$2" \
+    -d "ip=$3" -d "port=9000" -d "ephemeral=true" -d "namespaceId=$ns")" = ok ]
+}
+nacos_publish() { publish_at "$nacos_url" "$@"; }
+nacos_get() { get_at "$nacos_url" "$@"; }
+nacos_count() { count_at "$nacos_url" "$@"; }
+# Mast through the API the workloads use.
+mast_publish() {
+  if [ "$mast_api" = nacos ]; then
+    [ "$(publish_at "$mast_bench_url" "$@")" = true ]
+  else
+    curl -sf -XPUT "$mast_url/mast/v1/configs/$ns/$group/$1" -H 'content-type: application/json' \
+      -d "{\"content\":\"$2\",\"format\":\"text\"}"
+  fi
+}
+mast_get_content() {
+  if [ "$mast_api" = nacos ]; then
+    get_at "$mast_bench_url" "$1"
+  else
+    curl -sf "$mast_url/mast/v1/configs/$ns/$group/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["content"])'
+  fi
+}
 mast_count() {
-  curl -sf "$mast_url/mast/v1/services/$1/instances" |
-    python3 -c 'import json,sys; print(len(json.load(sys.stdin)["instances"]))'
+  if [ "$mast_api" = nacos ]; then
+    count_at "$mast_bench_url" "$1"
+  else
+    curl -sf "$mast_url/mast/v1/services/$1/instances" |
+      python3 -c 'import json,sys; print(len(json.load(sys.stdin)["instances"]))'
+  fi
+}
+mast_register() { # service ip id
+  if [ "$mast_api" = nacos ]; then
+    register_at "$mast_bench_url" "$1" "$2"
+  else
+    curl -sf -XPOST "$mast_url/mast/v1/services/$1/instances" -H 'content-type: application/json' \
+      -d "{\"id\":\"$3\",\"host\":\"$2\",\"port\":9000,\"ttl\":3600}" >/dev/null
+  fi
 }
 
 # Read-back check after start, and the fixtures the read and list workloads use.
@@ -276,12 +332,8 @@ log "setup: publish $read_id, register $list_svc x 10, read back"
 [ "$(nacos_publish "$read_id" "$read_content")" = true ] || die "r-nacos publish failed"
 mast_publish "$read_id" "$read_content" >/dev/null || die "mast publish failed"
 for i in $(seq 1 10); do
-  [ "$(curl -sf -XPOST "$nacos_url/nacos/v1/ns/instance" -d "serviceName=$list_svc" \
-    -d "ip=192.168.0.$i" -d "port=9000" -d "ephemeral=true" -d "namespaceId=$ns")" = ok ] ||
-    die "r-nacos register failed"
-  curl -sf -XPOST "$mast_url/mast/v1/services/$list_svc/instances" -H 'content-type: application/json' \
-    -d "{\"id\":\"l$i\",\"host\":\"192.168.0.$i\",\"port\":9000,\"ttl\":3600}" >/dev/null ||
-    die "mast register failed"
+  register_at "$nacos_url" "$list_svc" "192.168.0.$i" || die "r-nacos register failed"
+  mast_register "$list_svc" "192.168.0.$i" "l$i" || die "mast register failed"
 done
 # r-nacos applies writes asynchronously: wait (bounded, 10 s) until the read-back matches.
 for _ in $(seq 1 50); do
@@ -305,13 +357,18 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 # run_wrk target workload tag duration -> RESULT line (stdout); wrk output kept in run_dir
 run_wrk() {
   local url pid out
-  if [ "$1" = nacos ]; then url="$nacos_url" pid="$nacos_pid"; else url="$mast_url" pid="$mast_pid"; fi
+  local shape
+  if [ "$1" = nacos ]; then
+    url="$nacos_url" pid="$nacos_pid" shape=nacos
+  else
+    url="$mast_bench_url" pid="$mast_pid" shape="$mast_shape"
+  fi
   kill -0 "$pid" 2>/dev/null || die "$1 is not running; see $run_dir/$1.log"
   out="$run_dir/wrk-$1-$2-$3.txt"
   # bash's `time` gives wrk's own CPU (user and system seconds): on 2 cores the load generator
   # shares the machine with the server, so its CPU per request is reported too.
   local TIMEFORMAT='%3U %3S'
-  { time BENCH_TARGET="$1" BENCH_WORKLOAD="$2" BENCH_TAG="$3" \
+  { time BENCH_TARGET="$shape" BENCH_WORKLOAD="$2" BENCH_TAG="$3" \
     wrk -t"$wthreads" -c"$conns" -d"$4" --timeout 10s -s "$lua" "$url" >"$out" 2>&1; } 2>"$out.time" ||
     die "wrk failed: $(tail -n 5 "$out")"
   grep -q '^RESULT ' "$out" || die "no RESULT in $out: $(tail -n 5 "$out")"
@@ -327,10 +384,10 @@ sleep 1
 nacos_rss_idle="$(rss_kb "$nacos_pid")" mast_rss_idle="$(rss_kb "$mast_pid")"
 log "idle RSS: r-nacos $(mib "$nacos_rss_idle"), mast $(mib "$mast_rss_idle")"
 for t in nacos mast; do
-  if [ "$t" = nacos ]; then url="$nacos_url"; else url="$mast_url"; fi
+  if [ "$t" = nacos ]; then url="$nacos_url" shape=nacos; else url="$mast_bench_url" shape="$mast_shape"; fi
   for kind in configs instances; do
     log "loading $load_n $kind into $t"
-    python3 "$repo/scripts/nacos/load.py" "$t" "$kind" "$url" "$load_n" 8 >&2 ||
+    python3 "$repo/scripts/nacos/load.py" "$shape" "$kind" "$url" "$load_n" 8 >&2 ||
       die "loading $kind into $t failed"
   done
 done
@@ -376,7 +433,32 @@ for w in "${workloads[@]}"; do
   done
 done
 
-# 5. Report.
+# 5. Pushes over the 2.x gRPC protocol: N clients listen to one config, each publish is timed
+# until it reached every one (mast-bench nacos-push; the same requests to both servers).
+need_fds=$((push_clients * 2 + 256))
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need_fds" ]; then
+  ulimit -n "$need_fds" 2>/dev/null || die "open files limit $(ulimit -n) is below the $need_fds $push_clients clients need"
+fi
+declare -A push push_cpu
+for t in nacos mast; do
+  if [ "$t" = nacos ]; then grpc="127.0.0.1:$nacos_grpc" pid="$nacos_pid"; else grpc="127.0.0.1:$((mast_nacos_port + 1000))" pid="$mast_pid"; fi
+  log "push: $push_clients gRPC clients on $t ($grpc), $push_rounds publishes"
+  c0="$(cpu_us "$pid")"
+  push[$t]="$("$bench_bin" nacos-push --grpc "$grpc" --clients "$push_clients" --publishes "$push_rounds" \
+    --tenant bench --data-id "push-$t" --json 2>"$run_dir/push-$t.err")" ||
+    die "nacos-push against $t failed: $(tail -n 5 "$run_dir/push-$t.err")"
+  push_cpu[$t]=$(($(cpu_us "$pid") - c0))
+  echo "${push[$t]}" >"$run_dir/push-$t.json"
+  log "push $t: ${push[$t]}"
+  sleep 1
+done
+push_field() { # target dotted path into the JSON report: latency_ms.p50_ms, extra.missed, ...
+  python3 -c 'import json,sys; v=json.loads(sys.argv[1])
+for k in sys.argv[2].split("."): v=v[k]
+print(v)' "${push[$1]}" "$2"
+}
+
+# 6. Report.
 median() { tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
 per_req() { awk -v c="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", c / n; else print "-" }'; }
@@ -391,7 +473,11 @@ label() {
 }
 
 {
-  echo "## r-nacos vs Mast: Nacos v1 open API vs /mast/v1"
+  if [ "$mast_api" = nacos ]; then
+    echo "## r-nacos vs Mast: the same Nacos v1 open API on both"
+  else
+    echo "## r-nacos vs Mast: Nacos v1 open API vs /mast/v1"
+  fi
   echo
   echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -sr); $rnacos_version; mast $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')."
   echo "Request-serving threads: ${server_threads:-the default of each server (one per core)}${server_threads:+ for both (r-nacos RNACOS_HTTP_WORKERS, Mast MAST_WORKER_THREADS)}."
@@ -430,12 +516,29 @@ label() {
       }'
   done
   echo
+  echo "### Config pushes to $push_clients Nacos 2.x gRPC clients"
+  echo
+  echo "$push_clients clients (one connection each: ServerCheck, ConnectionSetup, ConfigBatchListen) listen to"
+  echo "one config; $push_rounds publishes (ConfigPublishRequest over gRPC), each waited for until every client"
+  echo "got its ConfigChangeNotifyRequest; latency is from the publish sent to the notification received."
+  echo
+  echo "| server | push p50 ms | push p99 ms | push max ms | all reached, p50 / max ms | missed | set-up of the clients s | server CPU s |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  for t in nacos mast; do
+    printf '| %s | %.2f | %.2f | %.2f | %.2f / %.2f | %s | %.1f | %.2f |\n' \
+      "$([ "$t" = nacos ] && echo r-nacos || echo Mast)" \
+      "$(push_field "$t" latency_ms.p50_ms)" "$(push_field "$t" latency_ms.p99_ms)" "$(push_field "$t" latency_ms.max_ms)" \
+      "$(push_field "$t" extra.reach_all_p50_ms)" "$(push_field "$t" extra.reach_all_max_ms)" \
+      "$(push_field "$t" extra.missed)" "$(awk -v m="$(push_field "$t" extra.setup_ms)" 'BEGIN { printf "%.1f", m / 1000 }')" \
+      "$(awk -v c="${push_cpu[$t]}" 'BEGIN { printf "%.2f", c / 1000000 }')"
+  done
+  echo
   echo "**Durability differs:** Mast answers a publish or a registration only after its write-ahead"
   echo "log record is fsynced (group commit: one fdatasync for every request waiting), and an"
   echo "instance's lease is stored too, so both survive a crash or power loss. r-nacos 0.8.8 does not"
   echo "fsync before answering a publish, and keeps ephemeral instances in memory only."
   echo
-  echo "### Targets (issue 6)"
+  echo "### Targets (issue 6; issue 15 on the same Nacos API)"
   echo
   echo "| target | measured | met |"
   echo "|---|---|---|"
@@ -448,6 +551,7 @@ label() {
   target_row "read one config" read 1.5
   target_row "register" register 1.5
   target_row "list a service of 10 (a read)" list 1.5
+  echo "| push to $push_clients gRPC subscribers, p99 ≤ r-nacos's | $(push_field mast latency_ms.p99_ms) ms vs $(push_field nacos latency_ms.p99_ms) ms | $(awk -v a="$(push_field mast latency_ms.p99_ms)" -v b="$(push_field nacos latency_ms.p99_ms)" 'BEGIN { print (a <= b) ? "yes" : "**no**" }') |"
   echo "| memory with $load_n configs + $load_n instances ≤ r-nacos | $(mib "$mast_rss_load") vs $(mib "$nacos_rss_load") | $(awk -v a="$mast_rss_load" -v b="$nacos_rss_load" 'BEGIN { print (a <= b) ? "yes" : "**no**" }') |"
   echo
   echo "### Exact commands"
@@ -456,9 +560,12 @@ label() {
   echo "bash scripts/nacos-compare.sh   # this run: NACOS_BENCH_SECS=$secs NACOS_BENCH_ROUNDS=$rounds NACOS_BENCH_CONNS=$conns${server_threads:+ NACOS_BENCH_SERVER_THREADS=$server_threads}"
   echo "# servers (fresh data directories)"
   echo "RUST_LOG=warn ${nacos_threads_env[*]}${server_threads:+ }RNACOS_HTTP_PORT=<port> RNACOS_GRPC_PORT=<port> RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 RNACOS_HTTP_CONSOLE_PORT=0 RNACOS_NAMING_HEALTH_TIMEOUT_SECOND=36000 RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND=72000 RNACOS_ENABLE_OPEN_API_AUTH=false rnacos"
-  echo "RUST_LOG=warn ${mast_threads_env[*]}${server_threads:+ }target/release/mast serve --data-dir <dir> --listen-client-urls http://127.0.0.1:<port>"
+  echo "RUST_LOG=warn ${mast_threads_env[*]}${server_threads:+ }target/release/mast serve --data-dir <dir> --listen-client-urls http://127.0.0.1:<port> --nacos-addr 127.0.0.1:<port>"
   echo "# each workload, each server, alternating; scripts/nacos/bench.lua checks every response"
+  echo "# Mast's requests: $([ "$mast_api" = nacos ] && echo "BENCH_TARGET=nacos against its Nacos port, the same as r-nacos's" || echo "BENCH_TARGET=mast against its client port (/mast/v1)")"
   echo "BENCH_TARGET=nacos|mast BENCH_WORKLOAD=publish|read|register|list wrk -t$wthreads -c$conns -d${secs}s --timeout 10s -s scripts/nacos/bench.lua http://127.0.0.1:<port>"
+  echo "# pushes"
+  echo "target/release/mast-bench nacos-push --grpc 127.0.0.1:<grpc port> --clients $push_clients --publishes $push_rounds --tenant bench --data-id push-<server> --json"
   echo "# load for the RSS line"
   echo "python3 scripts/nacos/load.py nacos|mast configs|instances http://127.0.0.1:<port> $load_n 8"
   echo '```'

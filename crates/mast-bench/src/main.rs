@@ -14,6 +14,8 @@
 //! - [`fsync`]: the disk's fsync rate;
 //! - [`failover`]: kill a cluster's leader under load, measure until the next acknowledged
 //!   write;
+//! - [`nacos_push`]: `nacos-push`, config change pushes to N Nacos 2.x gRPC clients (any Nacos
+//!   server: r-nacos or Mast);
 //! - [`report`]: BENCHMARKS.md and its plot from the JSON results of a comparison run
 //!   (`scripts/bench-compare.sh`).
 
@@ -21,6 +23,7 @@ mod driver;
 mod endpoint;
 mod failover;
 mod fsync;
+mod nacos_push;
 mod report;
 mod stats;
 mod unary;
@@ -71,6 +74,8 @@ enum Cmd {
     Failover(failover::FailoverArgs),
     /// Turn the JSON results of a comparison run into BENCHMARKS.md and an SVG plot.
     Report(report::ReportArgs),
+    /// N Nacos 2.x gRPC clients listen to one config; time each publish's push to all of them.
+    NacosPush(nacos_push::PushArgs),
 }
 
 /// Flags of `wait`.
@@ -148,5 +153,6 @@ fn main() -> anyhow::Result<()> {
             print(&run(t, failover::failover(a))?, json)
         }
         Cmd::Report(a) => report::run(&a),
+        Cmd::NacosPush(a) => print(&run(t, nacos_push::nacos_push(a.clone()))?, a.json),
     }
 }

@@ -251,6 +251,38 @@ async fn the_listener_holds_until_a_listened_config_changes_and_names_it() {
 }
 
 #[tokio::test]
+async fn oversize_content_is_refused_and_nothing_is_stored() {
+    let n = Nacos::start(None).await;
+    // Past the content limit (the request limit, 1.5 MiB by default): Nacos's check and words.
+    let huge = "a".repeat(2_000_000);
+    let (s, body) = n
+        .publish(&[("dataId", "big"), ("group", "G"), ("content", &huge)])
+        .await;
+    assert_eq!(
+        (s, body.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "caused: invalid content, over 1638400;"
+        )
+    );
+    // Under it, but content, metadata and history entry together are over the request limit.
+    let large = "a".repeat(1_400_000);
+    let (s, body) = n
+        .publish(&[("dataId", "big"), ("group", "G"), ("content", &large)])
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.starts_with("caused: request is too large"), "{body}");
+    let r = n.get(&[("dataId", "big"), ("group", "G")]).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The server is fine: a normal publish goes through.
+    assert_eq!(
+        n.publish(&[("dataId", "big"), ("group", "G"), ("content", "small")])
+            .await,
+        (StatusCode::OK, "true".into())
+    );
+}
+
+#[tokio::test]
 async fn logins_are_mast_users_and_every_call_is_checked() {
     let n = Nacos::start(Some("guang")).await;
     let form = [("dataId", "a"), ("group", "G"), ("content", "x")];
