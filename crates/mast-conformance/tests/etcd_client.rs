@@ -1,4 +1,4 @@
-//! Every KV, Watch, Lease, Maintenance and Cluster RPC through the `etcd-client` crate (0.21),
+//! Every KV, Watch, Lease, Maintenance, Cluster, Lock and Election RPC through the `etcd-client` crate (0.21),
 //! as a Rust application would use them.
 //!
 //! Each check is one `async fn(ServerKind)`, and [`both!`] runs it against a real etcd 3.4 and
@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use etcd_client::{
     AlarmAction, AlarmType, Client, CompactionOptions, Compare, CompareOp, ConnectOptions,
-    DeleteOptions, EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions,
-    MemberAddOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-    WatchFilterType, WatchOptions, WatchResponse, WatchStream,
+    DeleteOptions, EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, LockOptions,
+    MemberAddOptions, ObserveStream, ProclaimOptions, PutOptions, ResignOptions, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchResponse,
+    WatchStream,
 };
 use mast_conformance::{Server, ServerKind};
 use tonic::Code;
@@ -62,6 +63,8 @@ both!(
     cluster_member_list_and_add,
     errors_invalid_argument,
     errors_out_of_range_and_not_found,
+    lock_waits_for_the_holder,
+    election_campaign_proclaim_observe_resign,
 );
 
 /// Every single RPC is bounded by this (a hung server fails the test instead of hanging it).
@@ -1661,4 +1664,145 @@ mod max_txn_ops_flag {
     async fn mast() {
         super::max_txn_ops_flag(super::ServerKind::Mast).await
     }
+}
+
+// --- Lock and Election ---------------------------------------------------------------------
+
+/// Waits (bounded: 5 s) until `key` exists: a waiter has put its key and is queued.
+async fn wait_key(c: &mut Client, key: &str) {
+    for _ in 0..500 {
+        if !ok(c.get(key, None).await, "get").kvs().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{key} never appeared");
+}
+
+/// The result of a spawned call, within 10 s.
+async fn joined<T>(task: tokio::task::JoinHandle<T>, what: &str) -> T {
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within 10 s"))
+        .expect("task")
+}
+
+async fn lock_waits_for_the_holder(kind: ServerKind) {
+    let (_server, mut c) = start(kind).await;
+    let a = ok(c.lease_grant(60, None).await, "grant a").id();
+    let b = ok(c.lease_grant(60, None).await, "grant b").id();
+    let d = ok(c.lease_grant(60, None).await, "grant d").id();
+    let la = ok(
+        c.lock("L", Some(LockOptions::new().with_lease(a))).await,
+        "lock a",
+    );
+    assert_eq!(
+        la.key(),
+        format!("L/{a:x}").as_bytes(),
+        "the key is name/lease"
+    );
+    // The lease's key is a plain key, attached to the lease.
+    let held = ok(c.get(la.key(), None).await, "get lock key");
+    assert_eq!(held.kvs()[0].lease(), a);
+
+    // b queues behind a: its key is there, its call does not return until a unlocks.
+    let mut cb = c.clone();
+    let waiting_b =
+        tokio::spawn(async move { cb.lock("L", Some(LockOptions::new().with_lease(b))).await });
+    wait_key(&mut c, &format!("L/{b:x}")).await;
+    assert!(!waiting_b.is_finished(), "b got the lock a holds");
+    ok(c.unlock(la.key()).await, "unlock a");
+    let lb = ok(joined(waiting_b, "lock b").await, "lock b");
+    assert_eq!(lb.key(), format!("L/{b:x}").as_bytes());
+
+    // d queues behind b; b's lease is revoked (its owner died): d gets the lock.
+    let mut cd = c.clone();
+    let waiting_d =
+        tokio::spawn(async move { cd.lock("L", Some(LockOptions::new().with_lease(d))).await });
+    wait_key(&mut c, &format!("L/{d:x}")).await;
+    assert!(!waiting_d.is_finished(), "d got the lock b holds");
+    ok(c.lease_revoke(b).await, "revoke b");
+    let ld = ok(joined(waiting_d, "lock d").await, "lock d");
+    assert_eq!(ld.key(), format!("L/{d:x}").as_bytes());
+    // Locking again with the holder's lease returns at once with the same key.
+    let again = ok(
+        c.lock("L", Some(LockOptions::new().with_lease(d))).await,
+        "lock d again",
+    );
+    assert_eq!(again.key(), ld.key());
+    ok(c.unlock(ld.key()).await, "unlock d");
+    assert!(
+        ok(
+            c.get("L/", Some(GetOptions::new().with_prefix())).await,
+            "get"
+        )
+        .kvs()
+        .is_empty()
+    );
+}
+
+/// The next leader value an observer sees, within 5 s.
+async fn observed(stream: &mut ObserveStream) -> String {
+    match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+        Ok(Ok(Some(r))) => String::from_utf8_lossy(r.kv().expect("leader kv").value()).into_owned(),
+        Ok(Ok(None)) => panic!("observe stream ended"),
+        Ok(Err(e)) => panic!("observe stream error: {e}"),
+        Err(_) => panic!("no leader change observed within 5 s"),
+    }
+}
+
+async fn election_campaign_proclaim_observe_resign(kind: ServerKind) {
+    let (_server, mut c) = start(kind).await;
+    let a = ok(c.lease_grant(60, None).await, "grant a").id();
+    let b = ok(c.lease_grant(60, None).await, "grant b").id();
+    assert_status(c.leader("E").await, Code::Unknown, "election: no leader");
+
+    let ca = ok(c.campaign("E", "va", a).await, "campaign a");
+    let leader_a = ca.leader().expect("leader key").clone();
+    assert_eq!(
+        (leader_a.name(), leader_a.key(), leader_a.lease()),
+        ("E".as_bytes(), format!("E/{a:x}").as_bytes(), a)
+    );
+    let l = ok(c.leader("E").await, "leader");
+    let kv = l.kv().expect("leader kv");
+    assert_eq!((kv.key(), kv.value()), (leader_a.key(), "va".as_bytes()));
+    assert_eq!(kv.create_revision(), leader_a.rev());
+
+    let mut obs = ok(c.observe("E").await, "observe");
+    assert_eq!(observed(&mut obs).await, "va");
+    ok(
+        c.proclaim(
+            "va2",
+            Some(ProclaimOptions::new().with_leader(leader_a.clone())),
+        )
+        .await,
+        "proclaim",
+    );
+    assert_eq!(observed(&mut obs).await, "va2");
+
+    // b campaigns and waits; a resigns; b leads.
+    let mut cb = c.clone();
+    let waiting_b = tokio::spawn(async move { cb.campaign("E", "vb", b).await });
+    wait_key(&mut c, &format!("E/{b:x}")).await;
+    assert!(!waiting_b.is_finished(), "b leads while a does");
+    ok(
+        c.resign(Some(ResignOptions::new().with_leader(leader_a.clone())))
+            .await,
+        "resign a",
+    );
+    let cb = ok(joined(waiting_b, "campaign b").await, "campaign b");
+    assert_eq!(
+        cb.leader().expect("leader key").key(),
+        format!("E/{b:x}").as_bytes()
+    );
+    assert_eq!(observed(&mut obs).await, "vb");
+    let l = ok(c.leader("E").await, "leader");
+    assert_eq!(l.kv().expect("leader kv").value(), "vb".as_bytes());
+    // a is no leader any more.
+    assert_status(
+        c.proclaim("x", Some(ProclaimOptions::new().with_leader(leader_a)))
+            .await,
+        Code::Unknown,
+        "election: not leader",
+    );
 }

@@ -271,6 +271,8 @@ fn script() -> Vec<Step> {
         ctl("defragment", "defrag").ok(),
         ctl("snapshot", "snapshot save {dir}/snap.db").one_member().ok(),
         ctl("still serving after maintenance (rev 50)", "put after maintenance").ok(),
+        // --- Lock (etcdctl's, on its concurrency package) -------------------------------------
+        ctl("lock runs a command holding the lock (revs 51, 52)", "lock mylock echo held").ok(),
         ctl("final state", "get \"\" --prefix -w json").json().ok(),
     ]);
     s

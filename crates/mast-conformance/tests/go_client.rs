@@ -147,3 +147,39 @@ fn a_member_without_leader_refuses_require_leader_calls_at_once() {
         "etcdserver: no leader"
     );
 }
+
+/// Builds `tests/go/concurrency` once into this test's scratch directory.
+fn build_concurrency() -> PathBuf {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go-concurrency");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("./concurrency")
+        .current_dir(go_module())
+        .status()
+        .expect("the go command (install Go; scripts/install-test-deps.sh fetches the module)");
+    assert!(status.success(), "go build of tests/go/concurrency failed");
+    out
+}
+
+/// The Go client's `concurrency` package — `Mutex` (no lost increment under contention,
+/// `TryLock`), `Election` (campaign, observe, proclaim, resign) and serializable `STM`
+/// transfers (the total is kept) — against a real etcd first, then against Mast.
+#[test]
+fn go_concurrency_mutex_election_and_stm() {
+    let bin = build_concurrency();
+    for kind in [ServerKind::Etcd, ServerKind::Mast] {
+        let server = mast_conformance::Server::start(kind);
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-endpoint").arg(server.endpoint());
+        let out = Background::spawn(cmd, None)
+            .expect("start the Go program")
+            .finish(Duration::from_secs(120));
+        assert!(
+            out.success() && out.stdout.trim_end().ends_with("ok"),
+            "Go concurrency against {kind}:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}

@@ -88,6 +88,11 @@ fn nacos_type(meta: Option<&ConfigMeta>, id: &ConfigId) -> &'static str {
         .name()
 }
 
+/// The type named `s` (as [`nacos_type`] gives it).
+fn nacos_type_name(s: &str) -> Option<&'static str> {
+    s.parse::<ConfigFormat>().ok().map(ConfigFormat::name)
+}
+
 /// The `Content-Type` Nacos sends a config's content with, by its type.
 fn content_type(nacos_type: &str) -> &'static str {
     match nacos_type {
@@ -105,7 +110,27 @@ pub async fn get(State(st): State<AppState>, who: NacosCaller, p: Params) -> Nac
     let id = config_of(&p)?;
     let (caller, had_token) = who.caller(&st, &p).await?;
     let err = |e| NacosError::from_api(e, had_token);
-    let (content, revision) = etcd::get(&st.node, &caller, &id.content_key(), 0)
+    let (content_key, meta_key) = (id.content_key(), id.meta_key());
+    // An answer rendered from the same content and metadata revisions is served again, after
+    // the checks the two reads below make (a caller that may not read the metadata always
+    // takes the reads).
+    let who = st
+        .node
+        .authenticate_caller(&caller)
+        .map_err(|e| err(e.into()))?;
+    let mods = st
+        .node
+        .mod_revisions(&who, &[content_key.as_bytes(), meta_key.as_bytes()])
+        .ok()
+        .map(|(_, m)| m);
+    if let Some(mods) = &mods
+        && let Some(content_rev) = mods[0]
+        && let Some(cached) = st.read_cache.get(&content_key, content_rev, mods[1])
+        && let Some(resp) = CachedRead::decode(&cached)
+    {
+        return Ok(resp.into_response());
+    }
+    let (content, revision) = etcd::get(&st.node, &caller, &content_key, 0)
         .await
         .map_err(err)?;
     let Some(content) = content else {
@@ -118,24 +143,77 @@ pub async fn get(State(st): State<AppState>, who: NacosCaller, p: Params) -> Nac
         Err(e) if e.code == mast_registry::ErrorCode::PermissionDenied => None,
         Err(e) => return Err(err(e)),
     };
+    let meta_rev = meta.as_ref().map(|kv| kv.mod_revision);
     let meta: Option<ConfigMeta> = meta.and_then(|kv| serde_json::from_slice(&kv.value).ok());
-    let kind = nacos_type(meta.as_ref(), &id);
-    let mut headers = no_cache_headers();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(kind)),
-    );
-    headers.insert("Config-Type", HeaderValue::from_static(kind));
-    if let Ok(v) = HeaderValue::from_str(&md5_hex(&content.value)) {
-        headers.insert("Content-MD5", v);
+    let read = CachedRead {
+        kind: nacos_type(meta.as_ref(), &id),
+        md5: md5_hex(&content.value),
+        updated_at: meta.as_ref().map(|m| m.updated_at),
+        content: content.value.clone(),
+    };
+    // Kept only when the metadata read was allowed (the cache check above requires it).
+    if mods.is_some() {
+        st.read_cache
+            .put(&content_key, content.mod_revision, meta_rev, read.encode());
     }
-    if let Some(m) = &meta {
-        let at = std::time::UNIX_EPOCH + Duration::from_millis(m.updated_at);
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
-            headers.insert(header::LAST_MODIFIED, v);
+    Ok(read.into_response())
+}
+
+/// A config read's answer: the type, md5, update time (milliseconds) and content, kept in
+/// the read cache as one line of `kind md5 updated_at` and the content after it.
+struct CachedRead {
+    kind: &'static str,
+    md5: String,
+    updated_at: Option<u64>,
+    content: bytes::Bytes,
+}
+
+impl CachedRead {
+    fn encode(&self) -> bytes::Bytes {
+        let mut out = format!(
+            "{} {} {}\n",
+            self.kind,
+            self.md5,
+            self.updated_at.map_or(-1, |t| t as i64)
+        )
+        .into_bytes();
+        out.extend_from_slice(&self.content);
+        out.into()
+    }
+
+    fn decode(b: &bytes::Bytes) -> Option<CachedRead> {
+        let nl = b.iter().position(|&c| c == b'\n')?;
+        let line = std::str::from_utf8(&b[..nl]).ok()?;
+        let mut it = line.split(' ');
+        let kind = nacos_type_name(it.next()?)?;
+        let md5 = it.next()?.to_string();
+        let at: i64 = it.next()?.parse().ok()?;
+        Some(CachedRead {
+            kind,
+            md5,
+            updated_at: u64::try_from(at).ok(),
+            content: b.slice(nl + 1..),
+        })
+    }
+
+    fn into_response(self) -> Response {
+        let mut headers = no_cache_headers();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type(self.kind)),
+        );
+        headers.insert("Config-Type", HeaderValue::from_static(self.kind));
+        if let Ok(v) = HeaderValue::from_str(&self.md5) {
+            headers.insert("Content-MD5", v);
         }
+        if let Some(ms) = self.updated_at {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+                headers.insert(header::LAST_MODIFIED, v);
+            }
+        }
+        (headers, self.content).into_response()
     }
-    Ok((headers, content.value).into_response())
 }
 
 fn no_cache_headers() -> HeaderMap {

@@ -64,6 +64,9 @@ pub struct AppState {
     pub logins: Arc<auth::LoginCache>,
     /// Naming clients subscribed to UDP push.
     pub push: Arc<push::PushHub>,
+    /// Config reads rendered from given content and metadata revisions (`GET
+    /// /nacos/v1/cs/configs`), as `/mast/v1`'s.
+    pub read_cache: Arc<mast_registry::read_cache::ReadCache>,
 }
 
 /// The Nacos API for `node`: the HTTP router and the 2.x gRPC router (for the HTTP port and
@@ -88,6 +91,7 @@ fn state(node: Arc<Node>, retention: u64) -> AppState {
         node,
         retention: retention.max(1),
         logins: Arc::default(),
+        read_cache: Arc::default(),
     }
 }
 

@@ -197,7 +197,11 @@ impl From<EtcdError> for ApiError {
             | E::MemberNotLearner
             | E::LearnerNotReady
             | E::TooManyLearners
-            | E::BadLeaderTransferee => ErrorCode::Conflict,
+            | E::BadLeaderTransferee
+            | E::ElectionNotLeader
+            | E::SessionExpired => ErrorCode::Conflict,
+            E::MissingLeaderKey => ErrorCode::InvalidArgument,
+            E::ElectionNoLeader => ErrorCode::NotFound,
             E::Storage(_)
             | E::Io(_)
             | E::NoLeader

@@ -172,6 +172,23 @@ pub enum EtcdError {
     /// (`ErrGRPCNoSpace`, ResourceExhausted).
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+
+    // ---- etcd's concurrency package, as its v3lock / v3election servers answer (plain Go
+    // errors: code Unknown, the text as etcd's).
+    /// `Proclaim` or `Resign` without a leader key (v3election's `ErrMissingLeaderKey`).
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    /// `Proclaim` by a campaigner that no longer holds the election
+    /// (`concurrency.ErrElectionNotLeader`).
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// `Leader` of an election nobody holds (`concurrency.ErrElectionNoLeader`).
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// The lock or campaign key went (its lease expired, or it was deleted) while the request
+    /// waited for its turn (`concurrency.ErrSessionExpired`).
+    #[error("session expired")]
+    SessionExpired,
 }
 
 impl EtcdError {
@@ -187,7 +204,13 @@ impl EtcdError {
             }
             Mvcc(e) => mvcc_code(e),
             Auth(e) => auth_code(e),
-            NoPasswordUser | MaintenancePermissionDenied | MemberNotEnoughStarted => Code::Unknown,
+            NoPasswordUser
+            | MaintenancePermissionDenied
+            | MemberNotEnoughStarted
+            | MissingLeaderKey
+            | ElectionNotLeader
+            | ElectionNoLeader
+            | SessionExpired => Code::Unknown,
             Unimplemented(_) => Code::Unimplemented,
             Storage(_) | Io(_) => Code::Unavailable,
             NoRoute { .. } | MemberNotFound => Code::NotFound,

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::Code;
 
-use crate::api::{self, auth, cluster, kv, lease, maintenance};
+use crate::api::{self, auth, cluster, concurrency, kv, lease, maintenance};
 use crate::authz::Caller;
 use crate::error::EtcdError;
 use crate::node::Node;
@@ -222,6 +222,34 @@ macro_rules! gateway {
     };
 }
 
+gateway!(lock_lock, mast_proto::v3lockpb::LockRequest, |n, c, r| {
+    concurrency::lock(n, c, r).await
+});
+gateway!(
+    lock_unlock,
+    mast_proto::v3lockpb::UnlockRequest,
+    |n, c, r| concurrency::unlock(n, c, r).await
+);
+gateway!(
+    election_campaign,
+    mast_proto::v3electionpb::CampaignRequest,
+    |n, c, r| concurrency::campaign(n, c, r).await
+);
+gateway!(
+    election_proclaim,
+    mast_proto::v3electionpb::ProclaimRequest,
+    |n, c, r| concurrency::proclaim(n, c, r).await
+);
+gateway!(
+    election_leader,
+    mast_proto::v3electionpb::LeaderRequest,
+    |n, c, r| concurrency::leader(n, c, r).await
+);
+gateway!(
+    election_resign,
+    mast_proto::v3electionpb::ResignRequest,
+    |n, c, r| concurrency::resign(n, c, r).await
+);
 gateway!(kv_range, pb::RangeRequest, |n, c, r| kv::range(n, c, r)
     .await);
 gateway!(kv_put, pb::PutRequest, |n, c, r| kv::put(n, c, r).await);
@@ -427,7 +455,7 @@ async fn metrics_text(State(n): N) -> Response {
         .into_response()
 }
 
-/// Answers gRPC calls to services Mast does not serve (Lock, Election, …) with the gRPC
+/// Answers gRPC calls to services Mast does not serve with the gRPC
 /// `Unimplemented` status, and anything else with a JSON 404.
 async fn fallback(req: axum::extract::Request) -> Response {
     let is_grpc = req
@@ -503,6 +531,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v3/auth/role/delete", post(role_delete))
         .route("/v3/auth/role/grant", post(role_grant))
         .route("/v3/auth/role/revoke", post(role_revoke))
+        .route("/v3/lock/lock", post(lock_lock))
+        .route("/v3/lock/unlock", post(lock_unlock))
+        .route("/v3/election/campaign", post(election_campaign))
+        .route("/v3/election/proclaim", post(election_proclaim))
+        .route("/v3/election/leader", post(election_leader))
+        .route("/v3/election/resign", post(election_resign))
         .fallback(fallback)
         .with_state(node)
 }

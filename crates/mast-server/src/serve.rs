@@ -9,9 +9,12 @@ use mast_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use mast_proto::v3electionpb::election_server::ElectionServer;
+use mast_proto::v3lockpb::lock_server::LockServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::concurrency::{ElectionService, LockService};
 use crate::api::{
     auth::AuthService, cluster::ClusterService, kv::KvService, lease::LeaseService,
     maintenance::MaintenanceService, watch::WatchService,
@@ -73,6 +76,13 @@ pub fn app_with(node: Arc<Node>, extra: axum::Router) -> axum::Router {
         )
         .add_service(
             AuthServer::new(AuthService::new(node.clone())).max_decoding_message_size(max_in),
+        )
+        .add_service(
+            LockServer::new(LockService::new(node.clone())).max_decoding_message_size(max_in),
+        )
+        .add_service(
+            ElectionServer::new(ElectionService::new(node.clone()))
+                .max_decoding_message_size(max_in),
         )
         .add_service(health_service)
         .prepare()
