@@ -289,7 +289,8 @@ count_at() { # url service
 }
 register_at() { # url service ip
   [ "$(curl -sf -XPOST "$1/nacos/v1/ns/instance" -d "serviceName=$2" \
-    -d "ip=$3" -d "port=9000" -d "ephemeral=true" -d "namespaceId=$ns")" = ok ]
+    -d "ip=$3" -d "port=9000" -d "ephemeral=true" -d "namespaceId=$ns" \
+    --data-urlencode 'metadata={"preserved.heart.beat.timeout":"36000000","preserved.ip.delete.timeout":"72000000"}')" = ok ]
 }
 nacos_publish() { publish_at "$nacos_url" "$@"; }
 nacos_get() { get_at "$nacos_url" "$@"; }

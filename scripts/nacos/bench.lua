@@ -23,6 +23,12 @@ local READ_CONTENT = "read-target-content-0123456789"
 local LIST_SVC = "list-svc"
 local LIST_N = 10
 local CONTENT_PAD = string.rep("x", 64)
+-- Ephemeral instances that send no beats: Nacos's per-instance timeouts (milliseconds) keep
+-- them healthy and listed for the whole run on any Nacos server, as r-nacos's
+-- RNACOS_NAMING_*_TIMEOUT_SECOND settings do for all of its instances.
+local KEEP_ALIVE_METADATA =
+  '{"preserved.heart.beat.timeout":"36000000","preserved.ip.delete.timeout":"72000000"}'
+
 
 local threads = {}
 local thread_no = 0
@@ -81,7 +87,7 @@ local function register_req(svc, id, n)
   if target == "nacos" then
     return wrk.format("POST", "/nacos/v1/ns/instance", FORM, form({
       { "serviceName", svc }, { "ip", ip }, { "port", tostring(port) },
-      { "ephemeral", "true" }, { "namespaceId", NS },
+      { "ephemeral", "true" }, { "namespaceId", NS }, { "metadata", KEEP_ALIVE_METADATA },
     }))
   end
   return wrk.format("POST", "/mast/v1/services/" .. svc .. "/instances", JSON,

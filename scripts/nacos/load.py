@@ -18,6 +18,9 @@ target, kind, base, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 conns = int(sys.argv[5]) if len(sys.argv) > 5 else 8
 u = urllib.parse.urlsplit(base)
 PAD = "x" * 64
+# As scripts/nacos/bench.lua: per-instance timeouts (ms) so instances without beats stay.
+KEEP_ALIVE_METADATA = json.dumps({"preserved.heart.beat.timeout": "36000000",
+                                  "preserved.ip.delete.timeout": "72000000"})
 
 
 def ip_of(i):
@@ -38,7 +41,8 @@ def req(i):
     svc, iid = "load-%d" % (i % 100), "load-%d" % i
     if target == "nacos":
         body = urllib.parse.urlencode({"serviceName": svc, "ip": ip_of(i), "port": "8001",
-                                       "ephemeral": "true", "namespaceId": "bench"})
+                                       "ephemeral": "true", "namespaceId": "bench",
+                                       "metadata": KEEP_ALIVE_METADATA})
         return ("POST", "/nacos/v1/ns/instance", body, "application/x-www-form-urlencoded",
                 lambda s, b: s == 200 and b == b"ok")
     body = json.dumps({"id": iid, "host": ip_of(i), "port": 8001, "ttl": 3600})
