@@ -33,6 +33,7 @@ pub mod config_v1;
 pub mod error;
 pub mod grpc;
 pub mod history_v1;
+pub mod list_cache;
 pub mod listen;
 pub mod namespace_v1;
 pub mod naming_v1;
@@ -67,6 +68,8 @@ pub struct AppState {
     /// Config reads rendered from given content and metadata revisions (`GET
     /// /nacos/v1/cs/configs`), as `/mast/v1`'s.
     pub read_cache: Arc<mast_registry::read_cache::ReadCache>,
+    /// Instance list answers by what they were made from (`GET /nacos/v1/ns/instance/list`).
+    pub list_cache: Arc<list_cache::ListCache>,
 }
 
 /// The Nacos API for `node`: the HTTP router and the 2.x gRPC router (for the HTTP port and
@@ -92,6 +95,7 @@ fn state(node: Arc<Node>, retention: u64) -> AppState {
         retention: retention.max(1),
         logins: Arc::default(),
         read_cache: Arc::default(),
+        list_cache: Arc::default(),
     }
 }
 

@@ -611,6 +611,44 @@ pub struct ServiceInfo {
 
 /// An instance key's value as a Nacos [`Host`] (`None`: not instance JSON).
 pub fn host_of(node: &Node, svc: &ServiceName, kv: &KeyValue) -> Option<Host> {
+    let (mut host, health) = parse_host(svc, kv)?;
+    host.healthy = health.now(node);
+    Some(host)
+}
+
+/// What decides whether an instance is healthy: its last beat's age (an ephemeral instance:
+/// its lease and heartbeat timeout in milliseconds), or what was stored (a persistent one).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Health {
+    /// Persistent: the stored flag.
+    Stored(bool),
+    /// Ephemeral: healthy while the lease's last keepalive is younger than the timeout.
+    Beat {
+        /// The instance's lease.
+        lease: i64,
+        /// Heartbeat timeout, in milliseconds.
+        timeout_ms: u64,
+    },
+}
+
+impl Health {
+    /// Whether the instance is healthy now.
+    pub fn now(self, node: &Node) -> bool {
+        match self {
+            Health::Stored(h) => h,
+            Health::Beat { lease, timeout_ms } => node.lease_timing(lease).is_some_and(|t| {
+                // Time since the last keepalive: the granted TTL minus what is left.
+                let granted_ms = t.granted_ttl.max(0) as u64 * 1000;
+                let since_ms = granted_ms.saturating_sub(t.remaining_ms);
+                t.remaining_ms > 0 && since_ms < timeout_ms
+            }),
+        }
+    }
+}
+
+/// An instance key's value as a Nacos [`Host`] (its `healthy` not yet decided) and what
+/// decides its health; `None`: not instance JSON.
+pub fn parse_host(svc: &ServiceName, kv: &KeyValue) -> Option<(Host, Health)> {
     let inst = Instance::from_json(&kv.value).ok()?;
     let cluster = inst
         .extra
@@ -622,26 +660,26 @@ pub fn host_of(node: &Node, svc: &ServiceName, kv: &KeyValue) -> Option<Host> {
     let beat_timeout = millis_meta(&inst.metadata, META_BEAT_TIMEOUT, HEART_BEAT_TIMEOUT_MS);
     let delete_timeout = millis_meta(&inst.metadata, META_DELETE_TIMEOUT, IP_DELETE_TIMEOUT_MS);
     let ephemeral = kv.lease != 0;
-    let healthy = if ephemeral {
-        // Time since the last keepalive: the granted TTL minus what is left.
-        node.lease_timing(kv.lease).is_some_and(|t| {
-            let granted_ms = t.granted_ttl.max(0) as u64 * 1000;
-            let since_ms = granted_ms.saturating_sub(t.remaining_ms);
-            t.remaining_ms > 0 && since_ms < beat_timeout
-        })
+    let health = if ephemeral {
+        Health::Beat {
+            lease: kv.lease,
+            timeout_ms: beat_timeout,
+        }
     } else {
-        inst.extra
-            .get("healthy")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(true)
+        Health::Stored(
+            inst.extra
+                .get("healthy")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true),
+        )
     };
     let grouped = svc.grouped();
-    Some(Host {
+    let host = Host {
         instance_id: format!("{}#{}#{}#{}", inst.host, inst.port, cluster, grouped),
         ip: inst.host,
         port: inst.port,
         weight: inst.weight,
-        healthy,
+        healthy: false,
         enabled: inst.enabled,
         ephemeral,
         cluster_name: cluster,
@@ -651,7 +689,8 @@ pub fn host_of(node: &Node, svc: &ServiceName, kv: &KeyValue) -> Option<Host> {
         instance_id_generator: "simple",
         instance_heart_beat_time_out: beat_timeout,
         ip_delete_timeout: delete_timeout,
-    })
+    };
+    Some((host, health))
 }
 
 /// Every instance of `svc` as Nacos hosts, read with the caller's permissions.
@@ -765,7 +804,7 @@ pub async fn list(
     let clusters = p.get("clusters").unwrap_or("").to_string();
     let healthy_only = parse_bool(&p, &["healthyOnly"], false);
     let (caller, had_token) = who.caller(&st, &p).await?;
-    let info = list_service(&st.node, &caller, &svc, &clusters, healthy_only)
+    let body = list_body(&st, &caller, &svc, &clusters, healthy_only)
         .await
         .map_err(|e| NacosError::from_api(e, had_token))?;
     let udp_port = p
@@ -781,7 +820,58 @@ pub async fn list(
             caller,
         );
     }
-    Ok(Json(info).into_response())
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// The JSON of [`list_service`]'s answer. An answer made from the same instance keys (each at
+/// the same mod revision), the same health of each and the same service settings is not made
+/// again: its bytes are kept around `lastRefTime`, which is filled in with the time now.
+async fn list_body(
+    st: &AppState,
+    caller: &Caller,
+    svc: &ServiceName,
+    clusters: &str,
+    healthy_only: bool,
+) -> Result<bytes::Bytes, ApiError> {
+    let node = &st.node;
+    let resp = etcd::range_prefix(node, caller, &svc.prefix(), 0, false).await?;
+    let meta = service_meta(node, caller, svc).await?;
+    let meta_rev = meta.as_ref().map(|(_, r)| *r);
+    let cache_key = format!("{}\u{0}{clusters}\u{0}{healthy_only}", svc.prefix());
+    if let Some(hit) = st.list_cache.get(&cache_key, node, &resp.kvs, meta_rev) {
+        return Ok(hit);
+    }
+    let mut hosts = Vec::with_capacity(resp.kvs.len());
+    let mut sources = Vec::with_capacity(resp.kvs.len());
+    for kv in &resp.kvs {
+        let parsed = parse_instance_key(&kv.key)
+            .is_some()
+            .then(|| parse_host(svc, kv))
+            .flatten();
+        match parsed {
+            Some((mut host, health)) => {
+                let now = health.now(node);
+                host.healthy = now;
+                hosts.push(host);
+                sources.push(Some((health, now)));
+            }
+            None => sources.push(None),
+        }
+    }
+    let threshold = meta.map_or(0.0, |(m, _)| m.protect_threshold);
+    let mut info = service_info(svc, hosts, clusters, healthy_only, threshold);
+    info.last_ref_time = 0;
+    let json = serde_json::to_vec(&info).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(st
+        .list_cache
+        .put(cache_key, &resp.kvs, sources, meta_rev, json))
 }
 
 /// One instance, as `GET /nacos/v1/ns/instance` answers it.
