@@ -645,6 +645,7 @@ pub async fn delete_user(
         },
     )
     .await?;
+    st.logins.forget_user(name);
     Ok(ok("delete user ok!"))
 }
 
