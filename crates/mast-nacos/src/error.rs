@@ -44,9 +44,36 @@ pub enum NacosError {
     /// 503: no leader, shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// 400: a service operation refused by the service's state (the text is Nacos's v1 one;
+    /// the v2 API answers each kind with its own code).
+    #[error("{1}")]
+    Service(ServiceRefusal, String),
     /// 500: a bug or a storage failure.
     #[error("caused: {0};")]
     Internal(String),
+}
+
+/// Why a service operation was refused (Nacos's `ErrorCode` of the v2 API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceRefusal {
+    /// Creating a service that exists (21007 `service already exist`).
+    Exists,
+    /// Changing, deleting or reading a service that does not exist (21008
+    /// `service not exist`).
+    NotFound,
+    /// Deleting a service that still has instances (21009 `service delete failure`).
+    NotEmpty,
+}
+
+impl ServiceRefusal {
+    /// The v2 API's code and message.
+    pub fn v2(self) -> (i32, &'static str) {
+        match self {
+            ServiceRefusal::Exists => (21007, "service already exist"),
+            ServiceRefusal::NotFound => (21008, "service not exist"),
+            ServiceRefusal::NotEmpty => (21009, "service delete failure"),
+        }
+    }
 }
 
 /// The result of a handler step.
@@ -59,7 +86,7 @@ impl NacosError {
             NacosError::MissingParam(_) | NacosError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            NacosError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            NacosError::BadRequest(_) | NacosError::Service(..) => StatusCode::BAD_REQUEST,
             NacosError::Forbidden(_) | NacosError::LoginFailed => StatusCode::FORBIDDEN,
             NacosError::NotFound(_) => StatusCode::NOT_FOUND,
             NacosError::Conflict(_) => StatusCode::CONFLICT,

@@ -184,6 +184,14 @@ fn http_router(state: AppState) -> Router {
             axum::routing::put(naming_v1::beat).fallback(method_not_allowed),
         )
         .route(
+            "/nacos/v2/ns/service",
+            axum::routing::get(v2::get_service)
+                .post(v2::create_service)
+                .put(v2::update_service)
+                .delete(v2::delete_service)
+                .fallback(method_not_allowed),
+        )
+        .route(
             "/nacos/v2/ns/service/list",
             axum::routing::get(v2::service_list).fallback(method_not_allowed),
         )

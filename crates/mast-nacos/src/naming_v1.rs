@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::AppState;
 use crate::auth::NacosCaller;
-use crate::error::{NacosError, NacosResult};
+use crate::error::{NacosError, NacosResult, ServiceRefusal};
 use crate::params::Params;
 
 /// Nacos's default cluster.
@@ -1059,10 +1059,10 @@ pub async fn create_service(
     let (caller, had_token) = who.caller(&st, &p).await?;
     let err = |e: ApiError| NacosError::from_api(e, had_token);
     let exists = || {
-        bad(format!(
-            "specified service {} already exists!",
-            svc.grouped()
-        ))
+        NacosError::Service(
+            ServiceRefusal::Exists,
+            format!("specified service {} already exists!", svc.grouped()),
+        )
     };
     let (has_instances, old) = service_exists(&st.node, &caller, &svc).await.map_err(err)?;
     if has_instances || old.is_some() {
@@ -1104,7 +1104,10 @@ pub async fn update_service(
     for _ in 0..5 {
         let (has_instances, old) = service_exists(&st.node, &caller, &svc).await.map_err(err)?;
         if !has_instances && old.is_none() {
-            return Err(bad(format!("service {} not found!", svc.grouped())));
+            return Err(NacosError::Service(
+                ServiceRefusal::NotFound,
+                format!("service {} not found!", svc.grouped()),
+            ));
         }
         let (mut meta, rev) = old.unwrap_or_default();
         meta.protect_threshold = threshold;
@@ -1145,13 +1148,19 @@ pub async fn delete_service(
     let err = |e: ApiError| NacosError::from_api(e, had_token);
     let (has_instances, meta) = service_exists(&st.node, &caller, &svc).await.map_err(err)?;
     if has_instances {
-        return Err(bad(format!(
-            "Service {} is not empty, can't be delete. Please unregister instance first",
-            svc.grouped()
-        )));
+        return Err(NacosError::Service(
+            ServiceRefusal::NotEmpty,
+            format!(
+                "Service {} is not empty, can't be delete. Please unregister instance first",
+                svc.grouped()
+            ),
+        ));
     }
     let Some((_, rev)) = meta else {
-        return Err(bad(format!("service {} not found!", svc.grouped())));
+        return Err(NacosError::Service(
+            ServiceRefusal::NotFound,
+            format!("service {} not found!", svc.grouped()),
+        ));
     };
     etcd::txn(
         &st.node,
@@ -1178,11 +1187,14 @@ pub async fn get_service(
     let err = |e: ApiError| NacosError::from_api(e, had_token);
     let (has_instances, meta) = service_exists(&st.node, &caller, &svc).await.map_err(err)?;
     if !has_instances && meta.is_none() {
-        return Err(bad(format!(
-            "service not found, namespace: {}, serviceName: {}",
-            svc.namespace,
-            svc.grouped()
-        )));
+        return Err(NacosError::Service(
+            ServiceRefusal::NotFound,
+            format!(
+                "service not found, namespace: {}, serviceName: {}",
+                svc.namespace,
+                svc.grouped()
+            ),
+        ));
     }
     let meta = meta.map(|(m, _)| m).unwrap_or_default();
     let hosts = hosts_of(&st.node, &caller, &svc).await.map_err(err)?;

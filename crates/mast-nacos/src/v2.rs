@@ -46,6 +46,10 @@ fn failure(e: NacosError) -> Response {
             "parameter validate error",
             json!(detail(&m)),
         ),
+        NacosError::Service(refusal, m) => {
+            let (code, message) = refusal.v2();
+            envelope(StatusCode::BAD_REQUEST, code, message, json!(m))
+        }
         NacosError::NotFound(m) => envelope(
             StatusCode::NOT_FOUND,
             20004,
@@ -171,6 +175,81 @@ pub async fn service_list(st: State<AppState>, who: NacosCaller, p: Params) -> R
         }
     })
     .await
+}
+
+/// v2 service parameters as v1 reads them: `ephemeral` defaults to false (v2's form).
+fn service_params(p: Params) -> Params {
+    p.with_default("ephemeral", "false")
+}
+
+/// `POST /nacos/v2/ns/service`: `data` is `"ok"`; an existing service is 400 / 21007.
+pub async fn create_service(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let r = naming_v1::create_service(st, who, service_params(p)).await;
+    wrap(r, Data::Json, keep).await
+}
+
+/// `PUT /nacos/v2/ns/service` (`protectThreshold` defaults to 0): `data` is `"ok"`; an
+/// unknown service is 400 / 21008.
+pub async fn update_service(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let p = service_params(p).with_default("protectThreshold", "0");
+    wrap(
+        naming_v1::update_service(st, who, p).await,
+        Data::Json,
+        keep,
+    )
+    .await
+}
+
+/// `DELETE /nacos/v2/ns/service`: `data` is `"ok"`; 400 / 21008 unknown, 21009 not empty.
+pub async fn delete_service(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    wrap(
+        naming_v1::delete_service(st, who, p).await,
+        Data::Json,
+        keep,
+    )
+    .await
+}
+
+/// `GET /nacos/v2/ns/service`: `{namespace, serviceName, groupName, clusterMap, metadata,
+/// protectThreshold, selector, ephemeral}`; an unknown service is 400 / 21008. Mast keeps no
+/// service-level `ephemeral` flag (each instance carries its own): it is `false`, v2's
+/// default for a created service.
+pub async fn get_service(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let r = naming_v1::get_service(st, who, p).await;
+    let mut resp = wrap(r, Data::Json, keep).await;
+    if resp.status().is_success() {
+        // Reshape v1's detail into v2's (a v1 detail names clusters in a list).
+        let bytes = axum::body::to_bytes(std::mem::take(resp.body_mut()), MAX_BODY)
+            .await
+            .unwrap_or_default();
+        let mut env: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let d = env["data"].take();
+        let clusters: serde_json::Map<String, Value> = d["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                let name = c["name"].as_str()?.to_string();
+                Some((
+                    name.clone(),
+                    json!({"clusterName": name, "healthChecker": c["healthChecker"],
+                        "metadata": c["metadata"], "hosts": null}),
+                ))
+            })
+            .collect();
+        let data = json!({
+            "namespace": d["namespaceId"],
+            "serviceName": d["name"],
+            "groupName": d["groupName"],
+            "clusterMap": clusters,
+            "metadata": d["metadata"],
+            "protectThreshold": d["protectThreshold"],
+            "selector": d["selector"],
+            "ephemeral": false,
+        });
+        return envelope(StatusCode::OK, 0, "success", data);
+    }
+    resp
 }
 
 /// `GET /nacos/v2/console/namespace/list`: `data` is the namespaces.

@@ -152,3 +152,81 @@ async fn configs_and_instances_in_the_envelope() {
     let (_, v) = call(&n, Method::GET, "/console/namespace/list", &[]).await;
     assert_eq!(v["data"][0]["namespaceShowName"], "public");
 }
+
+#[tokio::test]
+async fn services_are_created_read_changed_and_deleted_with_v2_codes() {
+    use reqwest::Method;
+    let n = common::Nacos::start_with(None).await;
+    let svc = [
+        ("serviceName", "pay"),
+        ("namespaceId", "dev"),
+        ("groupName", "G"),
+    ];
+    let ok = json!({"code": 0, "message": "success", "data": "ok"});
+    let mut create = svc.to_vec();
+    create.push(("protectThreshold", "0.5"));
+    create.push(("metadata", r#"{"team":"a"}"#));
+    assert_eq!(
+        call(&n, Method::POST, "/ns/service", &create).await,
+        (StatusCode::OK, ok.clone())
+    );
+    assert_eq!(
+        call(&n, Method::POST, "/ns/service", &create).await,
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"code": 21007, "message": "service already exist",
+                "data": "specified service G@@pay already exists!"})
+        )
+    );
+    let (s, v) = call(&n, Method::GET, "/ns/service", &svc).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["data"],
+        json!({"namespace": "dev", "serviceName": "pay", "groupName": "G", "clusterMap": {},
+            "metadata": {"team": "a"}, "protectThreshold": 0.5,
+            "selector": {"type": "none"}, "ephemeral": false})
+    );
+    // PUT without protectThreshold resets it to 0, as v2's form.
+    assert_eq!(
+        call(&n, Method::PUT, "/ns/service", &svc).await,
+        (StatusCode::OK, ok.clone())
+    );
+    let (_, v) = call(&n, Method::GET, "/ns/service", &svc).await;
+    assert_eq!(v["data"]["protectThreshold"], json!(0.0));
+
+    // An instance in it: not deletable (21009); without it, deleted; then unknown (21008).
+    let mut inst = svc.to_vec();
+    inst.extend([("ip", "10.2.0.1"), ("port", "80")]);
+    assert_eq!(
+        call(&n, Method::POST, "/ns/instance", &inst).await,
+        (StatusCode::OK, ok.clone())
+    );
+    let (s, v) = call(&n, Method::DELETE, "/ns/service", &svc).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!(21009))
+    );
+    let (_, v) = call(&n, Method::GET, "/ns/service", &svc).await;
+    assert_eq!(v["data"]["clusterMap"]["DEFAULT"]["clusterName"], "DEFAULT");
+    assert_eq!(
+        call(&n, Method::DELETE, "/ns/instance", &inst).await,
+        (StatusCode::OK, ok.clone())
+    );
+    assert_eq!(
+        call(&n, Method::DELETE, "/ns/service", &svc).await,
+        (StatusCode::OK, ok)
+    );
+    assert_eq!(
+        call(&n, Method::GET, "/ns/service", &svc).await,
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"code": 21008, "message": "service not exist",
+                "data": "service not found, namespace: dev, serviceName: G@@pay"})
+        )
+    );
+    let (s, v) = call(&n, Method::PUT, "/ns/service", &svc).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!(21008))
+    );
+}

@@ -186,7 +186,7 @@ pub fn failed(kind: &str, request_id: &str, e: &NacosError, had_token: bool) -> 
         other => other,
     };
     let code = match e {
-        NacosError::MissingParam(_) | NacosError::BadRequest(_) => 400,
+        NacosError::MissingParam(_) | NacosError::BadRequest(_) | NacosError::Service(..) => 400,
         NacosError::Forbidden(_) | NacosError::LoginFailed => 403,
         NacosError::NotFound(_) => 404,
         NacosError::Conflict(_) => 409,
