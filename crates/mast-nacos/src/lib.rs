@@ -184,6 +184,18 @@ fn http_router(state: AppState) -> Router {
             axum::routing::put(naming_v1::beat).fallback(method_not_allowed),
         )
         .route(
+            "/nacos/v2/cs/history",
+            axum::routing::get(v2::history_one).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v2/cs/history/list",
+            axum::routing::get(v2::history_list).fallback(method_not_allowed),
+        )
+        .route(
+            "/nacos/v2/cs/history/previous",
+            axum::routing::get(v2::history_previous).fallback(method_not_allowed),
+        )
+        .route(
             "/nacos/v2/ns/service",
             axum::routing::get(v2::get_service)
                 .post(v2::create_service)

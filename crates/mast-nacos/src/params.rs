@@ -39,6 +39,19 @@ impl Params {
         self
     }
 
+    /// These parameters with `name` = `value`, replacing whatever was given.
+    pub fn set(mut self, name: &str, value: &str) -> Params {
+        self.0.retain(|(k, _)| k != name);
+        self.0.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// These parameters without `name`.
+    pub fn without(mut self, name: &str) -> Params {
+        self.0.retain(|(k, _)| k != name);
+        self
+    }
+
     /// These parameters with `to` set from `from` when `to` is absent (a v2 name for a v1 one).
     pub fn alias(mut self, from: &str, to: &str) -> Params {
         if self.get(to).is_none()

@@ -13,7 +13,7 @@ use crate::AppState;
 use crate::auth::NacosCaller;
 use crate::error::{NacosError, NacosResult};
 use crate::params::Params;
-use crate::{config_v1, namespace_v1, naming_v1};
+use crate::{config_v1, history_v1, namespace_v1, naming_v1};
 
 /// Bytes of a v1 answer read to re-wrap it.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -250,6 +250,66 @@ pub async fn get_service(st: State<AppState>, who: NacosCaller, p: Params) -> Re
         return envelope(StatusCode::OK, 0, "success", data);
     }
     resp
+}
+
+/// v2's fields of a history item that v1's lacks: every version is a normal (not gray)
+/// publish.
+fn v2_history_item(v: &mut Value) {
+    if let Value::Object(m) = v {
+        m.entry("publishType").or_insert(json!("formal"));
+        m.entry("grayName").or_insert(Value::Null);
+        m.entry("extInfo").or_insert(Value::Null);
+        m.entry("encryptedDataKey").or_insert(json!(""));
+    }
+}
+
+/// A v1 history answer in the envelope; a version that is not kept is `data: null` (200), as
+/// v2 answers.
+async fn wrap_history(r: NacosResult<Response>, edit: fn(&mut Value)) -> Response {
+    match r {
+        Err(NacosError::NotFound(_)) => envelope(StatusCode::OK, 0, "success", Value::Null),
+        r => wrap(r, Data::Json, edit).await,
+    }
+}
+
+/// `GET /nacos/v2/cs/history/list` (`dataId`, `group`, `namespaceId`, `pageNo` 1, `pageSize`
+/// 100, at most 500): a page of versions, newest first.
+pub async fn history_list(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let size = p
+        .get("pageSize")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(100)
+        .min(500)
+        .to_string();
+    let p = config_params(p)
+        .with_default("pageNo", "1")
+        .with_default("search", "accurate")
+        .set("pageSize", &size)
+        .without("nid");
+    let r = history_v1::history(st, who, p).await;
+    wrap_history(r, |v| {
+        if let Some(Value::Array(items)) = v.get_mut("pageItems") {
+            items.iter_mut().for_each(v2_history_item);
+        }
+    })
+    .await
+}
+
+/// `GET /nacos/v2/cs/history` (`dataId`, `group`, `namespaceId`, `nid`): one version with its
+/// content; `data: null` when it is not kept.
+pub async fn history_one(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    if p.get("nid").is_none() {
+        return failure(NacosError::MissingParam("nid".into()));
+    }
+    let p = config_params(p).with_default("search", "accurate");
+    wrap_history(history_v1::history(st, who, p).await, v2_history_item).await
+}
+
+/// `GET /nacos/v2/cs/history/previous` (`dataId`, `group`, `namespaceId`, `id`): the version
+/// before `id`; `data: null` when none is kept.
+pub async fn history_previous(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let r = history_v1::previous(st, who, config_params(p)).await;
+    wrap_history(r, v2_history_item).await
 }
 
 /// `GET /nacos/v2/console/namespace/list`: `data` is the namespaces.

@@ -230,3 +230,55 @@ async fn services_are_created_read_changed_and_deleted_with_v2_codes() {
         (StatusCode::BAD_REQUEST, json!(21008))
     );
 }
+
+#[tokio::test]
+async fn config_history_in_the_envelope() {
+    use reqwest::Method;
+    let n = common::Nacos::start_with(None).await;
+    let cfg = [("dataId", "h.txt"), ("group", "G"), ("namespaceId", "dev")];
+    for content in ["one", "two", "three"] {
+        let mut publish = cfg.to_vec();
+        publish.push(("content", content));
+        let (s, _) = call(&n, Method::POST, "/cs/config", &publish).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, v) = call(&n, Method::GET, "/cs/history/list", &cfg).await;
+    assert_eq!((s, v["code"].clone()), (StatusCode::OK, json!(0)), "{v}");
+    let page = &v["data"];
+    assert_eq!(page["totalCount"], json!(3));
+    let items = page["pageItems"].as_array().unwrap();
+    let ids: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["3", "2", "1"], "newest first");
+    assert_eq!(
+        (items[0]["tenant"].clone(), items[0]["publishType"].clone()),
+        (json!("dev"), json!("formal"))
+    );
+    let mut one = cfg.to_vec();
+    one.push(("nid", "2"));
+    let (_, v) = call(&n, Method::GET, "/cs/history", &one).await;
+    assert_eq!(v["data"]["content"], json!("two"));
+    // A version not kept: 200 with data null, as v2.
+    let mut gone = cfg.to_vec();
+    gone.push(("nid", "99"));
+    assert_eq!(
+        call(&n, Method::GET, "/cs/history", &gone).await,
+        (
+            StatusCode::OK,
+            json!({"code": 0, "message": "success", "data": null})
+        )
+    );
+    let mut prev = cfg.to_vec();
+    prev.push(("id", "3"));
+    let (_, v) = call(&n, Method::GET, "/cs/history/previous", &prev).await;
+    assert_eq!(v["data"]["content"], json!("two"));
+    let mut first = cfg.to_vec();
+    first.push(("id", "1"));
+    let (s, v) = call(&n, Method::GET, "/cs/history/previous", &first).await;
+    assert_eq!((s, v["data"].clone()), (StatusCode::OK, Value::Null));
+    // nid is required.
+    let (s, v) = call(&n, Method::GET, "/cs/history", &cfg).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!(10000))
+    );
+}
