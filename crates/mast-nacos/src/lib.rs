@@ -208,6 +208,14 @@ fn http_router(state: AppState) -> Router {
             axum::routing::get(v2::service_list).fallback(method_not_allowed),
         )
         .route(
+            "/nacos/v2/console/namespace",
+            axum::routing::get(v2::namespace_get)
+                .post(v2::namespace_create)
+                .put(v2::namespace_update)
+                .delete(v2::namespace_delete)
+                .fallback(method_not_allowed),
+        )
+        .route(
             "/nacos/v2/console/namespace/list",
             axum::routing::get(v2::namespaces).fallback(method_not_allowed),
         )

@@ -29,7 +29,7 @@ fn answer(ok: bool) -> Response {
 }
 
 /// A namespace id Nacos accepts: word characters and `-`, at most 128.
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
@@ -37,7 +37,8 @@ fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn valid_name(name: &str) -> bool {
+/// A namespace name Nacos accepts: not blank, none of `@#$%^&*`.
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.trim().is_empty() && !name.contains(['@', '#', '$', '%', '^', '&', '*'])
 }
 

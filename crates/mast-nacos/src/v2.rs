@@ -312,6 +312,124 @@ pub async fn history_previous(st: State<AppState>, who: NacosCaller, p: Params) 
     wrap_history(r, v2_history_item).await
 }
 
+/// v2's answer for a missing namespace parameter.
+fn missing(name: &str) -> Response {
+    envelope(
+        StatusCode::BAD_REQUEST,
+        10000,
+        "parameter missing",
+        json!(format!("required parameter '{name}' is missing")),
+    )
+}
+
+/// v2's answer for a refused namespace (code 22000).
+fn illegal_namespace(data: String) -> Response {
+    envelope(
+        StatusCode::BAD_REQUEST,
+        22000,
+        "illegal namespace",
+        json!(data),
+    )
+}
+
+/// The JSON body of a v1 answer, or its failure as v2's.
+async fn v1_json(r: NacosResult<Response>) -> Result<Value, Response> {
+    let resp = r.map_err(failure)?;
+    if !resp.status().is_success() {
+        return Err(resp);
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| failure(NacosError::Internal(e.to_string())))?;
+    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// `GET /nacos/v2/console/namespace?namespaceId=`: one namespace (`""` is public); an unknown
+/// one is 404 / 22001.
+pub async fn namespace_get(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let Some(id) = p.get("namespaceId").map(str::to_string) else {
+        return missing("namespaceId");
+    };
+    let listed = match v1_json(namespace_v1::list(st, who, p.without("show")).await).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let found = listed["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["namespace"] == json!(id))
+        .cloned();
+    match found {
+        Some(n) => envelope(StatusCode::OK, 0, "success", n),
+        None => envelope(
+            StatusCode::NOT_FOUND,
+            22001,
+            "namespace not exist",
+            json!(format!("namespaceId [ {id} ] not exist")),
+        ),
+    }
+}
+
+/// `POST /nacos/v2/console/namespace` (`namespaceId` — blank: a random id —,
+/// `namespaceName`, `namespaceDesc`): `data: true`; 400 / 22000 for an invalid or taken id or
+/// an invalid name.
+pub async fn namespace_create(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let Some(id) = p.get("namespaceId").map(|s| s.trim().to_string()) else {
+        return missing("namespaceId");
+    };
+    let Some(name) = p.get("namespaceName").map(str::to_string) else {
+        return missing("namespaceName");
+    };
+    if !id.is_empty() {
+        if id.len() > 128 {
+            return illegal_namespace("too long namespaceId, over 128".into());
+        }
+        if !namespace_v1::valid_id(&id) {
+            return illegal_namespace(format!("namespaceId [{id}] mismatch the pattern"));
+        }
+    }
+    if !namespace_v1::valid_name(&name) {
+        return illegal_namespace(format!("namespaceName [{name}] contains illegal char"));
+    }
+    let p = p.set("customNamespaceId", &id);
+    match v1_json(namespace_v1::create(st, who, p).await).await {
+        Ok(Value::Bool(true)) => envelope(StatusCode::OK, 0, "success", json!(true)),
+        Ok(_) => illegal_namespace(format!("the namespaceId is existed, namespaceId: {id}")),
+        Err(resp) => resp,
+    }
+}
+
+/// `PUT /nacos/v2/console/namespace` (`namespaceId`, `namespaceName`, `namespaceDesc`):
+/// `data: true` (also for an unknown namespace, as v2); 400 / 22000 for an invalid name.
+pub async fn namespace_update(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    let Some(id) = p.get("namespaceId").map(str::to_string) else {
+        return missing("namespaceId");
+    };
+    let Some(name) = p.get("namespaceName").map(str::to_string) else {
+        return missing("namespaceName");
+    };
+    if !namespace_v1::valid_name(&name) {
+        return illegal_namespace(format!("namespaceName [{name}] contains illegal char"));
+    }
+    let p = p.set("namespace", &id).set("namespaceShowName", &name);
+    match v1_json(namespace_v1::update(st, who, p).await).await {
+        Ok(_) => envelope(StatusCode::OK, 0, "success", json!(true)),
+        Err(resp) => resp,
+    }
+}
+
+/// `DELETE /nacos/v2/console/namespace?namespaceId=`: `data: true` (also when absent).
+pub async fn namespace_delete(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
+    if p.get("namespaceId").is_none() {
+        return missing("namespaceId");
+    }
+    match v1_json(namespace_v1::delete(st, who, p).await).await {
+        Ok(_) => envelope(StatusCode::OK, 0, "success", json!(true)),
+        Err(resp) => resp,
+    }
+}
+
 /// `GET /nacos/v2/console/namespace/list`: `data` is the namespaces.
 pub async fn namespaces(st: State<AppState>, who: NacosCaller, p: Params) -> Response {
     let r = namespace_v1::list(st, who, p).await;

@@ -282,3 +282,126 @@ async fn config_history_in_the_envelope() {
         (StatusCode::BAD_REQUEST, json!(10000))
     );
 }
+
+#[tokio::test]
+async fn namespaces_are_written_with_v2_codes() {
+    use reqwest::Method;
+    let n = common::Nacos::start_with(None).await;
+    let yes = json!({"code": 0, "message": "success", "data": true});
+    let create = [
+        ("namespaceId", "qa"),
+        ("namespaceName", "QA"),
+        ("namespaceDesc", "for testing"),
+    ];
+    assert_eq!(
+        call(&n, Method::POST, "/console/namespace", &create).await,
+        (StatusCode::OK, yes.clone())
+    );
+    assert_eq!(
+        call(&n, Method::POST, "/console/namespace", &create).await,
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"code": 22000, "message": "illegal namespace",
+                "data": "the namespaceId is existed, namespaceId: qa"})
+        )
+    );
+    let (s, v) = call(
+        &n,
+        Method::POST,
+        "/console/namespace",
+        &[("namespaceId", "a b"), ("namespaceName", "x")],
+    )
+    .await;
+    assert_eq!(
+        (s, v["data"].clone()),
+        (
+            StatusCode::BAD_REQUEST,
+            json!("namespaceId [a b] mismatch the pattern")
+        )
+    );
+    let (s, v) = call(
+        &n,
+        Method::POST,
+        "/console/namespace",
+        &[("namespaceName", "x")],
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!(10000))
+    );
+
+    let (s, v) = call(
+        &n,
+        Method::GET,
+        "/console/namespace",
+        &[("namespaceId", "qa")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (
+            v["data"]["namespaceShowName"].clone(),
+            v["data"]["type"].clone()
+        ),
+        (json!("QA"), json!(2))
+    );
+    let (_, v) = call(
+        &n,
+        Method::GET,
+        "/console/namespace",
+        &[("namespaceId", "")],
+    )
+    .await;
+    assert_eq!(v["data"]["namespaceShowName"], json!("public"));
+    assert_eq!(
+        call(
+            &n,
+            Method::GET,
+            "/console/namespace",
+            &[("namespaceId", "nope")]
+        )
+        .await,
+        (
+            StatusCode::NOT_FOUND,
+            json!({"code": 22001, "message": "namespace not exist",
+                "data": "namespaceId [ nope ] not exist"})
+        )
+    );
+    assert_eq!(
+        call(
+            &n,
+            Method::PUT,
+            "/console/namespace",
+            &[("namespaceId", "qa"), ("namespaceName", "Quality")]
+        )
+        .await,
+        (StatusCode::OK, yes.clone())
+    );
+    let (_, v) = call(
+        &n,
+        Method::GET,
+        "/console/namespace",
+        &[("namespaceId", "qa")],
+    )
+    .await;
+    assert_eq!(v["data"]["namespaceShowName"], json!("Quality"));
+    assert_eq!(
+        call(
+            &n,
+            Method::DELETE,
+            "/console/namespace",
+            &[("namespaceId", "qa")]
+        )
+        .await,
+        (StatusCode::OK, yes)
+    );
+    let (s, _) = call(
+        &n,
+        Method::GET,
+        "/console/namespace",
+        &[("namespaceId", "qa")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
