@@ -23,7 +23,7 @@ use mast_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{handled, started};
+use super::unary;
 use crate::authz::Caller;
 use crate::error::{AuthError, EtcdError};
 use crate::node::Node;
@@ -504,13 +504,6 @@ pub async fn bootstrap_root(node: &Node, password: &str) -> Result<bool, EtcdErr
     Ok(after != before)
 }
 
-macro_rules! rpc {
-    ($self:ident, $req:ident, $name:literal, $call:expr) => {{
-        started(SVC, $name, "unary");
-        handled(SVC, $name, "unary", $call)
-    }};
-}
-
 #[tonic::async_trait]
 impl Auth for AuthService {
     async fn auth_enable(
@@ -518,12 +511,12 @@ impl Auth for AuthService {
         r: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "AuthEnable",
-            ops::enable(&self.node, &c, r.into_inner()).await
+            ops::enable(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 
     async fn auth_disable(
@@ -531,24 +524,22 @@ impl Auth for AuthService {
         r: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "AuthDisable",
-            ops::disable(&self.node, &c, r.into_inner()).await
+            ops::disable(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 
     async fn auth_status(
         &self,
         _r: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
-        rpc!(
-            self,
-            r,
-            "AuthStatus",
+        unary(SVC, "AuthStatus", async {
             Ok::<_, EtcdError>(auth_status(&self.node))
-        )
+        })
+        .await
     }
 
     async fn authenticate(
@@ -556,12 +547,12 @@ impl Auth for AuthService {
         r: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "Authenticate",
-            authenticate(&self.node, &c, r.into_inner()).await
+            authenticate(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 
     async fn user_add(
@@ -569,12 +560,12 @@ impl Auth for AuthService {
         r: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "UserAdd",
-            ops::user_add(&self.node, &c, r.into_inner()).await
+            ops::user_add(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 
     async fn user_get(
@@ -582,12 +573,10 @@ impl Auth for AuthService {
         r: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
-            "UserGet",
+        unary(SVC, "UserGet", async {
             ops::user_get(&self.node, &c, r.into_inner())
-        )
+        })
+        .await
     }
 
     async fn user_list(
@@ -595,7 +584,7 @@ impl Auth for AuthService {
         r: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(self, r, "UserList", ops::user_list(&self.node, &c))
+        unary(SVC, "UserList", async { ops::user_list(&self.node, &c) }).await
     }
 
     async fn user_delete(
@@ -603,12 +592,12 @@ impl Auth for AuthService {
         r: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "UserDelete",
-            ops::user_delete(&self.node, &c, r.into_inner()).await
+            ops::user_delete(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 
     async fn user_change_password(
@@ -616,12 +605,12 @@ impl Auth for AuthService {
         r: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "UserChangePassword",
-            ops::user_change_password(&self.node, &c, r.into_inner()).await
+            ops::user_change_password(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 
     async fn user_grant_role(
@@ -629,12 +618,12 @@ impl Auth for AuthService {
         r: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "UserGrantRole",
-            ops::user_grant_role(&self.node, &c, r.into_inner()).await
+            ops::user_grant_role(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 
     async fn user_revoke_role(
@@ -642,12 +631,12 @@ impl Auth for AuthService {
         r: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "UserRevokeRole",
-            ops::user_revoke_role(&self.node, &c, r.into_inner()).await
+            ops::user_revoke_role(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 
     async fn role_add(
@@ -655,12 +644,12 @@ impl Auth for AuthService {
         r: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "RoleAdd",
-            ops::role_add(&self.node, &c, r.into_inner()).await
+            ops::role_add(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 
     async fn role_get(
@@ -668,12 +657,10 @@ impl Auth for AuthService {
         r: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
-            "RoleGet",
+        unary(SVC, "RoleGet", async {
             ops::role_get(&self.node, &c, r.into_inner())
-        )
+        })
+        .await
     }
 
     async fn role_list(
@@ -681,7 +668,7 @@ impl Auth for AuthService {
         r: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(self, r, "RoleList", ops::role_list(&self.node, &c))
+        unary(SVC, "RoleList", async { ops::role_list(&self.node, &c) }).await
     }
 
     async fn role_delete(
@@ -689,12 +676,12 @@ impl Auth for AuthService {
         r: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "RoleDelete",
-            ops::role_delete(&self.node, &c, r.into_inner()).await
+            ops::role_delete(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 
     async fn role_grant_permission(
@@ -702,12 +689,12 @@ impl Auth for AuthService {
         r: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "RoleGrantPermission",
-            ops::role_grant_permission(&self.node, &c, r.into_inner()).await
+            ops::role_grant_permission(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 
     async fn role_revoke_permission(
@@ -715,11 +702,11 @@ impl Auth for AuthService {
         r: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
         let c = Caller::from_grpc(&r);
-        rpc!(
-            self,
-            r,
+        unary(
+            SVC,
             "RoleRevokePermission",
-            ops::role_revoke_permission(&self.node, &c, r.into_inner()).await
+            ops::role_revoke_permission(&self.node, &c, r.into_inner()),
         )
+        .await
     }
 }

@@ -16,7 +16,7 @@ use mast_raft::types::{Member as RaftMember, MemberId, StoredMembership};
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
-use super::{handled, started};
+use super::unary;
 use crate::authz::Caller;
 use crate::error::EtcdError;
 use crate::node::Node;
@@ -523,49 +523,64 @@ impl Cluster for ClusterService {
         &self,
         r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        started(SVC, "MemberAdd", "unary");
         let caller = Caller::from_grpc(&r);
-        let out = member_add(&self.node, &caller, r.into_inner()).await;
-        handled(SVC, "MemberAdd", "unary", out)
+        unary(
+            SVC,
+            "MemberAdd",
+            member_add(&self.node, &caller, r.into_inner()),
+        )
+        .await
     }
 
     async fn member_remove(
         &self,
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        started(SVC, "MemberRemove", "unary");
         let caller = Caller::from_grpc(&r);
-        let out = member_remove(&self.node, &caller, r.into_inner()).await;
-        handled(SVC, "MemberRemove", "unary", out)
+        unary(
+            SVC,
+            "MemberRemove",
+            member_remove(&self.node, &caller, r.into_inner()),
+        )
+        .await
     }
 
     async fn member_update(
         &self,
         r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        started(SVC, "MemberUpdate", "unary");
         let caller = Caller::from_grpc(&r);
-        let out = member_update(&self.node, &caller, r.into_inner()).await;
-        handled(SVC, "MemberUpdate", "unary", out)
+        unary(
+            SVC,
+            "MemberUpdate",
+            member_update(&self.node, &caller, r.into_inner()),
+        )
+        .await
     }
 
     async fn member_list(
         &self,
         r: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        started(SVC, "MemberList", "unary");
         let caller = Caller::from_grpc(&r);
-        let out = member_list(&self.node, &caller, r.into_inner()).await;
-        handled(SVC, "MemberList", "unary", out)
+        unary(
+            SVC,
+            "MemberList",
+            member_list(&self.node, &caller, r.into_inner()),
+        )
+        .await
     }
 
     async fn member_promote(
         &self,
         r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        started(SVC, "MemberPromote", "unary");
         let caller = Caller::from_grpc(&r);
-        let out = member_promote(&self.node, &caller, r.into_inner()).await;
-        handled(SVC, "MemberPromote", "unary", out)
+        unary(
+            SVC,
+            "MemberPromote",
+            member_promote(&self.node, &caller, r.into_inner()),
+        )
+        .await
     }
 }

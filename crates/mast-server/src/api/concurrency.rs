@@ -32,7 +32,7 @@ use mast_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockRespo
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
-use super::{GrpcStream, grpc_stream, handled, kv, lease, record_code, started};
+use super::{GrpcStream, grpc_stream, kv, lease, record_code, started, unary};
 use crate::authz::Caller;
 use crate::error::EtcdError;
 use crate::node::Node;
@@ -545,28 +545,26 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        started(LOCK_SVC, "Lock", "unary");
         let caller = Caller::from_grpc(&request);
-        handled(
+        unary(
             LOCK_SVC,
             "Lock",
-            "unary",
-            lock(&self.node, &caller, request.into_inner()).await,
+            lock(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 
     async fn unlock(
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        started(LOCK_SVC, "Unlock", "unary");
         let caller = Caller::from_grpc(&request);
-        handled(
+        unary(
             LOCK_SVC,
             "Unlock",
-            "unary",
-            unlock(&self.node, &caller, request.into_inner()).await,
+            unlock(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 }
 
@@ -588,42 +586,39 @@ impl Election for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        started(ELECTION_SVC, "Campaign", "unary");
         let caller = Caller::from_grpc(&request);
-        handled(
+        unary(
             ELECTION_SVC,
             "Campaign",
-            "unary",
-            campaign(&self.node, &caller, request.into_inner()).await,
+            campaign(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 
     async fn proclaim(
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        started(ELECTION_SVC, "Proclaim", "unary");
         let caller = Caller::from_grpc(&request);
-        handled(
+        unary(
             ELECTION_SVC,
             "Proclaim",
-            "unary",
-            proclaim(&self.node, &caller, request.into_inner()).await,
+            proclaim(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 
     async fn leader(
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        started(ELECTION_SVC, "Leader", "unary");
         let caller = Caller::from_grpc(&request);
-        handled(
+        unary(
             ELECTION_SVC,
             "Leader",
-            "unary",
-            leader(&self.node, &caller, request.into_inner()).await,
+            leader(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 
     type ObserveStream = GrpcStream<LeaderResponse>;
@@ -643,13 +638,12 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        started(ELECTION_SVC, "Resign", "unary");
         let caller = Caller::from_grpc(&request);
-        handled(
+        unary(
             ELECTION_SVC,
             "Resign",
-            "unary",
-            resign(&self.node, &caller, request.into_inner()).await,
+            resign(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 }

@@ -13,7 +13,7 @@ use mast_proto::etcdserverpb::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{handled, started};
+use super::unary;
 use crate::authz::Caller;
 use crate::error::EtcdError;
 use crate::node::Node;
@@ -284,83 +284,48 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        started(SVC, "Range", "unary");
-        handled(
+        let caller = Caller::from_grpc(&request);
+        unary(
             SVC,
             "Range",
-            "unary",
-            range(
-                &self.node,
-                &Caller::from_grpc(&request),
-                request.into_inner(),
-            )
-            .await,
+            range(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        started(SVC, "Put", "unary");
-        handled(
-            SVC,
-            "Put",
-            "unary",
-            put(
-                &self.node,
-                &Caller::from_grpc(&request),
-                request.into_inner(),
-            )
-            .await,
-        )
+        let caller = Caller::from_grpc(&request);
+        unary(SVC, "Put", put(&self.node, &caller, request.into_inner())).await
     }
 
     async fn delete_range(
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        started(SVC, "DeleteRange", "unary");
-        handled(
+        let caller = Caller::from_grpc(&request);
+        unary(
             SVC,
             "DeleteRange",
-            "unary",
-            delete_range(
-                &self.node,
-                &Caller::from_grpc(&request),
-                request.into_inner(),
-            )
-            .await,
+            delete_range(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        started(SVC, "Txn", "unary");
-        handled(
-            SVC,
-            "Txn",
-            "unary",
-            txn(
-                &self.node,
-                &Caller::from_grpc(&request),
-                request.into_inner(),
-            )
-            .await,
-        )
+        let caller = Caller::from_grpc(&request);
+        unary(SVC, "Txn", txn(&self.node, &caller, request.into_inner())).await
     }
 
     async fn compact(
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        started(SVC, "Compact", "unary");
-        handled(
+        let caller = Caller::from_grpc(&request);
+        unary(
             SVC,
             "Compact",
-            "unary",
-            compact(
-                &self.node,
-                &Caller::from_grpc(&request),
-                request.into_inner(),
-            )
-            .await,
+            compact(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 }

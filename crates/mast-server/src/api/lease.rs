@@ -12,7 +12,7 @@ use mast_proto::etcdserverpb::{
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{GrpcStream, grpc_stream, handled, record_code, started};
+use super::{GrpcStream, grpc_stream, record_code, started, unary};
 use crate::authz::Caller;
 use crate::error::EtcdError;
 use crate::lessor::MIN_LEASE_TTL;
@@ -236,36 +236,26 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        started(SVC, "LeaseGrant", "unary");
-        handled(
+        let caller = Caller::from_grpc(&request);
+        unary(
             SVC,
             "LeaseGrant",
-            "unary",
-            grant(
-                &self.node,
-                &Caller::from_grpc(&request),
-                request.into_inner(),
-            )
-            .await,
+            grant(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 
     async fn lease_revoke(
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        started(SVC, "LeaseRevoke", "unary");
-        handled(
+        let caller = Caller::from_grpc(&request);
+        unary(
             SVC,
             "LeaseRevoke",
-            "unary",
-            revoke(
-                &self.node,
-                &Caller::from_grpc(&request),
-                request.into_inner(),
-            )
-            .await,
+            revoke(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 
     type LeaseKeepAliveStream = GrpcStream<LeaseKeepAliveResponse>;
@@ -283,25 +273,19 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        started(SVC, "LeaseTimeToLive", "unary");
-        handled(
+        let caller = Caller::from_grpc(&request);
+        unary(
             SVC,
             "LeaseTimeToLive",
-            "unary",
-            time_to_live(
-                &self.node,
-                &Caller::from_grpc(&request),
-                request.into_inner(),
-            )
-            .await,
+            time_to_live(&self.node, &caller, request.into_inner()),
         )
+        .await
     }
 
     async fn lease_leases(
         &self,
         _request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        started(SVC, "LeaseLeases", "unary");
-        handled(SVC, "LeaseLeases", "unary", Ok(leases(&self.node)))
+        unary(SVC, "LeaseLeases", async { Ok(leases(&self.node)) }).await
     }
 }

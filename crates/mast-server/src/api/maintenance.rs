@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
-use super::{GrpcStream, grpc_stream, handled, record_code, started};
+use super::{GrpcStream, grpc_stream, record_code, started, unary};
 use crate::authz::Caller;
 use crate::error::EtcdError;
 use crate::node::Node;
@@ -189,50 +189,51 @@ async fn send_snapshot(
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        started(SVC, "Alarm", "unary");
-        handled(SVC, "Alarm", "unary", alarm(&self.node, r.into_inner()))
+        unary(SVC, "Alarm", async { alarm(&self.node, r.into_inner()) }).await
     }
 
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        started(SVC, "Status", "unary");
-        handled(SVC, "Status", "unary", status(&self.node))
+        unary(SVC, "Status", async { status(&self.node) }).await
     }
 
     async fn defragment(
         &self,
-        _r: Request<DefragmentRequest>,
+        r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        started(SVC, "Defragment", "unary");
-        if let Err(s) = self.node.require_admin_maintenance(&Caller::from_grpc(&_r)) {
-            return handled(SVC, "Defragment", "unary", Err(s));
-        }
-        handled(SVC, "Defragment", "unary", defragment(&self.node).await)
+        let caller = Caller::from_grpc(&r);
+        unary(SVC, "Defragment", async {
+            self.node.require_admin_maintenance(&caller)?;
+            defragment(&self.node).await
+        })
+        .await
     }
 
-    async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        started(SVC, "Hash", "unary");
-        if let Err(s) = self.node.require_admin_maintenance(&Caller::from_grpc(&_r)) {
-            return handled(SVC, "Hash", "unary", Err(s));
-        }
-        handled(SVC, "Hash", "unary", hash(&self.node))
+    async fn hash(&self, r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let caller = Caller::from_grpc(&r);
+        unary(SVC, "Hash", async {
+            self.node.require_admin_maintenance(&caller)?;
+            hash(&self.node)
+        })
+        .await
     }
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        started(SVC, "HashKV", "unary");
-        if let Err(s) = self.node.require_admin_maintenance(&Caller::from_grpc(&r)) {
-            return handled(SVC, "HashKV", "unary", Err(s));
-        }
-        handled(SVC, "HashKV", "unary", hash_kv(&self.node, r.into_inner()))
+        let caller = Caller::from_grpc(&r);
+        unary(SVC, "HashKV", async {
+            self.node.require_admin_maintenance(&caller)?;
+            hash_kv(&self.node, r.into_inner())
+        })
+        .await
     }
 
     type SnapshotStream = GrpcStream<SnapshotResponse>;
 
     async fn snapshot(
         &self,
-        _r: Request<SnapshotRequest>,
+        r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         started(SVC, "Snapshot", "server_stream");
-        if let Err(e) = self.node.require_admin_maintenance(&Caller::from_grpc(&_r)) {
+        if let Err(e) = self.node.require_admin_maintenance(&Caller::from_grpc(&r)) {
             record_code(SVC, "Snapshot", "server_stream", e.code());
             return Err(e.into());
         }
@@ -244,25 +245,19 @@ impl Maintenance for MaintenanceService {
         &self,
         _r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        started(SVC, "MoveLeader", "unary");
-        handled(
-            SVC,
-            "MoveLeader",
-            "unary",
-            Err(EtcdError::unimplemented("MoveLeader (clustering)")),
-        )
+        unary(SVC, "MoveLeader", async {
+            Err(EtcdError::unimplemented("MoveLeader (clustering)"))
+        })
+        .await
     }
 
     async fn downgrade(
         &self,
         _r: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        started(SVC, "Downgrade", "unary");
-        handled(
-            SVC,
-            "Downgrade",
-            "unary",
-            Err(EtcdError::unimplemented("Downgrade")),
-        )
+        unary(SVC, "Downgrade", async {
+            Err(EtcdError::unimplemented("Downgrade"))
+        })
+        .await
     }
 }

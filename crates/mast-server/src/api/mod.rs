@@ -47,6 +47,20 @@ pub fn handled<T>(
     r.map(Response::new).map_err(Status::from)
 }
 
+/// Serves one unary call of `service`'s `method`: records it as started, runs `call` and
+/// answers through [`handled`], the one place its [`EtcdError`] becomes a [`Status`].
+///
+/// # Errors
+/// The call's error as a status.
+pub async fn unary<T>(
+    service: &'static str,
+    method: &'static str,
+    call: impl Future<Output = Result<T, EtcdError>>,
+) -> Result<Response<T>, Status> {
+    started(service, method, "unary");
+    handled(service, method, "unary", call.await)
+}
+
 /// Records `grpc_server_handled_total` with an explicit code (for streams).
 pub fn record_code(service: &'static str, method: &'static str, kind: &'static str, code: Code) {
     metrics::counter!(
