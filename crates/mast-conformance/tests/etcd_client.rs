@@ -1666,6 +1666,159 @@ mod max_txn_ops_flag {
     }
 }
 
+/// Alarm options naming `member`.
+fn for_member(member: u64) -> Option<etcd_client::AlarmOptions> {
+    let mut o = etcd_client::AlarmOptions::new();
+    o.with_member(member);
+    Some(o)
+}
+
+/// `--quota-backend-bytes`, given to both servers (8 MiB): puts of 60 kB to one key are
+/// refused once the database file reaches the quota, with etcd's error, and the member's
+/// `NOSPACE` alarm is raised; reads, deletes and compaction still work; after compaction and
+/// defragmentation writes stay refused until the alarm is disarmed, then succeed. An alarm
+/// raised by hand (`CORRUPT`) refuses writes until it is cleared.
+async fn quota_and_alarms(kind: ServerKind) {
+    const NOSPACE: &str = "etcdserver: mvcc: database space exceeded";
+    let options = mast_conformance::ServerOptions {
+        args: vec![format!("--quota-backend-bytes={}", 8 * 1024 * 1024)],
+        ..Default::default()
+    };
+    let server = tokio::task::spawn_blocking(move || Server::try_start_with(kind, options))
+        .await
+        .expect("start task")
+        .unwrap_or_else(|e| panic!("could not start {kind}: {e:#}"));
+    let mut c = Client::connect(
+        [server.endpoint()],
+        Some(ConnectOptions::new().with_timeout(RPC_TIMEOUT)),
+    )
+    .await
+    .expect("connect");
+    let member = ok(c.status().await, "status")
+        .header()
+        .expect("header")
+        .member_id();
+    let value = "v".repeat(60_000);
+    let mut refused = None;
+    for i in 0..400 {
+        if let Err(e) = c.put("big", value.as_str(), None).await {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (accepted, e) = refused.expect("a put refused within 400 puts of 60 kB");
+    assert!(accepted > 20, "only {accepted} puts before the quota");
+    assert_status(Err::<(), _>(e), Code::ResourceExhausted, NOSPACE);
+
+    let alarms = ok(
+        c.alarm(AlarmAction::Get, AlarmType::None, None).await,
+        "alarm list",
+    );
+    let raised: Vec<_> = alarms
+        .alarms()
+        .iter()
+        .map(|a| (a.member_id(), a.alarm()))
+        .collect();
+    assert_eq!(raised, vec![(member, AlarmType::Nospace)]);
+    let status = ok(c.status().await, "status");
+    assert!(
+        status
+            .errors()
+            .contains(&format!("memberID:{member} alarm:NOSPACE ")),
+        "status errors: {:?}",
+        status.errors()
+    );
+    // What does not grow the store still works; what does is refused.
+    let got = ok(c.get("big", None).await, "get");
+    assert_eq!(got.kvs()[0].value().len(), value.len());
+    assert_status(
+        c.lease_grant(60, None).await,
+        Code::ResourceExhausted,
+        NOSPACE,
+    );
+    assert_status(
+        c.txn(Txn::new().and_then([TxnOp::put("t", "1", None)]))
+            .await,
+        Code::ResourceExhausted,
+        NOSPACE,
+    );
+    ok(
+        c.txn(Txn::new().and_then([TxnOp::get("big", None)])).await,
+        "read-only txn",
+    );
+    ok(c.delete("nothing", None).await, "delete");
+    let rev = ok(c.get("big", None).await, "get")
+        .header()
+        .expect("header")
+        .revision();
+    ok(c.compact(rev, None).await, "compact");
+    ok(c.defragment().await, "defragment");
+    assert_status(
+        c.put("small", "x", None).await,
+        Code::ResourceExhausted,
+        NOSPACE,
+    );
+
+    let disarmed = ok(
+        c.alarm(
+            AlarmAction::Deactivate,
+            AlarmType::Nospace,
+            for_member(member),
+        )
+        .await,
+        "disarm",
+    );
+    assert_eq!(disarmed.alarms().len(), 1, "disarm answers the alarm");
+    ok(c.put("small", "x", None).await, "put after disarm");
+    assert!(
+        ok(
+            c.alarm(AlarmAction::Get, AlarmType::None, None).await,
+            "alarm list"
+        )
+        .alarms()
+        .is_empty()
+    );
+
+    // An alarm raised by hand.
+    let raised = ok(
+        c.alarm(
+            AlarmAction::Activate,
+            AlarmType::Corrupt,
+            for_member(member),
+        )
+        .await,
+        "activate",
+    );
+    assert_eq!(raised.alarms().len(), 1);
+    assert_status(
+        c.put("small", "y", None).await,
+        Code::DataLoss,
+        "etcdserver: corrupt cluster",
+    );
+    ok(
+        c.alarm(
+            AlarmAction::Deactivate,
+            AlarmType::Corrupt,
+            for_member(member),
+        )
+        .await,
+        "deactivate",
+    );
+    ok(c.put("small", "y", None).await, "put after deactivate");
+    drop(server);
+}
+
+mod quota_and_alarms {
+    #[tokio::test]
+    async fn etcd() {
+        super::quota_and_alarms(super::ServerKind::Etcd).await
+    }
+    #[tokio::test]
+    async fn mast() {
+        super::quota_and_alarms(super::ServerKind::Mast).await
+    }
+}
+
 // --- Lock and Election ---------------------------------------------------------------------
 
 /// Waits (bounded: 5 s) until `key` exists: a waiter has put its key and is queued.

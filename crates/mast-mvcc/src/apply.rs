@@ -22,7 +22,7 @@ use prost::Message;
 use redb::ReadableTable;
 
 use crate::auth::{AuthCommand, AuthState};
-use crate::command::{Command, CommandResult, check_txn_intervals};
+use crate::command::{Command, CommandResult, check_txn_intervals, txn_puts};
 use crate::error::{MvccError, StorageError};
 use crate::index::RangeEnd;
 use crate::lease::{LeaseId, PendingLeaseRows};
@@ -114,25 +114,33 @@ pub(crate) fn apply_entry(
             begin_rev: st.rev,
             changes: Vec::new(),
         };
-        let res = match cmd {
-            Command::Put(p) => ctx.put_cmd(p),
-            Command::DeleteRange(d) => ctx.delete(d).map(CommandResult::DeleteRange),
-            Command::Txn(t) => ctx.txn_cmd(t),
-            Command::Compact(c) => ctx.compact(c.revision, &mut meta),
-            Command::LeaseGrant { id, ttl } => lease_grant(mem, *id, *ttl, &mut lease_rows)
-                .map(|()| CommandResult::LeaseGrant { id: *id, ttl: *ttl }),
-            Command::LeaseRevoke { id } => ctx.lease_revoke(*id, &mut lease_rows),
-            // Deadlines are the lessor's: the store only passes the checkpoint on.
-            Command::LeaseCheckpoint { .. } => Ok(CommandResult::LeaseCheckpoint),
-            // Tokens are the server's: the store only passes them on.
-            Command::SimpleToken { .. } => Ok(CommandResult::SimpleToken),
-            Command::LeaseGrantPut { id, ttl, put } => {
-                ctx.lease_grant_put(*id, *ttl, put, &mut lease_rows)
-            }
-            Command::Auth(c) => {
-                let state = staged_auth.get_or_insert_with(|| (*st.auth).clone());
-                apply_auth(state, c, wtxn, &mut meta)
-            }
+        let res = match check_alarms(mem, cmd) {
+            Err(e) => Err(Fail::Refused(e)),
+            Ok(()) => match cmd {
+                Command::Put(p) => ctx.put_cmd(p),
+                Command::DeleteRange(d) => ctx.delete(d).map(CommandResult::DeleteRange),
+                Command::Txn(t) => ctx.txn_cmd(t),
+                Command::Compact(c) => ctx.compact(c.revision, &mut meta),
+                Command::LeaseGrant { id, ttl } => lease_grant(mem, *id, *ttl, &mut lease_rows)
+                    .map(|()| CommandResult::LeaseGrant { id: *id, ttl: *ttl }),
+                Command::LeaseRevoke { id } => ctx.lease_revoke(*id, &mut lease_rows),
+                // Deadlines are the lessor's: the store only passes the checkpoint on.
+                Command::LeaseCheckpoint { .. } => Ok(CommandResult::LeaseCheckpoint),
+                // Tokens are the server's: the store only passes them on.
+                Command::SimpleToken { .. } => Ok(CommandResult::SimpleToken),
+                Command::LeaseGrantPut { id, ttl, put } => {
+                    ctx.lease_grant_put(*id, *ttl, put, &mut lease_rows)
+                }
+                Command::Auth(c) => {
+                    let state = staged_auth.get_or_insert_with(|| (*st.auth).clone());
+                    apply_auth(state, c, wtxn, &mut meta)
+                }
+                Command::Alarm {
+                    activate,
+                    member,
+                    alarm,
+                } => apply_alarm(mem, &mut meta, *activate, *member, *alarm),
+            },
         };
         let res = match res {
             Ok(r) => Ok(r),
@@ -161,6 +169,71 @@ pub(crate) fn apply_entry(
         auth,
         lease_rows,
     })
+}
+
+/// etcd's `AlarmType` numbers.
+const ALARM_NOSPACE: i32 = 1;
+const ALARM_CORRUPT: i32 = 2;
+
+/// Refuses `cmd` as etcd's capped applier (a `NOSPACE` alarm raised: no puts, no txn that
+/// puts, no lease grants) and corrupt applier (a `CORRUPT` alarm raised: no puts, txns,
+/// compactions, lease grants or revokes) would.
+fn check_alarms(mem: &Memory, cmd: &Command) -> Result<(), MvccError> {
+    let alarms = mem.alarms.read().expect("alarm lock");
+    if alarms.is_empty() {
+        return Ok(());
+    }
+    let raised = |t: i32| alarms.iter().any(|(_, a)| *a == t);
+    if raised(ALARM_CORRUPT)
+        && matches!(
+            cmd,
+            Command::Put(_)
+                | Command::Txn(_)
+                | Command::Compact(_)
+                | Command::LeaseGrant { .. }
+                | Command::LeaseRevoke { .. }
+                | Command::LeaseGrantPut { .. }
+        )
+    {
+        return Err(MvccError::Corrupt);
+    }
+    if raised(ALARM_NOSPACE) {
+        let grows = match cmd {
+            Command::Put(_) | Command::LeaseGrant { .. } | Command::LeaseGrantPut { .. } => true,
+            Command::Txn(t) => txn_puts(t),
+            _ => false,
+        };
+        if grows {
+            return Err(MvccError::NoSpace);
+        }
+    }
+    Ok(())
+}
+
+/// Raises or clears alarm `alarm` of `member`, as etcd's alarm store: raising one already
+/// raised answers it again, clearing one not raised answers nothing.
+fn apply_alarm(
+    mem: &Memory,
+    meta: &mut redb::Table<'_, &str, i64>,
+    activate: bool,
+    member: u64,
+    alarm: i32,
+) -> Applying<CommandResult> {
+    let mut alarms = mem.alarms.write().expect("alarm lock");
+    let key = rows::alarm_key(member, alarm);
+    if activate {
+        if !alarms.contains(&(member, alarm)) {
+            meta.insert(key.as_str(), 1)?;
+            alarms.insert((member, alarm));
+        }
+        Ok(CommandResult::Alarm(Some((member, alarm))))
+    } else if alarms.contains(&(member, alarm)) {
+        meta.remove(key.as_str())?;
+        alarms.remove(&(member, alarm));
+        Ok(CommandResult::Alarm(Some((member, alarm))))
+    } else {
+        Ok(CommandResult::Alarm(None))
+    }
 }
 
 fn lease_grant(mem: &Memory, id: LeaseId, ttl: i64, rows: &mut PendingLeaseRows) -> Applying<()> {

@@ -30,6 +30,7 @@
 //! | 8 | `Auth` | `u8` auth tag, then the fields below |
 //! | 9 | `LeaseCheckpoint` | `u32 LE` count, then per lease `i64 LE` ID, `i64 LE` remaining ms |
 //! | 10 | `SimpleToken` | str user, str token, `u64 LE` auth revision |
+//! | 11 | `Alarm` | `u8` 1 = activate / 0 = deactivate, `u64 LE` member ID, `i32 LE` etcd `AlarmType` |
 //!
 //! Auth bodies (strings are `u32 LE` length + UTF-8 bytes, byte strings the same without the
 //! UTF-8 rule, booleans one byte 0/1):
@@ -128,6 +129,21 @@ pub enum Command {
         /// The put attached to the new lease.
         put: PutRequest,
     },
+    /// Raises or clears an alarm of a member, as etcd's `AlarmRequest` ACTIVATE / DEACTIVATE
+    /// applied through the log. While any member has `NOSPACE` raised, puts, txns that put
+    /// and lease grants are refused with [`MvccError::NoSpace`]; while any has `CORRUPT`,
+    /// puts, txns, compactions and lease grants and revokes are refused with
+    /// [`MvccError::Corrupt`] (as etcd's capped and corrupt appliers). Never changes the store
+    /// revision.
+    Alarm {
+        /// True to raise the alarm, false to clear it.
+        activate: bool,
+        /// The member the alarm is about.
+        member: u64,
+        /// etcd's `AlarmType` number (1 `NOSPACE`, 2 `CORRUPT`; others are kept but do
+        /// nothing).
+        alarm: i32,
+    },
 }
 
 /// The result of one applied [`Command`]. Response headers carry only `revision`; the
@@ -175,6 +191,9 @@ pub enum CommandResult {
     LeaseCheckpoint,
     /// A simple token was passed on; nothing in the store changed.
     SimpleToken,
+    /// An alarm command was applied: `(member, alarm type)` raised or cleared, or `None` when
+    /// a clear named an alarm that was not raised (as etcd's empty `AlarmResponse`).
+    Alarm(Option<(u64, i32)>),
 }
 
 /// An encoded entry that cannot be decoded.
@@ -216,6 +235,7 @@ const TAG_GRANT_PUT: u8 = 7;
 const TAG_AUTH: u8 = 8;
 const TAG_LEASE_CHECKPOINT: u8 = 9;
 const TAG_SIMPLE_TOKEN: u8 = 10;
+const TAG_ALARM: u8 = 11;
 
 const AUTH_ENABLE: u8 = 1;
 const AUTH_DISABLE: u8 = 2;
@@ -254,6 +274,7 @@ impl Command {
             Command::SimpleToken { user, token, .. } => {
                 str_len(user.len()) + str_len(token.len()) + 8
             }
+            Command::Alarm { .. } => 13,
         }
     }
 
@@ -274,6 +295,7 @@ impl Command {
             Command::Auth(_) => TAG_AUTH,
             Command::LeaseCheckpoint { .. } => TAG_LEASE_CHECKPOINT,
             Command::SimpleToken { .. } => TAG_SIMPLE_TOKEN,
+            Command::Alarm { .. } => TAG_ALARM,
         }
     }
 
@@ -315,6 +337,15 @@ impl Command {
                 put_bytes(buf, token.as_bytes());
                 buf.extend_from_slice(&auth_revision.to_le_bytes());
             }
+            Command::Alarm {
+                activate,
+                member,
+                alarm,
+            } => {
+                buf.push(u8::from(*activate));
+                buf.extend_from_slice(&member.to_le_bytes());
+                buf.extend_from_slice(&alarm.to_le_bytes());
+            }
         }
         debug_assert_eq!(buf.len() - start, len);
     }
@@ -352,6 +383,11 @@ impl Command {
                 user: body.string()?,
                 token: body.string()?,
                 auth_revision: body.u64()?,
+            },
+            TAG_ALARM => Command::Alarm {
+                activate: body.bool()?,
+                member: body.u64()?,
+                alarm: body.u32()? as i32,
             },
             t => return Err(CodecError::UnknownTag(t)),
         };
@@ -541,6 +577,7 @@ const RESULT_GRANT_PUT: u8 = 7;
 const RESULT_AUTH: u8 = 8;
 const RESULT_LEASE_CHECKPOINT: u8 = 9;
 const RESULT_SIMPLE_TOKEN: u8 = 10;
+const RESULT_ALARM: u8 = 11;
 
 /// The auth errors a result can carry, by their number on the wire (their order here).
 const AUTH_ERRORS: [AuthError; 17] = [
@@ -569,11 +606,13 @@ const AUTH_ERRORS: [AuthError; 17] = [
 /// ```text
 /// u8 kind: 0 error, then u8 error code (1 compacted, 2 future revision, 3 key not found,
 ///          4 lease not found, 5 lease exists, 6 duplicate key, 7 TTL too large,
-///          8 auth + u8 auth error number, 9 storage + str message)
+///          8 auth + u8 auth error number, 9 storage + str message, 10 no space,
+///          11 corrupt)
 ///          1 Put, 2 DeleteRange, 3 Txn: the protobuf response
 ///          4 Compact, 6 LeaseRevoke: i64 revision; 8 Auth: u64 auth revision
 ///          5 LeaseGrant: i64 ID, i64 TTL; 7 LeaseGrantPut: i64 ID, i64 TTL, protobuf PutResponse
 ///          9 LeaseCheckpoint, 10 SimpleToken: nothing
+///          11 Alarm: u8 0 none / 1 some, then u64 member, i32 alarm type
 /// ```
 pub fn encode_result(r: &Result<CommandResult, MvccError>, buf: &mut Vec<u8>) {
     match r {
@@ -596,6 +635,8 @@ pub fn encode_result(r: &Result<CommandResult, MvccError>, buf: &mut Vec<u8>) {
                     buf.push(9);
                     put_bytes(buf, s.as_bytes());
                 }
+                MvccError::NoSpace => buf.push(10),
+                MvccError::Corrupt => buf.push(11),
             }
         }
         Ok(CommandResult::Put(p)) => {
@@ -635,6 +676,17 @@ pub fn encode_result(r: &Result<CommandResult, MvccError>, buf: &mut Vec<u8>) {
         }
         Ok(CommandResult::LeaseCheckpoint) => buf.push(RESULT_LEASE_CHECKPOINT),
         Ok(CommandResult::SimpleToken) => buf.push(RESULT_SIMPLE_TOKEN),
+        Ok(CommandResult::Alarm(a)) => {
+            buf.push(RESULT_ALARM);
+            match a {
+                None => buf.push(0),
+                Some((member, alarm)) => {
+                    buf.push(1);
+                    buf.extend_from_slice(&member.to_le_bytes());
+                    buf.extend_from_slice(&alarm.to_le_bytes());
+                }
+            }
+        }
     }
 }
 
@@ -663,6 +715,8 @@ pub fn decode_result(bytes: &[u8]) -> Result<Result<CommandResult, MvccError>, C
                 )
             }
             9 => MvccError::Storage(r.string()?),
+            10 => MvccError::NoSpace,
+            11 => MvccError::Corrupt,
             t => return Err(CodecError::UnknownTag(t)),
         }),
         RESULT_PUT => Ok(CommandResult::Put(PutResponse::decode(r.rest())?)),
@@ -684,10 +738,28 @@ pub fn decode_result(bytes: &[u8]) -> Result<Result<CommandResult, MvccError>, C
         RESULT_AUTH => Ok(CommandResult::Auth { revision: r.u64()? }),
         RESULT_LEASE_CHECKPOINT => Ok(CommandResult::LeaseCheckpoint),
         RESULT_SIMPLE_TOKEN => Ok(CommandResult::SimpleToken),
+        RESULT_ALARM => Ok(CommandResult::Alarm(if r.bool()? {
+            Some((r.u64()?, r.u32()? as i32))
+        } else {
+            None
+        })),
         t => return Err(CodecError::UnknownTag(t)),
     };
     r.finish()?;
     Ok(out)
+}
+
+/// Whether any branch of `t` (nested txns included) holds a put: what a raised `NOSPACE`
+/// alarm refuses, as etcd's capped applier (a txn whose quota cost is not zero).
+pub fn txn_puts(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(n)) => txn_puts(n),
+            _ => false,
+        })
 }
 
 /// Returns true when the txn (with nested txns) writes nothing, as etcd's `isTxnReadonly`.
@@ -883,6 +955,16 @@ mod tests {
             Command::Auth(AuthCommand::BootstrapRoot {
                 password_hash: "$2b$".into(),
             }),
+            Command::Alarm {
+                activate: true,
+                member: u64::MAX - 3,
+                alarm: 1,
+            },
+            Command::Alarm {
+                activate: false,
+                member: 0,
+                alarm: -7,
+            },
         ]
     }
 
@@ -926,6 +1008,10 @@ mod tests {
             Ok(CommandResult::Auth { revision: 3 }),
             Ok(CommandResult::LeaseCheckpoint),
             Ok(CommandResult::SimpleToken),
+            Ok(CommandResult::Alarm(None)),
+            Ok(CommandResult::Alarm(Some((u64::MAX, 2)))),
+            Err(MvccError::NoSpace),
+            Err(MvccError::Corrupt),
             Err(MvccError::Compacted),
             Err(MvccError::FutureRevision),
             Err(MvccError::KeyNotFound),

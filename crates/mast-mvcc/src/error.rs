@@ -26,6 +26,13 @@ pub enum MvccError {
     /// A lease grant with a TTL above [`crate::MAX_LEASE_TTL`] seconds.
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
+    /// A put, a txn that puts or a lease grant while a member's `NOSPACE` alarm is raised
+    /// (as etcd's `ErrNoSpace`).
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    /// A write while a member's `CORRUPT` alarm is raised (as etcd's `ErrCorrupt`).
+    #[error("corrupt cluster")]
+    Corrupt,
     /// An auth command refused (its text is the [`crate::AuthError`]'s).
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),

@@ -45,7 +45,7 @@ pub use apply::MAX_LEASE_TTL;
 pub use auth::{AuthCommand, AuthError, AuthState};
 pub use command::{
     CodecError, Command, CommandResult, DuplicateKey, check_txn_intervals, decode_entry,
-    decode_result, encode_entry, encode_result, is_txn_readonly,
+    decode_result, encode_entry, encode_result, is_txn_readonly, txn_puts,
 };
 pub use error::{MvccError, StorageError};
 pub use lease::{LeaseId, LeaseKeys, LeaseRecord, LeaseTable};

@@ -4,7 +4,7 @@
 //!   and an encoded `mvccpb.KeyValue`. Ordered by revision, so watch replay and compaction are
 //!   range scans.
 //! - `meta`: named counters (current and compacted revision, applied index, auth flag and
-//!   revision).
+//!   revision) and the raised alarms.
 //! - `lease`: lease ID → granted TTL in seconds.
 //! - `auth_users` / `auth_roles`: name → encoded `authpb.User` / `authpb.Role`.
 //! - `notes`: name → bytes the log's owner stores with its entries (opaque to the store).
@@ -41,6 +41,21 @@ pub(crate) const META_APPLIED: &str = "applied_index";
 pub(crate) const META_AUTH_ENABLED: &str = "auth_enabled";
 /// `meta` key: the auth revision.
 pub(crate) const META_AUTH_REVISION: &str = "auth_revision";
+
+/// `meta` keys of raised alarms start with this: `alarm/<member ID, 16 hex digits>/<etcd
+/// AlarmType number>` → 1.
+pub(crate) const META_ALARM_PREFIX: &str = "alarm/";
+
+/// The `meta` key of alarm `alarm` of member `member`.
+pub(crate) fn alarm_key(member: u64, alarm: i32) -> String {
+    format!("{META_ALARM_PREFIX}{member:016x}/{alarm}")
+}
+
+/// The member and alarm type of a `meta` key made by [`alarm_key`].
+pub(crate) fn parse_alarm_key(key: &str) -> Option<(u64, i32)> {
+    let (member, alarm) = key.strip_prefix(META_ALARM_PREFIX)?.split_once('/')?;
+    Some((u64::from_str_radix(member, 16).ok()?, alarm.parse().ok()?))
+}
 
 /// Flag byte of a row that records a delete.
 const TOMBSTONE: u8 = 1;

@@ -1,7 +1,8 @@
-//! The in-memory part of the store's state: the key index, the lease table and the compacted
-//! revision. The applier changes it; readers look at it through locks held per change, never
+//! The in-memory part of the store's state: the key index, the lease table, the compacted
+//! revision and the raised alarms. The applier changes it; readers look at it through locks held per change, never
 //! across a commit.
 
+use std::collections::BTreeSet;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -20,14 +21,22 @@ pub(crate) struct Memory {
     /// The compacted revision, -1 before the first compaction; written under the index write
     /// lock.
     pub(crate) compact_rev: AtomicI64,
+    /// Raised alarms: `(member ID, etcd AlarmType number)`.
+    pub(crate) alarms: RwLock<BTreeSet<(u64, i32)>>,
 }
 
 impl Memory {
-    pub(crate) fn new(index: Index, leases: LeaseTable, compact_rev: i64) -> Self {
+    pub(crate) fn new(
+        index: Index,
+        leases: LeaseTable,
+        compact_rev: i64,
+        alarms: BTreeSet<(u64, i32)>,
+    ) -> Self {
         Memory {
             index: RwLock::new(index),
             leases: RwLock::new(leases),
             compact_rev: AtomicI64::new(compact_rev),
+            alarms: RwLock::new(alarms),
         }
     }
 

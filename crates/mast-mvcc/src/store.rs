@@ -12,7 +12,7 @@
 //! applied before its log record is synced, and is published once it is. No lock is held
 //! across a commit or a sync.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -30,8 +30,9 @@ use crate::index::{Index, RangeEnd};
 use crate::lease::{LeaseTable, PendingLeaseRows};
 use crate::revision::Revision;
 use crate::rows::{
-    AUTH_ROLES, AUTH_USERS, KV, LEASES, META, META_APPLIED, META_AUTH_ENABLED, META_AUTH_REVISION,
-    META_COMPACT, META_REVISION, NOTES, decode_row, row_to_event,
+    AUTH_ROLES, AUTH_USERS, KV, LEASES, META, META_ALARM_PREFIX, META_APPLIED, META_AUTH_ENABLED,
+    META_AUTH_REVISION, META_COMPACT, META_REVISION, NOTES, decode_row, parse_alarm_key,
+    row_to_event,
 };
 use crate::state::Memory;
 
@@ -126,6 +127,8 @@ pub struct Store {
     checkpoints: AtomicU64,
     writer: Mutex<WriterState>,
     poisoned: AtomicBool,
+    /// Size of the database file in bytes, as of the last commit (etcd's `Backend.Size`).
+    db_size: AtomicU64,
 }
 
 /// Read access to the open database; holding it keeps [`Store::close`] and
@@ -171,13 +174,16 @@ impl Store {
             auth,
             leases,
             index,
+            alarms,
         } = loaded;
+        let db_size = std::fs::metadata(&path)?.len();
         let auth = Arc::new(auth);
         Ok(Store {
             db: RwLock::new(Some(db)),
             path,
             cache_bytes: opts.cache_bytes,
-            mem: Memory::new(index, leases, compact),
+            mem: Memory::new(index, leases, compact, alarms),
+            db_size: AtomicU64::new(db_size),
             auth: RwLock::new(auth.clone()),
             auth_waiting: Mutex::new(VecDeque::new()),
             committed_rev: AtomicI64::new(rev),
@@ -278,6 +284,7 @@ impl Store {
             out.lease_rows.write_to(&mut table)?;
         }
         wtxn.commit()?;
+        self.note_db_size();
         // Rows join the waiting ones only once their entry's commit is in: a commit that
         // redb makes durable later (a checkpoint, or its own close) never lacks them.
         w.lease_rows.merge(std::mem::take(&mut out.lease_rows));
@@ -408,7 +415,33 @@ impl Store {
         let db = db
             .as_mut()
             .ok_or_else(|| StorageError("store is closed".into()))?;
-        db.compact().map_err(|e| StorageError(e.to_string()))
+        let released = db.compact().map_err(|e| StorageError(e.to_string()))?;
+        self.note_db_size();
+        Ok(released)
+    }
+
+    /// Size of the database file in bytes as of the last commit or defragmentation: what
+    /// etcd's backend quota compares with `--quota-backend-bytes`.
+    pub fn db_size(&self) -> u64 {
+        self.db_size.load(Ordering::Acquire)
+    }
+
+    fn note_db_size(&self) {
+        if let Ok(m) = std::fs::metadata(&self.path) {
+            self.db_size.store(m.len(), Ordering::Release);
+        }
+    }
+
+    /// The raised alarms, as `(member ID, etcd AlarmType number)`, ordered by member and
+    /// type (applied through [`Command::Alarm`]).
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        self.mem
+            .alarms
+            .read()
+            .expect("alarm lock")
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// The current store revision: every write up to it is on disk.
@@ -717,6 +750,8 @@ impl Store {
         self.mem
             .compact_rev
             .store(loaded.compact, Ordering::Release);
+        *self.mem.alarms.write().expect("alarm lock") = loaded.alarms;
+        self.note_db_size();
         w.st = ApplyState {
             rev: loaded.rev,
             auth: auth.clone(),
@@ -771,6 +806,7 @@ struct Loaded {
     auth: AuthState,
     leases: LeaseTable,
     index: Index,
+    alarms: BTreeSet<(u64, i32)>,
 }
 
 /// Reads the state back from a database's tables, rebuilding the key index and the lease
@@ -784,6 +820,16 @@ fn load(db: &Database) -> Result<Loaded, StorageError> {
     let compact = get(META_COMPACT)?.unwrap_or(-1);
     let applied = get(META_APPLIED)?.unwrap_or(0) as u64;
     let auth = load_auth(&r, &get)?;
+    let mut alarms = BTreeSet::new();
+    for row in meta.range(META_ALARM_PREFIX..)? {
+        let (k, _) = row?;
+        if !k.value().starts_with(META_ALARM_PREFIX) {
+            break;
+        }
+        if let Some(a) = parse_alarm_key(k.value()) {
+            alarms.insert(a);
+        }
+    }
 
     let mut leases = LeaseTable::default();
     for row in r.open_table(LEASES)?.iter()? {
@@ -818,6 +864,7 @@ fn load(db: &Database) -> Result<Loaded, StorageError> {
         leases = leases.len(),
         auth_enabled = auth.enabled(),
         auth_revision = auth.revision(),
+        alarms = alarms.len(),
         "store loaded"
     );
     Ok(Loaded {
@@ -827,6 +874,7 @@ fn load(db: &Database) -> Result<Loaded, StorageError> {
         auth,
         leases,
         index,
+        alarms,
     })
 }
 

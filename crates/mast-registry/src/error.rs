@@ -180,7 +180,9 @@ impl From<EtcdError> for ApiError {
             ) => ErrorCode::InvalidArgument,
             E::Mvcc(MvccError::LeaseNotFound) => ErrorCode::NotFound,
             E::Mvcc(MvccError::LeaseExists) => ErrorCode::Conflict,
-            E::Mvcc(MvccError::Storage(_)) => ErrorCode::Unavailable,
+            E::Mvcc(MvccError::Storage(_) | MvccError::NoSpace | MvccError::Corrupt) => {
+                ErrorCode::Unavailable
+            }
             E::EmptyKey
             | E::TooManyOps
             | E::DuplicateKey
@@ -212,7 +214,8 @@ impl From<EtcdError> for ApiError {
             | E::TimeoutDueToConnectionLost
             | E::Unhealthy
             | E::NotSupportedForLearner
-            | E::NoSpace => ErrorCode::Unavailable,
+            | E::NoSpace
+            | E::Corrupt => ErrorCode::Unavailable,
             E::Relayed { code, .. } => match code {
                 mast_server::error::Code::Unavailable
                 | mast_server::error::Code::DeadlineExceeded => ErrorCode::Unavailable,

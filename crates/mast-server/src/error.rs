@@ -172,6 +172,9 @@ pub enum EtcdError {
     /// (`ErrGRPCNoSpace`, ResourceExhausted).
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// A write while a member's `CORRUPT` alarm is raised (`ErrGRPCCorrupt`, DataLoss).
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
 
     // ---- etcd's concurrency package, as its v3lock / v3election servers answer (plain Go
     // errors: code Unknown, the text as etcd's).
@@ -226,6 +229,7 @@ impl EtcdError {
             NotLeader | MemberExist | PeerUrlExist | MemberNotLearner | LearnerNotReady
             | TooManyLearners | BadLeaderTransferee => Code::FailedPrecondition,
             NoSpace => Code::ResourceExhausted,
+            Corrupt => Code::DataLoss,
         }
     }
 
@@ -258,6 +262,8 @@ fn mvcc_code(e: &MvccError) -> Code {
         MvccError::LeaseNotFound => Code::NotFound,
         MvccError::LeaseExists => Code::FailedPrecondition,
         MvccError::Storage(_) => Code::Unavailable,
+        MvccError::NoSpace => Code::ResourceExhausted,
+        MvccError::Corrupt => Code::DataLoss,
         MvccError::Auth(a) => auth_code(a),
     }
 }
@@ -302,6 +308,8 @@ impl EtcdError {
             TimeoutDueToConnectionLost => TimeoutDueToConnectionLost,
             Unhealthy => Unhealthy,
             NotSupportedForLearner => NotSupportedForLearner,
+            NoSpace => NoSpace,
+            Corrupt => Corrupt,
             Mvcc(e) => Mvcc(e.clone()),
             Auth(e) => Auth(e.clone()),
             Internal(m) => Internal(m.clone()),
@@ -317,6 +325,8 @@ impl From<MvccError> for EtcdError {
     fn from(e: MvccError) -> Self {
         match e {
             MvccError::Auth(a) => EtcdError::Auth(a),
+            MvccError::NoSpace => EtcdError::NoSpace,
+            MvccError::Corrupt => EtcdError::Corrupt,
             e => EtcdError::Mvcc(e),
         }
     }
@@ -579,6 +589,17 @@ mod tests {
                 NoSpace,
                 Code::ResourceExhausted,
                 "etcdserver: mvcc: database space exceeded",
+            ),
+            (Corrupt, Code::DataLoss, "etcdserver: corrupt cluster"),
+            (
+                EtcdError::from(MvccError::NoSpace),
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            (
+                EtcdError::from(MvccError::Corrupt),
+                Code::DataLoss,
+                "etcdserver: corrupt cluster",
             ),
         ];
         for (e, code, msg) in cases {

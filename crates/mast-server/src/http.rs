@@ -299,7 +299,8 @@ gateway!(
 );
 gateway!(m_alarm, pb::AlarmRequest, |n, _c, r| maintenance::alarm(
     n, r
-));
+)
+.await);
 gateway!(m_defrag, pb::DefragmentRequest, |n, c, _r| {
     n.require_admin_maintenance(c)?;
     maintenance::defragment(n).await
@@ -435,6 +436,8 @@ async fn metrics_text(State(n): N) -> Response {
     if let Ok(s) = n.store.status() {
         metrics::gauge!("etcd_mvcc_db_total_size_in_bytes").set(s.db_size as f64);
         metrics::gauge!("etcd_mvcc_db_total_size_in_use_in_bytes").set(s.db_size_in_use as f64);
+        metrics::gauge!("etcd_server_quota_backend_bytes")
+            .set(n.quota_bytes().map_or(0.0, |q| q as f64));
         metrics::gauge!("etcd_debugging_mvcc_current_revision").set(s.revision as f64);
         metrics::gauge!("etcd_debugging_mvcc_compact_revision").set(s.compact_revision as f64);
         metrics::gauge!("etcd_debugging_mvcc_keys_total").set(s.keys as f64);

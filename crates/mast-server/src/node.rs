@@ -17,6 +17,9 @@ use crate::writer::Writer;
 /// The largest request accepted, in bytes, as etcd's `--max-request-bytes` default (1.5 MiB).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
+/// The backend quota when `--quota-backend-bytes` is 0, as etcd's `DefaultQuotaBytes` (2 GiB).
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
 /// Settings of one server, as given by `mast serve` flags.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -33,6 +36,10 @@ pub struct ServerConfig {
     /// Most compares, or ops in one branch, of a txn (`--max-txn-ops`, etcd's default 128);
     /// more get `etcdserver: too many operations in txn request`.
     pub max_txn_ops: usize,
+    /// `--quota-backend-bytes`, as etcd: 0 is etcd's default of 2 GiB, a negative value turns
+    /// the quota off. A put, a txn that puts or a lease grant that would take the database
+    /// file to this size raises this member's `NOSPACE` alarm and is refused.
+    pub quota_backend_bytes: i64,
     /// How often idle watchers that asked for progress notifications get one.
     pub watch_progress_notify_interval: Duration,
     /// Size of the store's page cache in bytes.
@@ -99,6 +106,7 @@ impl ServerConfig {
             advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: crate::api::kv::MAX_TXN_OPS,
+            quota_backend_bytes: 0,
             watch_progress_notify_interval: Duration::from_secs(600),
             cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
             wal_bytes: mast_raft::log_store::DEFAULT_SEGMENT_BYTES,
@@ -386,6 +394,49 @@ impl Node {
     /// The store's refusal, or the proposal's failure (no leader, timeout, leader changed).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, EtcdError> {
         self.writer.submit(cmd).await
+    }
+
+    /// The backend quota in bytes (`--quota-backend-bytes`), `None` when it is off.
+    pub(crate) fn quota_bytes(&self) -> Option<u64> {
+        match self.config.quota_backend_bytes {
+            0 => Some(DEFAULT_QUOTA_BYTES),
+            q if q < 0 => None,
+            q => Some(q as u64),
+        }
+    }
+
+    /// etcd's quota check in front of a write that grows the store by about `cost` bytes
+    /// (its `quotaKVServer` / `quotaLeaseServer`): when the database file plus `cost` reaches
+    /// the quota, raises this member's `NOSPACE` alarm through the log (once) and refuses.
+    ///
+    /// # Errors
+    /// [`EtcdError::NoSpace`] past the quota; the alarm proposal's failure.
+    pub(crate) async fn check_quota(&self, cost: u64) -> Result<(), EtcdError> {
+        let Some(quota) = self.quota_bytes() else {
+            return Ok(());
+        };
+        if self.store.db_size().saturating_add(cost) < quota {
+            return Ok(());
+        }
+        let me = self.identity.member_id;
+        let raised = self
+            .store
+            .alarms()
+            .contains(&(me, mast_proto::etcdserverpb::AlarmType::Nospace as i32));
+        if !raised {
+            tracing::warn!(
+                db_size = self.store.db_size(),
+                quota,
+                "database space exceeded; raising the NOSPACE alarm"
+            );
+            self.write(Command::Alarm {
+                activate: true,
+                member: me,
+                alarm: mast_proto::etcdserverpb::AlarmType::Nospace as i32,
+            })
+            .await?;
+        }
+        Err(EtcdError::NoSpace)
     }
 
     /// As [`Node::write`], also returning the Raft log index (counted from 1) of the entry

@@ -57,6 +57,16 @@ struct ServeArgs {
     /// Most compares, or operations in one branch, of a txn (etcd's `--max-txn-ops`).
     #[arg(long, env = "MAST_MAX_TXN_OPS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     max_txn_ops: u32,
+    /// Size of the database file, in bytes, past which writes that grow it are refused and
+    /// the `NOSPACE` alarm is raised (etcd's `--quota-backend-bytes`; 0 is etcd's default of
+    /// 2 GiB, a negative value turns the quota off).
+    #[arg(
+        long,
+        env = "MAST_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    quota_backend_bytes: i64,
     /// Seconds between progress notifications to idle watchers that asked for them.
     #[arg(
         long,
@@ -234,6 +244,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.advertise_client_urls = advertise;
     config.max_request_bytes = args.max_request_bytes;
     config.max_txn_ops = args.max_txn_ops as usize;
+    config.quota_backend_bytes = args.quota_backend_bytes;
     config.cache_bytes = args.cache_mb.max(1) * 1024 * 1024;
     config.wal_bytes = args.wal_size_mb.max(1) * 1024 * 1024;
     config.checkpoint_bytes = args.checkpoint_mb.max(1) * 1024 * 1024;

@@ -153,6 +153,29 @@ fn check_put_request(
     Ok(who)
 }
 
+/// Bytes etcd's quota counts for a put beside its key and value (`kvOverhead`).
+const KV_OVERHEAD: u64 = 256;
+
+/// What a put costs against the backend quota, as etcd's `costPut`.
+fn put_cost(p: &PutRequest) -> u64 {
+    KV_OVERHEAD + p.key.len() as u64 + p.value.len() as u64
+}
+
+/// What a txn costs against the backend quota, as etcd's `costTxnReq`: the puts of its
+/// costlier branch (nested txns counted in), 0 for a txn that puts nothing.
+fn txn_cost(t: &TxnRequest) -> u64 {
+    let branch = |ops: &[mast_proto::etcdserverpb::RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(request_op::Request::RequestPut(p)) => put_cost(p),
+                Some(request_op::Request::RequestTxn(n)) => txn_cost(n),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&t.success).max(branch(&t.failure))
+}
+
 /// Put, as etcd's `KV.Put`.
 ///
 /// # Errors
@@ -162,6 +185,7 @@ pub async fn put(node: &Node, caller: &Caller, req: PutRequest) -> Result<PutRes
     if req.lease != 0 {
         node.check_lease_keys(&who, req.lease, true)?;
     }
+    node.check_quota(put_cost(&req)).await?;
     match node.write(Command::Put(req)).await? {
         CommandResult::Put(mut r) => {
             r.header = node.complete(r.header);
@@ -190,6 +214,8 @@ pub async fn put_with_new_lease(
     let ttl = ttl.max(crate::lessor::MIN_LEASE_TTL);
     req.lease = 0;
     check_put_request(node, caller, &req)?;
+    node.check_quota(crate::api::lease::LEASE_COST + put_cost(&req))
+        .await?;
     let mut attempts = 0;
     loop {
         let id = node.lease_ids.next();
@@ -249,6 +275,10 @@ pub async fn txn(node: &Node, caller: &Caller, req: TxnRequest) -> Result<TxnRes
     check_size(node, &req)?;
     let who = node.authenticate_caller(caller)?;
     node.check_txn(&who, &req)?;
+    let cost = txn_cost(&req);
+    if cost > 0 {
+        node.check_quota(cost).await?;
+    }
     match node.write(Command::Txn(req)).await? {
         CommandResult::Txn(mut r) => {
             r.header = node.complete(r.header);

@@ -32,6 +32,9 @@ impl LeaseService {
     }
 }
 
+/// What a lease grant costs against the backend quota, as etcd's `leaseOverhead` (bytes).
+pub(crate) const LEASE_COST: u64 = 64;
+
 /// LeaseGrant, as etcd: ID 0 lets the server pick a positive 63-bit ID; a TTL below
 /// [`MIN_LEASE_TTL`] seconds is raised to it.
 ///
@@ -48,6 +51,7 @@ pub async fn grant(
         return Err(MvccError::LeaseTtlTooLarge.into());
     }
     let ttl = req.ttl.max(MIN_LEASE_TTL);
+    node.check_quota(LEASE_COST).await?;
     let mut attempts = 0;
     loop {
         let id = if req.id != 0 {

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use mast_proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
-    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
-    alarm_request::AlarmAction, maintenance_server::Maintenance,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse, alarm_request::AlarmAction, maintenance_server::Maintenance,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -17,6 +17,7 @@ use super::{GrpcStream, grpc_stream, record_code, started, unary};
 use crate::authz::Caller;
 use crate::error::EtcdError;
 use crate::node::Node;
+use mast_mvcc::{Command, CommandResult};
 
 const SVC: &str = "etcdserverpb.Maintenance";
 
@@ -53,6 +54,12 @@ pub fn status(node: &Node) -> Result<StatusResponse, EtcdError> {
     if leader == 0 {
         errors.push(EtcdError::NoLeader.to_string());
     }
+    errors.extend(
+        node.store
+            .alarms()
+            .into_iter()
+            .map(|(m, a)| alarm_text(m, a)),
+    );
     Ok(StatusResponse {
         header: Some(node.header_at(s.revision)),
         version: ETCD_VERSION.into(),
@@ -94,18 +101,49 @@ pub fn hash(node: &Node) -> Result<HashResponse, EtcdError> {
     })
 }
 
-/// Alarm: Mast raises no alarms, so the list is empty; disarming is a no-op.
+/// Alarm, as etcd's: `GET` lists the raised alarms (every one for alarm `NONE`, else those
+/// of that type); `ACTIVATE` / `DEACTIVATE` raise or clear `(member_id, alarm)` on every
+/// member through the log and answer it (nothing when clearing an alarm not raised). A
+/// raised `NOSPACE` refuses puts, txns that put and lease grants; a raised `CORRUPT` refuses
+/// every write but deletes. As etcd, no permission is checked.
 ///
 /// # Errors
-/// Unimplemented for activating an alarm by hand.
-pub fn alarm(node: &Node, req: AlarmRequest) -> Result<AlarmResponse, EtcdError> {
-    match AlarmAction::try_from(req.action) {
-        Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => Ok(AlarmResponse {
-            header: node.header(),
-            alarms: Vec::new(),
-        }),
-        _ => Err(EtcdError::unimplemented("Alarm ACTIVATE")),
-    }
+/// The proposal's failure (no leader, timeout).
+pub async fn alarm(node: &Node, req: AlarmRequest) -> Result<AlarmResponse, EtcdError> {
+    let member = |(member_id, alarm): (u64, i32)| AlarmMember { member_id, alarm };
+    let alarms = match AlarmAction::try_from(req.action) {
+        Ok(AlarmAction::Get) => node
+            .store
+            .alarms()
+            .into_iter()
+            .filter(|(_, a)| req.alarm == AlarmType::None as i32 || *a == req.alarm)
+            .map(member)
+            .collect(),
+        Ok(action) => {
+            let cmd = Command::Alarm {
+                activate: action == AlarmAction::Activate,
+                member: req.member_id,
+                alarm: req.alarm,
+            };
+            match node.write(cmd).await? {
+                CommandResult::Alarm(a) => a.into_iter().map(member).collect(),
+                other => return Err(EtcdError::unexpected_result(&other)),
+            }
+        }
+        Err(_) => Vec::new(),
+    };
+    Ok(AlarmResponse {
+        header: node.header(),
+        alarms,
+    })
+}
+
+/// An alarm as etcd 3.4's `Status` lists it among its errors: the text form of its
+/// `AlarmMember` (`memberID:<id> alarm:<TYPE> `).
+fn alarm_text(member: u64, alarm: i32) -> String {
+    let name = AlarmType::try_from(alarm)
+        .map_or_else(|_| alarm.to_string(), |t| t.as_str_name().to_string());
+    format!("memberID:{member} alarm:{name} ")
 }
 
 /// Defragment: rewrites the database file.
@@ -189,7 +227,7 @@ async fn send_snapshot(
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        unary(SVC, "Alarm", async { alarm(&self.node, r.into_inner()) }).await
+        unary(SVC, "Alarm", alarm(&self.node, r.into_inner())).await
     }
 
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
