@@ -15,6 +15,7 @@ use prost::Message;
 /// The .proto files to compile, relative to `proto/`.
 const PROTOS: &[&str] = &[
     "mvccpb/kv.proto",
+    "leasepb/lease.proto",
     "authpb/auth.proto",
     "etcdserverpb/rpc.proto",
     "v3lockpb/v3lock.proto",
@@ -30,6 +31,7 @@ const NACOS_PROTO: &str = "nacos/nacos_grpc_service.proto";
 /// Proto packages to generate code for.
 const PACKAGES: &[&str] = &[
     ".mvccpb",
+    ".leasepb",
     ".authpb",
     ".etcdserverpb",
     ".v3lockpb",

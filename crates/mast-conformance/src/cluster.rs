@@ -79,6 +79,21 @@ impl Cluster {
         n: usize,
         options: impl Fn(usize) -> ServerOptions,
     ) -> anyhow::Result<Cluster> {
+        Self::start_prepared(kind, n, options, |_, _, _| Ok(()))
+    }
+
+    /// As [`Cluster::start_each`], calling `prepare(member, initial_cluster, token)` for each
+    /// member before it starts (its data directory does not exist yet): to fill the
+    /// directory, as a snapshot restore does.
+    ///
+    /// # Errors
+    /// `prepare`'s error, or when a member cannot start or does not answer in time.
+    pub fn start_prepared(
+        kind: ServerKind,
+        n: usize,
+        options: impl Fn(usize) -> ServerOptions,
+        prepare: impl Fn(&Server, &str, &str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Cluster> {
         let token = format!("conformance-{}-{}", std::process::id(), crate::free_port());
         let mut members = Vec::with_capacity(n);
         for i in 0..n {
@@ -100,6 +115,7 @@ impl Cluster {
                 token: token.clone(),
                 state: "new".into(),
             });
+            prepare(m, &initial, &token)?;
             m.spawn()?;
         }
         for m in &mut members {

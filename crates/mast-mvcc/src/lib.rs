@@ -31,6 +31,7 @@ pub mod auth;
 pub mod codec;
 pub mod command;
 pub mod error;
+pub mod import;
 pub mod index;
 pub mod lease;
 pub mod log;

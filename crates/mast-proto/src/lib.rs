@@ -24,6 +24,13 @@ pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
+/// A lease as etcd's backend stores it (`leasepb`), read when restoring an etcd snapshot.
+#[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
+pub mod leasepb {
+    include!(concat!(env!("OUT_DIR"), "/leasepb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/leasepb.serde.rs"));
+}
+
 /// Stored users, roles and permissions (`authpb`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
 pub mod authpb {

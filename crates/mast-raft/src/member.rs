@@ -99,27 +99,68 @@ fn identity_path(data_dir: &Path) -> PathBuf {
     data_dir.join("member.json")
 }
 
-fn load_identity(data_dir: &Path) -> Result<Option<Identity>, StartError> {
+/// The members a new cluster starts with, as `member.json` keeps them between a snapshot
+/// restore and the member's first start.
+type InitialMembers = BTreeMap<MemberId, Member>;
+
+/// `member.json`: the identity, and the initial members when a restore prepared the
+/// directory and the member has not started since.
+fn load_identity(
+    data_dir: &Path,
+) -> Result<Option<(Identity, Option<InitialMembers>)>, StartError> {
     let bytes = match std::fs::read(identity_path(data_dir)) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| StartError::Config(format!("member.json does not parse: {e}")))?;
+    let bad = |e: String| StartError::Config(format!("member.json: {e}"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("does not parse: {e}")))?;
     let get = |k: &str| {
         v.get(k)
             .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| StartError::Config(format!("member.json has no {k}")))
+            .ok_or_else(|| bad(format!("has no {k}")))
     };
-    Ok(Some(Identity {
+    let identity = Identity {
         cluster_id: get("cluster_id")?,
         member_id: get("member_id")?,
-    }))
+    };
+    let initial = match v.get("initial_members") {
+        None => None,
+        Some(list) => {
+            let list: Vec<(MemberId, String, Vec<String>)> =
+                serde_json::from_value(list.clone())
+                    .map_err(|e| bad(format!("initial_members: {e}")))?;
+            Some(
+                list.into_iter()
+                    .map(|(id, name, peer_urls)| {
+                        let m = Member {
+                            name,
+                            peer_urls,
+                            client_urls: Vec::new(),
+                        };
+                        (id, m)
+                    })
+                    .collect(),
+            )
+        }
+    };
+    Ok(Some((identity, initial)))
 }
 
-fn save_identity(data_dir: &Path, id: Identity) -> Result<(), StartError> {
-    let body = serde_json::json!({"cluster_id": id.cluster_id, "member_id": id.member_id});
+fn save_identity(
+    data_dir: &Path,
+    id: Identity,
+    initial: Option<&InitialMembers>,
+) -> Result<(), StartError> {
+    let mut body = serde_json::json!({"cluster_id": id.cluster_id, "member_id": id.member_id});
+    if let Some(members) = initial {
+        let list: Vec<_> = members
+            .iter()
+            .map(|(id, m)| serde_json::json!([id, m.name, m.peer_urls]))
+            .collect();
+        body["initial_members"] = serde_json::Value::Array(list);
+    }
     let tmp = data_dir.join("member.json.tmp");
     std::fs::write(&tmp, body.to_string())?;
     std::fs::File::open(&tmp)?.sync_all()?;
@@ -179,6 +220,27 @@ fn bootstrap_members(cfg: &MemberConfig) -> Result<BTreeMap<MemberId, Member>, S
     Ok(out)
 }
 
+/// Prepares `cfg.data_dir` (which holds a restored store and nothing else) to start a new
+/// cluster, as `etcdctl snapshot restore` does with `--name`, `--initial-cluster`,
+/// `--initial-cluster-token` and `--initial-advertise-peer-urls`: checks the flags as a new
+/// member's first start would, derives the cluster and member IDs, and writes `member.json`
+/// with the initial members, so the first `mast serve` on the directory starts the cluster
+/// without those flags (they are ignored from then on, as after etcd's restore).
+///
+/// # Errors
+/// [`StartError::Config`] when the flags do not describe this member; [`StartError::Io`]
+/// when `member.json` cannot be written.
+pub fn prepare_restored(cfg: &MemberConfig) -> Result<Identity, StartError> {
+    let members = bootstrap_members(cfg)?;
+    let ids: Vec<u64> = members.keys().copied().collect();
+    let id = Identity {
+        cluster_id: identity::cluster_id(&ids),
+        member_id: identity::member_id(&cfg.advertise_peer_urls, &cfg.initial_cluster_token, None),
+    };
+    save_identity(&cfg.data_dir, id, Some(&members))?;
+    Ok(id)
+}
+
 /// The openraft configuration for these flags.
 fn raft_config(cfg: &MemberConfig) -> Result<Arc<openraft::Config>, StartError> {
     let hb = cfg.heartbeat_interval.as_millis().max(1) as u64;
@@ -230,11 +292,13 @@ impl RaftMember {
         std::fs::create_dir_all(&dir)?;
         let mut initial = None;
         let identity = match load_identity(&cfg.data_dir)? {
-            Some(id) => {
+            Some((id, restored)) => {
                 tracing::info!(
                     data_dir = %cfg.data_dir.display(),
                     "server has been already initialized; --initial-cluster flags are ignored"
                 );
+                // A directory a snapshot restore prepared: the new cluster's members.
+                initial = restored;
                 id
             }
             None => {
@@ -255,7 +319,7 @@ impl RaftMember {
                     }
                     ClusterState::Existing => join_identity(cfg).await?,
                 };
-                save_identity(&cfg.data_dir, id)?;
+                save_identity(&cfg.data_dir, id, None)?;
                 id
             }
         };
@@ -300,6 +364,8 @@ impl RaftMember {
                 )) => {}
                 Err(e) => return Err(StartError::Raft(e.to_string())),
             }
+            // The membership is in the log now: a restored member's pending list goes.
+            save_identity(&cfg.data_dir, identity, None)?;
         }
         // Keep the peer connections in step with the membership.
         let watch_peers = peers.clone();

@@ -124,6 +124,15 @@ pub enum SnapshotCmd {
         /// Destination file.
         path: std::path::PathBuf,
     },
+    /// Creates a new data directory from a snapshot file (Mast's or etcd's), for a member of
+    /// a new cluster, as `etcdctl snapshot restore`; offline, no server needed.
+    Restore(crate::snapshot_file::RestoreArgs),
+    /// Shows a snapshot file's hash, revision, row count and size, as `etcdctl snapshot
+    /// status`; offline.
+    Status {
+        /// The snapshot file.
+        path: std::path::PathBuf,
+    },
 }
 
 /// `mast service …`.
@@ -351,6 +360,21 @@ fn kv_table(kvs: &[KeyValue]) -> Table {
 /// # Errors
 /// Connection and server errors, with etcd's messages.
 pub async fn run(g: Global, cmd: ClientCmd) -> anyhow::Result<()> {
+    // Snapshot files are read offline.
+    let cmd = match cmd {
+        ClientCmd::Snapshot(SnapshotCmd::Restore(args)) => {
+            return tokio::task::spawn_blocking(move || {
+                crate::snapshot_file::restore(&args, g.write_out)
+            })
+            .await?;
+        }
+        ClientCmd::Snapshot(SnapshotCmd::Status { path }) => {
+            let out = g.write_out;
+            return tokio::task::spawn_blocking(move || crate::snapshot_file::status(&path, out))
+                .await?;
+        }
+        cmd => cmd,
+    };
     let c = g.connect().await?;
     let out = g.write_out;
     match cmd {
@@ -492,6 +516,9 @@ pub async fn run(g: Global, cmd: ClientCmd) -> anyhow::Result<()> {
         ClientCmd::Member(m) => crate::cli_cluster::member(&g, out, m).await?,
         ClientCmd::Endpoint(e) => crate::cli_cluster::endpoint(&g, out, e).await?,
         ClientCmd::Snapshot(SnapshotCmd::Save { path }) => snapshot(&c, &path).await?,
+        ClientCmd::Snapshot(SnapshotCmd::Restore(_) | SnapshotCmd::Status { .. }) => {
+            bail!("snapshot restore and status read files; they are served offline")
+        }
         ClientCmd::Service(s) => service(&c, out, s).await?,
         ClientCmd::Config(cfg) => config(&c, out, cfg).await?,
     }
@@ -610,7 +637,8 @@ async fn snapshot(c: &Client, path: &std::path::Path) -> anyhow::Result<()> {
         chunks.push(msg.blob);
     }
     bar.finish_and_clear();
-    // The last message is the SHA-256 of the database, as etcd's stream; keep only the data.
+    // The last message is the SHA-256 of the database, as etcd's stream; it stays at the
+    // end of the file, as etcdctl keeps it, so a restore can check it.
     let hash = chunks.pop().context("empty snapshot stream")?;
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
     for ch in &chunks {
@@ -620,6 +648,7 @@ async fn snapshot(c: &Client, path: &std::path::Path) -> anyhow::Result<()> {
     if sha2::Digest::finalize(hasher).as_slice() != hash.as_ref() {
         bail!("snapshot checksum mismatch");
     }
+    file.write_all(&hash)?;
     file.sync_all()?;
     std::fs::rename(&part, path)?;
     println!("Snapshot saved at {}", path.display());

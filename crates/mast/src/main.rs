@@ -9,8 +9,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mast_server::{Server, ServerConfig};
 
+mod bolt;
 mod cli;
 mod cli_cluster;
+mod snapshot_file;
 mod txn_script;
 
 /// Mast: config center and service registry that speaks the etcd v3 API.
