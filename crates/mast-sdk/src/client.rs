@@ -310,6 +310,11 @@ impl Client {
         ClusterClient::with_interceptor(self.channel.clone(), self.token.clone())
     }
 
+    /// The raw etcd Auth client (with the auth token): users, roles and permissions.
+    pub fn auth_client(&self) -> AuthClient<Authed> {
+        AuthClient::with_interceptor(self.channel.clone(), self.token.clone())
+    }
+
     /// etcd Range.
     ///
     /// # Errors

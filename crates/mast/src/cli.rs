@@ -314,6 +314,9 @@ pub enum ClientCmd {
     /// Config center commands.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Copies a live etcd into Mast (`--endpoints`): roles, users, leases and keys, as of one
+    /// revision of the source.
+    Migrate(crate::migrate::MigrateArgs),
 }
 
 fn range_end(key: &str, end: &Option<String>, prefix: bool) -> Bytes {
@@ -373,6 +376,7 @@ pub async fn run(g: Global, cmd: ClientCmd) -> anyhow::Result<()> {
             return tokio::task::spawn_blocking(move || crate::snapshot_file::status(&path, out))
                 .await?;
         }
+        ClientCmd::Migrate(args) => return crate::migrate::run(&g, &args).await,
         cmd => cmd,
     };
     let c = g.connect().await?;
@@ -516,8 +520,9 @@ pub async fn run(g: Global, cmd: ClientCmd) -> anyhow::Result<()> {
         ClientCmd::Member(m) => crate::cli_cluster::member(&g, out, m).await?,
         ClientCmd::Endpoint(e) => crate::cli_cluster::endpoint(&g, out, e).await?,
         ClientCmd::Snapshot(SnapshotCmd::Save { path }) => snapshot(&c, &path).await?,
-        ClientCmd::Snapshot(SnapshotCmd::Restore(_) | SnapshotCmd::Status { .. }) => {
-            bail!("snapshot restore and status read files; they are served offline")
+        ClientCmd::Snapshot(SnapshotCmd::Restore(_) | SnapshotCmd::Status { .. })
+        | ClientCmd::Migrate(_) => {
+            bail!("served before connecting")
         }
         ClientCmd::Service(s) => service(&c, out, s).await?,
         ClientCmd::Config(cfg) => config(&c, out, cfg).await?,

@@ -12,6 +12,7 @@ use mast_server::{Server, ServerConfig};
 mod bolt;
 mod cli;
 mod cli_cluster;
+mod migrate;
 mod snapshot_file;
 mod txn_script;
 
