@@ -28,6 +28,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod bolt;
 pub mod codec;
 pub mod command;
 pub mod error;

@@ -9,7 +9,6 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mast_server::{Server, ServerConfig};
 
-mod bolt;
 mod cli;
 mod cli_cluster;
 mod migrate;

@@ -19,8 +19,8 @@ use mast_proto::mvccpb::KeyValue;
 use prost::Message;
 use sha2::Digest;
 
-use crate::bolt::Bolt;
 use crate::cli::Format;
+use mast_mvcc::bolt::Bolt;
 
 /// First bytes of a redb file: a Mast snapshot.
 const REDB_MAGIC: &[u8] = b"redb\x1a\x0a\xa9\x0d\x0a";
@@ -191,21 +191,21 @@ fn import_etcd(db: &Path, dest: &Path, size: u64) -> anyhow::Result<ImportSummar
     let bolt = Bolt::open(db).context("opening the etcd database")?;
     let mut builder = StoreBuilder::create(dest)?;
     let bar = progress_bar(size, "restoring");
-    bolt.for_each(b"key", |k, v| {
+    bolt.for_each(b"key", |k, v| -> anyhow::Result<()> {
         let (main, sub, tombstone) = etcd_revision(k)?;
         let kv = KeyValue::decode(v).context("etcd key bucket: a value")?;
         builder.key_revision(main, sub, tombstone, kv)?;
         bar.inc((k.len() + v.len()) as u64);
         Ok(())
     })?;
-    bolt.for_each(b"lease", |_, v| {
+    bolt.for_each(b"lease", |_, v| -> anyhow::Result<()> {
         let l = Lease::decode(v).context("etcd lease bucket: a value")?;
         Ok(builder.lease(l.id, l.ttl)?)
     })?;
-    bolt.for_each(b"authUsers", |_, v| {
+    bolt.for_each(b"authUsers", |_, v| -> anyhow::Result<()> {
         Ok(builder.user(&User::decode(v).context("etcd authUsers bucket")?)?)
     })?;
-    bolt.for_each(b"authRoles", |_, v| {
+    bolt.for_each(b"authRoles", |_, v| -> anyhow::Result<()> {
         Ok(builder.role(&Role::decode(v).context("etcd authRoles bucket")?)?)
     })?;
     let enabled = bolt.get(b"auth", b"authEnabled")?.is_some_and(|v| v == [1]);
@@ -352,7 +352,7 @@ pub fn status(path: &Path, out: Format) -> anyhow::Result<()> {
                 let mut revision = 0;
                 for name in bolt.buckets()? {
                     h.update(&name);
-                    bolt.for_each(&name, |k, v| {
+                    bolt.for_each(&name, |k, v| -> anyhow::Result<()> {
                         h.update(k);
                         h.update(v);
                         if name == b"key" {

@@ -17,7 +17,17 @@
 //! key; leaf flag 0x01 marks a nested bucket, whose value is `root u64, sequence u64` and,
 //! when `root` is 0, an inline page.
 
-use anyhow::{Context, bail};
+/// A bbolt file that cannot be read: not bbolt, or damaged; the text says where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bbolt file: {0}")]
+pub struct BoltError(pub String);
+
+/// The result of reading a bbolt file.
+pub type BoltResult<T> = Result<T, BoltError>;
+
+fn err<T>(what: impl Into<String>) -> BoltResult<T> {
+    Err(BoltError(what.into()))
+}
 
 const PAGE_HEADER: usize = 16;
 const ELEMENT: usize = 16;
@@ -51,24 +61,25 @@ enum Tree<'a> {
     Inline(&'a [u8]),
 }
 
-fn u16_at(b: &[u8], at: usize) -> anyhow::Result<u16> {
-    let s = b
-        .get(at..at + 2)
-        .context("bolt: read past the end of a page")?;
+/// `n` bytes at `at`, or the error of a read past the end.
+fn bytes_at(b: &[u8], at: usize, n: usize) -> BoltResult<&[u8]> {
+    at.checked_add(n)
+        .and_then(|end| b.get(at..end))
+        .ok_or_else(|| BoltError("read past the end of a page".into()))
+}
+
+fn u16_at(b: &[u8], at: usize) -> BoltResult<u16> {
+    let s = bytes_at(b, at, 2)?;
     Ok(u16::from_le_bytes(s.try_into().expect("2 bytes")))
 }
 
-fn u32_at(b: &[u8], at: usize) -> anyhow::Result<u32> {
-    let s = b
-        .get(at..at + 4)
-        .context("bolt: read past the end of a page")?;
+fn u32_at(b: &[u8], at: usize) -> BoltResult<u32> {
+    let s = bytes_at(b, at, 4)?;
     Ok(u32::from_le_bytes(s.try_into().expect("4 bytes")))
 }
 
-fn u64_at(b: &[u8], at: usize) -> anyhow::Result<u64> {
-    let s = b
-        .get(at..at + 8)
-        .context("bolt: read past the end of a page")?;
+fn u64_at(b: &[u8], at: usize) -> BoltResult<u64> {
+    let s = bytes_at(b, at, 8)?;
     Ok(u64::from_le_bytes(s.try_into().expect("8 bytes")))
 }
 
@@ -108,8 +119,9 @@ impl Bolt {
     ///
     /// # Errors
     /// When neither meta page is a valid bbolt meta page of format version 2.
-    pub fn open(path: &std::path::Path) -> anyhow::Result<Bolt> {
-        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    pub fn open(path: &std::path::Path) -> BoltResult<Bolt> {
+        let data = std::fs::read(path)
+            .map_err(|e| BoltError(format!("reading {}: {e}", path.display())))?;
         Self::from_bytes(data)
     }
 
@@ -117,7 +129,7 @@ impl Bolt {
     ///
     /// # Errors
     /// As [`Bolt::open`].
-    pub fn from_bytes(data: Vec<u8>) -> anyhow::Result<Bolt> {
+    pub fn from_bytes(data: Vec<u8>) -> BoltResult<Bolt> {
         let first = meta_at(&data, 0);
         // The second meta page sits one page in; its size comes from the first (or, if
         // that one is damaged, from bbolt's default 4 KiB).
@@ -131,10 +143,10 @@ impl Bolt {
                 }
             }
             (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => bail!("not a bbolt database: no valid meta page"),
+            (None, None) => return err("not a bbolt database: no valid meta page"),
         };
         if page_size < 512 || !page_size.is_power_of_two() {
-            bail!("bolt: page size {page_size} is not valid");
+            return err(format!("page size {page_size} is not valid"));
         }
         Ok(Bolt {
             data,
@@ -144,20 +156,25 @@ impl Bolt {
         })
     }
 
+    /// Pages in the file (plus one, for an inline bucket's page): what one walk may visit.
+    fn pages(&self) -> usize {
+        self.data.len() / self.page_size + 1
+    }
+
     /// Page `id`, with its overflow pages.
-    fn page(&self, id: u64) -> anyhow::Result<&[u8]> {
+    fn page(&self, id: u64) -> BoltResult<&[u8]> {
         let start = usize::try_from(id)
             .ok()
             .and_then(|i| i.checked_mul(self.page_size))
             .filter(|s| *s < self.data.len())
-            .with_context(|| format!("bolt: page {id} is beyond the file"))?;
+            .ok_or_else(|| BoltError(format!("page {id} is beyond the file")))?;
         let overflow = u32_at(&self.data, start + 12)? as usize;
         let end = overflow
             .checked_add(1)
             .and_then(|n| n.checked_mul(self.page_size))
             .and_then(|n| n.checked_add(start))
             .filter(|e| *e <= self.data.len())
-            .with_context(|| format!("bolt: page {id} runs past the file"))?;
+            .ok_or_else(|| BoltError(format!("page {id} runs past the file")))?;
         Ok(&self.data[start..end])
     }
 
@@ -167,11 +184,17 @@ impl Bolt {
         &'a self,
         tree: Tree<'a>,
         depth: usize,
-        f: &mut dyn FnMut(&'a [u8], &'a [u8], bool) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
+        budget: &mut usize,
+        f: &mut dyn FnMut(&'a [u8], &'a [u8], bool) -> BoltResult<()>,
+    ) -> BoltResult<()> {
         if depth > MAX_DEPTH {
-            bail!("bolt: tree deeper than {MAX_DEPTH} levels");
+            return err(format!("tree deeper than {MAX_DEPTH} levels"));
         }
+        // A tree visits each page once: a damaged one that points back into itself must not
+        // make the walk go on (nearly) forever.
+        *budget = budget
+            .checked_sub(1)
+            .ok_or_else(|| BoltError("the tree visits more pages than the file holds".into()))?;
         let page = match tree {
             Tree::Page(id) => self.page(id)?,
             Tree::Inline(p) => p,
@@ -182,37 +205,35 @@ impl Bolt {
             let at = PAGE_HEADER + i * ELEMENT;
             if flags & BRANCH_PAGE != 0 {
                 if matches!(tree, Tree::Inline(_)) {
-                    bail!("bolt: an inline bucket holds a branch page");
+                    return err("an inline bucket holds a branch page");
                 }
                 let child = u64_at(page, at + 8)?;
-                self.walk(Tree::Page(child), depth + 1, f)?;
+                self.walk(Tree::Page(child), depth + 1, budget, f)?;
             } else if flags & LEAF_PAGE != 0 {
                 let eflags = u32_at(page, at)?;
                 let pos = u32_at(page, at + 4)? as usize;
                 let ksize = u32_at(page, at + 8)? as usize;
                 let vsize = u32_at(page, at + 12)? as usize;
-                let k_start = at + pos;
-                let key = page
-                    .get(k_start..k_start + ksize)
-                    .context("bolt: a key runs past its page")?;
-                let value = page
-                    .get(k_start + ksize..k_start + ksize + vsize)
-                    .context("bolt: a value runs past its page")?;
+                let k_start = at
+                    .checked_add(pos)
+                    .ok_or_else(|| BoltError("a key offset overflows".into()))?;
+                let key = bytes_at(page, k_start, ksize)?;
+                let value = bytes_at(page, k_start + ksize, vsize)?;
                 f(key, value, eflags & BUCKET_LEAF != 0)?;
             } else {
-                bail!("bolt: page of unknown kind {flags:#x} in a tree");
+                return err(format!("page of unknown kind {flags:#x} in a tree"));
             }
         }
         Ok(())
     }
 
     /// The tree of a nested bucket from its value in the parent.
-    fn bucket_tree<'a>(value: &'a [u8]) -> anyhow::Result<Tree<'a>> {
+    fn bucket_tree<'a>(value: &'a [u8]) -> BoltResult<Tree<'a>> {
         let root = u64_at(value, 0)?;
         if root == 0 {
             let page = value
                 .get(16..)
-                .context("bolt: inline bucket without a page")?;
+                .ok_or_else(|| BoltError("inline bucket without a page".into()))?;
             Ok(Tree::Inline(page))
         } else {
             Ok(Tree::Page(root))
@@ -223,53 +244,75 @@ impl Bolt {
     ///
     /// # Errors
     /// When the file is damaged.
-    pub fn buckets(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+    pub fn buckets(&self) -> BoltResult<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        self.walk(Tree::Page(self.root), 0, &mut |k, _, is_bucket| {
-            if is_bucket {
-                out.push(k.to_vec());
-            }
-            Ok(())
-        })?;
+        self.walk(
+            Tree::Page(self.root),
+            0,
+            &mut self.pages(),
+            &mut |k, _, is_bucket| {
+                if is_bucket {
+                    out.push(k.to_vec());
+                }
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
     /// Calls `f` with every key and value of top-level bucket `name` (nested buckets are
-    /// skipped), in key order; does nothing when there is no such bucket.
+    /// skipped), in key order; does nothing when there is no such bucket. The walk stops at
+    /// `f`'s first error.
     ///
     /// # Errors
-    /// When the file is damaged, or `f`'s error.
-    pub fn for_each(
+    /// [`BoltError`] when the file is damaged, or `f`'s error.
+    pub fn for_each<E: From<BoltError>>(
         &self,
         name: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut tree = None;
-        self.walk(Tree::Page(self.root), 0, &mut |k, v, is_bucket| {
-            if is_bucket && k == name {
-                tree = Some(Self::bucket_tree(v)?);
-            }
-            Ok(())
-        })?;
+        self.walk(
+            Tree::Page(self.root),
+            0,
+            &mut self.pages(),
+            &mut |k, v, is_bucket| {
+                if is_bucket && k == name {
+                    tree = Some(Self::bucket_tree(v)?);
+                }
+                Ok(())
+            },
+        )?;
         let Some(tree) = tree else {
             return Ok(());
         };
-        self.walk(tree, 1, &mut |k, v, is_bucket| {
-            if is_bucket { Ok(()) } else { f(k, v) }
-        })
+        let mut failed = None;
+        let walked = self.walk(tree, 1, &mut self.pages(), &mut |k, v, is_bucket| {
+            if is_bucket {
+                return Ok(());
+            }
+            f(k, v).or_else(|e| {
+                failed = Some(e);
+                err("stopped by the caller")
+            })
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => walked.map_err(E::from),
+        }
     }
 
     /// The value of `key` in top-level bucket `name`.
     ///
     /// # Errors
     /// When the file is damaged.
-    pub fn get(&self, name: &[u8], key: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+    pub fn get(&self, name: &[u8], key: &[u8]) -> BoltResult<Option<Vec<u8>>> {
         let mut found = None;
         self.for_each(name, |k, v| {
             if k == key {
                 found = Some(v.to_vec());
             }
-            Ok(())
+            Ok::<(), BoltError>(())
         })?;
         Ok(found)
     }
