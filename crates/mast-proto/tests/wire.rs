@@ -280,6 +280,7 @@ fn descriptor_set_has_every_file_and_method() {
         [
             "authpb/auth.proto",
             "etcdserverpb/rpc.proto",
+            "leasepb/lease.proto",
             "mastraftpb/peer.proto",
             "mvccpb/kv.proto",
             "v3electionpb/v3election.proto",
