@@ -25,6 +25,7 @@ pub mod authz;
 pub mod combine;
 mod conn_threads;
 pub mod consensus;
+pub mod disk;
 pub mod error;
 pub mod guard;
 pub mod http;

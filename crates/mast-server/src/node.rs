@@ -40,6 +40,10 @@ pub struct ServerConfig {
     /// the quota off. A put, a txn that puts or a lease grant that would take the database
     /// file to this size raises this member's `NOSPACE` alarm and is refused.
     pub quota_backend_bytes: i64,
+    /// `--disk-reserve-bytes`: free space kept on the data directory's file system (0: not
+    /// watched). A put, a txn that puts or a lease grant that would leave less free raises
+    /// `NOSPACE` as the backend quota does, before the disk itself runs out ([`crate::disk`]).
+    pub disk_reserve_bytes: u64,
     /// How often idle watchers that asked for progress notifications get one.
     pub watch_progress_notify_interval: Duration,
     /// Size of the store's page cache in bytes.
@@ -107,6 +111,7 @@ impl ServerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: crate::api::kv::MAX_TXN_OPS,
             quota_backend_bytes: 0,
+            disk_reserve_bytes: crate::disk::DEFAULT_DISK_RESERVE_BYTES,
             watch_progress_notify_interval: Duration::from_secs(600),
             cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
             wal_bytes: mast_raft::log_store::DEFAULT_SEGMENT_BYTES,
@@ -242,6 +247,8 @@ pub struct Node {
     pub(crate) throttle: crate::tokens::LoginThrottle,
     /// Picks the IDs of leases granted with ID 0.
     pub(crate) lease_ids: LeaseIds,
+    /// Free space on the data directory's file system.
+    pub(crate) disk: crate::disk::DiskWatch,
 }
 
 /// Picks lease IDs as etcd's `idutil.Generator` does for `LeaseGrant` with ID 0: the member
@@ -326,7 +333,9 @@ impl Node {
         };
         let writer = Writer::start(consensus.clone());
         let reads = crate::consensus::ReadBarrier::start(consensus.clone());
+        let disk = crate::disk::DiskWatch::new(&config.data_dir, config.disk_reserve_bytes);
         Ok(Arc::new(Node {
+            disk,
             config,
             identity,
             consensus,
@@ -407,15 +416,19 @@ impl Node {
 
     /// etcd's quota check in front of a write that grows the store by about `cost` bytes
     /// (its `quotaKVServer` / `quotaLeaseServer`): when the database file plus `cost` reaches
-    /// the quota, raises this member's `NOSPACE` alarm through the log (once) and refuses.
+    /// the quota, or when writing `cost` would leave less than `--disk-reserve-bytes` free on
+    /// the data directory's file system, raises this member's `NOSPACE` alarm through the
+    /// log (once) and refuses.
     ///
     /// # Errors
-    /// [`EtcdError::NoSpace`] past the quota; the alarm proposal's failure.
+    /// [`EtcdError::NoSpace`] past the quota or the reserve; the alarm proposal's failure.
     pub(crate) async fn check_quota(&self, cost: u64) -> Result<(), EtcdError> {
-        let Some(quota) = self.quota_bytes() else {
-            return Ok(());
-        };
-        if self.store.db_size().saturating_add(cost) < quota {
+        let over_quota = self
+            .quota_bytes()
+            .filter(|q| self.store.db_size().saturating_add(cost) >= *q);
+        // What a write costs on disk: its log entry, then its share of the store file.
+        let disk_full = over_quota.is_none() && self.disk.would_fill(cost.saturating_mul(2));
+        if over_quota.is_none() && !disk_full {
             return Ok(());
         }
         let me = self.identity.member_id;
@@ -424,11 +437,19 @@ impl Node {
             .alarms()
             .contains(&(me, mast_proto::etcdserverpb::AlarmType::Nospace as i32));
         if !raised {
-            tracing::warn!(
-                db_size = self.store.db_size(),
-                quota,
-                "database space exceeded; raising the NOSPACE alarm"
-            );
+            match over_quota {
+                Some(quota) => tracing::warn!(
+                    db_size = self.store.db_size(),
+                    quota,
+                    "database space exceeded; raising the NOSPACE alarm"
+                ),
+                None => tracing::warn!(
+                    free = self.disk.free_bytes(),
+                    reserve = self.disk.reserve(),
+                    data_dir = %self.config.data_dir.display(),
+                    "disk nearly full; raising the NOSPACE alarm"
+                ),
+            }
             self.write(Command::Alarm {
                 activate: true,
                 member: me,

@@ -69,6 +69,11 @@ struct ServeArgs {
         allow_negative_numbers = true
     )]
     quota_backend_bytes: i64,
+    /// Bytes kept free on the data directory's file system: a write that would leave less
+    /// raises the `NOSPACE` alarm and is refused, as past the quota, before the disk itself
+    /// runs out (0: free space is not watched). Default 64 MiB.
+    #[arg(long, env = "MAST_DISK_RESERVE_BYTES", default_value_t = mast_server::disk::DEFAULT_DISK_RESERVE_BYTES)]
+    disk_reserve_bytes: u64,
     /// Seconds between progress notifications to idle watchers that asked for them.
     #[arg(
         long,
@@ -247,6 +252,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_request_bytes = args.max_request_bytes;
     config.max_txn_ops = args.max_txn_ops as usize;
     config.quota_backend_bytes = args.quota_backend_bytes;
+    config.disk_reserve_bytes = args.disk_reserve_bytes;
     config.cache_bytes = args.cache_mb.max(1) * 1024 * 1024;
     config.wal_bytes = args.wal_size_mb.max(1) * 1024 * 1024;
     config.checkpoint_bytes = args.checkpoint_mb.max(1) * 1024 * 1024;
