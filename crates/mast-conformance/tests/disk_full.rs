@@ -87,7 +87,10 @@ async fn a_filling_disk_raises_nospace_and_loses_nothing() {
 
     let filler = data.join("filler");
     let free = free_bytes(&data);
-    assert!(free > RESERVE_BYTES + ROOM_BYTES, "tmpfs too small: {free} free");
+    assert!(
+        free > RESERVE_BYTES + ROOM_BYTES,
+        "tmpfs too small: {free} free"
+    );
     fill(&filler, free - RESERVE_BYTES - ROOM_BYTES);
 
     let endpoint = server.endpoint();
@@ -150,14 +153,22 @@ async fn a_filling_disk_raises_nospace_and_loses_nothing() {
     let all = c
         .get(
             "k/",
-            Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
         )
         .await
         .expect("prefix read");
     assert_eq!(all.kvs().len(), acked, "acknowledged puts after kill -9");
     for i in [0, acked / 2, acked - 1] {
         let got = c.get(format!("k/{i:05}"), None).await.expect("get");
-        assert_eq!(got.kvs()[0].value_str().expect("utf-8"), value(i), "k/{i:05}");
+        assert_eq!(
+            got.kvs()[0].value_str().expect("utf-8"),
+            value(i),
+            "k/{i:05}"
+        );
     }
 
     // Room again: disarm, and writes succeed.

@@ -61,10 +61,8 @@ impl DiskWatch {
         if at == 0 || now.saturating_sub(at) >= self.refresh_ms {
             match rustix::fs::statvfs(&self.dir) {
                 Ok(st) => {
-                    self.free.store(
-                        st.f_bavail.saturating_mul(st.f_frsize),
-                        Ordering::Release,
-                    );
+                    self.free
+                        .store(st.f_bavail.saturating_mul(st.f_frsize), Ordering::Release);
                     self.read_at.store(now, Ordering::Release);
                 }
                 Err(e) => {
