@@ -22,6 +22,7 @@ cargo build --release --bin mast
 MAST_BIN="$PWD/target/release/mast" MAST_CRASH_TRIALS="$TRIALS" \
   cargo test -p mast-conformance --test crash_loop -- --nocapture 2>&1 | tee "$LOG" | grep -E '^CRASH-LOOP|^test |panicked' || true
 if ! grep -q '^test mast_keeps_every_acknowledged_write_across_kill_9_loops ... ok' "$LOG"; then
+  grep -A20 panicked "$LOG" >&2 || true
   echo "crash loop FAILED; see the output above" >&2
   exit 1
 fi

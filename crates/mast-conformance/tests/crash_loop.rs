@@ -241,21 +241,51 @@ async fn load(
     acks
 }
 
-/// Every key under `prefix`: key → (value, mod_revision, lease), in one read.
+/// Every key under `prefix`: key → (value, mod_revision, lease), read in pages of
+/// [`PAGE_KEYS`] at the revision of the first page (one answer for a hundred trials' keys would
+/// pass the client's 4 MiB message limit).
 async fn keys_under(c: &mut Client, prefix: &str) -> BTreeMap<String, (Vec<u8>, i64, i64)> {
-    c.get(prefix, Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("read back")
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
+    let mut end = prefix.as_bytes().to_vec();
+    let last = end.last_mut().expect("a non-empty prefix");
+    *last += 1;
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut out = BTreeMap::new();
+    for _page in 0..10_000 {
+        let resp = c
+            .get(
+                from.clone(),
+                Some(
+                    GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(PAGE_KEYS)
+                        .with_revision(revision),
+                ),
+            )
+            .await
+            .expect("read back");
+        if revision == 0 {
+            revision = resp.header().expect("header").revision();
+        }
+        for kv in resp.kvs() {
+            out.insert(
                 String::from_utf8_lossy(kv.key()).into_owned(),
                 (kv.value().to_vec(), kv.mod_revision(), kv.lease()),
-            )
-        })
-        .collect()
+            );
+        }
+        match resp.kvs().last() {
+            Some(kv) if resp.more() => {
+                from = kv.key().to_vec();
+                from.push(0);
+            }
+            _ => return out,
+        }
+    }
+    panic!("more than 10,000 pages under {prefix}");
 }
+
+/// Keys per page of [`keys_under`].
+const PAGE_KEYS: i64 = 10_000;
 
 /// Checks every acknowledged write against the restarted server, from a few whole reads
 /// (the keys, the instance keys, the config history keys, the leases): the layout of
@@ -384,10 +414,16 @@ async fn history(c: &mut Client, upto: i64) -> BTreeMap<i64, Vec<etcd_client::Ev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mast_keeps_every_acknowledged_write_across_kill_9_loops() {
     let trials = trials();
-    let mut server = tokio::task::spawn_blocking(|| Server::try_start(ServerKind::Mast))
-        .await
-        .expect("start task")
-        .unwrap_or_else(|e| panic!("could not start mast: {e:#}"));
+    // Every config version published stays in the history to be checked: the data ids come
+    // back in every trial, and the default retention (100 versions) would prune the early
+    // ones by design.
+    let options =
+        mast_conformance::ServerOptions::default().env("MAST_CONFIG_HISTORY_RETENTION", "1000000");
+    let mut server =
+        tokio::task::spawn_blocking(|| Server::try_start_with(ServerKind::Mast, options))
+            .await
+            .expect("start task")
+            .unwrap_or_else(|e| panic!("could not start mast: {e:#}"));
     let http = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
