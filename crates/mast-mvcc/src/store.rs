@@ -164,6 +164,33 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(opts.cache_bytes)
             .create(&path)?;
+        Self::from_database(db, path, opts)
+    }
+
+    /// As [`Store::open_with_options`], on a redb [`redb::StorageBackend`] instead of the file
+    /// `dir/mast.redb`: for tests that decide what a crash leaves of unsynced writes (see
+    /// `tests/crash_consistency.rs`). Reads, [`Store::apply`], [`Store::checkpoint`] and
+    /// [`Store::hash_kv`] work as on a file; what works on the file by its path
+    /// ([`Store::defragment`], [`Store::snapshot_to`], the database size) does not.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the backend cannot be opened as a database or read.
+    pub fn open_with_backend(
+        dir: &Path,
+        opts: StoreOptions,
+        backend: impl redb::StorageBackend,
+    ) -> Result<Store, StorageError> {
+        let db = Database::builder()
+            .set_cache_size(opts.cache_bytes)
+            .create_with_backend(backend)?;
+        Self::from_database(db, dir.join("mast.redb"), opts)
+    }
+
+    fn from_database(
+        db: Database,
+        path: std::path::PathBuf,
+        opts: StoreOptions,
+    ) -> Result<Store, StorageError> {
         ensure_tables(&db)?;
 
         let loaded = load(&db)?;
@@ -176,7 +203,7 @@ impl Store {
             index,
             alarms,
         } = loaded;
-        let db_size = std::fs::metadata(&path)?.len();
+        let db_size = std::fs::metadata(&path).map_or(0, |m| m.len());
         let auth = Arc::new(auth);
         Ok(Store {
             db: RwLock::new(Some(db)),
