@@ -342,6 +342,27 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a summary of a long operation (`snapshot restore`, `migrate`): with `-w json` one
+/// JSON object of `rows` (every value a string), otherwise a two-column table headed
+/// `title` / `VALUE`.
+pub(crate) fn print_summary(title: &str, rows: &[(&str, String)], out: Format) {
+    if out == Format::Json {
+        let map: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), serde_json::Value::String(v.clone())))
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+        return;
+    }
+    let mut t = Table::new();
+    t.load_preset(comfy_table::presets::ASCII_FULL_CONDENSED);
+    t.set_header([title, "VALUE"]);
+    for (k, v) in rows {
+        t.add_row([(*k).to_string(), v.clone()]);
+    }
+    println!("{t}");
+}
+
 fn kv_table(kvs: &[KeyValue]) -> Table {
     let mut t = Table::new();
     t.set_header(["KEY", "VALUE", "CREATE", "MOD", "VERSION", "LEASE"]);

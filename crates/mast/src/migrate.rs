@@ -347,33 +347,16 @@ pub async fn run(g: &Global, args: &MigrateArgs) -> anyhow::Result<()> {
         ("users already there", s.users_there.to_string()),
         ("seconds", format!("{:.1}", started.elapsed().as_secs_f64())),
     ];
-    match g.write_out {
-        Format::Json => {
-            let map: serde_json::Map<String, serde_json::Value> = rows
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), serde_json::Value::String(v.clone())))
-                .collect();
-            println!("{}", serde_json::Value::Object(map));
+    crate::cli::print_summary("MIGRATED", &rows, g.write_out);
+    if g.write_out != Format::Json {
+        if s.users > 0 {
+            println!(
+                "Users were created without passwords (etcd does not reveal them): set them with \
+                 `etcdctl user passwd` before they log in."
+            );
         }
-        _ => {
-            let mut t = comfy_table::Table::new();
-            t.load_preset(comfy_table::presets::ASCII_FULL_CONDENSED);
-            t.set_header(["MIGRATED", "VALUE"]);
-            for (k, v) in rows {
-                t.add_row([k.to_string(), v]);
-            }
-            println!("{t}");
-            if s.users > 0 {
-                println!(
-                    "Users were created without passwords (etcd does not reveal them): set them with \
-                     `etcdctl user passwd` before they log in."
-                );
-            }
-            if s.source_auth {
-                println!(
-                    "Auth is enabled on the source; enable it on Mast once passwords are set."
-                );
-            }
+        if s.source_auth {
+            println!("Auth is enabled on the source; enable it on Mast once passwords are set.");
         }
     }
     Ok(())

@@ -304,30 +304,15 @@ pub fn restore(args: &RestoreArgs, out: Format) -> anyhow::Result<()> {
         ("roles", summary.roles.to_string()),
         ("auth enabled", summary.auth_enabled.to_string()),
     ];
-    match out {
-        Format::Json => {
-            let map: serde_json::Map<String, serde_json::Value> = rows
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), serde_json::Value::String(v.clone())))
-                .collect();
-            println!("{}", serde_json::Value::Object(map));
-        }
-        _ => {
-            let mut t = comfy_table::Table::new();
-            t.load_preset(comfy_table::presets::ASCII_FULL_CONDENSED);
-            t.set_header(["RESTORED", "VALUE"]);
-            for (k, v) in rows {
-                t.add_row([k.to_string(), v]);
-            }
-            println!("{t}");
-            println!(
-                "Restored into {}; start it with `mast serve --name {} --data-dir {}` and its \
-                 listen flags (the --initial-cluster flags are no longer needed).",
-                args.data_dir.display(),
-                args.name,
-                args.data_dir.display()
-            );
-        }
+    crate::cli::print_summary("RESTORED", &rows, out);
+    if out != Format::Json {
+        println!(
+            "Restored into {}; start it with `mast serve --name {} --data-dir {}` and its \
+             listen flags (the --initial-cluster flags are no longer needed).",
+            args.data_dir.display(),
+            args.name,
+            args.data_dir.display()
+        );
     }
     Ok(())
 }
