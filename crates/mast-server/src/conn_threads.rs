@@ -44,6 +44,7 @@ impl ConnThreads {
         app: axum::Router,
         stop: watch::Receiver<bool>,
         force: watch::Receiver<bool>,
+        max_streams: u32,
     ) -> std::io::Result<ConnThreads> {
         let local = listener.local_addr()?;
         let mut senders = Vec::with_capacity(n.max(1));
@@ -63,7 +64,7 @@ impl ConnThreads {
                     runtime.block_on(async move {
                         tokio::spawn(mailbox.deliver());
                         let listener = ChannelListener { rx, local };
-                        let serve = serve(listener, app, stop);
+                        let serve = crate::http_conn::serve(listener, app, stop, max_streams);
                         tokio::select! {
                             _ = serve => {}
                             _ = force.wait_for(|f| *f) => {}
@@ -89,16 +90,6 @@ impl ConnThreads {
             }
         })
         .await;
-    }
-}
-
-async fn serve(listener: ChannelListener, app: axum::Router, mut stop: watch::Receiver<bool>) {
-    let app = app.into_make_service_with_connect_info::<ClientAddr>();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    });
-    if let Err(e) = serve.await {
-        tracing::error!(error = %e, "connection thread failed");
     }
 }
 
@@ -168,10 +159,8 @@ impl axum::serve::Listener for ChannelListener {
     }
 }
 
-type ChannelIncoming<'a> = axum::serve::IncomingStream<'a, ChannelListener>;
-
-impl axum::extract::connect_info::Connected<ChannelIncoming<'_>> for ClientAddr {
-    fn connect_info(stream: ChannelIncoming<'_>) -> Self {
-        ClientAddr(*stream.remote_addr(), None)
+impl crate::http_conn::ClientListener for ChannelListener {
+    fn client(_io: &Self::Io, addr: SocketAddr) -> ClientAddr {
+        ClientAddr(addr, None)
     }
 }

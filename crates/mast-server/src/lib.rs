@@ -29,6 +29,7 @@ pub mod disk;
 pub mod error;
 pub mod guard;
 pub mod http;
+pub mod http_conn;
 pub mod lessor;
 pub mod node;
 pub mod serve;

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     /// the quota off. A put, a txn that puts or a lease grant that would take the database
     /// file to this size raises this member's `NOSPACE` alarm and is refused.
     pub quota_backend_bytes: i64,
+    /// Concurrent HTTP/2 streams one client connection may have open
+    /// (`--max-concurrent-streams`, as etcd's; default unlimited).
+    pub max_concurrent_streams: u32,
     /// `--disk-reserve-bytes`: free space kept on the data directory's file system (0: not
     /// watched). A put, a txn that puts or a lease grant that would leave less free raises
     /// `NOSPACE` as the backend quota does, before the disk itself runs out ([`crate::disk`]).
@@ -112,6 +115,7 @@ impl ServerConfig {
             max_txn_ops: crate::api::kv::MAX_TXN_OPS,
             quota_backend_bytes: 0,
             disk_reserve_bytes: crate::disk::DEFAULT_DISK_RESERVE_BYTES,
+            max_concurrent_streams: crate::http_conn::DEFAULT_MAX_CONCURRENT_STREAMS,
             watch_progress_notify_interval: Duration::from_secs(600),
             cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
             wal_bytes: mast_raft::log_store::DEFAULT_SEGMENT_BYTES,

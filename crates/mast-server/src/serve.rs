@@ -99,36 +99,13 @@ pub fn app_with(node: Arc<Node>, extra: axum::Router) -> axum::Router {
 #[derive(Clone, Debug)]
 pub struct ClientAddr(pub std::net::SocketAddr, pub Option<Arc<str>>);
 
-type PlainStream<'a> = axum::serve::IncomingStream<'a, crate::authority::FixListener>;
-type TlsIncoming<'a> = axum::serve::IncomingStream<'a, crate::tls::TlsListener>;
-
-impl axum::extract::connect_info::Connected<PlainStream<'_>> for ClientAddr {
-    fn connect_info(stream: PlainStream<'_>) -> Self {
-        ClientAddr(*stream.remote_addr(), None)
-    }
-}
-
-impl axum::extract::connect_info::Connected<TlsIncoming<'_>> for ClientAddr {
-    fn connect_info(stream: TlsIncoming<'_>) -> Self {
-        let cn = crate::tls::peer_common_name(stream.io().get_ref().get_ref());
-        ClientAddr(*stream.remote_addr(), cn)
-    }
-}
-
-fn spawn_serve<L>(listener: L, app: axum::Router, mut stop: watch::Receiver<bool>) -> JoinHandle<()>
-where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-    ClientAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<ClientAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "client listener failed");
-        }
-    })
+fn spawn_serve<L: crate::http_conn::ClientListener>(
+    listener: L,
+    app: axum::Router,
+    stop: watch::Receiver<bool>,
+    max_streams: u32,
+) -> JoinHandle<()> {
+    tokio::spawn(crate::http_conn::serve(listener, app, stop, max_streams))
 }
 
 /// Serves the peer protocol (`mastraftpb.Peer`) on `listener` until `stop`, over TLS when
@@ -273,6 +250,7 @@ impl Server {
                     crate::tls::TlsListener::new(listener, cfg.clone())?,
                     app.clone(),
                     rx,
+                    node.config.max_concurrent_streams,
                 )),
                 None if node.config.conn_threads > 0 => {
                     conns.push(crate::conn_threads::ConnThreads::start(
@@ -281,12 +259,14 @@ impl Server {
                         app.clone(),
                         rx,
                         force_rx.clone(),
+                        node.config.max_concurrent_streams,
                     )?);
                 }
                 None => tasks.push(spawn_serve(
                     crate::authority::FixListener(listener),
                     app.clone(),
                     rx,
+                    node.config.max_concurrent_streams,
                 )),
             }
             let scheme = if tls.is_some() { "https" } else { "http" };
@@ -326,13 +306,20 @@ impl Server {
             .with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
         let rx = self.stop.subscribe();
+        let max_streams = self.node.config.max_concurrent_streams;
         let task = match &self.node.config.tls {
             Some(t) => spawn_serve(
                 crate::tls::TlsListener::new(listener, t.server_config()?)?,
                 router,
                 rx,
+                max_streams,
             ),
-            None => spawn_serve(crate::authority::FixListener(listener), router, rx),
+            None => spawn_serve(
+                crate::authority::FixListener(listener),
+                router,
+                rx,
+                max_streams,
+            ),
         };
         self.tasks.push(task);
         Ok(local)

@@ -69,6 +69,11 @@ struct ServeArgs {
         allow_negative_numbers = true
     )]
     quota_backend_bytes: i64,
+    /// Concurrent HTTP/2 streams (calls and watch / keepalive streams) one client connection
+    /// may have open; a client opening more waits for one to end, as HTTP/2 says (etcd's
+    /// `--max-concurrent-streams`; default unlimited, as etcd's).
+    #[arg(long, env = "MAST_MAX_CONCURRENT_STREAMS", default_value_t = mast_server::http_conn::DEFAULT_MAX_CONCURRENT_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: u32,
     /// Bytes kept free on the data directory's file system: a write that would leave less
     /// raises the `NOSPACE` alarm and is refused, as past the quota, before the disk itself
     /// runs out (0: free space is not watched). Default 64 MiB.
@@ -253,6 +258,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_txn_ops = args.max_txn_ops as usize;
     config.quota_backend_bytes = args.quota_backend_bytes;
     config.disk_reserve_bytes = args.disk_reserve_bytes;
+    config.max_concurrent_streams = args.max_concurrent_streams;
     config.cache_bytes = args.cache_mb.max(1) * 1024 * 1024;
     config.wal_bytes = args.wal_size_mb.max(1) * 1024 * 1024;
     config.checkpoint_bytes = args.checkpoint_mb.max(1) * 1024 * 1024;
