@@ -362,8 +362,11 @@ jq -n \
 mkdir -p "$(dirname "$out_md")"
 plot="$(dirname "$out_md")/benchmarks.svg"
 # The 3-member comparison (scripts/bench-cluster.sh), the r-nacos comparison
-# (scripts/nacos-compare.sh) and the hand-written profile notes are kept in benchmarks/ and
-# appended as they are.
+# (scripts/nacos-compare.sh), the soak (scripts/soak.sh), the crash loop
+# (scripts/crash-loop.sh), the fuzzing figures (scripts/fuzz.sh) and the hand-written profile
+# notes are kept in benchmarks/ and appended as they are.
 "$bench_bin" report --results "$results" --out "$out_md" --plot "$plot" \
-  --include benchmarks/cluster.md --include benchmarks/nacos.md --include benchmarks/notes.md
+  --include benchmarks/cluster.md --include benchmarks/nacos.md \
+  --include benchmarks/soak.md --include benchmarks/crash-loop.md --include benchmarks/fuzz.md \
+  --include benchmarks/notes.md
 log "results in $results; wrote $out_md and $plot"

@@ -28,7 +28,7 @@ if ! grep -q '^test mast_keeps_every_acknowledged_write_across_kill_9_loops ... 
 fi
 
 {
-  echo "# Crash loop"
+  echo "## Crash loop"
   echo
   echo "\`bash scripts/crash-loop.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores, release build,"
   echo "commit $(git rev-parse --short HEAD). Each trial runs the mixed load for the time shown,"

@@ -77,7 +77,7 @@ if [ -f benchmarks/fuzz.md ]; then
     done <benchmarks/fuzz.md
 fi
 {
-    echo "# Fuzzing"
+    echo "## Fuzzing"
     echo
     echo "\`bash scripts/fuzz.sh\` (FUZZ_SECONDS per target as shown; last run $(date -u +%Y-%m-%d),"
     echo "commit $(git rev-parse --short HEAD)), $(nproc) cores, $(rustup run nightly rustc --version)."

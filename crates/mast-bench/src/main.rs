@@ -17,7 +17,9 @@
 //! - [`nacos_push`]: `nacos-push`, config change pushes to N Nacos 2.x gRPC clients (any Nacos
 //!   server: r-nacos or Mast);
 //! - [`report`]: BENCHMARKS.md and its plot from the JSON results of a comparison run
-//!   (`scripts/bench-compare.sh`).
+//!   (`scripts/bench-compare.sh`);
+//! - [`soak`]: `soak-report`, the soak section (`benchmarks/soak.md`) and its plot from a
+//!   `scripts/soak.sh` run.
 
 mod driver;
 mod endpoint;
@@ -25,6 +27,7 @@ mod failover;
 mod fsync;
 mod nacos_push;
 mod report;
+mod soak;
 mod stats;
 mod unary;
 mod workload;
@@ -74,6 +77,9 @@ enum Cmd {
     Failover(failover::FailoverArgs),
     /// Turn the JSON results of a comparison run into BENCHMARKS.md and an SVG plot.
     Report(report::ReportArgs),
+    /// The soak section (benchmarks/soak.md) and its plot from a scripts/soak.sh run; fails
+    /// when the soak missed its bar (RSS growth, errors).
+    SoakReport(soak::SoakArgs),
     /// N Nacos 2.x gRPC clients listen to one config; time each publish's push to all of them.
     NacosPush(nacos_push::PushArgs),
 }
@@ -153,6 +159,22 @@ fn main() -> anyhow::Result<()> {
             print(&run(t, failover::failover(a))?, json)
         }
         Cmd::Report(a) => report::run(&a),
+        Cmd::SoakReport(a) => {
+            let v = soak::run(&a)?;
+            println!(
+                "soak: RSS growth {:.1} %, p99 spread {:.2}x, errors {} -> {}",
+                v.rss_growth_pct,
+                v.p99_spread,
+                v.errors,
+                if v.passed() { "passed" } else { "FAILED" }
+            );
+            anyhow::ensure!(
+                v.passed(),
+                "the soak missed its bar (see {})",
+                a.out.display()
+            );
+            Ok(())
+        }
         Cmd::NacosPush(a) => print(&run(t, nacos_push::nacos_push(a.clone()))?, a.json),
     }
 }
