@@ -164,22 +164,30 @@ fn build_concurrency() -> PathBuf {
 
 /// The Go client's `concurrency` package — `Mutex` (no lost increment under contention,
 /// `TryLock`), `Election` (campaign, observe, proclaim, resign) and serializable `STM`
-/// transfers (the total is kept) — against a real etcd first, then against Mast.
+/// transfers (the total is kept) — against a real etcd first, then against Mast, then against
+/// three Mast members with every endpoint given (the client spreads its calls over them, so
+/// locks, campaigns and transactions go through followers too).
 #[test]
 fn go_concurrency_mutex_election_and_stm() {
     let bin = build_concurrency();
-    for kind in [ServerKind::Etcd, ServerKind::Mast] {
-        let server = mast_conformance::Server::start(kind);
+    let run = |what: &str, endpoints: String| {
         let mut cmd = Command::new(&bin);
-        cmd.arg("-endpoint").arg(server.endpoint());
+        cmd.arg("-endpoint").arg(endpoints);
         let out = Background::spawn(cmd, None)
             .expect("start the Go program")
             .finish(Duration::from_secs(120));
         assert!(
             out.success() && out.stdout.trim_end().ends_with("ok"),
-            "Go concurrency against {kind}:\n{}\n{}",
+            "Go concurrency against {what}:\n{}\n{}",
             out.stdout,
             out.stderr
         );
+    };
+    for kind in [ServerKind::Etcd, ServerKind::Mast] {
+        let server = mast_conformance::Server::start(kind);
+        run(&kind.to_string(), server.endpoint());
     }
+    let mut c = Cluster::start(ServerKind::Mast, 3).expect("a 3-member cluster");
+    let endpoints = c.endpoints();
+    run("three Mast members", endpoints);
 }

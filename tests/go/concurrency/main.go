@@ -23,6 +23,7 @@ import (
 	"math/rand"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,7 +38,7 @@ func fail(format string, args ...any) {
 }
 
 func main() {
-	endpoint := flag.String("endpoint", "127.0.0.1:2379", "the etcd endpoint")
+	endpoint := flag.String("endpoint", "127.0.0.1:2379", "the etcd endpoints, comma-separated")
 	workers := flag.Int("workers", 4, "concurrent goroutines")
 	rounds := flag.Int("rounds", 25, "mutex rounds per worker")
 	accounts := flag.Int("accounts", 5, "STM accounts")
@@ -48,7 +49,7 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{*endpoint},
+		Endpoints:   strings.Split(*endpoint, ","),
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 	})
