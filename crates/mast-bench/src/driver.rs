@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use crate::stats::Recorder;
 
 /// The deadline of a run that was given only a request count.
-pub const TIME_CAP: Duration = Duration::from_secs(30 * 60);
+pub const TIME_CAP: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// How much work a loop may do: at most `total` requests and at most `duration` of time.
 #[derive(Debug, Clone, Copy)]
