@@ -35,8 +35,8 @@ mast="$repo/target/release/mast"
 bench="$repo/target/release/mast-bench"
 log() { printf '[soak %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-for tool in jq etcdctl; do
-  command -v "$tool" >/dev/null || { log "needs $tool (apt-get install jq etcd-client)"; exit 2; }
+for tool in jq etcdctl curl; do
+  command -v "$tool" >/dev/null || { log "needs $tool (apt-get install jq etcd-client curl)"; exit 2; }
 done
 if [ -z "${SOAK_SKIP_BUILD:-}" ]; then
   log "building release mast and mast-bench"
@@ -63,6 +63,11 @@ log "server pid $server on $ep"
 
 cpu_s() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$server/stat"; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$server/status"; }
+# The allocator's live heap from /metrics (KiB), or null when the server exports none.
+heap_kb() {
+  curl -fsS "http://$ep/metrics" | awk '$1 == "mast_allocator_allocated_bytes" { printf "%d", $2 / 1024; found = 1 }
+    END { if (!found) print "null" }'
+}
 compact() {
   local rev
   rev=$(etcdctl --endpoints "$ep" get soak-probe -w json | jq '.header.revision')
@@ -89,7 +94,7 @@ mast-bench watch --watchers $watchers --streams 10 --put-rate 1000000 --total 30
 # then every ${window} s, for $minutes minutes:
 mast-bench watch --watchers $watchers --streams 10 --put-rate $rate --clients 256 --conns 4 --duration ${window}s
 etcdctl compact <current revision>"
-jq -n --arg when "$(date -u +%Y-%m-%d), $(nproc) cores, commit $(git rev-parse --short HEAD)" \
+jq -n --arg when "$(date -u +%Y-%m-%d), $(nproc) cores, commit $(git describe --always --dirty)" \
   --arg commands "$commands" '{when: $when, commands: $commands}' >"$dir/results/meta.json"
 
 start=$(date +%s)
@@ -101,9 +106,10 @@ while [ $(( $(date +%s) - start )) -lt $((minutes * 60)) ] && [ "$n" -lt 10000 ]
     >"$dir/results/$name.json"
   kill -0 "$server" 2>/dev/null || { log "the server exited; see $dir/server.log"; exit 1; }
   jq -n --argjson t "$(( $(date +%s) - start ))" --argjson rss "$(rss_kb)" \
-    --argjson cpu "$(cpu_s)" '{t_s: $t, rss_kb: $rss, cpu_s: $cpu}' >"$dir/results/$name.proc.json"
+    --argjson cpu "$(cpu_s)" --argjson heap "$(heap_kb)" \
+    '{t_s: $t, rss_kb: $rss, cpu_s: $cpu, heap_kb: $heap}' >"$dir/results/$name.proc.json"
   compact
-  log "$name: $(jq -r '"\(.ops_per_sec | floor) puts/s, p99 \(.latency_ms.p99_ms) ms, errors \(.errors), missing \(.watch.missing)"' "$dir/results/$name.json"), RSS $(( $(rss_kb) / 1024 )) MiB"
+  log "$name: $(jq -r '"\(.ops_per_sec | floor) puts/s, p99 \(.latency_ms.p99_ms) ms, errors \(.errors), missing \(.watch.missing)"' "$dir/results/$name.json"), RSS $(( $(rss_kb) / 1024 )) MiB, heap $(jq '.heap_kb / 1024 | floor' "$dir/results/$name.proc.json") MiB"
   n=$((n + 1))
 done
 

@@ -4,8 +4,9 @@
 //! The run directory holds `max.json` (the `watch` run, puts as fast as they go, that measured
 //! the maximum throughput under the soak's mix), `lease.json` (the lease keepalive run that lasted the whole soak), and per
 //! window `window-NNN.json` (a `watch` run: puts at the soak rate, watchers matching every
-//! event) with `window-NNN.proc.json` (`{"t_s", "rss_kb", "cpu_s"}` of the server, sampled at
-//! the window's end).
+//! event) with `window-NNN.proc.json` (`{"t_s", "rss_kb", "cpu_s", "heap_kb"}` of the server,
+//! sampled at the window's end; `heap_kb` is the allocator's live heap from `/metrics`, which
+//! tells growth of what the server holds from growth of what the allocator keeps).
 //!
 //! The verdict follows issue 18: RSS flat (less than 10 % growth from the end of the warm-up to
 //! the largest sample after it), p99 steady (each window's p99 against the median window's),
@@ -47,6 +48,10 @@ struct Proc {
     /// CPU time used by the server since it started, seconds.
     #[serde(default)]
     cpu_s: f64,
+    /// Bytes in live allocations as the server's allocator counts them, KiB
+    /// (`mast_allocator_allocated_bytes` / 1024); absent when the server exports none.
+    #[serde(default)]
+    heap_kb: Option<u64>,
 }
 
 /// One window: its load report and the server sample at its end.
@@ -228,8 +233,8 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<Verdict> {
             .map_or("soak.svg".into(), |n| n.to_string_lossy().into_owned())
     ));
     md.push_str(
-        "| minute | puts/s | put p50 ms | put p99 ms | delivery p99 ms | RSS MiB | server CPU % | errors | missing |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| minute | puts/s | put p50 ms | put p99 ms | delivery p99 ms | RSS MiB | live heap MiB | server CPU % | errors | missing |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut prev_cpu = 0.0;
     let mut prev_t = 0.0;
@@ -243,13 +248,16 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<Verdict> {
         prev_cpu = w.proc.cpu_s;
         prev_t = w.proc.t_s;
         md.push_str(&format!(
-            "| {:.1} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {} | {} |\n",
+            "| {:.1} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.0} | {} | {} |\n",
             w.proc.t_s / 60.0,
             w.report.ops_per_sec,
             w.report.latency_ms.p50_ms,
             w.report.latency_ms.p99_ms,
             delivery_p99(&w.report),
             w.proc.rss_kb as f64 / 1024.0,
+            w.proc
+                .heap_kb
+                .map_or("—".to_string(), |kb| format!("{:.1}", kb as f64 / 1024.0)),
             cpu,
             w.report.errors,
             missing(&w.report)
@@ -271,45 +279,56 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<Verdict> {
     Ok(v)
 }
 
-/// RSS (top) and the put and delivery p99 (bottom) over the soak's minutes.
+/// RSS and the allocator's live heap (top), the put and delivery p99 (bottom) over the soak's
+/// minutes.
 fn draw(windows: &[Window], path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (900, 620)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(300);
     let end = windows.last().map_or(1.0, |w| w.proc.t_s / 60.0).max(1.0);
-    let rss: Vec<(f64, f64)> = windows
-        .iter()
-        .map(|w| (w.proc.t_s / 60.0, w.proc.rss_kb as f64 / 1024.0))
-        .collect();
-    let rss_hi = rss.iter().map(|p| p.1).fold(1.0, f64::max) * 1.2;
-    let mut chart = ChartBuilder::on(&top)
-        .caption("server RSS (MiB)", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..end, 0f64..rss_hi)?;
-    chart
-        .configure_mesh()
-        .x_desc("minutes")
-        .y_desc("MiB")
-        .label_style(("sans-serif", 12))
-        .draw()?;
-    chart.draw_series(LineSeries::new(
-        rss,
-        RGBColor(0xe0, 0x6c, 0x2b).stroke_width(2),
-    ))?;
+    let series = |f: &dyn Fn(&Window) -> Option<f64>| -> Vec<(f64, f64)> {
+        windows
+            .iter()
+            .filter_map(|w| f(w).map(|y| (w.proc.t_s / 60.0, y)))
+            .collect()
+    };
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    panel(
+        &top,
+        end,
+        ("server memory (MiB)", "MiB"),
+        [
+            ("RSS", series(&|w| Some(mib(w.proc.rss_kb)))),
+            ("live heap", series(&|w| w.proc.heap_kb.map(mib))),
+        ],
+    )?;
+    panel(
+        &bottom,
+        end,
+        ("p99 latency per window (ms)", "ms"),
+        [
+            ("put", series(&|w| Some(w.report.latency_ms.p99_ms))),
+            ("watch delivery", series(&|w| Some(delivery_p99(&w.report)))),
+        ],
+    )?;
+    root.present()?;
+    Ok(())
+}
 
-    let put: Vec<(f64, f64)> = windows
+/// One chart of two labelled lines against minutes 0..`end`.
+fn panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    end: f64,
+    (caption, unit): (&str, &str),
+    lines: [(&str, Vec<(f64, f64)>); 2],
+) -> anyhow::Result<()> {
+    let hi = lines
         .iter()
-        .map(|w| (w.proc.t_s / 60.0, w.report.latency_ms.p99_ms))
-        .collect();
-    let delivery: Vec<(f64, f64)> = windows
-        .iter()
-        .map(|w| (w.proc.t_s / 60.0, delivery_p99(&w.report)))
-        .collect();
-    let hi = put.iter().chain(&delivery).map(|p| p.1).fold(1.0, f64::max) * 1.2;
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("p99 latency per window (ms)", ("sans-serif", 18))
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.2;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)
@@ -317,26 +336,25 @@ fn draw(windows: &[Window], path: &Path) -> anyhow::Result<()> {
     chart
         .configure_mesh()
         .x_desc("minutes")
-        .y_desc("ms")
+        .y_desc(unit)
         .label_style(("sans-serif", 12))
         .draw()?;
-    let put_colour = RGBColor(0xe0, 0x6c, 0x2b);
-    let delivery_colour = RGBColor(0x41, 0x9e, 0xda);
-    chart
-        .draw_series(LineSeries::new(put, put_colour.stroke_width(2)))?
-        .label("put")
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], put_colour));
-    chart
-        .draw_series(LineSeries::new(delivery, delivery_colour.stroke_width(2)))?
-        .label("watch delivery")
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], delivery_colour));
+    let colours = [RGBColor(0xe0, 0x6c, 0x2b), RGBColor(0x41, 0x9e, 0xda)];
+    for ((label, points), colour) in lines.into_iter().zip(colours) {
+        if points.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
+    }
     chart
         .configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .label_font(("sans-serif", 12))
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
@@ -359,6 +377,7 @@ mod tests {
                 t_s,
                 rss_kb,
                 cpu_s: t_s / 2.0,
+                heap_kb: Some(rss_kb / 2),
             },
         }
     }
@@ -403,10 +422,18 @@ mod tests {
             .unwrap();
             std::fs::write(
                 dir.path().join(format!("window-{i:03}.proc.json")),
-                format!(
-                    r#"{{"t_s": {}, "rss_kb": {}, "cpu_s": {}}}"#,
-                    w.proc.t_s, w.proc.rss_kb, w.proc.cpu_s
-                ),
+                // The first sample as servers without allocator counters wrote it.
+                if i == 0 {
+                    format!(
+                        r#"{{"t_s": {}, "rss_kb": {}, "cpu_s": {}}}"#,
+                        w.proc.t_s, w.proc.rss_kb, w.proc.cpu_s
+                    )
+                } else {
+                    format!(
+                        r#"{{"t_s": {}, "rss_kb": {}, "cpu_s": {}, "heap_kb": 5120}}"#,
+                        w.proc.t_s, w.proc.rss_kb, w.proc.cpu_s
+                    )
+                },
             )
             .unwrap();
         }
@@ -422,6 +449,10 @@ mod tests {
         let md = std::fs::read_to_string(&out).unwrap();
         assert!(md.contains("| 1.0 |") && md.contains("| 2.0 |"), "{md}");
         assert!(md.contains("1.0 %"), "{md}");
+        assert!(
+            md.contains("| 9.8 | — |") && md.contains("| 9.9 | 5.0 |"),
+            "{md}"
+        );
         let svg = std::fs::read_to_string(dir.path().join("soak.svg")).unwrap();
         assert!(svg.contains("<svg"));
     }

@@ -451,6 +451,10 @@ async fn metrics_text(State(n): N) -> Response {
     metrics::gauge!("etcd_server_id", "server_id" => format!("{:x}", n.identity.member_id))
         .set(1.0);
     metrics::gauge!("etcd_debugging_lease_granted_total").set(n.lessor.len() as f64);
+    if let Some(stats) = n.config.allocator_stats.and_then(|read| read()) {
+        metrics::gauge!("mast_allocator_allocated_bytes").set(stats.allocated as f64);
+        metrics::gauge!("mast_allocator_resident_bytes").set(stats.resident as f64);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         prometheus().render(),

@@ -39,5 +39,5 @@ pub mod watch;
 pub mod writer;
 
 pub use error::EtcdError;
-pub use node::{Node, ServerConfig};
+pub use node::{AllocatorStats, Node, ServerConfig};
 pub use serve::Server;

@@ -20,6 +20,17 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// The backend quota when `--quota-backend-bytes` is 0, as etcd's `DefaultQuotaBytes` (2 GiB).
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
+/// What the heap allocator reports about itself, in bytes (see
+/// [`ServerConfig::allocator_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocatorStats {
+    /// Bytes the program holds in live allocations.
+    pub allocated: u64,
+    /// Bytes of the allocator's pages resident in memory: live allocations, the allocator's
+    /// own metadata and freed pages not yet returned to the OS.
+    pub resident: u64,
+}
+
 /// Settings of one server, as given by `mast serve` flags.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -56,6 +67,10 @@ pub struct ServerConfig {
     /// Bytes of applied commands between store checkpoints (durable redb commits)
     /// (`--checkpoint-mb`).
     pub checkpoint_bytes: u64,
+    /// Reads the heap allocator's own counters when `/metrics` is scraped (exported as
+    /// `mast_allocator_allocated_bytes` and `mast_allocator_resident_bytes`); `None` when the
+    /// binary's allocator keeps none (the `mast` binary sets it for jemalloc).
+    pub allocator_stats: Option<fn() -> Option<AllocatorStats>>,
     /// `--initial-cluster` (`name=peerURL,…`); `None`: this member alone, at its advertised
     /// peer URLs.
     pub initial_cluster: Option<String>,
@@ -120,6 +135,7 @@ impl ServerConfig {
             cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
             wal_bytes: mast_raft::log_store::DEFAULT_SEGMENT_BYTES,
             checkpoint_bytes: mast_raft::state_machine::DEFAULT_CHECKPOINT_BYTES,
+            allocator_stats: None,
             initial_cluster: None,
             initial_cluster_state: mast_raft::member::ClusterState::New,
             initial_cluster_token: mast_raft::identity::DEFAULT_CLUSTER_TOKEN.into(),

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mast_server::{Server, ServerConfig};
 
+mod alloc;
 mod cli;
 mod cli_cluster;
 mod migrate;
@@ -260,6 +261,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.disk_reserve_bytes = args.disk_reserve_bytes;
     config.max_concurrent_streams = args.max_concurrent_streams;
     config.cache_bytes = args.cache_mb.max(1) * 1024 * 1024;
+    config.allocator_stats = Some(alloc::stats);
     config.wal_bytes = args.wal_size_mb.max(1) * 1024 * 1024;
     config.checkpoint_bytes = args.checkpoint_mb.max(1) * 1024 * 1024;
     config.tls = tls;
