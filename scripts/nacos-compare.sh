@@ -576,15 +576,7 @@ mkdir -p "$(dirname "$out_md")"
 cp "$run_dir/RESULTS.md" "$out_md"
 cat "$out_md"
 # Replace the included copy in BENCHMARKS.md, when it has one (see `mast-bench report --include`).
-if [ "$out_md" = "$repo/benchmarks/nacos.md" ] && grep -q '^<!-- include: benchmarks/nacos.md -->' "$repo/BENCHMARKS.md" 2>/dev/null; then
-  python3 - "$repo/BENCHMARKS.md" "$out_md" <<'PY'
-import sys
-md_path, inc_path = sys.argv[1], sys.argv[2]
-md = open(md_path).read()
-begin, end = "<!-- include: benchmarks/nacos.md -->\n", "\n<!-- end include: benchmarks/nacos.md -->"
-i, j = md.index(begin) + len(begin), md.index(end)
-open(md_path, "w").write(md[:i] + open(inc_path).read().rstrip() + md[j:])
-PY
-  log "updated the r-nacos section of BENCHMARKS.md"
+if [ "$out_md" = "$repo/benchmarks/nacos.md" ]; then
+  (cd "$repo" && python3 scripts/update-include.py BENCHMARKS.md benchmarks/nacos.md)
 fi
 log "written to $out_md (wrk outputs and server logs in $run_dir)"

@@ -118,4 +118,8 @@ wait "$lease" || log "lease-keepalive exited non-zero: $(tail -3 "$dir/lease.err
 status=0
 "$bench" soak-report --results "$dir/results" --out "$out" --warmup-min "$warmup" || status=$?
 log "wrote $out"
+# Replace the included copy in BENCHMARKS.md (see `mast-bench report --include`).
+if [ "$out" = "$repo/benchmarks/soak.md" ]; then
+  python3 scripts/update-include.py BENCHMARKS.md benchmarks/soak.md
+fi
 exit "$status"
