@@ -8,24 +8,15 @@ use mast_proto::etcdserverpb::{
     PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, kv_client::KvClient,
     watch_client::WatchClient, watch_request::RequestUnion,
 };
-use mast_server::{Server, ServerConfig};
+use mast_server::Server;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-async fn start(dir: &std::path::Path, threads: usize) -> Server {
-    let mut cfg = ServerConfig::new(dir);
-    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    cfg.conn_threads = threads;
-    Server::start(cfg).await.unwrap()
-}
+mod common;
+use common::connect;
 
-/// One TCP connection per call (a tonic `Channel` built with `connect`).
-async fn connect(server: &Server) -> Channel {
-    Channel::from_shared(format!("http://{}", server.local_addrs()[0]))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+async fn start(dir: &std::path::Path, threads: usize) -> Server {
+    common::start(dir, threads, |_| {}).await
 }
 
 fn put(key: &str, value: &str) -> PutRequest {

@@ -9,29 +9,22 @@ use mast_proto::etcdserverpb::{
     RangeRequest, WatchCreateRequest, WatchRequest, WatchResponse, kv_client::KvClient,
     watch_client::WatchClient, watch_request::RequestUnion,
 };
-use mast_server::{Server, ServerConfig};
+use mast_server::Server;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
+
+mod common;
+use common::connect;
 
 const BOUND: Duration = Duration::from_secs(20);
 
 async fn start(dir: &std::path::Path, threads: usize, max_streams: Option<u32>) -> Server {
-    let mut cfg = ServerConfig::new(dir);
-    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    cfg.conn_threads = threads;
-    if let Some(m) = max_streams {
-        cfg.max_concurrent_streams = m;
-    }
-    Server::start(cfg).await.unwrap()
-}
-
-/// One TCP connection: every call below shares it.
-async fn connect(server: &Server) -> Channel {
-    Channel::from_shared(format!("http://{}", server.local_addrs()[0]))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    common::start(dir, threads, |cfg| {
+        if let Some(m) = max_streams {
+            cfg.max_concurrent_streams = m;
+        }
+    })
+    .await
 }
 
 /// An open watch stream: the client's half (dropping it ends the stream) and the server's.
