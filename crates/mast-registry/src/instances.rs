@@ -9,7 +9,11 @@
 //!   lease (retried a few times when another writer got there first).
 //! - Deregister: a DeleteRange of the key; the lease is revoked when no other key uses it.
 //! - Health: an instance with a lease is healthy while the lease is alive; one without a lease
-//!   (persistent, e.g. written by `etcdctl put`) is always healthy.
+//!   (persistent, e.g. written by `etcdctl put`) is healthy unless its JSON says
+//!   `"healthy": false` (as the Nacos API marks persistent instances).
+//! - Protection threshold: when the healthy share of a service's enabled instances is at or
+//!   below its `protectThreshold` (`/service-meta/<service>`), a `healthy=true` list answers
+//!   every enabled instance and says `protectionThresholdReached`, as Nacos does.
 
 use std::collections::BTreeMap;
 
@@ -84,6 +88,15 @@ pub struct InstanceView {
     pub mod_revision: i64,
 }
 
+/// The `healthy` an instance's JSON holds among its other fields (true when absent or not a
+/// boolean): what decides a persistent instance's health.
+pub fn stored_healthy(extra: &BTreeMap<String, serde_json::Value>) -> bool {
+    extra
+        .get("healthy")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(true)
+}
+
 impl InstanceView {
     /// The view of a stored key, or `None` when the key is not an instance key or its value is
     /// not instance JSON (such keys are left to etcd clients).
@@ -102,7 +115,7 @@ impl InstanceView {
         inst: Instance,
         kv: &KeyValue,
     ) -> InstanceView {
-        let lease = LeaseFields::of(node, kv.lease);
+        let lease = LeaseFields::of(node, kv.lease, stored_healthy(&inst.extra));
         InstanceView {
             service: service.to_string(),
             id: id.to_string(),
@@ -261,7 +274,10 @@ pub async fn list_services(
 
 /// `GET /mast/v1/services/{service}/instances?healthy=&enabled=`: `{"revision", "service",
 /// "instances"}`, where `revision` is the revision the list was read at and `instances` the
-/// matching [`InstanceView`]s, by id.
+/// matching [`InstanceView`]s, by id. When the healthy share of the enabled instances is at
+/// or below the service's protection threshold (`protectThreshold` at
+/// `/service-meta/<service>`, Nacos's rule), `healthy=true` answers every enabled instance and
+/// the answer carries `"protectionThresholdReached": true`.
 ///
 /// The instances' JSON comes from the [`crate::list_cache`] while the service's keys are
 /// unchanged (checked in the index on every call, after the same auth check a Range of the
@@ -292,16 +308,36 @@ pub async fn list_instances(
             entry
         }
     };
-    let mut out = String::with_capacity(64 + service.len() + entry.json_len());
+    let threshold = protect_threshold(node, &caller, &service).await?;
+    let fields: Vec<LeaseFields> = entry
+        .instances
+        .iter()
+        .map(|i| i.lease_fields(node))
+        .collect();
+    let enabled = entry.instances.iter().filter(|i| i.enabled()).count();
+    let healthy = entry
+        .instances
+        .iter()
+        .zip(&fields)
+        .filter(|(i, f)| i.enabled() && f.healthy)
+        .count();
+    let protect = mast_model::reaches_protection_threshold(healthy, enabled, threshold);
+    let mut out = String::with_capacity(96 + service.len() + entry.json_len());
     out.push_str("{\"revision\":");
     out.push_str(&revision.to_string());
     out.push_str(",\"service\":");
     out.push_str(&serde_json::to_string(&service).map_err(|e| ApiError::internal(e.to_string()))?);
+    if protect {
+        out.push_str(",\"protectionThresholdReached\":true");
+    }
     out.push_str(",\"instances\":[");
     let mut first = true;
-    for inst in &entry.instances {
-        let fields = inst.lease_fields(node);
-        if filter.healthy.is_some_and(|h| fields.healthy != h)
+    for (inst, fields) in entry.instances.iter().zip(fields) {
+        // Past the protection threshold, `healthy=true` answers every enabled instance (each
+        // still shows its own `healthy`), as Nacos's list does.
+        let passes_healthy =
+            |wanted: bool| fields.healthy == wanted || (wanted && protect && inst.enabled());
+        if filter.healthy.is_some_and(|h| !passes_healthy(h))
             || filter.enabled.is_some_and(|e| inst.enabled() != e)
         {
             continue;
@@ -314,6 +350,22 @@ pub async fn list_instances(
     }
     out.push_str("]}");
     Ok(crate::json_bytes(out.into()))
+}
+
+/// The service's protection threshold, 0–1 (0: none), from `/service-meta/<service>`; 0 when
+/// the service has no settings or the caller may not read them.
+///
+/// # Errors
+/// Auth (other than a denied read) and etcd errors.
+async fn protect_threshold(node: &Node, caller: &Caller, service: &str) -> ApiResult<f64> {
+    let key = format!("{}{service}", mast_model::SERVICE_META_PREFIX);
+    match etcd::get(node, caller, &key, 0).await {
+        Ok((Some(kv), _)) => Ok(serde_json::from_slice::<mast_model::ServiceMeta>(&kv.value)
+            .map_or(0.0, |m| m.protect_threshold)),
+        Ok((None, _)) => Ok(0.0),
+        Err(e) if e.code == ErrorCode::PermissionDenied => Ok(0.0),
+        Err(e) => Err(e),
+    }
 }
 
 async fn read_one(

@@ -40,6 +40,8 @@ pub struct RenderedInstance {
     lease: i64,
     /// The instance's `enabled`.
     enabled: bool,
+    /// The `healthy` its JSON holds (true when absent).
+    stored_healthy: bool,
 }
 
 /// The lease fields of one instance as of now.
@@ -55,11 +57,17 @@ pub struct LeaseFields {
 
 impl LeaseFields {
     /// The fields of an instance whose key is attached to `lease` (0: none), from the node's
-    /// lessor: healthy while the lease is alive, or always without one.
-    pub fn of(node: &Node, lease: i64) -> LeaseFields {
+    /// lessor: an ephemeral instance is healthy while its lease is alive; a persistent one
+    /// (no lease) as `stored_healthy`, the `healthy` its JSON holds (true when absent; set
+    /// to false by the Nacos API or an operator, as Nacos marks persistent instances).
+    pub fn of(node: &Node, lease: i64, stored_healthy: bool) -> LeaseFields {
         let timing = (lease != 0).then(|| node.lease_timing(lease)).flatten();
         LeaseFields {
-            healthy: lease == 0 || timing.is_some(),
+            healthy: if lease == 0 {
+                stored_healthy
+            } else {
+                timing.is_some()
+            },
             lease,
             timing: timing.map(|t| (t.remaining, t.granted_ttl)),
         }
@@ -83,6 +91,7 @@ impl RenderedInstance {
             tail: json[tail..].to_string(),
             lease: kv.lease,
             enabled: view.enabled,
+            stored_healthy: crate::instances::stored_healthy(&view.extra),
         })
     }
 
@@ -93,7 +102,7 @@ impl RenderedInstance {
 
     /// The lease fields as of now.
     pub fn lease_fields(&self, node: &Node) -> LeaseFields {
-        LeaseFields::of(node, self.lease)
+        LeaseFields::of(node, self.lease, self.stored_healthy)
     }
 
     /// Appends the instance's JSON with `fields` to `out`; the same text

@@ -1323,3 +1323,103 @@ async fn instance_lists_follow_every_change() {
     assert!(ids(&list(&t, "").await).is_empty());
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protection_threshold_answers_every_enabled_instance() {
+    let t = TestServer::start().await;
+    let put = |key: &str, value: &str| json!({"key": b64(key), "value": b64(value)});
+    // Four persistent instances, as `etcdctl put` or the Nacos API store them; three marked
+    // unhealthy, one disabled.
+    for (id, body) in [
+        ("a", r#"{"host":"10.0.0.1","port":1}"#),
+        ("b", r#"{"host":"10.0.0.2","port":2,"healthy":false}"#),
+        ("c", r#"{"host":"10.0.0.3","port":3,"healthy":false}"#),
+        ("d", r#"{"host":"10.0.0.4","port":4,"healthy":false}"#),
+        (
+            "e",
+            r#"{"host":"10.0.0.5","port":5,"healthy":false,"enabled":false}"#,
+        ),
+    ] {
+        let (s, r) = t
+            .call(
+                Method::POST,
+                "/v3/kv/put",
+                Some(put(&format!("/services/guarded/{id}"), body)),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+    }
+    let path = "/mast/v1/services/guarded/instances";
+    let (_, all) = t.get(path).await;
+    let healthy: Vec<bool> = all["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["healthy"].as_bool().unwrap())
+        .collect();
+    assert_eq!(
+        healthy,
+        [true, false, false, false, false],
+        "stored health: {all}"
+    );
+    let (_, v) = t.get(&format!("{path}?healthy=true")).await;
+    assert_eq!(ids(&v), ["a"]);
+    assert!(v.get("protectionThresholdReached").is_none(), "{v}");
+
+    // 1 of 4 enabled instances healthy, at or below 0.5: every enabled one is answered.
+    let (s, r) = t
+        .call(
+            Method::POST,
+            "/v3/kv/put",
+            Some(put("/service-meta/guarded", r#"{"protectThreshold":0.5}"#)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let (_, v) = t.get(&format!("{path}?healthy=true")).await;
+    assert_eq!(ids(&v), ["a", "b", "c", "d"], "{v}");
+    assert_eq!(v["protectionThresholdReached"], true);
+    assert_eq!(
+        v["instances"][1]["healthy"], false,
+        "each keeps its own health"
+    );
+    let (_, v) = t.get(&format!("{path}?healthy=false")).await;
+    assert_eq!(
+        ids(&v),
+        ["b", "c", "d", "e"],
+        "the unhealthy filter is unchanged"
+    );
+
+    // Back above the threshold (3 of 4): healthy instances only again.
+    let (s, r) = t
+        .call(
+            Method::POST,
+            "/v3/kv/put",
+            Some(put(
+                "/services/guarded/b",
+                r#"{"host":"10.0.0.2","port":2}"#,
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let (_, v) = t.get(&format!("{path}?healthy=true")).await;
+    assert_eq!(
+        ids(&v),
+        ["a", "b", "c", "d"],
+        "2 of 4 is 0.5, still at the threshold: {v}"
+    );
+    assert_eq!(v["protectionThresholdReached"], true);
+    let (s, r) = t
+        .call(
+            Method::POST,
+            "/v3/kv/put",
+            Some(put(
+                "/services/guarded/c",
+                r#"{"host":"10.0.0.3","port":3}"#,
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let (_, v) = t.get(&format!("{path}?healthy=true")).await;
+    assert_eq!(ids(&v), ["a", "b", "c"]);
+    assert!(v.get("protectionThresholdReached").is_none(), "{v}");
+}
