@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12 machine (run as root):
-#   - etcd-server, etcd-client (real etcd 3.4 + etcdctl, the reference server)
+#   - etcd-server, etcd-client (real etcd 3.4 + etcdctl, the reference server), dnsutils (dig)
 #   - protobuf-compiler and libprotobuf-dev (protoc and its well-known .proto files, for the
 #     etcd-client crate's build script)
 #   - node + npm, and tests/node's npm packages (the etcd3 client)
@@ -67,10 +67,12 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 # curl and openssl: the TLS tests probe client and peer ports with them.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# dig: the DNS test asks Mast's DNS server with it.
+command -v dig >/dev/null 2>&1 || missing+=(dnsutils)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 else
-  log "etcd, etcdctl, protoc, curl, openssl: present"
+  log "etcd, etcdctl, protoc, curl, openssl, dig: present"
 fi
 
 # 2. Node.js and npm.

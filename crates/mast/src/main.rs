@@ -174,6 +174,20 @@ struct ServeArgs {
     /// (an address given here must be free).
     #[arg(long, env = "MAST_NACOS_ADDR")]
     nacos_addr: Option<String>,
+    /// Where DNS is answered (`host:port`, UDP and TCP), or `off` (the default): A, AAAA and
+    /// SRV records of services' healthy, enabled instances (see the `mast-dns` crate).
+    #[arg(long, env = "MAST_DNS_ADDR", default_value = "off")]
+    dns_addr: String,
+    /// The DNS zone names are answered under.
+    #[arg(long, env = "MAST_DNS_ZONE", default_value = mast_dns::DEFAULT_ZONE)]
+    dns_zone: String,
+    /// TTL of DNS answers, in seconds.
+    #[arg(long, env = "MAST_DNS_TTL", default_value_t = mast_dns::DEFAULT_TTL)]
+    dns_ttl: u32,
+    /// With auth on, the Mast user whose permissions DNS queries are answered with (DNS
+    /// carries no credentials); unset, DNS refuses queries while auth is on.
+    #[arg(long, env = "MAST_DNS_USER")]
+    dns_user: Option<String>,
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "MAST_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -321,8 +335,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "starting mast");
     let mut server = Server::start_with(config, mast_registry::router).await?;
     serve_nacos(&mut server, args.nacos_addr.as_deref()).await?;
+    let dns = match args.dns_addr.trim() {
+        "off" => None,
+        a => {
+            let addr = tokio::net::lookup_host(a)
+                .await
+                .ok()
+                .and_then(|mut it| it.next())
+                .ok_or_else(|| anyhow::anyhow!("invalid --dns-addr {a:?} (host:port or off)"))?;
+            let config =
+                mast_dns::DnsConfig::new(&args.dns_zone, args.dns_ttl, args.dns_user.clone())?;
+            let dns = mast_dns::DnsServer::start(server.node().clone(), addr, config).await?;
+            tracing::info!(address = %dns.local_addr(), zone = %args.dns_zone, "serving DNS");
+            Some(dns)
+        }
+    };
     shutdown_signal().await;
     tracing::info!("shutting down");
+    if let Some(dns) = dns {
+        dns.shutdown().await;
+    }
     server.shutdown().await;
     Ok(())
 }
