@@ -1340,14 +1340,7 @@ async fn protection_threshold_answers_every_enabled_instance() {
             r#"{"host":"10.0.0.5","port":5,"healthy":false,"enabled":false}"#,
         ),
     ] {
-        let (s, r) = t
-            .call(
-                Method::POST,
-                "/v3/kv/put",
-                Some(put(&format!("/services/guarded/{id}"), body)),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{r}");
+        etcd_put(&t, &format!("/services/guarded/{id}"), body).await;
     }
     let path = "/mast/v1/services/guarded/instances";
     let (_, all) = t.get(path).await;
@@ -1367,14 +1360,7 @@ async fn protection_threshold_answers_every_enabled_instance() {
     assert!(v.get("protectionThresholdReached").is_none(), "{v}");
 
     // 1 of 4 enabled instances healthy, at or below 0.5: every enabled one is answered.
-    let (s, r) = t
-        .call(
-            Method::POST,
-            "/v3/kv/put",
-            Some(put("/service-meta/guarded", r#"{"protectThreshold":0.5}"#)),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{r}");
+    etcd_put(&t, "/service-meta/guarded", r#"{"protectThreshold":0.5}"#).await;
     let (_, v) = t.get(&format!("{path}?healthy=true")).await;
     assert_eq!(ids(&v), ["a", "b", "c", "d"], "{v}");
     assert_eq!(v["protectionThresholdReached"], true);
@@ -1390,17 +1376,7 @@ async fn protection_threshold_answers_every_enabled_instance() {
     );
 
     // Back above the threshold (3 of 4): healthy instances only again.
-    let (s, r) = t
-        .call(
-            Method::POST,
-            "/v3/kv/put",
-            Some(put(
-                "/services/guarded/b",
-                r#"{"host":"10.0.0.2","port":2}"#,
-            )),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{r}");
+    etcd_put(&t, "/services/guarded/b", r#"{"host":"10.0.0.2","port":2}"#).await;
     let (_, v) = t.get(&format!("{path}?healthy=true")).await;
     assert_eq!(
         ids(&v),
@@ -1408,18 +1384,15 @@ async fn protection_threshold_answers_every_enabled_instance() {
         "2 of 4 is 0.5, still at the threshold: {v}"
     );
     assert_eq!(v["protectionThresholdReached"], true);
-    let (s, r) = t
-        .call(
-            Method::POST,
-            "/v3/kv/put",
-            Some(put(
-                "/services/guarded/c",
-                r#"{"host":"10.0.0.3","port":3}"#,
-            )),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{r}");
+    etcd_put(&t, "/services/guarded/c", r#"{"host":"10.0.0.3","port":3}"#).await;
     let (_, v) = t.get(&format!("{path}?healthy=true")).await;
     assert_eq!(ids(&v), ["a", "b", "c"]);
     assert!(v.get("protectionThresholdReached").is_none(), "{v}");
+}
+
+/// A put through etcd's JSON gateway, as any etcd client would make it.
+async fn etcd_put(t: &TestServer, key: &str, value: &str) {
+    let body = json!({"key": b64(key), "value": b64(value)});
+    let (s, r) = t.call(Method::POST, "/v3/kv/put", Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
 }
