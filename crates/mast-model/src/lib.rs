@@ -5,7 +5,9 @@
 //! An instance of a service lives at `/services/<service>/<instance-id>` (the seeds' layout),
 //! holding JSON with at least `host` and `port`; Mast adds optional `weight`, `metadata`,
 //! `enabled`, `zone` and `registeredAt`, and keeps any other field a client wrote. An instance is
-//! alive while the lease its key is attached to is alive.
+//! alive while the lease its key is attached to is alive. An operator's weight and enabled
+//! live apart, at `/instance-overrides/<service>/<instance-id>`, and are put in force on the
+//! instance's JSON whenever it registers again (see [`overrides`]).
 //!
 //! ## Config center
 //! A config is named by namespace / group / data id (defaults `public` / `DEFAULT_GROUP`, as
@@ -21,11 +23,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod config;
+pub mod overrides;
 
 pub use config::{
     ConfigFormat, ConfigHistoryEntry, ConfigId, ConfigMeta, HistoryOp, ValidationError,
     check_schema, md5_hex,
 };
+pub use overrides::{InstanceOverride, apply_override, override_key, parse_override_key};
 
 /// Prefix of every instance key.
 pub const SERVICES_PREFIX: &str = "/services/";

@@ -8,12 +8,14 @@
 //! - configs: `/configs/`, `/config-meta/` and `/config-history/`, each followed by
 //!   `<namespace>/`, `<group>/` and the data id (a `*` name is the group's prefix, `app*` a
 //!   prefix, an exact name the key itself and its history prefix);
-//! - naming: `/services/<segment>/` and `/service-meta/<segment>` where `<segment>` is the
+//! - naming: `/services/<segment>/`, `/service-meta/<segment>` and the operator overrides
+//!   `/instance-overrides/<segment>/` where `<segment>` is the
 //!   service's key segment (`<namespace>#<group>@@<name>`, `<group>@@<name>` in the public
 //!   namespace, the bare name in its `DEFAULT_GROUP`): a `*` group or name is a prefix of the
 //!   segment. The public namespace's `DEFAULT_GROUP` has no prefix of its own (the seeds'
 //!   `/services/<service>/` layout), so `public:*:naming/*` and `public:DEFAULT_GROUP:naming/*`
-//!   are `/services/` and `/service-meta/` whole — every namespace's services.
+//!   are `/services/`, `/service-meta/` and `/instance-overrides/` whole — every namespace's
+//!   services.
 //!
 //! The action `r` is etcd's READ, `w` WRITE (and READ of the metadata a publish compares),
 //! `rw` both. Permissions are added to and taken from what a role holds for the same range, so
@@ -26,6 +28,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use mast_model::config::{CONTENT_PREFIX, HISTORY_PREFIX, META_PREFIX};
+use mast_model::overrides::OVERRIDE_PREFIX;
 use mast_model::{SERVICE_META_PREFIX, SERVICES_PREFIX, prefix_end};
 use mast_proto::authpb::Permission;
 use mast_proto::authpb::permission::Type as PermType;
@@ -245,22 +248,26 @@ fn ranges(res: &Resource, rw: (bool, bool)) -> Vec<(Range, (bool, bool))> {
                 }
                 _ => (None, None),
             };
-        let (services, meta) = match (lead, exact) {
+        let (services, meta, overrides) = match (lead, exact) {
             (_, Some(seg)) => (
                 Range::prefix(format!("{SERVICES_PREFIX}{seg}/")),
                 Range::key(format!("{SERVICE_META_PREFIX}{seg}")),
+                Range::prefix(format!("{OVERRIDE_PREFIX}{seg}/")),
             ),
             (Some(l), None) => (
                 Range::prefix(format!("{SERVICES_PREFIX}{l}")),
                 Range::prefix(format!("{SERVICE_META_PREFIX}{l}")),
+                Range::prefix(format!("{OVERRIDE_PREFIX}{l}")),
             ),
             (None, None) => (
                 Range::prefix(SERVICES_PREFIX.to_string()),
                 Range::prefix(SERVICE_META_PREFIX.to_string()),
+                Range::prefix(OVERRIDE_PREFIX.to_string()),
             ),
         };
         out.push((services, rw));
         out.push((meta, meta_rw));
+        out.push((overrides, rw));
     }
     out
 }
@@ -901,6 +908,7 @@ mod tests {
                 "/config-history/dev/",
                 "/services/dev#",
                 "/service-meta/dev#",
+                "/instance-overrides/dev#",
             ]
         );
         assert_eq!(k[0].1, "/configs/dev0");

@@ -302,10 +302,15 @@ pub(crate) async fn put_instance(
     ip: &InstanceParams,
     lease: Option<i64>,
 ) -> Result<(), ApiError> {
-    let key = instance_key(&svc.segment(), &instance_id(&ip.ip, ip.port, &ip.cluster));
+    let segment = svc.segment();
+    let id = instance_id(&ip.ip, ip.port, &ip.cluster);
+    let key = instance_key(&segment, &id);
+    let mut inst = ip.to_instance();
+    // An operator's weight / enabled outlive the instance's own registration.
+    mast_registry::overrides::apply_on_register(node, &segment, &id, &mut inst);
     let mut req = PutRequest {
         key: key.into_bytes().into(),
-        value: ip.to_instance().to_json().into(),
+        value: inst.to_json().into(),
         prev_kv: true,
         ..Default::default()
     };
@@ -379,7 +384,10 @@ pub async fn deregister(
 }
 
 /// `PUT /nacos/v1/ns/instance`: changes an instance's weight, enabled, metadata (and health
-/// of a persistent one), keeping its lease; answers `ok`.
+/// of a persistent one), keeping its lease; answers `ok`. The `weight` and `enabled` given
+/// are an operator's override, as Nacos 2.x keeps console edits apart from what the
+/// instance registers: they stay in force when the instance registers again, until cleared
+/// through `/mast/v1` or `mast service unset` (see [`mast_registry::overrides`]).
 ///
 /// # Errors
 /// 400 `service not found, …` when the instance is not registered.
@@ -391,46 +399,46 @@ pub async fn update(
     let svc = service_of(&p)?;
     let params = instance_params(&p)?;
     let (caller, had_token) = who.caller(&st, &p).await?;
-    let key = instance_key(
-        &svc.segment(),
-        &instance_id(&params.ip, params.port, &params.cluster),
-    );
+    let segment = svc.segment();
+    let id = instance_id(&params.ip, params.port, &params.cluster);
     let err = |e: ApiError| NacosError::from_api(e, had_token);
-    for _ in 0..5 {
-        let (kv, _) = etcd::get(&st.node, &caller, &key, 0).await.map_err(err)?;
-        let Some(kv) = kv else {
-            return Err(bad(format!(
-                "service not found, namespace: {}, service: {}",
-                svc.namespace,
-                svc.grouped()
-            )));
-        };
-        let mut inst = Instance::from_json(&kv.value)
-            .map_err(|_| NacosError::Conflict(format!("the value at {key} is not an instance")))?;
-        inst.weight = params.weight;
-        inst.enabled = params.enabled;
-        if p.get("metadata").is_some() {
+    let not_found = || {
+        bad(format!(
+            "service not found, namespace: {}, service: {}",
+            svc.namespace,
+            svc.grouped()
+        ))
+    };
+    let ephemeral = match etcd::get(&st.node, &caller, &instance_key(&segment, &id), 0)
+        .await
+        .map_err(err)?
+    {
+        (Some(kv), _) => kv.lease != 0,
+        (None, _) => return Err(not_found()),
+    };
+    let set_meta = p.get("metadata").is_some();
+    let set_health = !ephemeral && p.opt("healthy").is_some();
+    let edit = |inst: &mut Instance| {
+        if set_meta {
             inst.metadata = params.metadata.clone();
         }
-        if kv.lease == 0 && p.opt("healthy").is_some() {
+        if set_health {
             inst.extra
                 .insert("healthy".into(), serde_json::Value::Bool(params.healthy));
         }
-        let resp = etcd::txn(
-            &st.node,
-            &caller,
-            vec![etcd::mod_revision_is(key.clone(), kv.mod_revision)],
-            vec![etcd::put_keep_lease_op(key.clone(), inst.to_json())],
-        )
+    };
+    let weight = p.opt("weight").map(|_| params.weight);
+    let enabled = p.opt("enabled").map(|_| params.enabled);
+    match mast_registry::overrides::set(&st.node, &caller, &segment, &id, weight, enabled, edit)
         .await
-        .map_err(err)?;
-        if resp.succeeded {
-            return Ok(ok_text());
+    {
+        Ok(_) => Ok(ok_text()),
+        Err(e) if e.code == mast_registry::ErrorCode::NotFound => Err(not_found()),
+        Err(e) if e.code == mast_registry::ErrorCode::Conflict => {
+            Err(NacosError::Conflict(e.message))
         }
+        Err(e) => Err(err(e)),
     }
-    Err(NacosError::Conflict(
-        "the instance kept changing while it was updated; try again".into(),
-    ))
 }
 
 /// A beat's `beat` parameter (the fields Mast uses).

@@ -493,3 +493,67 @@ async fn services_carry_a_protection_threshold_that_discovery_honours() {
         )
     );
 }
+
+/// An operator's `PUT /instance` (as Nacos's console makes it) stays in force when the
+/// client registers the instance again, as Nacos 2.x keeps console edits apart; clearing it
+/// through `/mast/v1` gives the client's own values back.
+#[tokio::test]
+async fn an_operators_update_outlives_reregistration() {
+    let n = Nacos::start().await;
+    let reg = [
+        ("serviceName", "drain"),
+        ("ip", "10.0.0.9"),
+        ("port", "90"),
+        ("weight", "2"),
+    ];
+    assert_eq!(n.call(Method::POST, "/instance", &reg).await.1, "ok");
+    let upd = [
+        ("serviceName", "drain"),
+        ("ip", "10.0.0.9"),
+        ("port", "90"),
+        ("weight", "0.3"),
+        ("enabled", "false"),
+    ];
+    assert_eq!(n.call(Method::PUT, "/instance", &upd).await.1, "ok");
+    assert_eq!(
+        n.etcd_keys("/instance-overrides/").await,
+        ["/instance-overrides/drain/10.0.0.9#90#DEFAULT"]
+    );
+    // The client registers again (a restart, a reconnect) with its own weight.
+    assert_eq!(n.call(Method::POST, "/instance", &reg).await.1, "ok");
+    let q = [("serviceName", "drain"), ("ip", "10.0.0.9"), ("port", "90")];
+    let one = n.json("/instance", &q).await;
+    assert_eq!(one["weight"], 0.3, "{one}");
+    let v = n.json("/instance/list", &[("serviceName", "drain")]).await;
+    assert_eq!(v["hosts"], json!([]), "a disabled instance stays out: {v}");
+
+    // An update of the metadata alone leaves the override as it is.
+    let meta = [
+        ("serviceName", "drain"),
+        ("ip", "10.0.0.9"),
+        ("port", "90"),
+        ("metadata", r#"{"v":"2"}"#),
+    ];
+    assert_eq!(n.call(Method::PUT, "/instance", &meta).await.1, "ok");
+    let one = n.json("/instance", &q).await;
+    assert_eq!(
+        (one["weight"].clone(), one["metadata"]["v"].clone()),
+        (json!(0.3), json!("2"))
+    );
+
+    // Cleared through /mast/v1 (on the etcd port): the client's weight and enabled return.
+    let r = n
+        .http
+        .delete(format!(
+            "{}/mast/v1/services/drain/instances/10.0.0.9%2390%23DEFAULT/override",
+            n.etcd
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let one = n.json("/instance", &q).await;
+    assert_eq!(one["weight"], 2.0, "{one}");
+    let v = n.json("/instance/list", &[("serviceName", "drain")]).await;
+    assert_eq!(v["hosts"].as_array().unwrap().len(), 1, "{v}");
+}

@@ -6,7 +6,9 @@
 //!   replaces the instance, and its previous lease is revoked when no other key uses it.
 //! - Heartbeat: one LeaseKeepAlive of the lease the instance's key is attached to.
 //! - Update: a Txn that compares the key's mod revision and puts the new JSON keeping the
-//!   lease (retried a few times when another writer got there first).
+//!   lease (retried a few times when another writer got there first). A weight or enabled
+//!   set this way is an operator's override, kept at `/instance-overrides/…` and put in force
+//!   again whenever the instance re-registers ([`crate::overrides`]).
 //! - Deregister: a DeleteRange of the key; the lease is revoked when no other key uses it.
 //! - Health: an instance with a lease is healthy while the lease is alive; one without a lease
 //!   (persistent, e.g. written by `etcdctl put`) is healthy unless its JSON says
@@ -40,7 +42,7 @@ use crate::list_cache::{LeaseFields, ServiceEntry};
 pub const DEFAULT_TTL: i64 = 10;
 
 /// Attempts of an optimistic update before answering 409.
-const UPDATE_ATTEMPTS: usize = 5;
+pub(crate) const UPDATE_ATTEMPTS: usize = 5;
 
 /// An instance as the API shows it: the stored fields, where it lives, and its health.
 #[derive(Clone, Debug, Serialize)]
@@ -458,6 +460,8 @@ pub async fn register(
     inst.enabled = req.enabled.unwrap_or(true);
     inst.zone = req.zone.filter(|z| !z.is_empty());
     inst.registered_at = Some(etcd::now_ms());
+    // An operator's weight / enabled outlive the instance's own registration.
+    crate::overrides::apply_on_register(node, &service, &id, &mut inst);
     let value = bytes::Bytes::from(inst.to_json());
     let put_req = PutRequest {
         key: key.clone().into_bytes().into(),
@@ -493,6 +497,16 @@ pub async fn register(
 }
 
 /// `PATCH /mast/v1/services/{service}/instances/{id}`: weight, enabled, metadata, zone.
+///
+/// `weight` and `enabled` are an operator's override: they are stored at
+/// `/instance-overrides/<service>/<id>` too, in the same Txn, and stay in force when the
+/// instance registers again, until `DELETE …/override` (see [`crate::overrides`]); the caller
+/// needs write permission on that key as well. `metadata` and `zone` change the instance as it
+/// is now (its next registration replaces them).
+///
+/// # Errors
+/// 400 for a bad weight, 404 when the instance is not registered, 409 when the value is not
+/// instance JSON or kept changing, auth and etcd errors.
 pub async fn update(
     State(st): State<AppState>,
     Call(caller): Call,
@@ -503,15 +517,9 @@ pub async fn update(
     if let Some(w) = req.weight {
         check_weight(w)?;
     }
-    for _ in 0..UPDATE_ATTEMPTS {
-        let (key, kv) = read_one(node, &caller, &service, &id).await?;
-        let mut inst = Instance::from_json(&kv.value).map_err(|_| not_an_instance(&kv))?;
-        if let Some(w) = req.weight {
-            inst.weight = w;
-        }
-        if let Some(e) = req.enabled {
-            inst.enabled = e;
-        }
+    check_name("service", &service)?;
+    check_name("instance id", &id)?;
+    let edit = |inst: &mut Instance| {
         if let Some(z) = &req.zone {
             inst.zone = (!z.is_empty()).then(|| z.clone());
         }
@@ -523,6 +531,19 @@ pub async fn update(
                 };
             }
         }
+    };
+    if req.weight.is_some() || req.enabled.is_some() {
+        let updated =
+            crate::overrides::set(node, &caller, &service, &id, req.weight, req.enabled, edit)
+                .await?;
+        return InstanceView::from_kv(node, &updated)
+            .map(Json)
+            .ok_or_else(|| not_an_instance(&updated));
+    }
+    for _ in 0..UPDATE_ATTEMPTS {
+        let (key, kv) = read_one(node, &caller, &service, &id).await?;
+        let mut inst = Instance::from_json(&kv.value).map_err(|_| not_an_instance(&kv))?;
+        edit(&mut inst);
         let resp = etcd::txn(
             node,
             &caller,

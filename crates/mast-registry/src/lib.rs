@@ -5,6 +5,8 @@
 //!   (a lease and a put), heartbeat (a keepalive of the instance's lease), update, deregister.
 //! - [`configs`]: list, get, publish (validated against the format and the config's JSON
 //!   Schema), delete, history, one version, diff of two versions, rollback.
+//! - [`overrides`]: an operator's weight and enabled that survive re-registration, and the
+//!   leader's reconciler that keeps instances in line with them.
 //! - [`events`]: a Server-Sent Events stream of instance and config changes that resumes from
 //!   a revision.
 //! - [`openapi`]: the OpenAPI document.
@@ -25,6 +27,11 @@
 //! the read caches tell whether a rendered answer is still current, which check the caller's
 //! read permission as the etcd read would. Errors arrive as [`mast_server::EtcdError`] and
 //! become an [`ApiError`] by variant.
+//!
+//! The one exception is the server's own background work, which no request drives: the
+//! override reconciler ([`overrides::spawn_reconciler`]) reads as the server
+//! ([`Node::range_as_server`]) and writes through [`Node::write`], only on the leader, and only
+//! Txns guarded by the mod revision of the key they rewrite.
 
 pub mod configs;
 pub mod error;
@@ -33,6 +40,7 @@ pub mod events;
 pub mod instances;
 pub mod list_cache;
 pub mod openapi;
+pub mod overrides;
 pub mod read_cache;
 
 use std::sync::Arc;
@@ -112,9 +120,12 @@ pub fn router(node: Arc<Node>) -> Router {
     router_with(node, RegistryConfig::from_env())
 }
 
-/// The API's routes for `node` with explicit settings.
+/// The API's routes for `node` with explicit settings. Also starts the registry's
+/// background work on `node` (the override reconciler, which acts while the member leads and
+/// stops when the node shuts down), so call it once per node.
 pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
     config.history_retention = config.history_retention.max(1);
+    overrides::spawn_reconciler(node.clone());
     let state = AppState {
         node,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
@@ -141,6 +152,10 @@ pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
                 .patch(instances::update)
                 .delete(instances::deregister)
                 .fallback(na),
+        )
+        .route(
+            "/mast/v1/services/{service}/instances/{id}/override",
+            get(overrides::get).delete(overrides::clear).fallback(na),
         )
         .route(
             "/mast/v1/services/{service}/instances/{id}/heartbeat",

@@ -1327,7 +1327,6 @@ async fn instance_lists_follow_every_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protection_threshold_answers_every_enabled_instance() {
     let t = TestServer::start().await;
-    let put = |key: &str, value: &str| json!({"key": b64(key), "value": b64(value)});
     // Four persistent instances, as `etcdctl put` or the Nacos API store them; three marked
     // unhealthy, one disabled.
     for (id, body) in [
@@ -1395,4 +1394,151 @@ async fn etcd_put(t: &TestServer, key: &str, value: &str) {
     let body = json!({"key": b64(key), "value": b64(value)});
     let (s, r) = t.call(Method::POST, "/v3/kv/put", Some(body)).await;
     assert_eq!(s, StatusCode::OK, "{r}");
+}
+
+/// Waits (up to 10 s) for a commit that puts `key` with a value for which `ok` holds, and
+/// returns that value; `rx` was subscribed before the write that should lead to it.
+async fn commit_where(
+    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<mast_server::watch::Batch>>,
+    key: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let batch = tokio::time::timeout(left, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no commit of {key} as expected within 10 s"))
+            .unwrap();
+        for ev in &batch.events {
+            let Some(kv) = ev.kv.as_ref() else { continue };
+            if kv.key == key.as_bytes()
+                && let Ok(v) = serde_json::from_slice::<Value>(&kv.value)
+                && ok(&v)
+            {
+                return v;
+            }
+        }
+    }
+}
+
+/// An operator's weight / enabled stay in force when the instance registers again — through
+/// this API and through a plain etcd put — until the operator clears them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_overrides_survive_reregistration() {
+    let t = TestServer::start().await;
+    let path = "/mast/v1/services/orders/instances";
+    let register =
+        |weight: f64| json!({"id": "o1", "host": "10.1.0.1", "port": 80, "weight": weight});
+    let (s, v) = t.call(Method::POST, path, Some(register(3.0))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+
+    // Bad input changes nothing.
+    let one = format!("{path}/o1");
+    let (s, v) = t
+        .call(Method::PATCH, &one, Some(json!({"weight": -1})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _) = t.get(&format!("{one}/override")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t
+        .call(
+            Method::PATCH,
+            &format!("{path}/nobody"),
+            Some(json!({"weight": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(
+        t.etcd_get("/instance-overrides/orders/nobody")
+            .await
+            .is_none()
+    );
+
+    // The operator drains it.
+    let (s, v) = t
+        .call(
+            Method::PATCH,
+            &one,
+            Some(json!({"weight": 0.5, "enabled": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["weight"].as_f64(), v["enabled"].as_bool()),
+        (Some(0.5), Some(false))
+    );
+    assert_eq!(
+        v["extra"]["registered"],
+        json!({"weight": 3.0, "enabled": true})
+    );
+    let (s, ov) = t.get(&format!("{one}/override")).await;
+    assert_eq!(s, StatusCode::OK, "{ov}");
+    assert_eq!(
+        (ov["weight"].as_f64(), ov["enabled"].as_bool()),
+        (Some(0.5), Some(false))
+    );
+    assert!(ov["setAt"].as_u64().unwrap() > 0);
+
+    // The instance registers again with its own weight: the operator's values hold.
+    let (s, v) = t.call(Method::POST, path, Some(register(4.0))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (v["weight"].as_f64(), v["enabled"].as_bool()),
+        (Some(0.5), Some(false))
+    );
+    assert_eq!(v["extra"]["registered"]["weight"], 4.0);
+    let (_, list) = t.get(&format!("{path}?enabled=true")).await;
+    assert!(
+        ids(&list).is_empty(),
+        "a drained instance stays out: {list}"
+    );
+
+    // It dies and comes back through a plain etcd put (as the seeds' code registers): the
+    // leader's reconciler puts the override in force again.
+    let (s, _) = t.call(Method::DELETE, &one, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut rx = t.node().subscribe_commits();
+    etcd_put(
+        &t,
+        "/services/orders/o1",
+        r#"{"host":"10.1.0.1","port":80,"weight":5}"#,
+    )
+    .await;
+    let fixed = commit_where(&mut rx, "/services/orders/o1", |v| v["weight"] == 0.5).await;
+    assert_eq!(fixed["enabled"], false);
+    assert_eq!(fixed["registered"], json!({"weight": 5.0, "enabled": true}));
+
+    // An override written by etcdctl is put in force too.
+    let mut rx = t.node().subscribe_commits();
+    etcd_put(&t, "/instance-overrides/orders/o1", r#"{"weight":2}"#).await;
+    let fixed = commit_where(&mut rx, "/services/orders/o1", |v| v["weight"] == 2.0).await;
+    assert!(
+        fixed.get("enabled").is_none(),
+        "enabled is the registered true: {fixed}"
+    );
+
+    // Cleared: back to what it registered, in the same write.
+    let (s, v) = t
+        .call(Method::DELETE, &format!("{one}/override"), None)
+        .await;
+    assert_eq!(
+        (s, v["cleared"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{v}"
+    );
+    let (_, v) = t.get(&one).await;
+    assert_eq!(
+        (v["weight"].as_f64(), v["enabled"].as_bool()),
+        (Some(5.0), Some(true))
+    );
+    assert!(v["extra"].get("registered").is_none(), "{v}");
+    let (s, v) = t
+        .call(Method::DELETE, &format!("{one}/override"), None)
+        .await;
+    assert_eq!((s, v["cleared"].as_bool()), (StatusCode::OK, Some(false)));
+    // Re-registering now keeps the instance's own values.
+    let (_, v) = t.call(Method::POST, path, Some(register(6.0))).await;
+    assert_eq!(v["weight"], 6.0);
+    t.stop().await;
 }

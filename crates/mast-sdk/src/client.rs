@@ -37,6 +37,12 @@ pub enum Error {
     /// Content refused by its format or schema.
     #[error(transparent)]
     Validation(#[from] mast_model::ValidationError),
+    /// What was asked for does not exist (an instance that is not registered).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// An argument out of range (a negative weight).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
     /// A conflicting concurrent change won too many times.
     #[error("too many concurrent changes to {0}; try again")]
     Conflict(String),
@@ -223,6 +229,11 @@ impl Client {
             client.authenticate().await?;
         }
         Ok(client)
+    }
+
+    /// The user this client logs in as, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.creds.as_ref().map(|(name, _)| name.as_str())
     }
 
     /// Logs in again (after the token expired or the auth revision moved).

@@ -26,6 +26,7 @@
 
 pub mod client;
 pub mod config;
+pub mod overrides;
 pub mod registry;
 
 pub use client::{Client, ClientOptions, Error, Result};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mast_mvcc::{Command, CommandResult, LoggedStore, MvccError, Store};
-use mast_proto::etcdserverpb::ResponseHeader;
+use mast_proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use tokio::sync::watch;
 
 use crate::authz::Identity as CallerIdentity;
@@ -513,6 +513,25 @@ impl Node {
     ) -> Result<(i64, usize, i64), EtcdError> {
         self.check_range(who, key, range_end, false)?;
         Ok(self.store.range_summary(key, range_end))
+    }
+
+    /// A serializable Range (this member's applied state, no read index) made by the server
+    /// itself, with no auth check: for the server's own background work (operator overrides,
+    /// health probes), never on behalf of a client's request.
+    ///
+    /// # Errors
+    /// The store's errors (a compacted or future revision, a failed read).
+    pub fn range_as_server(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
+        let mut resp = self.store.range(req)?;
+        resp.header = self.complete(resp.header);
+        Ok(resp)
+    }
+
+    /// Whether this member is the Raft leader now (a single member is, once it has elected
+    /// itself). Background work done once per cluster (lease expiry, probes) runs where this
+    /// holds.
+    pub fn is_leader(&self) -> bool {
+        self.consensus.is_leader()
     }
 
     /// The `mod_revision` of each of `keys` at the current revision (`None`: absent), and that

@@ -170,6 +170,27 @@ pub enum ServiceCmd {
         /// Instance id.
         id: String,
     },
+    /// Sets an operator's weight and / or enabled on an instance; they stay in force when the
+    /// instance registers again, until `unset` (stored at `/instance-overrides/…`).
+    Set {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Weight in force.
+        #[arg(long)]
+        weight: Option<f64>,
+        /// Enabled in force (`true` or `false`).
+        #[arg(long)]
+        enabled: Option<bool>,
+    },
+    /// Clears the operator's override of an instance: it gets back what it registered.
+    Unset {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
     /// Prints the instance set after every change, until interrupted.
     Watch {
         /// Service name.
@@ -769,6 +790,33 @@ async fn service(c: &Client, out: Format, cmd: ServiceCmd) -> anyhow::Result<()>
                 bail!("no instance {id} in {service}");
             }
             println!("deregistered");
+        }
+        ServiceCmd::Set {
+            service,
+            id,
+            weight,
+            enabled,
+        } => {
+            if weight.is_none() && enabled.is_none() {
+                bail!("give --weight, --enabled or both");
+            }
+            let inst = c
+                .set_instance_override(&service, &id, weight, enabled)
+                .await?;
+            match out {
+                Format::Json => print_json(&inst)?,
+                _ => println!(
+                    "{service}/{id}: weight {} enabled {} (held until `mast service unset`)",
+                    inst.weight, inst.enabled
+                ),
+            }
+        }
+        ServiceCmd::Unset { service, id } => {
+            if c.clear_instance_override(&service, &id).await? {
+                println!("{service}/{id}: override cleared");
+            } else {
+                println!("{service}/{id}: no override");
+            }
         }
         ServiceCmd::Watch { service } => {
             let mut stream = Box::pin(c.watch_service(&service));

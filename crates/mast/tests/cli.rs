@@ -172,6 +172,49 @@ fn config_and_service_commands() {
         serde_json::from_str(&ok(&s, &["service", "get", "users", "-w", "json"])).unwrap();
     assert_eq!(got[0]["instance"]["host"], "10.0.0.1");
     assert!(ok(&s, &["service", "get", "users"]).contains("10.0.0.1:3000"));
+
+    // An operator's drain, kept when the instance is put again (as a plain etcd client
+    // registers), until unset.
+    let set: serde_json::Value = serde_json::from_str(&ok(
+        &s,
+        &[
+            "service",
+            "set",
+            "users",
+            "i1",
+            "--weight",
+            "0",
+            "--enabled",
+            "false",
+            "-w",
+            "json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        (set["weight"].as_f64(), set["enabled"].as_bool()),
+        (Some(0.0), Some(false))
+    );
+    let bad = mast(&s, &["service", "set", "users", "i1", "--weight=-2"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("weight must be a finite number >= 0"));
+    let missing = mast(&s, &["service", "set", "users", "nobody", "--weight", "1"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not registered"));
+    assert!(ok(&s, &["get", "/instance-overrides/users/i1"]).contains("\"weight\":0.0"));
+    assert_eq!(
+        ok(&s, &["service", "unset", "users", "i1"]),
+        "users/i1: override cleared\n"
+    );
+    let got: serde_json::Value =
+        serde_json::from_str(&ok(&s, &["service", "get", "users", "-w", "json"])).unwrap();
+    assert_eq!(
+        got[0]["instance"],
+        serde_json::json!({"host": "10.0.0.1", "port": 3000})
+    );
+    assert_eq!(
+        ok(&s, &["service", "unset", "users", "i1"]),
+        "users/i1: no override\n"
+    );
     assert_eq!(
         ok(&s, &["service", "deregister", "users", "i1"]),
         "deregistered\n"
