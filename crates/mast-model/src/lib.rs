@@ -23,12 +23,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod config;
+pub mod health;
 pub mod overrides;
 
 pub use config::{
     ConfigFormat, ConfigHistoryEntry, ConfigId, ConfigMeta, HistoryOp, ValidationError,
     check_schema, md5_hex,
 };
+pub use health::{HealthCheck, HealthCheckError, ProbeKind};
 pub use overrides::{InstanceOverride, apply_override, override_key, parse_override_key};
 
 /// Prefix of every instance key.

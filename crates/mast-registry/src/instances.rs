@@ -12,7 +12,8 @@
 //! - Deregister: a DeleteRange of the key; the lease is revoked when no other key uses it.
 //! - Health: an instance with a lease is healthy while the lease is alive; one without a lease
 //!   (persistent, e.g. written by `etcdctl put`) is healthy unless its JSON says
-//!   `"healthy": false` (as the Nacos API marks persistent instances).
+//!   `"healthy": false` (as the Nacos API marks persistent instances, and as the leader's
+//!   health probes mark them, see [`crate::probes`]).
 //! - Protection threshold: when the healthy share of a service's enabled instances is at or
 //!   below its `protectThreshold` (`/service-meta/<service>`), a `healthy=true` list answers
 //!   every enabled instance and says `protectionThresholdReached`, as Nacos does.
@@ -197,6 +198,10 @@ pub struct RegisterRequest {
     pub ttl: Option<i64>,
     /// False registers a persistent instance with no lease (it stays until deregistered).
     pub ephemeral: Option<bool>,
+    /// How the leader probes this persistent instance ([`mast_model::HealthCheck`]'s JSON;
+    /// default: its service's check, if any). Refused for an ephemeral instance, which lives
+    /// by its lease.
+    pub health_check: Option<serde_json::Value>,
 }
 
 /// `PATCH /mast/v1/services/{service}/instances/{id}`. Absent fields stay as they are;
@@ -451,6 +456,19 @@ pub async fn register(
             "ttl must be a positive number of seconds",
         ));
     }
+    let ephemeral = req.ephemeral.unwrap_or(true);
+    let health_check = match &req.health_check {
+        Some(_) if ephemeral => {
+            return Err(ApiError::bad_request(
+                "healthCheck applies to persistent instances (\"ephemeral\": false); an ephemeral one lives by its lease",
+            ));
+        }
+        Some(v) => Some(
+            mast_model::HealthCheck::from_value(v)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+        None => None,
+    };
     let key = instance_key(&service, &id);
     // The lease and the key are one write (checked as a Put), so a refused caller leaves no
     // lease behind.
@@ -460,6 +478,12 @@ pub async fn register(
     inst.enabled = req.enabled.unwrap_or(true);
     inst.zone = req.zone.filter(|z| !z.is_empty());
     inst.registered_at = Some(etcd::now_ms());
+    if let Some(check) = health_check {
+        inst.extra.insert(
+            mast_model::health::HEALTH_CHECK_FIELD.into(),
+            serde_json::to_value(check).map_err(|e| ApiError::internal(e.to_string()))?,
+        );
+    }
     // An operator's weight / enabled outlive the instance's own registration.
     crate::overrides::apply_on_register(node, &service, &id, &mut inst);
     let value = bytes::Bytes::from(inst.to_json());
@@ -470,7 +494,7 @@ pub async fn register(
         ..Default::default()
     };
     // An ephemeral instance: its lease and its key in one write (one fsync, one revision).
-    let (lease_id, put) = if req.ephemeral.unwrap_or(true) {
+    let (lease_id, put) = if ephemeral {
         let (id, _ttl, put) = kv::put_with_new_lease(node, &caller, ttl, put_req).await?;
         (id, put)
     } else {

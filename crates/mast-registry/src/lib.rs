@@ -5,6 +5,8 @@
 //!   (a lease and a put), heartbeat (a keepalive of the instance's lease), update, deregister.
 //! - [`configs`]: list, get, publish (validated against the format and the config's JSON
 //!   Schema), delete, history, one version, diff of two versions, rollback.
+//! - [`services`]: a service's settings (protection threshold, metadata, health check).
+//! - [`probes`]: the leader's TCP / HTTP / gRPC health probes of persistent instances.
 //! - [`overrides`]: an operator's weight and enabled that survive re-registration, and the
 //!   leader's reconciler that keeps instances in line with them.
 //! - [`events`]: a Server-Sent Events stream of instance and config changes that resumes from
@@ -29,7 +31,8 @@
 //! become an [`ApiError`] by variant.
 //!
 //! The one exception is the server's own background work, which no request drives: the
-//! override reconciler ([`overrides::spawn_reconciler`]) reads as the server
+//! override reconciler ([`overrides::spawn_reconciler`]) and the health prober
+//! ([`probes::spawn_prober`]) read as the server
 //! ([`Node::range_as_server`]) and writes through [`Node::write`], only on the leader, and only
 //! Txns guarded by the mod revision of the key they rewrite.
 
@@ -41,7 +44,9 @@ pub mod instances;
 pub mod list_cache;
 pub mod openapi;
 pub mod overrides;
+pub mod probes;
 pub mod read_cache;
+pub mod services;
 
 use std::sync::Arc;
 
@@ -121,11 +126,12 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// The API's routes for `node` with explicit settings. Also starts the registry's
-/// background work on `node` (the override reconciler, which acts while the member leads and
-/// stops when the node shuts down), so call it once per node.
+/// background work on `node` (the override reconciler and the health prober, which act while
+/// the member leads and stop when the node shuts down), so call it once per node.
 pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
     config.history_retention = config.history_retention.max(1);
     overrides::spawn_reconciler(node.clone());
+    probes::spawn_prober(node.clone());
     let state = AppState {
         node,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
@@ -139,6 +145,10 @@ pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
         .route(
             "/mast/v1/services",
             get(instances::list_services).fallback(na),
+        )
+        .route(
+            "/mast/v1/services/{service}",
+            get(services::get).put(services::put).fallback(na),
         )
         .route(
             "/mast/v1/services/{service}/instances",

@@ -1542,3 +1542,247 @@ async fn operator_overrides_survive_reregistration() {
     assert_eq!(v["weight"], 6.0);
     t.stop().await;
 }
+
+/// Accepts connections on `listener` and closes each at once, until aborted (the listener
+/// closes with the task).
+fn accept_and_close(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} })
+}
+
+/// Persistent instances are probed by the leader: TCP, HTTP and gRPC checks from the
+/// service's settings or the instance's own JSON; a failing instance is marked unhealthy
+/// (never deleted) within interval × threshold, and healthy again when it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_mark_persistent_instances() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let mut t = TestServer::start().await;
+    let settings = "/mast/v1/services/probed";
+
+    // Bad settings are refused with the field named, and nothing is stored.
+    for (bad, field) in [
+        (json!({"healthCheck": {"type": "udp"}}), "malformed"),
+        (
+            json!({"healthCheck": {"type": "tcp", "intervalMs": 0}}),
+            "intervalMs",
+        ),
+        (
+            json!({"healthCheck": {"type": "tcp", "intervalMs": 200, "timeoutMs": 300}}),
+            "timeoutMs",
+        ),
+        (
+            json!({"healthCheck": {"type": "tcp", "path": "/x"}}),
+            "path",
+        ),
+        (
+            json!({"healthCheck": {"type": "tcp"}, "protectThreshold": 1.5}),
+            "protectThreshold",
+        ),
+    ] {
+        let (s, v) = t.call(Method::PUT, settings, Some(bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{v}");
+    }
+    assert!(t.etcd_get("/service-meta/probed").await.is_none());
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/mast/v1/services/probed/instances",
+            Some(json!({"host": "127.0.0.1", "port": 1, "healthCheck": {"type": "tcp"}})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "an ephemeral instance lives by its lease: {v}"
+    );
+
+    // TCP, from the service's settings.
+    let interval = 200;
+    let threshold = 2;
+    let check = json!({"type": "tcp", "intervalMs": interval, "timeoutMs": 150,
+                       "unhealthyThreshold": threshold});
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            settings,
+            Some(json!({"healthCheck": check, "protectThreshold": 0.1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["healthCheck"]["healthyThreshold"], 1,
+        "defaults filled in: {v}"
+    );
+    let (_, v) = t.get(settings).await;
+    assert_eq!(v["protectThreshold"], 0.1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = accept_and_close(listener);
+    let register = |id: &str, port: u16, check: Option<Value>| {
+        let mut b = json!({"id": id, "host": "127.0.0.1", "port": port, "ephemeral": false});
+        if let Some(c) = check {
+            b["healthCheck"] = c;
+        }
+        b
+    };
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/mast/v1/services/probed/instances",
+            Some(register("p1", port, None)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["healthy"], true);
+
+    // The port closes: unhealthy within interval × threshold (plus the phase of the first
+    // probe and the write), with the reason; the instance stays registered.
+    let mut rx = t.node().subscribe_commits();
+    accept.abort();
+    let _ = accept.await;
+    let closed = Instant::now();
+    let v = commit_where(&mut rx, "/services/probed/p1", |v| v["healthy"] == false).await;
+    let took = closed.elapsed();
+    eprintln!(
+        "tcp: unhealthy {took:?} after the port closed (interval {interval} ms × {threshold})"
+    );
+    assert!(
+        took < Duration::from_millis(interval * (threshold + 1) + 1000),
+        "{took:?}"
+    );
+    let detail = v["healthDetail"].as_str().unwrap();
+    assert!(detail.contains(&format!("127.0.0.1:{port}")), "{detail}");
+    let (_, list) = t
+        .get("/mast/v1/services/probed/instances?healthy=false")
+        .await;
+    assert_eq!(ids(&list), ["p1"]);
+
+    // It reopens: healthy again, the reason gone.
+    let mut rx = t.node().subscribe_commits();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let accept = accept_and_close(listener);
+    let v = commit_where(&mut rx, "/services/probed/p1", |v| {
+        v.get("healthy") == Some(&json!(true))
+    })
+    .await;
+    assert!(v.get("healthDetail").is_none(), "{v}");
+
+    // HTTP, from the instance's own check (it wins over the service's).
+    let status = Arc::new(AtomicU16::new(200));
+    let answer = status.clone();
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let code = answer.load(Ordering::SeqCst);
+            async move { StatusCode::from_u16(code).unwrap() }
+        }),
+    );
+    let http = t
+        .server
+        .as_mut()
+        .unwrap()
+        .serve_router("127.0.0.1:0".parse().unwrap(), app)
+        .await
+        .unwrap();
+    let http_check = json!({"type": "http", "path": "/health", "intervalMs": 200,
+                            "timeoutMs": 150, "unhealthyThreshold": 1});
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/mast/v1/services/probed/instances",
+            Some(register("p2", http.port(), Some(http_check))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let mut rx = t.node().subscribe_commits();
+    status.store(503, Ordering::SeqCst);
+    let v = commit_where(&mut rx, "/services/probed/p2", |v| v["healthy"] == false).await;
+    assert!(
+        v["healthDetail"].as_str().unwrap().contains("status 503"),
+        "{v}"
+    );
+    let mut rx = t.node().subscribe_commits();
+    status.store(204, Ordering::SeqCst);
+    commit_where(&mut rx, "/services/probed/p2", |v| {
+        v.get("healthy") == Some(&json!(true))
+    })
+    .await;
+
+    // A server that accepts and never answers: the probe times out, and writes go on
+    // meanwhile.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let mut rx = t.node().subscribe_commits();
+    let hanging =
+        json!({"type": "http", "intervalMs": 300, "timeoutMs": 100, "unhealthyThreshold": 1});
+    t.call(
+        Method::POST,
+        "/mast/v1/services/probed/instances",
+        Some(register("p3", silent_port, Some(hanging))),
+    )
+    .await;
+    etcd_put(&t, "/unrelated", "written while a probe hangs").await;
+    let v = commit_where(&mut rx, "/services/probed/p3", |v| v["healthy"] == false).await;
+    assert!(
+        v["healthDetail"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 100 ms"),
+        "{v}"
+    );
+    hold.abort();
+
+    // gRPC, against this server's own grpc.health.v1 service: an instance stored unhealthy
+    // turns healthy; one naming an unknown service turns unhealthy.
+    let grpc_port: u16 = t.base.rsplit(':').next().unwrap().parse().unwrap();
+    let mut rx = t.node().subscribe_commits();
+    let mut rx2 = t.node().subscribe_commits();
+    let grpc_instance = |svc: &str, healthy: bool| {
+        json!({"host": "127.0.0.1", "port": grpc_port, "healthy": healthy,
+               "healthCheck": {"type": "grpc", "intervalMs": 200, "timeoutMs": 150,
+                               "unhealthyThreshold": 1, "grpcService": svc}})
+        .to_string()
+    };
+    etcd_put(&t, "/services/probed/g1", &grpc_instance("", false)).await;
+    etcd_put(
+        &t,
+        "/services/probed/g2",
+        &grpc_instance("no.such.Service", true),
+    )
+    .await;
+    commit_where(&mut rx, "/services/probed/g1", |v| v["healthy"] == true).await;
+    let v = commit_where(&mut rx2, "/services/probed/g2", |v| v["healthy"] == false).await;
+    assert!(
+        v["healthDetail"].as_str().unwrap().contains("NotFound"),
+        "{v}"
+    );
+
+    // The service's check removed, the port closed, then a check set again: the change of
+    // settings alone starts the probe that marks p1.
+    let (s, _) = t
+        .call(Method::PUT, settings, Some(json!({"healthCheck": null})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = t.get(settings).await;
+    assert!(v.get("healthCheck").is_none(), "{v}");
+    accept.abort();
+    let _ = accept.await;
+    let mut rx = t.node().subscribe_commits();
+    let again =
+        json!({"type": "tcp", "intervalMs": 200, "timeoutMs": 150, "unhealthyThreshold": 1});
+    let (s, _) = t
+        .call(Method::PUT, settings, Some(json!({"healthCheck": again})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    commit_where(&mut rx, "/services/probed/p1", |v| v["healthy"] == false).await;
+    t.stop().await;
+}
