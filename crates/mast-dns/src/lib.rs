@@ -222,6 +222,7 @@ impl DnsHandler {
             token: None,
             addr: Some(src),
             cert_cn: self.config.user.as_deref().map(Arc::from),
+            api: "dns",
         }
     }
 

@@ -73,6 +73,8 @@ pub(crate) struct ApplyState {
     pub(crate) rev: i64,
     /// The auth state as the last applied entry left it (maybe not yet published).
     pub(crate) auth: std::sync::Arc<AuthState>,
+    /// Audit entries kept ([`crate::audit`]).
+    pub(crate) audit_retention: u64,
 }
 
 /// What one entry did.
@@ -107,7 +109,12 @@ pub(crate) fn apply_entry(
     let mut staged_auth: Option<AuthState> = None;
     let mut kv = wtxn.open_table(rows::KV)?;
     let mut meta = wtxn.open_table(rows::META)?;
+    let mut audit_table = None;
     for cmd in cmds {
+        let (origin, cmd) = match cmd {
+            Command::Attributed { origin, cmd } => (Some(origin), cmd.as_ref()),
+            c => (None, c),
+        };
         let mut ctx = WriteCtx {
             mem,
             kv: &mut kv,
@@ -140,8 +147,27 @@ pub(crate) fn apply_entry(
                     member,
                     alarm,
                 } => apply_alarm(mem, &mut meta, *activate, *member, *alarm),
+                // The decoder never yields one inside another.
+                Command::Attributed { .. } => Err(Fail::Refused(MvccError::Storage(
+                    "an attributed command inside another".into(),
+                ))),
             },
         };
+        if let (Some(origin), Ok(_)) = (origin, &res) {
+            let pending = audited_changes(&ctx, cmd)?;
+            if !pending.is_empty() {
+                let table = match &mut audit_table {
+                    Some(t) => t,
+                    None => audit_table.insert(wtxn.open_table(crate::audit::AUDIT)?),
+                };
+                let revision = if ctx.changes.is_empty() {
+                    ctx.begin_rev
+                } else {
+                    ctx.begin_rev + 1
+                };
+                crate::audit::append(table, origin, revision, pending, st.audit_retention)?;
+            }
+        }
         let res = match res {
             Ok(r) => Ok(r),
             Err(Fail::Refused(e)) => {
@@ -169,6 +195,87 @@ pub(crate) fn apply_entry(
         auth,
         lease_rows,
     })
+}
+
+/// The audit entries of `cmd`, just applied in `ctx`: one per changed audited key (with the
+/// value before the command and after it), or one for an auth command.
+fn audited_changes(
+    ctx: &WriteCtx<'_, '_, '_>,
+    cmd: &Command,
+) -> Result<Vec<crate::audit::Pending>, StorageError> {
+    use crate::audit::{AuditAction, Pending, is_audited};
+    if let Command::Auth(a) = cmd {
+        return Ok(vec![Pending {
+            action: AuditAction::Auth,
+            key: bytes::Bytes::new(),
+            before: None,
+            after: None,
+            detail: describe_auth(a),
+        }]);
+    }
+    let mut out = Vec::new();
+    for ev in &ctx.changes {
+        let Some(kv) = ev.kv.as_ref() else { continue };
+        if !is_audited(&kv.key) {
+            continue;
+        }
+        let before = ctx.get_kv(&kv.key, ctx.begin_rev)?.map(|old| old.value);
+        let put = ev.r#type == EventType::Put as i32;
+        out.push(Pending {
+            action: if put {
+                AuditAction::Put
+            } else {
+                AuditAction::Delete
+            },
+            key: kv.key.clone(),
+            before,
+            after: put.then(|| kv.value.clone()),
+            detail: String::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// An auth command in etcdctl's words, without any password.
+fn describe_auth(a: &AuthCommand) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match a {
+        AuthCommand::Enable => "auth enable".into(),
+        AuthCommand::Disable => "auth disable".into(),
+        AuthCommand::UserAdd { name, .. } => format!("user add {name}"),
+        AuthCommand::UserDelete { name } => format!("user delete {name}"),
+        AuthCommand::UserChangePassword { name, .. } => format!("user passwd {name}"),
+        AuthCommand::UserGrantRole { user, role } => format!("user grant-role {user} {role}"),
+        AuthCommand::UserRevokeRole { user, role } => format!("user revoke-role {user} {role}"),
+        AuthCommand::RoleAdd { name } => format!("role add {name}"),
+        AuthCommand::RoleDelete { name } => format!("role delete {name}"),
+        AuthCommand::RoleGrantPermission { role, perm } => {
+            let kind = match perm.perm_type {
+                0 => "read",
+                1 => "write",
+                _ => "readwrite",
+            };
+            format!(
+                "role grant-permission {role} {kind} {} {}",
+                text(&perm.key),
+                text(&perm.range_end)
+            )
+            .trim_end()
+            .to_string()
+        }
+        AuthCommand::RoleRevokePermission {
+            role,
+            key,
+            range_end,
+        } => format!(
+            "role revoke-permission {role} {} {}",
+            text(key),
+            text(range_end)
+        )
+        .trim_end()
+        .to_string(),
+        AuthCommand::BootstrapRoot { .. } => "user add root (bootstrap)".into(),
+    }
 }
 
 /// etcd's `AlarmType` numbers.

@@ -31,6 +31,7 @@
 //! | 9 | `LeaseCheckpoint` | `u32 LE` count, then per lease `i64 LE` ID, `i64 LE` remaining ms |
 //! | 10 | `SimpleToken` | str user, str token, `u64 LE` auth revision |
 //! | 11 | `Alarm` | `u8` 1 = activate / 0 = deactivate, `u64 LE` member ID, `i32 LE` etcd `AlarmType` |
+//! | 12 | `Attributed` | str user, str address, str API, `u64 LE` time (ms), then one whole inner command (tag, length, body; never itself `Attributed`) |
 //!
 //! Auth bodies (strings are `u32 LE` length + UTF-8 bytes, byte strings the same without the
 //! UTF-8 rule, booleans one byte 0/1):
@@ -144,6 +145,15 @@ pub enum Command {
         /// nothing).
         alarm: i32,
     },
+    /// `cmd`, applied as it would be alone, made by `origin`: when it changes an audited key
+    /// or auth, the change is recorded in the audit log ([`crate::audit`]). Its result is
+    /// `cmd`'s. Never nested.
+    Attributed {
+        /// Who made the change.
+        origin: crate::audit::Origin,
+        /// The change.
+        cmd: Box<Command>,
+    },
 }
 
 /// The result of one applied [`Command`]. Response headers carry only `revision`; the
@@ -236,6 +246,7 @@ const TAG_AUTH: u8 = 8;
 const TAG_LEASE_CHECKPOINT: u8 = 9;
 const TAG_SIMPLE_TOKEN: u8 = 10;
 const TAG_ALARM: u8 = 11;
+const TAG_ATTRIBUTED: u8 = 12;
 
 const AUTH_ENABLE: u8 = 1;
 const AUTH_DISABLE: u8 = 2;
@@ -275,6 +286,15 @@ impl Command {
                 str_len(user.len()) + str_len(token.len()) + 8
             }
             Command::Alarm { .. } => 13,
+            Command::Attributed { origin, cmd } => origin.encoded_len() + cmd.encoded_len(),
+        }
+    }
+
+    /// The command itself: `cmd` of an [`Command::Attributed`], else this one.
+    pub fn inner(&self) -> &Command {
+        match self {
+            Command::Attributed { cmd, .. } => cmd,
+            c => c,
         }
     }
 
@@ -296,6 +316,7 @@ impl Command {
             Command::LeaseCheckpoint { .. } => TAG_LEASE_CHECKPOINT,
             Command::SimpleToken { .. } => TAG_SIMPLE_TOKEN,
             Command::Alarm { .. } => TAG_ALARM,
+            Command::Attributed { .. } => TAG_ATTRIBUTED,
         }
     }
 
@@ -346,6 +367,10 @@ impl Command {
                 buf.extend_from_slice(&member.to_le_bytes());
                 buf.extend_from_slice(&alarm.to_le_bytes());
             }
+            Command::Attributed { origin, cmd } => {
+                origin.encode(buf);
+                cmd.encode(buf);
+            }
         }
         debug_assert_eq!(buf.len() - start, len);
     }
@@ -389,6 +414,18 @@ impl Command {
                 member: body.u64()?,
                 alarm: body.u32()? as i32,
             },
+            TAG_ATTRIBUTED => {
+                let origin = crate::audit::Origin::decode(&mut body)?;
+                // Refused before decoding, so nested bytes cannot recurse without bound.
+                if body.0.first() == Some(&TAG_ATTRIBUTED) {
+                    return Err(CodecError::UnknownTag(TAG_ATTRIBUTED));
+                }
+                let cmd = Command::decode(&mut body)?;
+                Command::Attributed {
+                    origin,
+                    cmd: Box::new(cmd),
+                }
+            }
             t => return Err(CodecError::UnknownTag(t)),
         };
         body.finish()?;
@@ -965,7 +1002,37 @@ mod tests {
                 member: 0,
                 alarm: -7,
             },
+            Command::Attributed {
+                origin: crate::audit::Origin {
+                    user: "alice".into(),
+                    addr: "127.0.0.1:4000".into(),
+                    api: "mast".into(),
+                    time_ms: 1_700_000_000_123,
+                },
+                cmd: Box::new(put("/configs/public/G/a", "x")),
+            },
         ]
+    }
+
+    #[test]
+    fn nested_attribution_is_refused() {
+        let origin = crate::audit::Origin::default();
+        let inner = Command::Attributed {
+            origin: origin.clone(),
+            cmd: Box::new(put("a", "1")),
+        };
+        let mut buf = Vec::new();
+        encode_entry(
+            &[Command::Attributed {
+                origin,
+                cmd: Box::new(inner),
+            }],
+            &mut buf,
+        );
+        assert_eq!(
+            decode_entry(&buf),
+            Err(CodecError::UnknownTag(TAG_ATTRIBUTED))
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! entries give the same state and the same `HashKV` on every member.
 
 pub mod apply;
+pub mod audit;
 pub mod auth;
 pub mod bolt;
 pub mod codec;
@@ -44,6 +45,7 @@ mod state;
 pub mod store;
 
 pub use apply::MAX_LEASE_TTL;
+pub use audit::{AuditAction, AuditBreak, AuditEntry, AuditReport, Origin};
 pub use auth::{AuthCommand, AuthError, AuthState};
 pub use command::{
     CodecError, Command, CommandResult, DuplicateKey, check_txn_intervals, decode_entry,

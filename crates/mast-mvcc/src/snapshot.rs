@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::audit::AUDIT;
 use crate::error::StorageError;
 use crate::rows::{AUTH_ROLES, AUTH_USERS, KV, LEASES, META, META_APPLIED, META_REVISION, NOTES};
 
@@ -33,17 +34,20 @@ pub enum TableId {
     AuthRoles = 5,
     /// `notes`: the log owner's notes.
     Notes = 6,
+    /// `audit`: sequence number → audit entry.
+    Audit = 7,
 }
 
 impl TableId {
     /// Every table, in the order chunks carry them.
-    pub const ALL: [TableId; 6] = [
+    pub const ALL: [TableId; 7] = [
         TableId::Meta,
         TableId::Notes,
         TableId::AuthUsers,
         TableId::AuthRoles,
         TableId::Lease,
         TableId::Kv,
+        TableId::Audit,
     ];
 
     /// The table with this wire number.
@@ -52,7 +56,8 @@ impl TableId {
     }
 }
 
-/// Rows of one table, keys and values as bytes: `kv` keys are 16 bytes big-endian, `meta` and
+/// Rows of one table, keys and values as bytes: `kv` keys are 16 bytes big-endian, `audit`
+/// keys 8 bytes big-endian, `meta` and
 /// name keys UTF-8, lease IDs and every `i64` value 8 bytes little-endian; the other values as
 /// stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,6 +197,12 @@ impl StoreView {
                         )?;
                     }
                 }
+                TableId::Audit => {
+                    for row in self.txn.open_table(AUDIT)?.iter()? {
+                        let (k, v) = row?;
+                        push(k.value().to_be_bytes().to_vec(), v.value().to_vec())?;
+                    }
+                }
                 TableId::AuthUsers | TableId::AuthRoles | TableId::Notes => {
                     for row in self.txn.open_table(bytes_table(table))?.iter()? {
                         let (k, v) = row?;
@@ -256,6 +267,7 @@ impl SnapshotWriter {
             txn.open_table(AUTH_USERS)?;
             txn.open_table(AUTH_ROLES)?;
             txn.open_table(NOTES)?;
+            txn.open_table(AUDIT)?;
         }
         Ok(SnapshotWriter {
             db,
@@ -292,6 +304,17 @@ impl SnapshotWriter {
                 let mut t = txn.open_table(LEASES)?;
                 for (k, v) in &chunk.rows {
                     t.insert(i64_of(k)?, i64_of(v)?)?;
+                }
+            }
+            TableId::Audit => {
+                let mut t = txn.open_table(AUDIT)?;
+                for (k, v) in &chunk.rows {
+                    let seq = u64::from_be_bytes(
+                        k.as_slice()
+                            .try_into()
+                            .map_err(|_| bad("an audit key is not 8 bytes"))?,
+                    );
+                    t.insert(seq, v.as_slice())?;
                 }
             }
             TableId::AuthUsers | TableId::AuthRoles | TableId::Notes => {

@@ -49,12 +49,15 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 pub struct StoreOptions {
     /// Size of redb's page cache in bytes.
     pub cache_bytes: usize,
+    /// Audit entries kept (the oldest beyond are deleted as entries are added; at least 1).
+    pub audit_retention: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
+            audit_retention: crate::audit::DEFAULT_AUDIT_RETENTION,
         }
     }
 }
@@ -218,7 +221,11 @@ impl Store {
             durable_index: AtomicU64::new(applied),
             checkpoints: AtomicU64::new(0),
             writer: Mutex::new(WriterState {
-                st: ApplyState { rev, auth },
+                st: ApplyState {
+                    rev,
+                    auth,
+                    audit_retention: opts.audit_retention,
+                },
                 applied_index: applied,
                 lease_rows: PendingLeaseRows::default(),
             }),
@@ -375,6 +382,43 @@ impl Store {
         let r = db.begin_read()?;
         let table = r.open_table(NOTES)?;
         Ok(table.get(name)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Up to `limit` audit entries with a sequence number above `after`, oldest first (see
+    /// [`crate::audit`]).
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database cannot be read or an entry does not decode.
+    pub fn audit_entries(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditEntry>, StorageError> {
+        let db = self.db()?;
+        let r = db.begin_read()?;
+        let table = r.open_table(crate::audit::AUDIT)?;
+        let mut out = Vec::new();
+        for row in table.range(after.saturating_add(1)..)?.take(limit) {
+            let (k, v) = row?;
+            out.push(crate::audit::AuditEntry::decode(v.value()).map_err(|e| {
+                StorageError(format!("audit entry {} does not decode: {e}", k.value()))
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Checks the audit chain (see [`crate::audit`]): the report of an intact chain, or where
+    /// it is broken.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database cannot be read.
+    pub fn verify_audit(
+        &self,
+    ) -> Result<Result<crate::audit::AuditReport, crate::audit::AuditBreak>, StorageError> {
+        let db = self.db()?;
+        let r = db.begin_read()?;
+        let table = r.open_table(crate::audit::AUDIT)?;
+        crate::audit::verify(&table)
     }
 
     /// Marks the store failed: its owner could not make applied entries durable (a log write
@@ -782,6 +826,7 @@ impl Store {
         w.st = ApplyState {
             rev: loaded.rev,
             auth: auth.clone(),
+            audit_retention: w.st.audit_retention,
         };
         w.applied_index = loaded.applied;
         w.lease_rows = PendingLeaseRows::default();
@@ -820,6 +865,7 @@ fn ensure_tables(db: &Database) -> Result<(), StorageError> {
         w.open_table(AUTH_USERS)?;
         w.open_table(AUTH_ROLES)?;
         w.open_table(NOTES)?;
+        w.open_table(crate::audit::AUDIT)?;
     }
     w.commit()?;
     Ok(())

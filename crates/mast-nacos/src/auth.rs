@@ -89,7 +89,10 @@ impl<S: Send + Sync> FromRequestParts<S> for NacosCaller {
     ) -> Result<Self, std::convert::Infallible> {
         let mast_registry::error::Call(caller) =
             mast_registry::error::Call::from_request_parts(parts, state).await?;
-        Ok(NacosCaller(caller))
+        Ok(NacosCaller(Caller {
+            api: "nacos",
+            ..caller
+        }))
     }
 }
 

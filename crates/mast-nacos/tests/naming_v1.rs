@@ -541,6 +541,24 @@ async fn an_operators_update_outlives_reregistration() {
         (json!(0.3), json!("2"))
     );
 
+    // The audit log names the Nacos API for the operator's edit.
+    let audit: Value = n
+        .http
+        .get(format!(
+            "{}/mast/v1/audit?prefix=/instance-overrides/&api=nacos",
+            n.etcd
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["action"], "put");
+    assert!(entries[0].get("before").is_none());
+
     // Cleared through /mast/v1 (on the etcd port): the client's weight and enabled return.
     let r = n
         .http

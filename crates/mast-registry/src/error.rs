@@ -350,10 +350,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Call {
             .extensions
             .get::<axum::extract::ConnectInfo<mast_server::serve::ClientAddr>>()
             .map(|c| &c.0);
-        Ok(Call(mast_server::authz::Caller::from_http(
-            &parts.headers,
-            client,
-        )))
+        Ok(Call(mast_server::authz::Caller {
+            api: "mast",
+            ..mast_server::authz::Caller::from_http(&parts.headers, client)
+        }))
     }
 }
 

@@ -11,6 +11,7 @@
 //!   leader's reconciler that keeps instances in line with them.
 //! - [`events`]: a Server-Sent Events stream of instance and config changes that resumes from
 //!   a revision.
+//! - [`audit`]: the audit log (who changed what, hash-chained) and its verification.
 //! - [`openapi`]: the OpenAPI document.
 //! - [`error`]: the one error type (`{"error", "code"}` with an HTTP status) and extractors
 //!   whose rejections are that error.
@@ -36,6 +37,7 @@
 //! ([`Node::range_as_server`]) and writes through [`Node::write`], only on the leader, and only
 //! Txns guarded by the mod revision of the key they rewrite.
 
+pub mod audit;
 pub mod configs;
 pub mod error;
 pub mod etcd;
@@ -196,6 +198,8 @@ pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
             post(configs::rollback).fallback(na),
         )
         .route("/mast/v1/events", get(events::stream).fallback(na))
+        .route("/mast/v1/audit", get(audit::list).fallback(na))
+        .route("/mast/v1/audit/verify", get(audit::verify).fallback(na))
         .with_state(state)
 }
 

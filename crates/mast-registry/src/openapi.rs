@@ -52,6 +52,12 @@ mod tests {
                 "post",
             ),
             ("/mast/v1/events", "get"),
+            ("/mast/v1/services/{service}", "get"),
+            ("/mast/v1/services/{service}", "put"),
+            ("/mast/v1/services/{service}/instances/{id}/override", "get"),
+            ("/mast/v1/services/{service}/instances/{id}/override", "delete"),
+            ("/mast/v1/audit", "get"),
+            ("/mast/v1/audit/verify", "get"),
         ];
         let mut count = 0;
         for (path, ops) in paths {

@@ -72,8 +72,9 @@ pub fn user_of(node: &Node, caller: &Caller) -> ApiResult<String> {
 }
 
 /// Writes an operator's `weight` / `enabled` (each `None`: leave as it is) on instance
-/// `segment`/`id`: the override key (merged with the one there) and the instance's JSON with
-/// it in force, in one Txn guarded by both keys' mod revisions (retried a few times when
+/// `segment`/`id`, after `edit` changed the instance: the override key (merged with the one
+/// there; not written when both are `None`) and the instance's JSON with it in force, in one
+/// Txn guarded by both keys' mod revisions (retried a few times when
 /// another writer got there first), with the caller's permissions on both keys.
 ///
 /// Returns the instance key as the Txn left it.
@@ -107,6 +108,9 @@ pub async fn set(
         let mut inst = Instance::from_json(&kv.value).map_err(|_| not_instance(&key))?;
         edit(&mut inst);
         let mut ov = existing.unwrap_or_default();
+        // Nothing to override: the instance alone changes (an override already there stays
+        // in force and untouched).
+        let overriding = weight.is_some() || enabled.is_some();
         if weight.is_some() {
             ov.weight = weight;
         }
@@ -115,8 +119,12 @@ pub async fn set(
         }
         ov.set_by = user.clone();
         ov.set_at = etcd::now_ms();
-        apply_override(&mut inst, Some(&ov));
+        apply_override(&mut inst, (overriding || orev != 0).then_some(&ov));
         let value = inst.to_json();
+        let mut ops = vec![etcd::put_keep_lease_op(key.clone(), value.clone())];
+        if overriding {
+            ops.push(etcd::put_op(okey.clone(), ov.to_json()));
+        }
         let resp = etcd::txn(
             node,
             caller,
@@ -124,10 +132,7 @@ pub async fn set(
                 etcd::mod_revision_is(key.clone(), kv.mod_revision),
                 etcd::mod_revision_is(okey.clone(), orev),
             ],
-            vec![
-                etcd::put_keep_lease_op(key.clone(), value.clone()),
-                etcd::put_op(okey.clone(), ov.to_json()),
-            ],
+            ops,
         )
         .await?;
         if resp.succeeded {
@@ -367,11 +372,14 @@ async fn reconcile(node: &Node, segment: &str, id: &str) -> Result<(), mast_serv
     if !apply_override(&mut inst, ov.as_ref().map(|(o, _)| o)) {
         return Ok(());
     }
-    node.write(Command::Txn(TxnRequest {
-        compare: vec![etcd::mod_revision_is(key.clone(), kv.mod_revision)],
-        success: vec![etcd::put_keep_lease_op(key, inst.to_json())],
-        failure: Vec::new(),
-    }))
+    node.write_as_system(
+        "override-reconciler",
+        Command::Txn(TxnRequest {
+            compare: vec![etcd::mod_revision_is(key.clone(), kv.mod_revision)],
+            success: vec![etcd::put_keep_lease_op(key, inst.to_json())],
+            failure: Vec::new(),
+        }),
+    )
     .await?;
     tracing::debug!(service = %segment, instance = %id, "operator override put in force");
     Ok(())

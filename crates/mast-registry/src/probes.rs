@@ -480,11 +480,14 @@ async fn mark(
         None => inst.extra.remove(HEALTH_DETAIL_FIELD),
     };
     let key_text = String::from_utf8_lossy(key).into_owned();
-    node.write(Command::Txn(TxnRequest {
-        compare: vec![etcd::mod_revision_is(key_text.clone(), kv.mod_revision)],
-        success: vec![etcd::put_keep_lease_op(key_text.clone(), inst.to_json())],
-        failure: Vec::new(),
-    }))
+    node.write_as_system(
+        "health-probe",
+        Command::Txn(TxnRequest {
+            compare: vec![etcd::mod_revision_is(key_text.clone(), kv.mod_revision)],
+            success: vec![etcd::put_keep_lease_op(key_text.clone(), inst.to_json())],
+            failure: Vec::new(),
+        }),
+    )
     .await?;
     metrics::counter!("mast_health_transitions_total",
         "to" => if healthy { "healthy" } else { "unhealthy" })

@@ -26,7 +26,15 @@ impl TestServer {
     }
 
     async fn start_with(f: impl FnOnce(&mut ServerConfig), rc: RegistryConfig) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), f, rc).await
+    }
+
+    /// A server on the data directory `dir` (a restart, when it holds a store).
+    async fn start_in(
+        dir: tempfile::TempDir,
+        f: impl FnOnce(&mut ServerConfig),
+        rc: RegistryConfig,
+    ) -> TestServer {
         let mut cfg = ServerConfig::new(dir.path());
         cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
         f(&mut cfg);
@@ -97,6 +105,27 @@ impl TestServer {
 
     async fn stop(mut self) {
         self.server.take().unwrap().shutdown().await;
+    }
+
+    /// Stops the server and hands back its data directory.
+    async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        self.server.take().unwrap().shutdown().await;
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self._dir, dir)
+    }
+
+    /// Logs in through the etcd JSON gateway and uses the token from then on.
+    async fn login(&mut self, name: &str, password: &str) {
+        self.token = None;
+        let (s, v) = self
+            .call(
+                Method::POST,
+                "/v3/auth/authenticate",
+                Some(json!({"name": name, "password": password})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        self.token = Some(v["token"].as_str().unwrap().to_string());
     }
 }
 
@@ -1784,5 +1813,168 @@ async fn health_probes_mark_persistent_instances() {
         .await;
     assert_eq!(s, StatusCode::OK);
     commit_where(&mut rx, "/services/probed/p1", |v| v["healthy"] == false).await;
+    t.stop().await;
+}
+
+/// Every change to configs, instances, service settings and auth is in the audit log with
+/// its author, address and API, before and after; only root reads it; an entry altered in
+/// the store file is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_names_who_changed_what_and_detects_tampering() {
+    let root_pw = |c: &mut ServerConfig| c.root_password = Some(Secret("guang".into()));
+    let mut t = TestServer::start_with(root_pw, RegistryConfig::default()).await;
+    t.login("root", "guang").await;
+    // An operator limited to configs and services, made through the etcd JSON gateway.
+    for (path, body) in [
+        (
+            "/v3/auth/user/add",
+            json!({"name": "ops", "password": "pw"}),
+        ),
+        ("/v3/auth/role/add", json!({"name": "ops"})),
+        (
+            "/v3/auth/role/grant",
+            json!({"name": "ops", "perm": {"permType": "READWRITE", "key": b64("/"), "range_end": b64("0")}}),
+        ),
+        ("/v3/auth/user/grant", json!({"user": "ops", "role": "ops"})),
+    ] {
+        let (s, v) = t.call(Method::POST, path, Some(body)).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+    }
+    t.login("ops", "pw").await;
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/app.json"),
+            Some(json!({"content": "{\"v\":1}"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    t.call(
+        Method::PUT,
+        &format!("{CFG}/app.json"),
+        Some(json!({"content": "{\"v\":2}"})),
+    )
+    .await;
+    let (s, _) = t
+        .call(
+            Method::POST,
+            "/mast/v1/services/pay/instances",
+            Some(json!({"id": "p1", "host": "10.0.0.1", "port": 80, "ephemeral": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    etcd_put(&t, "/service-meta/pay", r#"{"protectThreshold":0.5}"#).await;
+    etcd_put(&t, "/app/untracked", "not audited").await;
+    // Only root reads the log.
+    let (s, v) = t.get("/mast/v1/audit").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+
+    t.login("root", "guang").await;
+    let (s, page) = t.get("/mast/v1/audit?limit=1000").await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let rows: Vec<(String, String, String, String)> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap().to_string(),
+                e["api"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+                e["key"]
+                    .as_str()
+                    .or(e["detail"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    let row = |u: &str, api: &str, action: &str, what: &str| {
+        (
+            u.to_string(),
+            api.to_string(),
+            action.to_string(),
+            what.to_string(),
+        )
+    };
+    let content = "/configs/dev/DEFAULT_GROUP/app.json";
+    for want in [
+        row("", "system", "auth", "user add root (bootstrap)"),
+        row("root", "etcd-http", "auth", "user add ops"),
+        row(
+            "root",
+            "etcd-http",
+            "auth",
+            "role grant-permission ops readwrite / 0",
+        ),
+        row("root", "etcd-http", "auth", "user grant-role ops ops"),
+        row("ops", "mast", "put", content),
+        row("ops", "mast", "put", "/services/pay/p1"),
+        row("ops", "etcd-http", "put", "/service-meta/pay"),
+    ] {
+        assert!(rows.contains(&want), "{want:?} missing from {rows:#?}");
+    }
+    assert!(!rows.iter().any(|r| r.3 == "/app/untracked"), "{rows:#?}");
+    let puts: Vec<&Value> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["key"] == content)
+        .collect();
+    assert_eq!(puts.len(), 2);
+    assert!(puts[0].get("before").is_none());
+    assert_eq!(
+        (puts[1]["before"].as_str(), puts[1]["after"].as_str()),
+        (Some("{\"v\":1}"), Some("{\"v\":2}"))
+    );
+    assert!(
+        puts[1]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(puts[1]["time"].as_u64().unwrap() > 0);
+    // Filters and paging.
+    let (_, v) = t.get("/mast/v1/audit?user=ops&prefix=/configs/").await;
+    assert_eq!(v["entries"].as_array().unwrap().len(), 2, "{v}");
+    let first = page["entries"][0]["seq"].as_u64().unwrap();
+    let (_, v) = t
+        .get(&format!("/mast/v1/audit?after={first}&limit=1"))
+        .await;
+    assert_eq!(v["entries"][0]["seq"].as_u64(), Some(first + 1));
+    assert_eq!(v["next"].as_u64(), Some(first + 1));
+    let (s, _) = t.get("/mast/v1/audit?action=rename").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = t.get("/mast/v1/audit/verify").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["ok"], true, "{v}");
+    let last = v["last"].as_u64().unwrap();
+
+    // Someone with the database file rewrites who published version 2.
+    let seq = puts[1]["seq"].as_u64().unwrap();
+    let dir = t.stop_keeping_data().await;
+    {
+        let db = redb::Database::open(dir.path().join("mast.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            use redb::ReadableTable;
+            let mut table = w
+                .open_table(redb::TableDefinition::<u64, &[u8]>::new("audit"))
+                .unwrap();
+            let mut row = table.get(seq).unwrap().unwrap().value().to_vec();
+            // The user name "ops" follows the hash (32), seq and revision (16), its length (4).
+            assert_eq!(&row[52..55], b"ops");
+            row[52..55].copy_from_slice(b"eve");
+            table.insert(seq, row.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let mut t = TestServer::start_in(dir, root_pw, RegistryConfig::default()).await;
+    t.login("root", "guang").await;
+    let (_, v) = t.get("/mast/v1/audit/verify").await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["brokenAt"].as_u64(), Some(seq), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("altered"), "{v}");
+    assert!(last > seq);
     t.stop().await;
 }

@@ -25,6 +25,9 @@ pub struct Caller {
     pub addr: Option<SocketAddr>,
     /// The common name of the client's verified TLS certificate, when it sent one.
     pub cert_cn: Option<std::sync::Arc<str>>,
+    /// The API the request came through, as the audit log names it: `etcd` (gRPC),
+    /// `etcd-http` (the JSON gateway), `mast`, `nacos`, `dns`; empty counts as `etcd`.
+    pub api: &'static str,
 }
 
 impl Caller {
@@ -45,6 +48,7 @@ impl Caller {
             token,
             addr,
             cert_cn,
+            api: "etcd",
         }
     }
 
@@ -62,6 +66,7 @@ impl Caller {
             token,
             addr: client.map(|c| c.0),
             cert_cn: client.and_then(|c| c.1.clone()),
+            api: "etcd-http",
         }
     }
 

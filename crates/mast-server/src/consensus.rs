@@ -514,7 +514,7 @@ impl ApplyObserver for Observer {
                 _ => None,
             }));
         for (cmd, result) in commands.iter().zip(&applied.results) {
-            match (cmd, result) {
+            match (cmd.inner(), result) {
                 (Command::LeaseRevoke { id }, Ok(_) | Err(MvccError::LeaseNotFound)) => {
                     self.lessor.revoked(*id)
                 }

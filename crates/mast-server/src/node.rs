@@ -8,6 +8,7 @@ use mast_mvcc::{Command, CommandResult, LoggedStore, MvccError, Store};
 use mast_proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use tokio::sync::watch;
 
+use crate::authz::Caller;
 use crate::authz::Identity as CallerIdentity;
 use crate::error::EtcdError;
 use crate::lessor::{LeaseTiming, Lessor, SystemClock};
@@ -62,6 +63,9 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// Size of the store's page cache in bytes.
     pub cache_bytes: usize,
+    /// Audit log entries kept (`--audit-retention`); the oldest beyond are deleted. Set the
+    /// same on every member.
+    pub audit_retention: u64,
     /// Size of each Raft log segment file in bytes (`--wal-size-mb`).
     pub wal_bytes: u64,
     /// Bytes of applied commands between store checkpoints (durable redb commits)
@@ -133,6 +137,7 @@ impl ServerConfig {
             max_concurrent_streams: crate::http_conn::DEFAULT_MAX_CONCURRENT_STREAMS,
             watch_progress_notify_interval: Duration::from_secs(600),
             cache_bytes: mast_mvcc::DEFAULT_CACHE_BYTES,
+            audit_retention: mast_mvcc::audit::DEFAULT_AUDIT_RETENTION,
             wal_bytes: mast_raft::log_store::DEFAULT_SEGMENT_BYTES,
             checkpoint_bytes: mast_raft::state_machine::DEFAULT_CHECKPOINT_BYTES,
             allocator_stats: None,
@@ -222,7 +227,10 @@ fn absorb_old_wal(dir: &Path, cache_bytes: usize) -> anyhow::Result<()> {
     }
     let logged = LoggedStore::open(
         dir,
-        mast_mvcc::StoreOptions { cache_bytes },
+        mast_mvcc::StoreOptions {
+            cache_bytes,
+            ..Default::default()
+        },
         mast_mvcc::LogOptions::default(),
     )?;
     logged.close()?;
@@ -327,6 +335,7 @@ impl Node {
             &config.data_dir,
             mast_mvcc::StoreOptions {
                 cache_bytes: config.cache_bytes,
+                audit_retention: config.audit_retention,
             },
         )?);
         let lessor = Arc::new(Lessor::new(config.lease_clock.0.clone()));
@@ -423,6 +432,63 @@ impl Node {
     /// The store's refusal, or the proposal's failure (no leader, timeout, leader changed).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, EtcdError> {
         self.writer.submit(cmd).await
+    }
+
+    /// `cmd` as the audit log needs it: wrapped in [`Command::Attributed`] with `caller`'s
+    /// user (from `who`), address and API, and the time now, when it may change an audited
+    /// key or auth (see [`mast_mvcc::audit`]); unchanged otherwise, so ordinary etcd writes
+    /// carry nothing extra.
+    pub(crate) fn attribute(&self, who: &CallerIdentity, caller: &Caller, cmd: Command) -> Command {
+        use mast_mvcc::audit::{is_audited, range_may_hold_audited, txn_may_touch_audited};
+        let audited = match &cmd {
+            Command::Put(p) => is_audited(&p.key),
+            Command::LeaseGrantPut { put, .. } => is_audited(&put.key),
+            Command::DeleteRange(d) => range_may_hold_audited(&d.key, &d.range_end),
+            Command::Txn(t) => txn_may_touch_audited(t),
+            Command::LeaseRevoke { .. } | Command::Auth(_) => true,
+            _ => false,
+        };
+        if !audited {
+            return cmd;
+        }
+        let user = match who {
+            Some(info) => info.user.clone(),
+            None => caller.cert_cn.as_deref().unwrap_or_default().to_string(),
+        };
+        Command::Attributed {
+            origin: mast_mvcc::Origin {
+                user,
+                addr: caller.addr.map(|a| a.to_string()).unwrap_or_default(),
+                api: if caller.api.is_empty() {
+                    "etcd".into()
+                } else {
+                    caller.api.into()
+                },
+                time_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            },
+            cmd: Box::new(cmd),
+        }
+    }
+
+    /// As [`Node::write`], for the server's own work (lease expiry, health probes, operator
+    /// overrides): the audit log names `component` as the user and `system` as the API.
+    ///
+    /// # Errors
+    /// As [`Node::write`].
+    pub async fn write_as_system(
+        &self,
+        component: &str,
+        cmd: Command,
+    ) -> Result<CommandResult, EtcdError> {
+        let caller = Caller {
+            api: "system",
+            cert_cn: Some(component.into()),
+            ..Caller::default()
+        };
+        let cmd = self.attribute(&None, &caller, cmd);
+        self.write(cmd).await
     }
 
     /// The backend quota in bytes (`--quota-backend-bytes`), `None` when it is off.
@@ -527,6 +593,35 @@ impl Node {
         Ok(resp)
     }
 
+    /// Up to `limit` audit entries after sequence number `after`, oldest first, as this
+    /// member has applied them ([`mast_mvcc::audit`]). Only an admin may read the audit log
+    /// (Mast's `root` role, or anyone while auth is off).
+    ///
+    /// # Errors
+    /// Auth errors for a caller without the root role; the store's errors.
+    pub fn audit_entries(
+        &self,
+        caller: &Caller,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<mast_mvcc::AuditEntry>, EtcdError> {
+        self.require_admin(caller)?;
+        Ok(self.store.audit_entries(after, limit)?)
+    }
+
+    /// Checks this member's audit chain: its report, or where it is broken. Admin only, as
+    /// [`Node::audit_entries`].
+    ///
+    /// # Errors
+    /// Auth errors for a caller without the root role; the store's errors.
+    pub fn verify_audit(
+        &self,
+        caller: &Caller,
+    ) -> Result<Result<mast_mvcc::AuditReport, mast_mvcc::AuditBreak>, EtcdError> {
+        self.require_admin(caller)?;
+        Ok(self.store.verify_audit()?)
+    }
+
     /// Whether this member is the Raft leader now (a single member is, once it has elected
     /// itself). Background work done once per cluster (lease expiry, probes) runs where this
     /// holds.
@@ -613,7 +708,10 @@ impl Node {
                 for id in node.lessor.take_expired() {
                     let node = node.clone();
                     tokio::spawn(async move {
-                        match node.write(Command::LeaseRevoke { id }).await {
+                        match node
+                            .write_as_system("lease-expiry", Command::LeaseRevoke { id })
+                            .await
+                        {
                             Ok(_) => tracing::debug!(lease = id, "lease expired and was revoked"),
                             Err(EtcdError::Mvcc(MvccError::LeaseNotFound)) => {
                                 node.lessor.revoked(id)

@@ -63,22 +63,30 @@ impl Global {
         }
     }
 
+    /// The user and password given (`--user`, `--password`, else the environment's).
+    pub(crate) fn credentials(&self) -> (Option<String>, Option<String>) {
+        let o = ClientOptions::from_env();
+        let (mut user, mut password) = (o.user, o.password);
+        if let Some(u) = &self.user {
+            match u.split_once(':') {
+                Some((n, p)) => {
+                    user = Some(n.to_string());
+                    password = Some(p.to_string());
+                }
+                None => user = Some(u.clone()),
+            }
+        }
+        if let Some(p) = &self.password {
+            password = Some(p.clone());
+        }
+        (user, password)
+    }
+
     /// A client over the endpoints and credentials given.
     pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
         let mut o = ClientOptions::from_env();
         o.endpoints = self.endpoint_list();
-        if let Some(u) = &self.user {
-            match u.split_once(':') {
-                Some((n, p)) => {
-                    o.user = Some(n.to_string());
-                    o.password = Some(p.to_string());
-                }
-                None => o.user = Some(u.clone()),
-            }
-        }
-        if let Some(p) = &self.password {
-            o.password = Some(p.clone());
-        }
+        (o.user, o.password) = self.credentials();
         Client::connect(o).await.context("connecting")
     }
 }
@@ -335,6 +343,9 @@ pub enum ClientCmd {
     /// Config center commands.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// The audit log: who changed what (admin only).
+    #[command(subcommand)]
+    Audit(crate::cli_audit::AuditCmd),
     /// Copies a live etcd into Mast (`--endpoints`): roles, users, leases and keys, as of one
     /// revision of the source.
     Migrate(crate::migrate::MigrateArgs),
@@ -419,6 +430,7 @@ pub async fn run(g: Global, cmd: ClientCmd) -> anyhow::Result<()> {
                 .await?;
         }
         ClientCmd::Migrate(args) => return crate::migrate::run(&g, &args).await,
+        ClientCmd::Audit(a) => return crate::cli_audit::run(&g, a).await,
         cmd => cmd,
     };
     let c = g.connect().await?;
@@ -563,7 +575,8 @@ pub async fn run(g: Global, cmd: ClientCmd) -> anyhow::Result<()> {
         ClientCmd::Endpoint(e) => crate::cli_cluster::endpoint(&g, out, e).await?,
         ClientCmd::Snapshot(SnapshotCmd::Save { path }) => snapshot(&c, &path).await?,
         ClientCmd::Snapshot(SnapshotCmd::Restore(_) | SnapshotCmd::Status { .. })
-        | ClientCmd::Migrate(_) => {
+        | ClientCmd::Migrate(_)
+        | ClientCmd::Audit(_) => {
             bail!("served before connecting")
         }
         ClientCmd::Service(s) => service(&c, out, s).await?,

@@ -11,6 +11,7 @@ use mast_server::{Server, ServerConfig};
 
 mod alloc;
 mod cli;
+mod cli_audit;
 mod cli_cluster;
 mod migrate;
 mod snapshot_file;
@@ -70,6 +71,11 @@ struct ServeArgs {
         allow_negative_numbers = true
     )]
     quota_backend_bytes: i64,
+    /// Audit log entries kept: who changed configs, instances, service settings, overrides,
+    /// namespaces, users, roles and permissions (the oldest beyond are deleted; set the same
+    /// on every member).
+    #[arg(long, env = "MAST_AUDIT_RETENTION", default_value_t = mast_mvcc::audit::DEFAULT_AUDIT_RETENTION, value_parser = clap::value_parser!(u64).range(1..))]
+    audit_retention: u64,
     /// Concurrent HTTP/2 streams (calls and watch / keepalive streams) one client connection
     /// may have open; a client opening more waits for one to end, as HTTP/2 says (etcd's
     /// `--max-concurrent-streams`; default unlimited, as etcd's).
@@ -272,6 +278,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_request_bytes = args.max_request_bytes;
     config.max_txn_ops = args.max_txn_ops as usize;
     config.quota_backend_bytes = args.quota_backend_bytes;
+    config.audit_retention = args.audit_retention;
     config.disk_reserve_bytes = args.disk_reserve_bytes;
     config.max_concurrent_streams = args.max_concurrent_streams;
     config.cache_bytes = args.cache_mb.max(1) * 1024 * 1024;

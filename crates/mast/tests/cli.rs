@@ -215,6 +215,29 @@ fn config_and_service_commands() {
         ok(&s, &["service", "unset", "users", "i1"]),
         "users/i1: no override\n"
     );
+
+    // The audit log has those changes, with the API they came through.
+    let page: serde_json::Value = serde_json::from_str(&ok(
+        &s,
+        &[
+            "audit",
+            "list",
+            "--prefix",
+            "/instance-overrides/",
+            "-w",
+            "json",
+        ],
+    ))
+    .unwrap();
+    let actions: Vec<(&str, &str)> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["api"].as_str().unwrap()))
+        .collect();
+    assert_eq!(actions, [("put", "etcd"), ("delete", "etcd")], "{page}");
+    assert!(ok(&s, &["audit", "list", "-w", "table"]).contains("/services/users/i1"));
+    assert!(ok(&s, &["audit", "verify"]).starts_with("audit chain intact: "));
     assert_eq!(
         ok(&s, &["service", "deregister", "users", "i1"]),
         "deregistered\n"

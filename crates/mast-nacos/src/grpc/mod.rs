@@ -281,7 +281,10 @@ impl Grpc {
 #[tonic::async_trait]
 impl RequestService for Grpc {
     async fn request(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let caller = Caller::from_grpc(&request);
+        let caller = Caller {
+            api: "nacos",
+            ..Caller::from_grpc(&request)
+        };
         Ok(Response::new(self.handle(caller, request.get_ref()).await))
     }
 }
@@ -296,7 +299,10 @@ impl BiRequestStream for Grpc {
         &self,
         request: Request<Streaming<Payload>>,
     ) -> Result<Response<PayloadStream>, Status> {
-        let caller = Caller::from_grpc(&request);
+        let caller = Caller {
+            api: "nacos",
+            ..Caller::from_grpc(&request)
+        };
         let Some(addr) = caller.addr else {
             return Err(Status::invalid_argument("no client address"));
         };

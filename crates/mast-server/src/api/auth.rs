@@ -65,12 +65,16 @@ pub async fn hash_password(password: String) -> Result<String, EtcdError> {
         .map_err(|e| EtcdError::Internal(e.to_string()))
 }
 
-/// Applies an auth change through the writer.
+/// Applies an auth change through the writer, attributed to `caller` in the audit log.
 ///
 /// # Errors
 /// The auth store's refusal with etcd's message and code.
-pub async fn apply(node: &Node, cmd: AuthCommand) -> Result<u64, EtcdError> {
-    match node.write(Command::Auth(cmd)).await? {
+pub async fn apply(node: &Node, caller: &Caller, cmd: AuthCommand) -> Result<u64, EtcdError> {
+    let who = node.check_token_if_any(caller).unwrap_or(None);
+    match node
+        .write(node.attribute(&who, caller, Command::Auth(cmd)))
+        .await?
+    {
         CommandResult::Auth { revision } => Ok(revision),
         other => Err(EtcdError::unexpected_result(&other)),
     }
@@ -166,7 +170,7 @@ pub mod ops {
         _r: AuthEnableRequest,
     ) -> Result<AuthEnableResponse, EtcdError> {
         node.require_admin(caller)?;
-        apply(node, AuthCommand::Enable).await?;
+        apply(node, caller, AuthCommand::Enable).await?;
         Ok(AuthEnableResponse {
             header: node.header(),
         })
@@ -183,7 +187,7 @@ pub mod ops {
     ) -> Result<AuthDisableResponse, EtcdError> {
         node.require_admin(caller)?;
         // Applying it drops every simple token, on every member.
-        apply(node, AuthCommand::Disable).await?;
+        apply(node, caller, AuthCommand::Disable).await?;
         Ok(AuthDisableResponse {
             header: node.header(),
         })
@@ -209,6 +213,7 @@ pub mod ops {
         };
         apply(
             node,
+            caller,
             AuthCommand::UserAdd {
                 name: r.name,
                 password_hash,
@@ -269,6 +274,7 @@ pub mod ops {
         node.require_admin(caller)?;
         apply(
             node,
+            caller,
             AuthCommand::UserDelete {
                 name: r.name.clone(),
             },
@@ -299,6 +305,7 @@ pub mod ops {
         };
         apply(
             node,
+            caller,
             AuthCommand::UserChangePassword {
                 name: r.name.clone(),
                 password_hash,
@@ -322,6 +329,7 @@ pub mod ops {
         node.require_admin(caller)?;
         apply(
             node,
+            caller,
             AuthCommand::UserGrantRole {
                 user: r.user,
                 role: r.role,
@@ -345,6 +353,7 @@ pub mod ops {
         node.require_admin(caller)?;
         apply(
             node,
+            caller,
             AuthCommand::UserRevokeRole {
                 user: r.name,
                 role: r.role,
@@ -366,7 +375,7 @@ pub mod ops {
         r: AuthRoleAddRequest,
     ) -> Result<AuthRoleAddResponse, EtcdError> {
         node.require_admin(caller)?;
-        apply(node, AuthCommand::RoleAdd { name: r.name }).await?;
+        apply(node, caller, AuthCommand::RoleAdd { name: r.name }).await?;
         Ok(AuthRoleAddResponse {
             header: node.header(),
         })
@@ -433,7 +442,7 @@ pub mod ops {
         r: AuthRoleDeleteRequest,
     ) -> Result<AuthRoleDeleteResponse, EtcdError> {
         node.require_admin(caller)?;
-        apply(node, AuthCommand::RoleDelete { name: r.role }).await?;
+        apply(node, caller, AuthCommand::RoleDelete { name: r.role }).await?;
         Ok(AuthRoleDeleteResponse {
             header: node.header(),
         })
@@ -454,6 +463,7 @@ pub mod ops {
             .ok_or(EtcdError::Auth(AuthError::PermissionNotGiven))?;
         apply(
             node,
+            caller,
             AuthCommand::RoleGrantPermission { role: r.name, perm },
         )
         .await?;
@@ -474,6 +484,7 @@ pub mod ops {
         node.require_admin(caller)?;
         apply(
             node,
+            caller,
             AuthCommand::RoleRevokePermission {
                 role: r.role,
                 key: r.key,
@@ -500,7 +511,11 @@ pub async fn bootstrap_root(node: &Node, password: &str) -> Result<bool, EtcdErr
     }
     let password_hash = hash_password(password.to_string()).await?;
     let before = node.store.auth().revision();
-    let after = apply(node, AuthCommand::BootstrapRoot { password_hash }).await?;
+    let system = Caller {
+        api: "system",
+        ..Caller::default()
+    };
+    let after = apply(node, &system, AuthCommand::BootstrapRoot { password_hash }).await?;
     Ok(after != before)
 }
 

@@ -186,7 +186,10 @@ pub async fn put(node: &Node, caller: &Caller, req: PutRequest) -> Result<PutRes
         node.check_lease_keys(&who, req.lease, true)?;
     }
     node.check_quota(put_cost(&req)).await?;
-    match node.write(Command::Put(req)).await? {
+    match node
+        .write(node.attribute(&who, caller, Command::Put(req)))
+        .await?
+    {
         CommandResult::Put(mut r) => {
             r.header = node.complete(r.header);
             Ok(r)
@@ -213,7 +216,7 @@ pub async fn put_with_new_lease(
     }
     let ttl = ttl.max(crate::lessor::MIN_LEASE_TTL);
     req.lease = 0;
-    check_put_request(node, caller, &req)?;
+    let who = check_put_request(node, caller, &req)?;
     node.check_quota(crate::api::lease::LEASE_COST + put_cost(&req))
         .await?;
     let mut attempts = 0;
@@ -225,7 +228,7 @@ pub async fn put_with_new_lease(
             ttl,
             put: req.clone(),
         };
-        match node.write(cmd).await {
+        match node.write(node.attribute(&who, caller, cmd)).await {
             Ok(CommandResult::LeaseGrantPut { id, ttl, mut put }) => {
                 put.header = node.complete(put.header);
                 return Ok((id, ttl, put));
@@ -256,7 +259,10 @@ pub async fn delete_range(
     if req.prev_kv {
         node.check_range(&who, &req.key, &req.range_end, false)?;
     }
-    match node.write(Command::DeleteRange(req)).await? {
+    match node
+        .write(node.attribute(&who, caller, Command::DeleteRange(req)))
+        .await?
+    {
         CommandResult::DeleteRange(mut r) => {
             r.header = node.complete(r.header);
             Ok(r)
@@ -279,7 +285,10 @@ pub async fn txn(node: &Node, caller: &Caller, req: TxnRequest) -> Result<TxnRes
     if cost > 0 {
         node.check_quota(cost).await?;
     }
-    match node.write(Command::Txn(req)).await? {
+    match node
+        .write(node.attribute(&who, caller, Command::Txn(req)))
+        .await?
+    {
         CommandResult::Txn(mut r) => {
             r.header = node.complete(r.header);
             Ok(r)

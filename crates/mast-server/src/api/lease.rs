@@ -93,13 +93,17 @@ pub async fn revoke(
         .leases()
         .get(req.id)
         .is_some_and(|r| !r.keys.is_empty());
-    if has_keys {
+    let who = if has_keys {
         let who = node.authenticate_caller(caller)?;
         node.check_lease_keys(&who, req.id, true)?;
+        who
     } else {
-        node.check_token_if_any(caller)?;
-    }
-    match node.write(Command::LeaseRevoke { id: req.id }).await? {
+        node.check_token_if_any(caller)?
+    };
+    match node
+        .write(node.attribute(&who, caller, Command::LeaseRevoke { id: req.id }))
+        .await?
+    {
         CommandResult::LeaseRevoke { revision } => Ok(LeaseRevokeResponse {
             header: Some(node.header_at(revision)),
         }),

@@ -1,0 +1,218 @@
+//! `mast audit …`: the audit log through `/mast/v1/audit` on the first endpoint (plain HTTP;
+//! with `--user`, logged in through the etcd JSON gateway's `/v3/auth/authenticate`).
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use comfy_table::Table;
+use serde_json::Value;
+
+use crate::cli::{Format, Global};
+
+/// `mast audit …`.
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Lists audit entries, oldest first: who changed which config, instance, service
+    /// setting, override, namespace, user, role or permission, from where, through which API.
+    List {
+        /// Entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Most entries (1–1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only changes by this user.
+        #[arg(long = "by")]
+        by: Option<String>,
+        /// Only `put`, `delete` or `auth`.
+        #[arg(long)]
+        action: Option<String>,
+    },
+    /// Checks the hash chain of the audit log on the endpoint's member; fails when it is
+    /// broken.
+    Verify,
+}
+
+/// The base URL of the first endpoint.
+fn base(g: &Global) -> anyhow::Result<String> {
+    let ep = g
+        .endpoint_list()
+        .into_iter()
+        .next()
+        .context("no endpoint given")?;
+    if ep.starts_with("https://") {
+        bail!("mast audit speaks plain HTTP only; use curl with the CA for {ep}/mast/v1/audit");
+    }
+    Ok(format!(
+        "http://{}",
+        ep.trim_start_matches("http://").trim_end_matches('/')
+    ))
+}
+
+/// The `Authorization` header value, when credentials were given.
+async fn token(g: &Global, http: &reqwest::Client, base: &str) -> anyhow::Result<Option<String>> {
+    let (user, password) = g.credentials();
+    let Some(user) = user else { return Ok(None) };
+    let resp = http
+        .post(format!("{base}/v3/auth/authenticate"))
+        .json(&serde_json::json!({"name": user, "password": password.unwrap_or_default()}))
+        .send()
+        .await
+        .context("logging in")?;
+    let status = resp.status();
+    let body: Value = resp.json().await.context("reading the login answer")?;
+    match body["token"].as_str() {
+        Some(t) if status.is_success() => Ok(Some(t.to_string())),
+        _ => bail!(
+            "login as {user} failed: {}",
+            body["message"].as_str().unwrap_or("no token")
+        ),
+    }
+}
+
+async fn get(g: &Global, path_and_query: &str) -> anyhow::Result<Value> {
+    let http = reqwest::Client::new();
+    let base = base(g)?;
+    let token = token(g, &http, &base).await?;
+    let mut req = http.get(format!("{base}{path_and_query}"));
+    if let Some(t) = token {
+        req = req.header("Authorization", t);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("calling {base}"))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.context("reading the answer")?;
+    if !status.is_success() {
+        bail!(
+            "{}: {}",
+            status,
+            body["error"].as_str().unwrap_or("request failed")
+        );
+    }
+    Ok(body)
+}
+
+fn when(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn short(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) if s.chars().count() > 40 => {
+            format!("{}…", s.chars().take(40).collect::<String>())
+        }
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs `mast audit …`.
+///
+/// # Errors
+/// Connection, login and server errors; a broken chain for `verify`.
+pub async fn run(g: &Global, cmd: AuditCmd) -> anyhow::Result<()> {
+    match cmd {
+        AuditCmd::List {
+            after,
+            limit,
+            prefix,
+            by,
+            action,
+        } => {
+            let mut q = format!("/mast/v1/audit?after={after}&limit={limit}");
+            let enc = |s: &str| -> String {
+                s.bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                            (b as char).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect()
+            };
+            for (name, v) in [("prefix", prefix), ("user", by), ("action", action)] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{name}={}", enc(&v)));
+                }
+            }
+            let page = get(g, &q).await?;
+            let entries = page["entries"].as_array().cloned().unwrap_or_default();
+            match g.write_out {
+                Format::Json => println!("{page}"),
+                Format::Table => {
+                    let mut t = Table::new();
+                    t.set_header([
+                        "SEQ", "TIME", "USER", "ADDRESS", "API", "ACTION", "KEY", "BEFORE", "AFTER",
+                    ]);
+                    for e in &entries {
+                        let what = if e["action"] == "auth" {
+                            e["detail"].clone()
+                        } else {
+                            e["key"].clone()
+                        };
+                        t.add_row([
+                            e["seq"].to_string(),
+                            when(e["time"].as_u64().unwrap_or(0)),
+                            short(&e["user"]),
+                            short(&e["address"]),
+                            short(&e["api"]),
+                            short(&e["action"]),
+                            short(&what),
+                            short(&e["before"]),
+                            short(&e["after"]),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+                Format::Simple => {
+                    for e in &entries {
+                        let what = if e["action"] == "auth" {
+                            short(&e["detail"])
+                        } else {
+                            short(&e["key"])
+                        };
+                        println!(
+                            "{} {} {} {} {} {} {what}",
+                            e["seq"],
+                            when(e["time"].as_u64().unwrap_or(0)),
+                            short(&e["user"]),
+                            short(&e["address"]),
+                            short(&e["api"]),
+                            short(&e["action"]),
+                        );
+                    }
+                }
+            }
+        }
+        AuditCmd::Verify => {
+            let r = get(g, "/mast/v1/audit/verify").await?;
+            if g.write_out == Format::Json {
+                println!("{r}");
+            }
+            if r["ok"] != true {
+                bail!(
+                    "audit chain broken at entry {}: {}",
+                    r["brokenAt"],
+                    r["error"].as_str().unwrap_or("")
+                );
+            }
+            if g.write_out != Format::Json {
+                println!(
+                    "audit chain intact: {} entries ({}..{}), head {}",
+                    r["entries"],
+                    r["first"],
+                    r["last"],
+                    r["head"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
