@@ -1,6 +1,7 @@
 //! Configs: names, formats and validation, metadata and history records, and their keys.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::{NameError, check_name};
 
@@ -15,6 +16,9 @@ pub const CONTENT_PREFIX: &str = "/configs/";
 pub const META_PREFIX: &str = "/config-meta/";
 /// Prefix of config history.
 pub const HISTORY_PREFIX: &str = "/config-history/";
+/// Prefix of client reports: which version of a config each client has applied
+/// (`/config-clients/<namespace>/<group>/<data-id>/<client-id>`, [`AppliedReport`]).
+pub const CLIENTS_PREFIX: &str = "/config-clients/";
 
 /// Which config: namespace / group / data id.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -71,6 +75,16 @@ impl ConfigId {
     /// The prefix of this config's history keys (ends with `/`).
     pub fn history_prefix(&self) -> String {
         format!("{HISTORY_PREFIX}{}/", self.path())
+    }
+
+    /// The prefix of this config's client reports (ends with `/`).
+    pub fn clients_prefix(&self) -> String {
+        format!("{CLIENTS_PREFIX}{}/", self.path())
+    }
+
+    /// The report key of client `client_id`.
+    pub fn client_key(&self, client_id: &str) -> String {
+        format!("{}{client_id}", self.clients_prefix())
     }
 
     /// The key of one version: the number zero-padded to 20 digits.
@@ -354,6 +368,33 @@ pub struct ConfigMeta {
     /// JSON Schema every published version must satisfy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,
+}
+
+/// What a client reports when it has applied a version of a config, stored at
+/// [`ConfigId::client_key`] on the client's lease (so the report of a client that is gone
+/// disappears with the lease). Unknown fields are kept.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedReport {
+    /// The client's id (a key segment: no `/`).
+    pub client_id: String,
+    /// Hex MD5 of the content it applied.
+    pub md5: String,
+    /// The version it applied, when it knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// When it applied it, in milliseconds since the Unix epoch (the client's clock, or the
+    /// server's for a Nacos client).
+    pub applied_at: u64,
+    /// Where the client runs (its address as the server saw it, or what it says).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    /// How it reported: `sdk` or `nacos`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub via: String,
+    /// Any other field found in the stored JSON.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// How a history entry came to be.

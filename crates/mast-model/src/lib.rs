@@ -27,8 +27,8 @@ pub mod health;
 pub mod overrides;
 
 pub use config::{
-    ConfigFormat, ConfigHistoryEntry, ConfigId, ConfigMeta, HistoryOp, ValidationError,
-    check_schema, md5_hex,
+    AppliedReport, ConfigFormat, ConfigHistoryEntry, ConfigId, ConfigMeta, HistoryOp,
+    ValidationError, check_schema, md5_hex,
 };
 pub use health::{HealthCheck, HealthCheckError, ProbeKind};
 pub use overrides::{InstanceOverride, apply_override, override_key, parse_override_key};

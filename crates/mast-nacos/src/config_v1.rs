@@ -411,8 +411,26 @@ pub async fn listener(
     let no_hangup =
         header("Long-Pulling-Timeout-No-Hangup").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let (caller, had_token) = who.caller(&st, &p).await?;
+    // Registered before the first look, so a change between the look and the wait wakes it.
+    let reg = st.listeners.register(
+        listened
+            .iter()
+            .map(|l| l.id.content_key().into_bytes())
+            .collect(),
+    );
+    // The first look checks the caller may read every listened config.
+    let first = changed_of(&st, &caller, had_token, &listened).await?;
+    // What the client holds, for the rollout view.
+    if let Some(ip) = caller.addr.map(|a| a.ip().to_string()) {
+        let held: Vec<(ConfigId, String)> = listened
+            .iter()
+            .map(|l| (l.id.clone(), l.md5.clone()))
+            .collect();
+        let (node, reports) = (st.node.clone(), st.reports.clone());
+        tokio::spawn(async move { reports.http_listen(&node, &ip, &held).await });
+    }
     let Some(timeout) = timeout else {
-        let changed = changed_of(&st, &caller, had_token, &listened).await?;
+        let changed = first;
         let mut resp = listener_answer(&[]);
         let encoded = changed_body(&changed);
         if let Ok(v) = HeaderValue::from_str(encoded.trim_end()) {
@@ -424,15 +442,8 @@ pub async fn listener(
         .saturating_sub(HOLD_MARGIN)
         .clamp(MIN_HOLD, MAX_HOLD);
     let deadline = tokio::time::Instant::now() + hold;
-    // Registered before the first look, so a change between the look and the wait wakes it.
-    let reg = st.listeners.register(
-        listened
-            .iter()
-            .map(|l| l.id.content_key().into_bytes())
-            .collect(),
-    );
+    let mut changed = first;
     loop {
-        let changed = changed_of(&st, &caller, had_token, &listened).await?;
         if !changed.is_empty() || no_hangup {
             return Ok(listener_answer(&changed));
         }
@@ -441,6 +452,7 @@ pub async fn listener(
             _ = tokio::time::sleep_until(deadline) => return Ok(listener_answer(&[])),
             _ = st.node.shutting_down() => return Ok(listener_answer(&[])),
         }
+        changed = changed_of(&st, &caller, had_token, &listened).await?;
     }
 }
 

@@ -39,6 +39,7 @@ pub mod namespace_v1;
 pub mod naming_v1;
 pub mod params;
 pub mod push;
+pub mod reports;
 pub mod v2;
 
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub read_cache: Arc<mast_registry::read_cache::ReadCache>,
     /// Instance list answers by what they were made from (`GET /nacos/v1/ns/instance/list`).
     pub list_cache: Arc<list_cache::ListCache>,
+    /// Rollout reports written for listening clients.
+    pub reports: Arc<reports::Reports>,
 }
 
 /// The Nacos API for `node`: the HTTP router and the 2.x gRPC router (for the HTTP port and
@@ -96,6 +99,7 @@ fn state(node: Arc<Node>, retention: u64) -> AppState {
         logins: Arc::default(),
         read_cache: Arc::default(),
         list_cache: Arc::default(),
+        reports: Arc::default(),
     }
 }
 

@@ -605,3 +605,57 @@ async fn history_lists_every_version_newest_first_and_the_one_before() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// A long-polling client's listener MD5 is its report in the rollout view (`nacos-<ip>`).
+#[tokio::test]
+async fn listeners_are_counted_in_the_rollout_view() {
+    let n = Nacos::start(None).await;
+    let publish = |content: &'static str| {
+        [
+            ("dataId", "r.yaml"),
+            ("group", "G"),
+            ("tenant", "dev"),
+            ("content", content),
+        ]
+    };
+    assert_eq!(n.publish(&publish("a: 1")).await.0, StatusCode::OK);
+    let rollout = format!("{}/mast/v1/configs/dev/G/r.yaml/rollout", n.etcd);
+    // Reports are written beside the answer: look until the view shows `want` (10 s at most).
+    let view_where = |want: fn(&Value) -> bool| {
+        let (http, url) = (n.http.clone(), rollout.clone());
+        async move {
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                let v: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+                if want(&v) {
+                    return v;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "rollout view stuck at {v}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let holds = |content: &str| format!("r.yaml\u{2}G\u{2}{}\u{2}dev\u{1}", md5(content));
+    let quick = [
+        ("Long-Pulling-Timeout", "30000"),
+        ("Long-Pulling-Timeout-No-Hangup", "true"),
+    ];
+    n.listen(holds("a: 1"), &quick).await;
+    let v = view_where(|v| v["onCurrent"] == 1).await;
+    assert_eq!(v["complete"], true);
+    assert_eq!(v["versions"][0]["clients"], json!(["nacos-127.0.0.1"]));
+
+    // A new version: the client still says it holds the old one, so it lags...
+    assert_eq!(n.publish(&publish("a: 2")).await.0, StatusCode::OK);
+    let (_, changed) = n.listen(holds("a: 1"), &quick).await;
+    assert_eq!(changed, "r.yaml%02G%02dev%01\n");
+    let v = view_where(|v| v["version"] == 2).await;
+    assert_eq!(v["lagging"][0]["clientId"], "nacos-127.0.0.1");
+    assert_eq!(v["lagging"][0]["via"], "nacos");
+    // ...until it listens with the new content's MD5.
+    n.listen(holds("a: 2"), &quick).await;
+    view_where(|v| v["complete"] == true && v["version"] == 2).await;
+}

@@ -143,6 +143,26 @@ async fn the_protocol_as_nacos_clients_see_it() {
     listen["configListenContexts"][0]["md5"] = json!("stale");
     let (_, v) = call("ConfigBatchListenRequest", listen).await;
     assert_eq!(v["changedConfigs"].as_array().unwrap().len(), 1);
+    // What the connection says it holds is its report for the rollout view, on its lease.
+    let reports = mast_server::api::kv::range(
+        server.node(),
+        &Default::default(),
+        mast_proto::etcdserverpb::RangeRequest {
+            key: "/config-clients/dev/G/g.yaml/".into(),
+            range_end: "/config-clients/dev/G/g.yaml0".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(reports.kvs.len(), 1);
+    assert_ne!(reports.kvs[0].lease, 0);
+    let r: Value = serde_json::from_slice(&reports.kvs[0].value).unwrap();
+    assert!(r["clientId"].as_str().unwrap().starts_with("nacos-"), "{r}");
+    assert_eq!(
+        (r["md5"].as_str(), r["via"].as_str()),
+        (Some("stale"), Some("nacos"))
+    );
     publish["content"] = json!("a: [1");
     let (_, v) = call("ConfigPublishRequest", publish).await;
     assert_eq!(

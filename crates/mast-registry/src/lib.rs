@@ -9,6 +9,7 @@
 //! - [`probes`]: the leader's TCP / HTTP / gRPC health probes of persistent instances.
 //! - [`overrides`]: an operator's weight and enabled that survive re-registration, and the
 //!   leader's reconciler that keeps instances in line with them.
+//! - [`rollout`]: which clients hold which version of a config, from their reports.
 //! - [`events`]: a Server-Sent Events stream of instance and config changes that resumes from
 //!   a revision.
 //! - [`audit`]: the audit log (who changed what, hash-chained) and its verification.
@@ -48,6 +49,7 @@ pub mod openapi;
 pub mod overrides;
 pub mod probes;
 pub mod read_cache;
+pub mod rollout;
 pub mod services;
 
 use std::sync::Arc;
@@ -192,6 +194,10 @@ pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
         .route(
             "/mast/v1/configs/{namespace}/{group}/{data_id}/diff",
             get(configs::diff).fallback(na),
+        )
+        .route(
+            "/mast/v1/configs/{namespace}/{group}/{data_id}/rollout",
+            get(rollout::get).fallback(na),
         )
         .route(
             "/mast/v1/configs/{namespace}/{group}/{data_id}/rollback",

@@ -55,8 +55,15 @@ mod tests {
             ("/mast/v1/services/{service}", "get"),
             ("/mast/v1/services/{service}", "put"),
             ("/mast/v1/services/{service}/instances/{id}/override", "get"),
-            ("/mast/v1/services/{service}/instances/{id}/override", "delete"),
+            (
+                "/mast/v1/services/{service}/instances/{id}/override",
+                "delete",
+            ),
             ("/mast/v1/audit", "get"),
+            (
+                "/mast/v1/configs/{namespace}/{group}/{dataId}/rollout",
+                "get",
+            ),
             ("/mast/v1/audit/verify", "get"),
         ];
         let mut count = 0;

@@ -1978,3 +1978,94 @@ async fn audit_log_names_who_changed_what_and_detects_tampering() {
     assert!(last > seq);
     t.stop().await;
 }
+
+/// Waits (up to 10 s) until the rollout view of `path` satisfies `ok`, and returns it.
+async fn rollout_where(t: &TestServer, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = Value::Null;
+    let mut rx = t.node().subscribe_commits();
+    while Instant::now() < deadline {
+        let (s, v) = t.get(path).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        if ok(&v) {
+            return v;
+        }
+        last = v;
+        // The view changes only with a commit (a report, a publish, a lease going).
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, rx.recv()).await;
+    }
+    panic!("rollout never got there: {last}");
+}
+
+/// Four SDK clients apply a config and report it; after a publish the view shows who holds
+/// which version, and names the client that was killed before it could apply the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_names_who_holds_which_version() {
+    let t = TestServer::start().await;
+    let cfg = format!("{CFG}/flags.json");
+    let rollout = format!("{cfg}/rollout");
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &cfg,
+            Some(json!({"content": "{\"on\":false}"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = t.get(&rollout).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["clients"].as_u64(), v["complete"].as_bool()),
+        (Some(0), Some(false))
+    );
+    let (s, _) = t.get(&format!("{CFG}/nothing.json/rollout")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let id = mast_sdk::ConfigId::new("dev", "DEFAULT_GROUP", "flags.json").unwrap();
+    let mut clients = Vec::new();
+    for n in 1..=4 {
+        let c = mast_sdk::Client::connect(mast_sdk::ClientOptions {
+            endpoints: vec![t.base.clone()],
+            client_id: format!("c{n}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let typed = c.typed_config::<Value>(&id, None).await.unwrap();
+        clients.push((c, typed));
+    }
+    let v = rollout_where(&t, &rollout, |v| v["onCurrent"] == 4).await;
+    assert_eq!(v["complete"], true, "{v}");
+    assert_eq!(v["versions"][0]["clients"], json!(["c1", "c2", "c3", "c4"]));
+    assert_eq!(v["versions"][0]["version"], 1);
+    assert!(v["tookMs"].as_u64().is_some(), "{v}");
+    let old_md5 = v["md5"].as_str().unwrap().to_string();
+
+    // c4 is killed (no deregistration: its report stays until its lease runs out), then v2.
+    drop(clients.pop());
+    let (s, _) = t
+        .call(Method::PUT, &cfg, Some(json!({"content": "{\"on\":true}"})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let v = rollout_where(&t, &rollout, |v| v["onCurrent"] == 3).await;
+    assert_eq!(v["version"], 2);
+    assert_eq!(
+        (v["clients"].as_u64(), v["complete"].as_bool()),
+        (Some(4), Some(false))
+    );
+    assert!(v.get("tookMs").is_none(), "{v}");
+    assert_eq!(v["versions"][0]["clients"], json!(["c1", "c2", "c3"]));
+    assert_eq!(v["versions"][1]["md5"], old_md5.as_str());
+    let lagging = v["lagging"].as_array().unwrap();
+    assert_eq!(lagging.len(), 1, "{v}");
+    assert_eq!(
+        (lagging[0]["clientId"].as_str(), lagging[0]["via"].as_str()),
+        (Some("c4"), Some("sdk"))
+    );
+    assert_eq!(lagging[0]["version"], 1);
+    for (_, typed) in &clients {
+        assert_eq!(typed.get()["on"], true);
+    }
+    t.stop().await;
+}

@@ -70,6 +70,22 @@ pub struct ClientOptions {
     /// only when they never reached a member (as etcd's clientv3 retry policies), so a write
     /// is never applied twice. Zero: never sent again.
     pub retry_for: Duration,
+    /// This client's id in config rollout reports (`MAST_CLIENT_ID`; default
+    /// `<host>-<pid>-<random>`). A key segment: no `/`.
+    pub client_id: String,
+}
+
+/// A client id unique enough to tell processes apart: the host name (`HOSTNAME`), the
+/// process id and a random part from the clock.
+fn default_client_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty() && !h.contains('/'))
+        .unwrap_or_else(|| "client".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{host}-{}-{nanos:08x}", std::process::id())
 }
 
 impl Default for ClientOptions {
@@ -80,6 +96,7 @@ impl Default for ClientOptions {
             password: None,
             connect_timeout: Duration::from_secs(5),
             retry_for: Duration::from_secs(5),
+            client_id: default_client_id(),
         }
     }
 }
@@ -102,6 +119,9 @@ impl ClientOptions {
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect();
+        }
+        if let Some(id) = get("MAST_CLIENT_ID").filter(|v| !v.is_empty()) {
+            o.client_id = id;
         }
         o.user = pick("MAST_USER", "ETCDCTL_USER");
         o.password = pick("MAST_PASSWORD", "ETCDCTL_PASSWORD");
@@ -147,6 +167,11 @@ pub struct Client {
     creds: Option<(String, String)>,
     login: Arc<RwLock<()>>,
     retry_for: Duration,
+    /// This client's id in rollout reports.
+    pub(crate) client_id: Arc<str>,
+    /// The lease rollout reports are attached to, kept alive while any clone of the client
+    /// lives (see [`crate::rollout`]).
+    pub(crate) session: Arc<crate::rollout::Session>,
 }
 
 /// Which calls may be sent again after an `Unavailable` answer, as etcd's clientv3 retry
@@ -224,6 +249,8 @@ impl Client {
                 .map(|u| (u, options.password.unwrap_or_default())),
             login: Arc::new(RwLock::new(())),
             retry_for: options.retry_for,
+            client_id: options.client_id.into(),
+            session: Arc::default(),
         };
         if client.creds.is_some() {
             client.authenticate().await?;

@@ -405,6 +405,14 @@ impl<T: DeserializeOwned + Send + Sync + 'static> TypedConfig<T> {
 }
 
 impl Client {
+    /// Reports `c` applied ([`Client::report_config_applied`]); a failure is only logged, as
+    /// the config itself was applied.
+    async fn report_applied_quietly(&self, c: &Config) {
+        if let Err(e) = self.report_config_applied(c).await {
+            tracing::debug!(config = %c.id.content_key(), error = %e, "reporting an applied config failed");
+        }
+    }
+
     /// A typed, hot-reloading view of a config. With `cache_dir`, the last good content is
     /// written there and used when the server is unreachable at start.
     ///
@@ -430,6 +438,7 @@ impl Client {
                 if let Some(dir) = &cache_dir {
                     write_cache(dir, id, &c.content)?;
                 }
+                self.report_applied_quietly(&c).await;
                 v
             }
             Some(Ok(None)) => {
@@ -459,12 +468,14 @@ impl Client {
         let error = Arc::new(Mutex::new(None));
         let err = error.clone();
         let id2 = id.clone();
+        let client = self.clone();
         let task = tokio::spawn(async move {
             while let Some(item) = stream.next().await {
                 let Ok(Some(c)) = item else { continue };
                 match c.parse::<T>() {
                     Ok(v) => {
                         *err.lock().expect("error lock") = None;
+                        client.report_applied_quietly(&c).await;
                         if let Some(dir) = &cache_dir
                             && let Err(e) = write_cache(dir, &id2, &c.content)
                         {

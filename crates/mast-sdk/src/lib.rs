@@ -28,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod overrides;
 pub mod registry;
+pub mod rollout;
 
 pub use client::{Client, ClientOptions, Error, Result};
 pub use config::{Config, TypedConfig};

@@ -220,7 +220,7 @@ pub struct ConfigRef {
 }
 
 impl ConfigRef {
-    fn id(&self) -> anyhow::Result<ConfigId> {
+    pub(crate) fn id(&self) -> anyhow::Result<ConfigId> {
         Ok(ConfigId::new(&self.namespace, &self.group, &self.data_id)?)
     }
 }
@@ -230,6 +230,9 @@ impl ConfigRef {
 pub enum ConfigCmd {
     /// Prints a config's content.
     Get(ConfigRef),
+    /// Shows which clients hold which version, who lags, and how long the last change took
+    /// to reach everyone (from the clients' reports; over HTTP on the first endpoint).
+    Rollout(ConfigRef),
     /// Publishes content (from a file, or `-` for stdin) as the next version.
     Set {
         #[command(flatten)]
@@ -431,6 +434,7 @@ pub async fn run(g: Global, cmd: ClientCmd) -> anyhow::Result<()> {
         }
         ClientCmd::Migrate(args) => return crate::migrate::run(&g, &args).await,
         ClientCmd::Audit(a) => return crate::cli_audit::run(&g, a).await,
+        ClientCmd::Config(ConfigCmd::Rollout(r)) => return crate::cli_audit::rollout(&g, &r).await,
         cmd => cmd,
     };
     let c = g.connect().await?;
@@ -892,6 +896,7 @@ async fn version_content(
 
 async fn config(c: &Client, out: Format, cmd: ConfigCmd) -> anyhow::Result<()> {
     match cmd {
+        ConfigCmd::Rollout(_) => bail!("served before connecting"),
         ConfigCmd::Get(r) => {
             let id = r.id()?;
             let cfg = c

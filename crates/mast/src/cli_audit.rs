@@ -1,5 +1,7 @@
-//! `mast audit …`: the audit log through `/mast/v1/audit` on the first endpoint (plain HTTP;
-//! with `--user`, logged in through the etcd JSON gateway's `/v3/auth/authenticate`).
+//! Client commands served by Mast's HTTP API rather than the etcd gRPC API: `mast audit …`
+//! (`/mast/v1/audit`) and `mast config rollout` (`/mast/v1/configs/…/rollout`), on the first
+//! endpoint (plain HTTP; with `--user`, logged in through the etcd JSON gateway's
+//! `/v3/auth/authenticate`).
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -213,6 +215,80 @@ pub async fn run(g: &Global, cmd: AuditCmd) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Percent-encodes a path segment.
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs `mast config rollout`.
+///
+/// # Errors
+/// A bad name; connection, login and server errors.
+pub async fn rollout(g: &Global, r: &crate::cli::ConfigRef) -> anyhow::Result<()> {
+    let id = r.id()?;
+    let path = format!(
+        "/mast/v1/configs/{}/{}/{}/rollout",
+        segment(&id.namespace),
+        segment(&id.group),
+        segment(&id.data_id)
+    );
+    let v = get(g, &path).await?;
+    if g.write_out == Format::Json {
+        println!("{v}");
+        return Ok(());
+    }
+    let version = v["version"]
+        .as_u64()
+        .map_or_else(|| "-".to_string(), |n| n.to_string());
+    println!(
+        "version {version} (md5 {}): {}/{} clients{}",
+        v["md5"].as_str().unwrap_or(""),
+        v["onCurrent"],
+        v["clients"],
+        match v["tookMs"].as_u64() {
+            Some(ms) => format!(", reached everyone in {ms} ms"),
+            None if v["complete"] == true => String::new(),
+            None => ", in progress".to_string(),
+        }
+    );
+    let mut t = Table::new();
+    t.set_header(["VERSION", "MD5", "CURRENT", "CLIENTS"]);
+    for row in v["versions"].as_array().into_iter().flatten() {
+        let clients: Vec<&str> = row["clients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        t.add_row([
+            row["version"]
+                .as_u64()
+                .map_or_else(|| "-".to_string(), |n| n.to_string()),
+            short(&row["md5"]),
+            row["current"].to_string(),
+            clients.join(", "),
+        ]);
+    }
+    println!("{t}");
+    for l in v["lagging"].as_array().into_iter().flatten() {
+        println!(
+            "lagging: {} ({}) holds md5 {} since {}",
+            l["clientId"].as_str().unwrap_or(""),
+            l["via"].as_str().unwrap_or(""),
+            l["md5"].as_str().unwrap_or(""),
+            when(l["appliedAt"].as_u64().unwrap_or(0))
+        );
     }
     Ok(())
 }

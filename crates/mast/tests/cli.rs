@@ -141,6 +141,14 @@ fn config_and_service_commands() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid json"));
     assert_eq!(ok(&s, &["config", "get", "app.json"]), r#"{"port": 2}"#);
+    // No client has reported yet.
+    let rollout: serde_json::Value =
+        serde_json::from_str(&ok(&s, &["config", "rollout", "app.json", "-w", "json"])).unwrap();
+    assert_eq!(
+        (rollout["version"].as_u64(), rollout["clients"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert!(ok(&s, &["config", "rollout", "app.json"]).starts_with("version 2 (md5 "));
     let diff = ok(&s, &["config", "diff", "app.json", "1", "2"]);
     assert!(
         diff.contains("-{\"port\": 1}") && diff.contains("+{\"port\": 2}"),

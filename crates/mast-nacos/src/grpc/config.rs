@@ -176,6 +176,7 @@ async fn batch_listen(
         .unwrap_or_default();
     let field = |c: &Value, k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let mut changed = Vec::new();
+    let mut held = Vec::new();
     for c in &contexts {
         let name = ListenedName {
             data_id: field(c, "dataId"),
@@ -194,14 +195,30 @@ async fn batch_listen(
         let (kv, _) = etcd::get(&st.node, caller, &id.content_key(), 0).await?;
         let md5 = kv.map(|kv| md5_hex(&kv.value)).unwrap_or_default();
         if let Some(conn) = &conn {
-            conn.listen(key, id, name.clone());
+            conn.listen(key, id.clone(), name.clone());
         }
+        held.push((id, field(c, "md5")));
         if md5 != field(c, "md5") {
             changed.push(json!({
                 "group": name.group,
                 "dataId": name.data_id,
                 "tenant": name.tenant,
             }));
+        }
+    }
+    // What the client holds, for the rollout view, on the connection's lease.
+    if let Some(conn) = &conn
+        && held.iter().any(|(_, md5)| !md5.is_empty())
+    {
+        match conn.lease(&st.node, caller).await {
+            Ok(lease) => {
+                let client = format!("nacos-{}", conn.id);
+                let addr = conn.addr.ip().to_string();
+                st.reports
+                    .record(&st.node, &client, &addr, lease, &held)
+                    .await;
+            }
+            Err(e) => tracing::debug!(error = %e, "no lease for a Nacos connection's reports"),
         }
     }
     Ok(Ok(json!({ "changedConfigs": changed })))

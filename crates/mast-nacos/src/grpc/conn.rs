@@ -305,6 +305,7 @@ pub fn serve_stream(
             drop(removed);
             metrics::gauge!(CONNECTIONS_GAUGE).set(n as f64);
             c.forget_interest();
+            st.reports.forget(&format!("nacos-{}", c.id));
             let id = c.lease_now();
             if id != 0 {
                 let who = c.caller();
