@@ -368,6 +368,21 @@ pub struct ConfigMeta {
     /// JSON Schema every published version must satisfy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,
+    /// The newest history version used, when a gray release's entry took a number after
+    /// `version` (0 otherwise): the next version is one more than the larger of the two.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_history: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl ConfigMeta {
+    /// The newest history version used (the current version, or a gray entry's after it).
+    pub fn newest_history(&self) -> u64 {
+        self.version.max(self.last_history)
+    }
 }
 
 /// What a client reports when it has applied a version of a config, stored at
@@ -408,6 +423,16 @@ pub enum HistoryOp {
     Rollback,
     /// The config was deleted (the entry keeps the last content).
     Delete,
+    /// A gray release was published or changed (the entry keeps its content; the normal
+    /// version is unchanged).
+    #[serde(rename = "gray-publish")]
+    GrayPublish,
+    /// A gray release's content became the normal version (this entry is that version).
+    #[serde(rename = "gray-promote")]
+    GrayPromote,
+    /// A gray release was stopped: its clients fall back to the normal version.
+    #[serde(rename = "gray-stop")]
+    GrayStop,
 }
 
 /// One version of a config, stored under its history key.
@@ -432,6 +457,12 @@ pub struct ConfigHistoryEntry {
     /// For a rollback: the version whose content was restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back_from: Option<u64>,
+    /// For gray entries: the gray release's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gray: Option<String>,
+    /// For gray publishes: its rule, as stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gray_rule: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod config;
+pub mod gray;
 pub mod health;
 pub mod overrides;
 
@@ -30,6 +31,7 @@ pub use config::{
     AppliedReport, ConfigFormat, ConfigHistoryEntry, ConfigId, ConfigMeta, HistoryOp,
     ValidationError, check_schema, md5_hex,
 };
+pub use gray::{ClientFacts, GrayError, GrayRelease, GrayRule};
 pub use health::{HealthCheck, HealthCheckError, ProbeKind};
 pub use overrides::{InstanceOverride, apply_override, override_key, parse_override_key};
 

@@ -5,7 +5,8 @@
 //!
 //! A Nacos resource is `<namespace>:<group>:<type>/<name>` (`type` `config` or `naming`; the
 //! console grants `<namespace>:*:*`). Its key ranges ([`ranges`]):
-//! - configs: `/configs/`, `/config-meta/` and `/config-history/`, each followed by
+//! - configs: `/configs/`, `/config-meta/`, `/config-history/` and `/config-gray/`, each
+//!   followed by
 //!   `<namespace>/`, `<group>/` and the data id (a `*` name is the group's prefix, `app*` a
 //!   prefix, an exact name the key itself and its history prefix);
 //! - naming: `/services/<segment>/`, `/service-meta/<segment>` and the operator overrides
@@ -199,6 +200,8 @@ fn ranges(res: &Resource, rw: (bool, bool)) -> Vec<(Range, (bool, bool))> {
             (CONTENT_PREFIX, true, rw),
             (META_PREFIX, true, meta_rw),
             (HISTORY_PREFIX, false, rw),
+            // Changing a gray release reads it first.
+            (mast_model::gray::GRAY_PREFIX, false, meta_rw),
         ] {
             let range = match (&res.namespace, &res.group, &res.name) {
                 (Part::Any, _, _) => Range::prefix(base.to_string()),
@@ -906,13 +909,14 @@ mod tests {
                 "/configs/dev/",
                 "/config-meta/dev/",
                 "/config-history/dev/",
+                "/config-gray/dev/",
                 "/services/dev#",
                 "/service-meta/dev#",
                 "/instance-overrides/dev#",
             ]
         );
         assert_eq!(k[0].1, "/configs/dev0");
-        assert_eq!(k[3].1, "/services/dev$");
+        assert_eq!(k[4].1, "/services/dev$");
         assert!(k.iter().all(|(_, _, rw)| *rw == (true, false)));
     }
 
@@ -936,6 +940,11 @@ mod tests {
                     "/config-history/public/DEFAULT_GROUP/app.yaml/".into(),
                     "/config-history/public/DEFAULT_GROUP/app.yaml0".into(),
                     (false, true)
+                ),
+                (
+                    "/config-gray/public/DEFAULT_GROUP/app.yaml/".into(),
+                    "/config-gray/public/DEFAULT_GROUP/app.yaml0".into(),
+                    (true, true)
                 ),
             ]
         );

@@ -111,6 +111,34 @@ pub async fn get(State(st): State<AppState>, who: NacosCaller, p: Params) -> Nac
     let (caller, had_token) = who.caller(&st, &p).await?;
     let err = |e| NacosError::from_api(e, had_token);
     let (content_key, meta_key) = (id.content_key(), id.meta_key());
+    // A client a gray release is meant for (by address: Nacos's beta; by `tag` as the label
+    // `tag`) gets its content, marked `isBeta` as Nacos marks a beta answer.
+    let facts = nacos_facts(&caller, p.opt("tag"));
+    if let Some(g) = mast_registry::gray::gray_for(&st.node, &caller, &id, &facts)
+        .await
+        .map_err(err)?
+    {
+        let (content, _) = etcd::get(&st.node, &caller, &content_key, 0)
+            .await
+            .map_err(err)?;
+        if content.is_some() {
+            let meta = etcd::get(&st.node, &caller, &meta_key, 0)
+                .await
+                .ok()
+                .and_then(|(kv, _)| kv)
+                .and_then(|kv| serde_json::from_slice::<ConfigMeta>(&kv.value).ok());
+            let read = CachedRead {
+                kind: nacos_type(meta.as_ref(), &id),
+                md5: g.md5,
+                updated_at: Some(g.updated_at),
+                content: g.content.into(),
+            };
+            let mut resp = read.into_response();
+            resp.headers_mut()
+                .insert("isBeta", HeaderValue::from_static("true"));
+            return Ok(resp);
+        }
+    }
     // An answer rendered from the same content and metadata revisions is served again, after
     // the checks the two reads below make (a caller that may not read the metadata always
     // takes the reads).
@@ -356,8 +384,23 @@ pub fn changed_body(changed: &[&Listened]) -> String {
     body
 }
 
+/// What gray rules see of a Nacos client: its address (ip rules, and `nacos-<ip>` as its
+/// id for percentage rules) and, when it sends a `tag`, the label `tag`.
+pub fn nacos_facts(caller: &Caller, tag: Option<&str>) -> mast_model::ClientFacts {
+    let ip = caller.addr.map(|a| a.ip());
+    mast_model::ClientFacts {
+        id: ip.map(|ip| format!("nacos-{ip}")).unwrap_or_default(),
+        labels: tag
+            .filter(|t| !t.is_empty())
+            .map(|t| [("tag".to_string(), t.to_string())].into())
+            .unwrap_or_default(),
+        ip,
+    }
+}
+
 /// The listened configs whose content md5 differs from the client's (an absent config's md5
-/// is `""`), read with the caller's permissions.
+/// is `""`; a client a gray release is meant for is compared with the gray's), read with the
+/// caller's permissions.
 async fn changed_of<'a>(
     st: &AppState,
     caller: &Caller,
@@ -369,7 +412,14 @@ async fn changed_of<'a>(
         let (kv, _) = etcd::get(&st.node, caller, &l.id.content_key(), 0)
             .await
             .map_err(|e| NacosError::from_api(e, had_token))?;
-        let md5 = kv.map(|kv| md5_hex(&kv.value)).unwrap_or_default();
+        let facts = nacos_facts(caller, None);
+        let gray = mast_registry::gray::gray_for(&st.node, caller, &l.id, &facts)
+            .await
+            .map_err(|e| NacosError::from_api(e, had_token))?;
+        let md5 = match gray {
+            Some(g) if kv.is_some() => g.md5,
+            _ => kv.map(|kv| md5_hex(&kv.value)).unwrap_or_default(),
+        };
         if md5 != l.md5 {
             changed.push(l);
         }

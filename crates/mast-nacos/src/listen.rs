@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use mast_model::config::CONTENT_PREFIX;
 use tokio::sync::{Notify, broadcast};
 
 use mast_server::Node;
@@ -69,13 +68,14 @@ impl ListenHub {
                 let Some(hub) = weak.upgrade() else { return };
                 match next {
                     Ok(batch) if !batch.gap => {
-                        let keys = batch
+                        // A config's content, or one of its gray releases, changed.
+                        let keys: Vec<Vec<u8>> = batch
                             .events
                             .iter()
                             .filter_map(|e| e.kv.as_ref())
-                            .map(|kv| &kv.key[..])
-                            .filter(|k| k.starts_with(CONTENT_PREFIX.as_bytes()));
-                        hub.wake(keys);
+                            .filter_map(|kv| mast_model::gray::content_key_of(&kv.key))
+                            .collect();
+                        hub.wake(keys.iter().map(Vec::as_slice));
                     }
                     // Changes were missed (a snapshot replaced the store, or this task lagged):
                     // every waiting request looks again.

@@ -659,3 +659,58 @@ async fn listeners_are_counted_in_the_rollout_view() {
     n.listen(holds("a: 2"), &quick).await;
     view_where(|v| v["complete"] == true && v["version"] == 2).await;
 }
+
+/// A gray release by address is Nacos's beta: the client at that address gets its content
+/// (`isBeta`), its listener compares with the gray's MD5, and stopping the gray wakes it.
+#[tokio::test]
+async fn a_gray_release_by_address_is_a_nacos_beta() {
+    let n = Nacos::start(None).await;
+    let form = [
+        ("dataId", "b.json"),
+        ("group", "G"),
+        ("tenant", "dev"),
+        ("content", "{\"v\":1}"),
+    ];
+    assert_eq!(n.publish(&form).await.0, StatusCode::OK);
+    let gray_url = format!("{}/mast/v1/configs/dev/G/b.json/gray/beta", n.etcd);
+    let r = n
+        .http
+        .put(&gray_url)
+        .json(&json!({"content": "{\"v\":2}", "rule": {"type": "ip", "ips": ["127.0.0.1"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = n
+        .get(&[("dataId", "b.json"), ("group", "G"), ("tenant", "dev")])
+        .await;
+    assert_eq!(r.headers()["isBeta"], "true");
+    assert_eq!(r.text().await.unwrap(), "{\"v\":2}");
+    // Holding the normal content, the beta client is told to read again; holding the
+    // gray's, it is held until the gray stops.
+    let quick = [
+        ("Long-Pulling-Timeout", "30000"),
+        ("Long-Pulling-Timeout-No-Hangup", "true"),
+    ];
+    let holds = |c: &str| format!("b.json\u{2}G\u{2}{}\u{2}dev\u{1}", md5(c));
+    assert_eq!(
+        n.listen(holds("{\"v\":1}"), &quick).await.1,
+        "b.json%02G%02dev%01\n"
+    );
+    let mut held = Box::pin(n.listen(holds("{\"v\":2}"), &[("Long-Pulling-Timeout", "30000")]));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut held)
+            .await
+            .is_err(),
+        "up to date with its beta"
+    );
+    let r = n.http.delete(&gray_url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (_, body) = tokio::time::timeout(WAIT, held).await.unwrap();
+    assert_eq!(body, "b.json%02G%02dev%01\n");
+    let r = n
+        .get(&[("dataId", "b.json"), ("group", "G"), ("tenant", "dev")])
+        .await;
+    assert!(r.headers().get("isBeta").is_none());
+    assert_eq!(r.text().await.unwrap(), "{\"v\":1}");
+}

@@ -104,6 +104,49 @@ pub struct ConfigView {
     /// The attached JSON Schema.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,
+    /// The gray release whose content this is, when the client is one of its clients
+    /// (`md5` is then the gray content's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gray: Option<String>,
+}
+
+/// Who reads a config, for gray releases: `?clientId=&labels=k=v,k2=v2` (the address is the
+/// connection's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientQuery {
+    /// The client's id (percentage rules).
+    pub client_id: Option<String>,
+    /// The client's labels, `k=v` pairs separated by commas (labels rules).
+    pub labels: Option<String>,
+}
+
+impl ClientQuery {
+    /// The client's facts, with `caller`'s address.
+    ///
+    /// # Errors
+    /// 400 for a label without `=`.
+    pub fn facts(&self, caller: &Caller) -> ApiResult<mast_model::ClientFacts> {
+        let mut labels = BTreeMap::new();
+        for pair in self
+            .labels
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| ApiError::bad_request(format!("label {pair:?} is not k=v")))?;
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        Ok(mast_model::ClientFacts {
+            id: self.client_id.clone().unwrap_or_default(),
+            labels,
+            ip: caller.addr.map(|a| a.ip()),
+        })
+    }
 }
 
 /// `GET /mast/v1/configs`.
@@ -202,7 +245,7 @@ pub struct DeleteResponse {
 pub struct HistorySummary {
     /// Version number.
     pub version: u64,
-    /// Publish, rollback or delete.
+    /// Publish, rollback, delete, or a gray release's publish, promotion or stop.
     pub op: HistoryOp,
     /// Format.
     pub format: ConfigFormat,
@@ -218,6 +261,9 @@ pub struct HistorySummary {
     pub rolled_back_from: Option<u64>,
     /// Content size in bytes.
     pub size: usize,
+    /// For gray entries: the gray release's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gray: Option<String>,
 }
 
 /// `GET …/history`.
@@ -284,15 +330,19 @@ fn config_id(ns: &str, group: &str, data_id: &str) -> ApiResult<ConfigId> {
 }
 
 /// What a write needs to know of a config's current state.
-struct Current {
+pub(crate) struct Current {
     /// The metadata and the meta key's mod revision (0: absent).
-    meta: Option<ConfigMeta>,
-    meta_rev: i64,
+    pub(crate) meta: Option<ConfigMeta>,
+    pub(crate) meta_rev: i64,
     /// The newest version number ever used (meta's, or the newest history entry's).
-    version: u64,
+    pub(crate) version: u64,
 }
 
-async fn read_current(node: &Node, caller: &Caller, id: &ConfigId) -> ApiResult<Current> {
+pub(crate) async fn read_current(
+    node: &Node,
+    caller: &Caller,
+    id: &ConfigId,
+) -> ApiResult<Current> {
     let (kv, _) = etcd::get(node, caller, &id.meta_key(), 0).await?;
     if let Some(kv) = kv {
         let meta: ConfigMeta = serde_json::from_slice(&kv.value).map_err(|e| {
@@ -301,8 +351,9 @@ async fn read_current(node: &Node, caller: &Caller, id: &ConfigId) -> ApiResult<
                 format!("the metadata at {} is not valid: {e}", id.meta_key()),
             )
         })?;
+        // Gray entries take history numbers too without moving the current version.
         return Ok(Current {
-            version: meta.version,
+            version: meta.newest_history(),
             meta: Some(meta),
             meta_rev: kv.mod_revision,
         });
@@ -324,7 +375,7 @@ async fn read_current(node: &Node, caller: &Caller, id: &ConfigId) -> ApiResult<
 }
 
 /// The op that trims history to the retention once `version` is written, if any is needed.
-fn trim_op(
+pub(crate) fn trim_op(
     id: &ConfigId,
     version: u64,
     retention: u64,
@@ -349,7 +400,7 @@ const INLINE_VALIDATE_BYTES: usize = 16 * 1024;
 
 /// Validates off the async workers (parsing and schema checks may be slow on large content),
 /// or inline for small content without a schema.
-async fn validate(
+pub(crate) async fn validate(
     format: ConfigFormat,
     content: &str,
     schema: Option<&serde_json::Value>,
@@ -365,20 +416,26 @@ async fn validate(
     Ok(())
 }
 
-/// What one publish (or rollback) writes.
-struct Publish {
-    content: String,
-    format: Option<ConfigFormat>,
-    description: Option<String>,
-    tags: Option<Vec<String>>,
-    author: Option<String>,
-    schema: Option<Option<serde_json::Value>>,
-    expected_version: Option<u64>,
-    op: HistoryOp,
-    rolled_back_from: Option<u64>,
+/// What one publish (or rollback, or gray promotion) writes.
+#[derive(Default)]
+pub(crate) struct Publish {
+    pub(crate) content: String,
+    pub(crate) format: Option<ConfigFormat>,
+    pub(crate) description: Option<String>,
+    pub(crate) tags: Option<Vec<String>>,
+    pub(crate) author: Option<String>,
+    pub(crate) schema: Option<Option<serde_json::Value>>,
+    pub(crate) expected_version: Option<u64>,
+    pub(crate) op: HistoryOp,
+    pub(crate) rolled_back_from: Option<u64>,
+    /// For a gray promotion: the gray's name (in the history entry).
+    pub(crate) gray: Option<String>,
+    /// More conditions and ops for the same Txn (a promotion deletes its gray, if unchanged).
+    pub(crate) more_compares: Vec<mast_proto::etcdserverpb::Compare>,
+    pub(crate) more_ops: Vec<mast_proto::etcdserverpb::RequestOp>,
 }
 
-async fn publish_version(
+pub(crate) async fn publish_version(
     node: &Node,
     retention: u64,
     caller: &Caller,
@@ -435,6 +492,7 @@ async fn publish_version(
             author: author.clone(),
             updated_at: now,
             schema,
+            last_history: 0,
         };
         let entry = ConfigHistoryEntry {
             version,
@@ -445,6 +503,8 @@ async fn publish_version(
             time: now,
             op: p.op,
             rolled_back_from: p.rolled_back_from,
+            gray: p.gray.clone(),
+            gray_rule: None,
         };
         let mut ops = vec![
             etcd::put_op(id.content_key(), p.content.clone()),
@@ -452,13 +512,10 @@ async fn publish_version(
             etcd::put_op(id.history_key(version), to_json(&entry)?),
         ];
         ops.extend(trim_op(id, version, retention));
-        let resp = etcd::txn(
-            node,
-            caller,
-            vec![etcd::mod_revision_is(id.meta_key(), cur.meta_rev)],
-            ops,
-        )
-        .await?;
+        ops.extend(p.more_ops.iter().cloned());
+        let mut compare = vec![etcd::mod_revision_is(id.meta_key(), cur.meta_rev)];
+        compare.extend(p.more_compares.iter().cloned());
+        let resp = etcd::txn(node, caller, compare, ops).await?;
         if resp.succeeded {
             return Ok(PublishResponse {
                 config: ConfigSummary::new(id, Some(&meta), etcd::txn_revision(&resp)),
@@ -472,7 +529,7 @@ async fn publish_version(
     ))
 }
 
-fn to_json<T: Serialize>(v: &T) -> ApiResult<Vec<u8>> {
+pub(crate) fn to_json<T: Serialize>(v: &T) -> ApiResult<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| ApiError::internal(format!("encoding JSON failed: {e}")))
 }
 
@@ -546,10 +603,30 @@ pub async fn get(
     State(st): State<AppState>,
     Call(caller): Call,
     PathParams((ns, group, data_id)): PathParams<(String, String, String)>,
+    QueryParams(client): QueryParams<ClientQuery>,
 ) -> ApiResult<Response> {
     let node = &st.node;
     let id = config_id(&ns, &group, &data_id)?;
     let (content_key, meta_key) = (id.content_key(), id.meta_key());
+    // A client of a gray release gets the gray's content (never cached).
+    let facts = client.facts(&caller)?;
+    if let Some(gray) = crate::gray::gray_for(node, &caller, &id, &facts).await? {
+        let (content, revision) = etcd::get(node, &caller, &content_key, 0).await?;
+        let Some(content) = content else {
+            return Err(not_found(&id));
+        };
+        let (meta_kv, _) = etcd::get(node, &caller, &meta_key, revision).await?;
+        let meta = parse_meta(meta_kv.as_ref());
+        let mut summary = ConfigSummary::new(&id, meta.as_ref(), content.mod_revision);
+        summary.md5 = Some(gray.md5.clone());
+        let view = ConfigView {
+            summary,
+            content: gray.content,
+            schema: meta.and_then(|m| m.schema),
+            gray: Some(gray.name),
+        };
+        return Ok(crate::json_bytes(Bytes::from(to_json(&view)?)));
+    }
     // The checks the two reads below make, done first so a cached answer gets them too.
     let who = node.authenticate_caller(&caller)?;
     let (_, mods) = node.mod_revisions(&who, &[content_key.as_bytes(), meta_key.as_bytes()])?;
@@ -569,6 +646,7 @@ pub async fn get(
         summary: ConfigSummary::new(&id, meta.as_ref(), content.mod_revision),
         content: content_string(&content),
         schema: meta.and_then(|m| m.schema),
+        gray: None,
     };
     let body = Bytes::from(to_json(&view)?);
     st.read_cache.put(
@@ -610,6 +688,7 @@ pub async fn publish(
         expected_version: req.expected_version,
         op: HistoryOp::Publish,
         rolled_back_from: None,
+        ..Default::default()
     };
     publish_version(&st.node, st.config.history_retention, &caller, &id, p)
         .await
@@ -654,6 +733,7 @@ pub async fn publish_from(
         expected_version: None,
         op: HistoryOp::Publish,
         rolled_back_from: None,
+        ..Default::default()
     };
     publish_version(node, retention.max(1), caller, id, p).await
 }
@@ -697,6 +777,7 @@ pub async fn rollback(
         expected_version: req.expected_version,
         op: HistoryOp::Rollback,
         rolled_back_from: Some(req.version),
+        ..Default::default()
     };
     publish_version(&st.node, st.config.history_retention, &caller, &id, p)
         .await
@@ -746,6 +827,7 @@ async fn delete_config(
             time: etcd::now_ms(),
             op: HistoryOp::Delete,
             rolled_back_from: None,
+            ..Default::default()
         };
         let mut ops = vec![
             etcd::delete_op(id.content_key(), Vec::new()),
@@ -823,6 +905,7 @@ pub async fn history(
             author: e.author,
             time: e.time,
             rolled_back_from: e.rolled_back_from,
+            gray: e.gray,
         })
         .collect();
     versions.reverse();

@@ -9,6 +9,7 @@
 //! - [`probes`]: the leader's TCP / HTTP / gRPC health probes of persistent instances.
 //! - [`overrides`]: an operator's weight and enabled that survive re-registration, and the
 //!   leader's reconciler that keeps instances in line with them.
+//! - [`gray`]: gray releases of a config — publish, widen, promote, stop.
 //! - [`rollout`]: which clients hold which version of a config, from their reports.
 //! - [`events`]: a Server-Sent Events stream of instance and config changes that resumes from
 //!   a revision.
@@ -43,6 +44,7 @@ pub mod configs;
 pub mod error;
 pub mod etcd;
 pub mod events;
+pub mod gray;
 pub mod instances;
 pub mod list_cache;
 pub mod openapi;
@@ -194,6 +196,18 @@ pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
         .route(
             "/mast/v1/configs/{namespace}/{group}/{data_id}/diff",
             get(configs::diff).fallback(na),
+        )
+        .route(
+            "/mast/v1/configs/{namespace}/{group}/{data_id}/gray",
+            get(gray::list).fallback(na),
+        )
+        .route(
+            "/mast/v1/configs/{namespace}/{group}/{data_id}/gray/{name}",
+            put(gray::put).delete(gray::stop).fallback(na),
+        )
+        .route(
+            "/mast/v1/configs/{namespace}/{group}/{data_id}/gray/{name}/promote",
+            post(gray::promote).fallback(na),
         )
         .route(
             "/mast/v1/configs/{namespace}/{group}/{data_id}/rollout",

@@ -65,6 +65,19 @@ mod tests {
                 "get",
             ),
             ("/mast/v1/audit/verify", "get"),
+            ("/mast/v1/configs/{namespace}/{group}/{dataId}/gray", "get"),
+            (
+                "/mast/v1/configs/{namespace}/{group}/{dataId}/gray/{name}",
+                "put",
+            ),
+            (
+                "/mast/v1/configs/{namespace}/{group}/{dataId}/gray/{name}",
+                "delete",
+            ),
+            (
+                "/mast/v1/configs/{namespace}/{group}/{dataId}/gray/{name}/promote",
+                "post",
+            ),
         ];
         let mut count = 0;
         for (path, ops) in paths {

@@ -26,6 +26,9 @@ pub struct VersionClients {
     pub version: Option<u64>,
     /// Whether it is the current content.
     pub current: bool,
+    /// The gray release with this content, when it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gray: Option<String>,
     /// The clients' ids.
     pub clients: Vec<String>,
 }
@@ -47,9 +50,10 @@ pub struct Rollout {
     pub on_current: usize,
     /// Clients by version, the current one first, then the newest.
     pub versions: Vec<VersionClients>,
-    /// The clients not on the current content, with their last report.
+    /// The clients on neither the current content nor a gray release's, with their last
+    /// report.
     pub lagging: Vec<AppliedReport>,
-    /// Every reporting client holds the current content.
+    /// Every reporting client holds the current content or a gray release's.
     pub complete: bool,
     /// When complete: from the publish to the last client's report of it, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,6 +90,12 @@ pub async fn get(
         .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
         .collect();
     reports.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    let grays: BTreeMap<String, String> = crate::gray::grays_of(node, &caller, &id)
+        .await?
+        .into_iter()
+        .map(|g| (g.md5, g.name))
+        .collect();
+    let settled = |m: &str| m == md5 || grays.contains_key(m);
     let mut by_md5: BTreeMap<String, VersionClients> = BTreeMap::new();
     for r in &reports {
         let v = by_md5
@@ -94,6 +104,7 @@ pub async fn get(
                 md5: r.md5.clone(),
                 version: r.version,
                 current: r.md5 == md5,
+                gray: grays.get(&r.md5).cloned(),
                 clients: Vec::new(),
             });
         v.version = v.version.max(r.version);
@@ -101,13 +112,18 @@ pub async fn get(
     }
     let mut versions: Vec<VersionClients> = by_md5.into_values().collect();
     versions.sort_by(|a, b| b.current.cmp(&a.current).then(b.version.cmp(&a.version)));
-    let lagging: Vec<AppliedReport> = reports.iter().filter(|r| r.md5 != md5).cloned().collect();
-    let on_current = reports.len() - lagging.len();
+    let lagging: Vec<AppliedReport> = reports
+        .iter()
+        .filter(|r| !settled(&r.md5))
+        .cloned()
+        .collect();
+    let on_current = reports.iter().filter(|r| r.md5 == md5).count();
     let complete = !reports.is_empty() && lagging.is_empty();
     let published_at = meta.as_ref().map_or(0, |m| m.updated_at);
     let took_ms = (complete && published_at > 0).then(|| {
         reports
             .iter()
+            .filter(|r| r.md5 == md5)
             .map(|r| r.applied_at)
             .max()
             .unwrap_or(published_at)

@@ -1102,7 +1102,8 @@ async fn openapi_document_matches_routes() {
             .replace("{namespace}", "public")
             .replace("{group}", "DEFAULT_GROUP")
             .replace("{dataId}", "x.json")
-            .replace("{version}", "1");
+            .replace("{version}", "1")
+            .replace("{name}", "g1");
         for method in item.as_object().unwrap().keys() {
             if method == "parameters" {
                 continue;
@@ -2067,5 +2068,232 @@ async fn rollout_names_who_holds_which_version() {
     for (_, typed) in &clients {
         assert_eq!(typed.get()["on"], true);
     }
+    t.stop().await;
+}
+
+/// Waits (up to 10 s) until `typed`'s value satisfies `ok`.
+async fn value_where(
+    typed: &mut mast_sdk::TypedConfig<Value>,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok(&typed.get()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            tokio::time::timeout(left, typed.changed()).await.is_ok(),
+            "{what}: still {}",
+            typed.get()
+        );
+    }
+}
+
+/// Gray releases: by label only the canaries get it; widened to a stable 50 % then promoted,
+/// everyone converges; stopped, its clients fall back; by IP through `/mast/v1`; bad rules
+/// change nothing; history records each step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gray_releases_reach_the_clients_meant_for_them() {
+    let t = TestServer::start().await;
+    let cfg = format!("{CFG}/feature.json");
+    let gray = |name: &str| format!("{cfg}/gray/{name}");
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            &cfg,
+            Some(json!({"content": "{\"feature\":\"old\"}"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Bad input: refused, nothing stored.
+    for (body, status) in [
+        (
+            json!({"content": "{}", "rule": {"type": "percentage", "percentage": 101}}),
+            400,
+        ),
+        (
+            json!({"content": "{}", "rule": {"type": "percentage", "percentage": -5}}),
+            400,
+        ),
+        (
+            json!({"content": "{}", "rule": {"type": "zone", "zone": "eu"}}),
+            400,
+        ),
+        (
+            json!({"content": "{}", "rule": {"type": "ip", "ips": ["not-an-ip"]}}),
+            400,
+        ),
+        (
+            json!({"rule": {"type": "labels", "labels": {"canary": "true"}}}),
+            400,
+        ),
+        (
+            json!({"content": "{oops", "rule": {"type": "labels", "labels": {"canary": "true"}}}),
+            400,
+        ),
+    ] {
+        let (s, v) = t.call(Method::PUT, &gray("bad"), Some(body)).await;
+        assert_eq!(s.as_u16(), status, "{v}");
+    }
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/absent.json/gray/g"),
+            Some(json!({"content": "{}", "rule": {"type": "percentage", "percentage": 5}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, v) = t.get(&format!("{cfg}/gray")).await;
+    assert_eq!(v["grays"], json!([]));
+
+    // Two canaries, two not.
+    let id = mast_sdk::ConfigId::new("dev", "DEFAULT_GROUP", "feature.json").unwrap();
+    let mut clients = Vec::new();
+    for (n, canary) in [("c1", true), ("c2", true), ("c3", false), ("c4", false)] {
+        let mut labels = std::collections::BTreeMap::new();
+        if canary {
+            labels.insert("canary".to_string(), "true".to_string());
+        }
+        let c = mast_sdk::Client::connect(mast_sdk::ClientOptions {
+            endpoints: vec![t.base.clone()],
+            client_id: n.into(),
+            labels,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let typed = c.typed_config::<Value>(&id, None).await.unwrap();
+        clients.push((n, canary, c, typed));
+    }
+    let feature = |v: &Value| v["feature"].as_str().unwrap_or("").to_string();
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &gray("canary"),
+            Some(json!({"content": "{\"feature\":\"new\"}", "rule": {"type": "labels", "labels": {"canary": "true"}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for (n, canary, _, typed) in clients.iter_mut().filter(|c| c.1) {
+        value_where(typed, n, |v| feature(v) == "new").await;
+        assert!(*canary);
+    }
+    for (n, _, _, typed) in clients.iter().filter(|c| !c.1) {
+        assert_eq!(feature(&typed.get()), "old", "{n} is no canary");
+    }
+    // The rollout view counts gray holders as settled, by gray.
+    let v = rollout_where(&t, &format!("{cfg}/rollout"), |v| v["clients"] == 4).await;
+    assert_eq!(v["complete"], true, "{v}");
+    let on_gray: Vec<&Value> = v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["gray"] == "canary")
+        .collect();
+    assert_eq!(on_gray[0]["clients"], json!(["c1", "c2"]));
+
+    // Widened to a stable 50 % of client ids.
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            &gray("canary"),
+            Some(json!({"rule": {"type": "percentage", "percentage": 50}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let half = mast_model::GrayRule::Percentage { percentage: 50.0 };
+    let model_id = mast_model::ConfigId::new("dev", "DEFAULT_GROUP", "feature.json").unwrap();
+    for (n, _, _, typed) in clients.iter_mut() {
+        let facts = mast_model::ClientFacts {
+            id: n.to_string(),
+            ..Default::default()
+        };
+        let want = if half.matches(&model_id, &facts) {
+            "new"
+        } else {
+            "old"
+        };
+        value_where(typed, n, |v| feature(v) == want).await;
+    }
+    // Promoted: one new version, everyone on it, the gray gone.
+    let (s, v) = t
+        .call(Method::POST, &format!("{}/promote", gray("canary")), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for (n, _, _, typed) in clients.iter_mut() {
+        value_where(typed, n, |v| feature(v) == "new").await;
+    }
+    let (_, v) = t.get(&format!("{cfg}/gray")).await;
+    assert_eq!(v["grays"], json!([]));
+
+    // Stopped instead: the canaries fall back.
+    t.call(
+        Method::PUT,
+        &gray("trial"),
+        Some(json!({"content": "{\"feature\":\"trial\"}", "rule": {"type": "labels", "labels": {"canary": "true"}}, "priority": 3})),
+    )
+    .await;
+    for (n, _, _, typed) in clients.iter_mut().filter(|c| c.1) {
+        value_where(typed, n, |v| feature(v) == "trial").await;
+    }
+    let (s, _) = t.call(Method::DELETE, &gray("trial"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    for (n, _, _, typed) in clients.iter_mut().filter(|c| c.1) {
+        value_where(typed, n, |v| feature(v) == "new").await;
+    }
+
+    // By IP, through /mast/v1 (this test's connections come from 127.0.0.1).
+    t.call(
+        Method::PUT,
+        &gray("beta"),
+        Some(json!({"content": "{\"feature\":\"beta\"}", "rule": {"type": "ip", "ips": ["127.0.0.1"]}})),
+    )
+    .await;
+    let (_, v) = t.get(&format!("{cfg}?clientId=x")).await;
+    assert_eq!(
+        (v["gray"].as_str(), v["content"].as_str()),
+        (Some("beta"), Some("{\"feature\":\"beta\"}"))
+    );
+    t.call(
+        Method::PUT,
+        &gray("beta"),
+        Some(json!({"rule": {"type": "ip", "ips": ["10.9.9.9"]}})),
+    )
+    .await;
+    let (_, v) = t.get(&cfg).await;
+    assert!(v.get("gray").is_none(), "{v}");
+    let (s, _) = t.get(&format!("{cfg}?labels=nope")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // History: each step, in order.
+    let (_, h) = t.get(&format!("{cfg}/history")).await;
+    let ops: Vec<(String, String)> = h["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                e["gray"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("publish", ""),
+        ("gray-publish", "canary"),
+        ("gray-publish", "canary"),
+        ("gray-promote", "canary"),
+        ("gray-publish", "trial"),
+        ("gray-stop", "trial"),
+        ("gray-publish", "beta"),
+        ("gray-publish", "beta"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(ops, want, "{h}");
+    let (_, v) = t.get(&cfg).await;
+    assert_eq!(v["version"], 4, "the promotion is the current version: {v}");
     t.stop().await;
 }

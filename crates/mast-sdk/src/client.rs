@@ -71,8 +71,15 @@ pub struct ClientOptions {
     /// is never applied twice. Zero: never sent again.
     pub retry_for: Duration,
     /// This client's id in config rollout reports (`MAST_CLIENT_ID`; default
-    /// `<host>-<pid>-<random>`). A key segment: no `/`.
+    /// `<host>-<pid>-<random>`). A key segment: no `/`. Also what percentage gray releases
+    /// choose clients by.
     pub client_id: String,
+    /// Labels this client declares, for gray releases with a labels rule (`MAST_CLIENT_LABELS`,
+    /// `k=v` pairs separated by commas), e.g. `zone=eu`, `canary=true`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// This client's address, for gray releases with an ip rule (`MAST_CLIENT_IP`); none by
+    /// default.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// A client id unique enough to tell processes apart: the host name (`HOSTNAME`), the
@@ -97,6 +104,8 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             retry_for: Duration::from_secs(5),
             client_id: default_client_id(),
+            labels: Default::default(),
+            ip: None,
         }
     }
 }
@@ -123,6 +132,15 @@ impl ClientOptions {
         if let Some(id) = get("MAST_CLIENT_ID").filter(|v| !v.is_empty()) {
             o.client_id = id;
         }
+        if let Some(labels) = get("MAST_CLIENT_LABELS") {
+            o.labels = labels
+                .split(',')
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .filter(|(k, _)| !k.is_empty())
+                .collect();
+        }
+        o.ip = get("MAST_CLIENT_IP").and_then(|v| v.trim().parse().ok());
         o.user = pick("MAST_USER", "ETCDCTL_USER");
         o.password = pick("MAST_PASSWORD", "ETCDCTL_PASSWORD");
         if o.password.is_none()
@@ -172,6 +190,8 @@ pub struct Client {
     /// The lease rollout reports are attached to, kept alive while any clone of the client
     /// lives (see [`crate::rollout`]).
     pub(crate) session: Arc<crate::rollout::Session>,
+    /// What gray releases choose this client by.
+    pub(crate) facts: Arc<mast_model::ClientFacts>,
 }
 
 /// Which calls may be sent again after an `Unavailable` answer, as etcd's clientv3 retry
@@ -249,6 +269,11 @@ impl Client {
                 .map(|u| (u, options.password.unwrap_or_default())),
             login: Arc::new(RwLock::new(())),
             retry_for: options.retry_for,
+            facts: Arc::new(mast_model::ClientFacts {
+                id: options.client_id.clone(),
+                labels: options.labels,
+                ip: options.ip,
+            }),
             client_id: options.client_id.into(),
             session: Arc::default(),
         };

@@ -36,6 +36,9 @@ pub struct Config {
     pub meta: Option<ConfigMeta>,
     /// The store revision of the read.
     pub revision: i64,
+    /// The gray release whose content this is, when this client is one of its clients (by
+    /// its id, labels and address, [`crate::ClientOptions`]); `content` is then the gray's.
+    pub gray: Option<String>,
 }
 
 impl Config {
@@ -82,6 +85,16 @@ fn get_op(key: String) -> RequestOp {
     }
 }
 
+fn prefix_op(prefix: String) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            range_end: mast_model::prefix_end(prefix.as_bytes()).into(),
+            key: prefix.into(),
+            ..Default::default()
+        })),
+    }
+}
+
 fn put_op(key: String, value: Vec<u8>) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {
@@ -100,16 +113,29 @@ impl Client {
     pub async fn get_config(&self, id: &ConfigId) -> Result<Option<Config>> {
         let resp = self
             .txn(TxnRequest {
-                success: vec![get_op(id.content_key()), get_op(id.meta_key())],
+                success: vec![
+                    get_op(id.content_key()),
+                    get_op(id.meta_key()),
+                    prefix_op(mast_model::gray::gray_prefix(id)),
+                ],
                 ..Default::default()
             })
             .await?;
         let revision = resp.header.map_or(0, |h| h.revision);
-        let mut kvs = resp.responses.into_iter().map(|r| match r.response {
-            Some(response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
-            _ => None,
+        let mut ranges = resp.responses.into_iter().map(|r| match r.response {
+            Some(response_op::Response::ResponseRange(rr)) => rr.kvs,
+            _ => Vec::new(),
         });
-        let (content, meta) = (kvs.next().flatten(), kvs.next().flatten());
+        let first =
+            |r: Option<Vec<mast_proto::mvccpb::KeyValue>>| r.and_then(|v| v.into_iter().next());
+        let (content, meta) = (first(ranges.next()), first(ranges.next()));
+        let grays: Vec<mast_model::GrayRelease> = ranges
+            .next()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        let gray = mast_model::gray::select(id, &grays, &self.facts).cloned();
         let Some(content) = content else {
             return Ok(None);
         };
@@ -120,11 +146,21 @@ impl Client {
             })?),
             None => None,
         };
-        Ok(Some(Config {
-            id: id.clone(),
-            content: content.value,
-            meta,
-            revision,
+        Ok(Some(match gray {
+            Some(g) => Config {
+                id: id.clone(),
+                content: Bytes::from(g.content),
+                meta,
+                revision,
+                gray: Some(g.name),
+            },
+            None => Config {
+                id: id.clone(),
+                content: content.value,
+                meta,
+                revision,
+                gray: None,
+            },
         }))
     }
 
@@ -211,7 +247,8 @@ impl Client {
             format.validate(content, schema.as_ref())?;
             let text = String::from_utf8(content.to_vec())
                 .map_err(|_| mast_model::ValidationError::NotUtf8)?;
-            let version = old.as_ref().map_or(0, |m| m.version) + 1;
+            // Gray entries take history numbers after the current version too.
+            let version = old.as_ref().map_or(0, ConfigMeta::newest_history) + 1;
             let md5 = md5_hex(content);
             let time = now_ms();
             let meta = ConfigMeta {
@@ -220,6 +257,7 @@ impl Client {
                 version,
                 author: author.to_string(),
                 updated_at: time,
+                last_history: 0,
                 ..old.clone().unwrap_or_default()
             };
             let entry = ConfigHistoryEntry {
@@ -231,6 +269,7 @@ impl Client {
                 time,
                 op,
                 rolled_back_from,
+                ..Default::default()
             };
             let mut success = vec![
                 put_op(id.content_key(), content.to_vec()),
@@ -288,10 +327,27 @@ impl Client {
     }
 }
 
+/// What a client sees of a config: content, gray, and version and MD5 of the metadata.
+type Seen = (Bytes, Option<String>, Option<(u64, String)>);
+
+/// What a client sees of a config: a read that shows the same is not sent again (a change
+/// to a gray release this client is not in, say).
+fn seen(c: &Option<Config>) -> Option<Seen> {
+    c.as_ref().map(|c| {
+        (
+            c.content.clone(),
+            c.gray.clone(),
+            c.meta.as_ref().map(|m| (m.version, m.md5.clone())),
+        )
+    })
+}
+
 async fn follow_config(client: Client, id: ConfigId, tx: mpsc::Sender<Result<Option<Config>>>) {
+    let mut last_seen = None;
     let mut next_rev = match client.get_config(&id).await {
         Ok(c) => {
             let rev = c.as_ref().map_or(0, |c| c.revision);
+            last_seen = Some(seen(&c));
             if tx.send(Ok(c)).await.is_err() {
                 return;
             }
@@ -302,14 +358,24 @@ async fn follow_config(client: Client, id: ConfigId, tx: mpsc::Sender<Result<Opt
             1
         }
     };
-    let keys = [id.content_key(), id.meta_key()];
+    // The content and metadata keys, and the gray prefix (a gray meant for this client).
+    let gray_prefix = mast_model::gray::gray_prefix(&id);
+    let ranges = [
+        (id.content_key(), Vec::new()),
+        (id.meta_key(), Vec::new()),
+        (
+            gray_prefix.clone(),
+            mast_model::prefix_end(gray_prefix.as_bytes()),
+        ),
+    ];
     let mut backoff = Duration::from_millis(200);
     loop {
-        let (req_tx, req_rx) = mpsc::channel(2);
-        for k in &keys {
+        let (req_tx, req_rx) = mpsc::channel(3);
+        for (k, end) in &ranges {
             let create = WatchRequest {
                 request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
                     key: k.clone().into(),
+                    range_end: end.clone().into(),
                     start_revision: next_rev,
                     ..Default::default()
                 })),
@@ -341,6 +407,13 @@ async fn follow_config(client: Client, id: ConfigId, tx: mpsc::Sender<Result<Opt
                 next_rev = last + 1;
                 // Read both keys at once so content and metadata always match.
                 let read = client.get_config(&id).await;
+                if let Ok(c) = &read {
+                    let now = Some(seen(c));
+                    if now == last_seen {
+                        continue;
+                    }
+                    last_seen = now;
+                }
                 if tx.send(read).await.is_err() {
                     return;
                 }

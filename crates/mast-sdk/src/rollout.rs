@@ -57,11 +57,15 @@ impl Client {
         check_name("client id", &self.client_id)?;
         let report = AppliedReport {
             client_id: self.client_id.to_string(),
-            md5: config
+            md5: match (&config.meta, &config.gray) {
+                (Some(m), None) => m.md5.clone(),
+                _ => md5_hex(&config.content),
+            },
+            version: config
                 .meta
                 .as_ref()
-                .map_or_else(|| md5_hex(&config.content), |m| m.md5.clone()),
-            version: config.meta.as_ref().map(|m| m.version),
+                .filter(|_| config.gray.is_none())
+                .map(|m| m.version),
             applied_at: now_ms(),
             via: "sdk".into(),
             ..Default::default()
