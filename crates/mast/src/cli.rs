@@ -233,6 +233,10 @@ pub enum ConfigCmd {
     /// Shows which clients hold which version, who lags, and how long the last change took
     /// to reach everyone (from the clients' reports; over HTTP on the first endpoint).
     Rollout(ConfigRef),
+    /// Gray releases: other content for the clients a rule chooses (over HTTP on the first
+    /// endpoint).
+    #[command(subcommand)]
+    Gray(crate::cli_audit::GrayCmd),
     /// Publishes content (from a file, or `-` for stdin) as the next version.
     Set {
         #[command(flatten)]
@@ -435,6 +439,7 @@ pub async fn run(g: Global, cmd: ClientCmd) -> anyhow::Result<()> {
         ClientCmd::Migrate(args) => return crate::migrate::run(&g, &args).await,
         ClientCmd::Audit(a) => return crate::cli_audit::run(&g, a).await,
         ClientCmd::Config(ConfigCmd::Rollout(r)) => return crate::cli_audit::rollout(&g, &r).await,
+        ClientCmd::Config(ConfigCmd::Gray(cmd)) => return crate::cli_audit::gray(&g, cmd).await,
         cmd => cmd,
     };
     let c = g.connect().await?;
@@ -896,7 +901,7 @@ async fn version_content(
 
 async fn config(c: &Client, out: Format, cmd: ConfigCmd) -> anyhow::Result<()> {
     match cmd {
-        ConfigCmd::Rollout(_) => bail!("served before connecting"),
+        ConfigCmd::Rollout(_) | ConfigCmd::Gray(_) => bail!("served before connecting"),
         ConfigCmd::Get(r) => {
             let id = r.id()?;
             let cfg = c

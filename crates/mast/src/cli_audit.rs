@@ -75,12 +75,25 @@ async fn token(g: &Global, http: &reqwest::Client, base: &str) -> anyhow::Result
 }
 
 async fn get(g: &Global, path_and_query: &str) -> anyhow::Result<Value> {
+    call(g, reqwest::Method::GET, path_and_query, None).await
+}
+
+/// One call of Mast's HTTP API; a non-2xx answer is an error with the API's message.
+async fn call(
+    g: &Global,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let http = reqwest::Client::new();
     let base = base(g)?;
     let token = token(g, &http, &base).await?;
-    let mut req = http.get(format!("{base}{path_and_query}"));
+    let mut req = http.request(method, format!("{base}{path_and_query}"));
     if let Some(t) = token {
         req = req.header("Authorization", t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
     }
     let resp = req
         .send()
@@ -289,6 +302,147 @@ pub async fn rollout(g: &Global, r: &crate::cli::ConfigRef) -> anyhow::Result<()
             l["md5"].as_str().unwrap_or(""),
             when(l["appliedAt"].as_u64().unwrap_or(0))
         );
+    }
+    Ok(())
+}
+
+/// `mast config gray …`.
+#[derive(Subcommand, Debug)]
+pub enum GrayCmd {
+    /// Lists a config's gray releases.
+    List(crate::cli::ConfigRef),
+    /// Publishes or changes a gray release: content from a file (or `-` for stdin; omit to
+    /// keep the gray's content) for the clients a rule chooses.
+    Set {
+        #[command(flatten)]
+        config: crate::cli::ConfigRef,
+        /// The gray release's name.
+        #[arg(long)]
+        name: String,
+        /// File with the content, or `-`.
+        #[arg(long)]
+        file: Option<String>,
+        /// Clients with these labels (`k=v`, repeatable).
+        #[arg(long = "label", conflicts_with_all = ["ip", "percentage"])]
+        labels: Vec<String>,
+        /// Clients at these addresses (repeatable).
+        #[arg(long, conflicts_with = "percentage")]
+        ip: Vec<String>,
+        /// This share of client ids, 0–100.
+        #[arg(long)]
+        percentage: Option<f64>,
+        /// Higher first when several match.
+        #[arg(long)]
+        priority: Option<i32>,
+    },
+    /// Makes a gray's content the config's next version.
+    Promote {
+        #[command(flatten)]
+        config: crate::cli::ConfigRef,
+        /// The gray release's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Stops a gray release: its clients fall back.
+    Stop {
+        #[command(flatten)]
+        config: crate::cli::ConfigRef,
+        /// The gray release's name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn gray_path(r: &crate::cli::ConfigRef) -> anyhow::Result<String> {
+    let id = r.id()?;
+    Ok(format!(
+        "/mast/v1/configs/{}/{}/{}/gray",
+        segment(&id.namespace),
+        segment(&id.group),
+        segment(&id.data_id)
+    ))
+}
+
+/// Runs `mast config gray …`.
+///
+/// # Errors
+/// A bad name or rule; connection, login and server errors.
+pub async fn gray(g: &Global, cmd: GrayCmd) -> anyhow::Result<()> {
+    let v = match cmd {
+        GrayCmd::List(r) => {
+            let v = get(g, &gray_path(&r)?).await?;
+            if g.write_out != Format::Json {
+                let mut t = Table::new();
+                t.set_header(["NAME", "RULE", "PRIORITY", "MD5", "AUTHOR", "UPDATED"]);
+                for gr in v["grays"].as_array().into_iter().flatten() {
+                    t.add_row([
+                        short(&gr["name"]),
+                        gr["rule"].to_string(),
+                        gr["priority"].to_string(),
+                        short(&gr["md5"]),
+                        short(&gr["author"]),
+                        when(gr["updatedAt"].as_u64().unwrap_or(0)),
+                    ]);
+                }
+                println!("{t}");
+                return Ok(());
+            }
+            v
+        }
+        GrayCmd::Set {
+            config,
+            name,
+            file,
+            labels,
+            ip,
+            percentage,
+            priority,
+        } => {
+            let rule = match (labels.is_empty(), ip.is_empty(), percentage) {
+                (false, _, _) => {
+                    let mut m = serde_json::Map::new();
+                    for l in &labels {
+                        let (k, v) = l.split_once('=').context("--label takes k=v")?;
+                        m.insert(k.to_string(), Value::String(v.to_string()));
+                    }
+                    serde_json::json!({"type": "labels", "labels": m})
+                }
+                (_, false, _) => serde_json::json!({"type": "ip", "ips": ip}),
+                (_, _, Some(p)) => serde_json::json!({"type": "percentage", "percentage": p}),
+                _ => bail!("give --label, --ip or --percentage"),
+            };
+            let mut body = serde_json::json!({ "rule": rule });
+            if let Some(f) = file {
+                let content = if f == "-" {
+                    std::io::read_to_string(std::io::stdin())?
+                } else {
+                    std::fs::read_to_string(&f).with_context(|| format!("reading {f}"))?
+                };
+                body["content"] = Value::String(content);
+            }
+            if let Some(p) = priority {
+                body["priority"] = p.into();
+            }
+            let path = format!("{}/{}", gray_path(&config)?, segment(&name));
+            call(g, reqwest::Method::PUT, &path, Some(body)).await?
+        }
+        GrayCmd::Promote { config, name } => {
+            let path = format!("{}/{}/promote", gray_path(&config)?, segment(&name));
+            call(g, reqwest::Method::POST, &path, None).await?
+        }
+        GrayCmd::Stop { config, name } => {
+            let path = format!("{}/{}", gray_path(&config)?, segment(&name));
+            call(g, reqwest::Method::DELETE, &path, None).await?
+        }
+    };
+    if g.write_out == Format::Json {
+        println!("{v}");
+    } else if let Some(n) = v["historyVersion"].as_u64() {
+        println!("recorded as history version {n}");
+    } else if let Some(n) = v["version"].as_u64() {
+        println!("promoted as version {n}");
+    } else {
+        println!("{v}");
     }
     Ok(())
 }

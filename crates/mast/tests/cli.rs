@@ -149,6 +149,27 @@ fn config_and_service_commands() {
         (Some(2), Some(0))
     );
     assert!(ok(&s, &["config", "rollout", "app.json"]).starts_with("version 2 (md5 "));
+    // A gray release for canaries, listed, then stopped; a bad rule is refused.
+    let gray_file = dir.path().join("gray.json");
+    std::fs::write(&gray_file, r#"{"port": 3}"#).unwrap();
+    let g = gray_file.to_str().unwrap();
+    let set = ["config", "gray", "set", "app.json", "--name", "canary"];
+    let mut args = set.to_vec();
+    args.extend(["--label", "canary=true", "--file", g]);
+    assert!(ok(&s, &args).starts_with("recorded as history version 3"));
+    assert!(ok(&s, &["config", "gray", "list", "app.json"]).contains("canary"));
+    let mut bad = set.to_vec();
+    bad.extend(["--percentage", "150"]);
+    let out = mast(&s, &bad);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("percentage must be 0 to 100"));
+    assert!(
+        ok(
+            &s,
+            &["config", "gray", "stop", "app.json", "--name", "canary"]
+        )
+        .starts_with("recorded as history version 4")
+    );
     let diff = ok(&s, &["config", "diff", "app.json", "1", "2"]);
     assert!(
         diff.contains("-{\"port\": 1}") && diff.contains("+{\"port\": 2}"),
@@ -156,14 +177,19 @@ fn config_and_service_commands() {
     );
     assert_eq!(
         ok(&s, &["config", "rollback", "app.json", "1"]),
-        "restored version 1 as version 3\n"
+        "restored version 1 as version 5\n",
+        "the gray entries took 3 and 4"
     );
     assert_eq!(ok(&s, &["config", "get", "app.json"]), r#"{"port": 1}"#);
     let hist: serde_json::Value =
         serde_json::from_str(&ok(&s, &["config", "history", "app.json", "-w", "json"])).unwrap();
-    assert_eq!(hist.as_array().unwrap().len(), 3);
-    assert_eq!(hist[2]["op"], "rollback");
-    assert_eq!(hist[2]["rolledBackFrom"], 1);
+    assert_eq!(hist.as_array().unwrap().len(), 5);
+    assert_eq!(
+        (hist[2]["op"].as_str(), hist[3]["op"].as_str()),
+        (Some("gray-publish"), Some("gray-stop"))
+    );
+    assert_eq!(hist[4]["op"], "rollback");
+    assert_eq!(hist[4]["rolledBackFrom"], 1);
     assert!(ok(&s, &["config", "list"]).contains("app.json"));
 
     // A registration made with etcd keys shows up in the service commands.
