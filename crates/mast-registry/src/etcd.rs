@@ -140,6 +140,47 @@ pub async fn txn(
     .await?)
 }
 
+/// Reads instance `key` as the server and, when `change` changes it (given the stored key and
+/// the parsed instance, it returns whether it did), writes it back as the server's
+/// `component` (the audit log's user), keeping the lease, in a Txn guarded by the key's mod
+/// revision: the server's own rewrite never undoes a newer write. Returns whether it wrote.
+/// A missing key or a value that is not instance JSON is left alone.
+///
+/// # Errors
+/// The store's and the proposal's errors.
+pub async fn rewrite_instance_as_system(
+    node: &Node,
+    key: &str,
+    component: &str,
+    change: impl FnOnce(&KeyValue, &mut mast_model::Instance) -> bool,
+) -> Result<bool, mast_server::EtcdError> {
+    let read = node.range_as_server(&RangeRequest {
+        key: key.to_string().into(),
+        serializable: true,
+        ..Default::default()
+    })?;
+    let Some(kv) = read.kvs.into_iter().next() else {
+        return Ok(false);
+    };
+    let Ok(mut inst) = mast_model::Instance::from_json(&kv.value) else {
+        return Ok(false);
+    };
+    if !change(&kv, &mut inst) {
+        return Ok(false);
+    }
+    let result = node
+        .write_as_system(
+            component,
+            mast_mvcc::Command::Txn(TxnRequest {
+                compare: vec![mod_revision_is(key, kv.mod_revision)],
+                success: vec![put_keep_lease_op(key, inst.to_json())],
+                failure: Vec::new(),
+            }),
+        )
+        .await?;
+    Ok(matches!(result, mast_mvcc::CommandResult::Txn(r) if r.succeeded))
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -21,8 +21,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use mast_model::{Instance, InstanceOverride, apply_override, override_key};
-use mast_mvcc::Command;
-use mast_proto::etcdserverpb::{RangeRequest, TxnRequest};
+use mast_proto::etcdserverpb::RangeRequest;
 use mast_proto::mvccpb::KeyValue;
 use mast_server::Node;
 use mast_server::authz::Caller;
@@ -353,34 +352,13 @@ fn all_overrides(node: &Node) -> BTreeSet<(String, String)> {
 /// they differ, as the server, guarded by the instance key's mod revision.
 async fn reconcile(node: &Node, segment: &str, id: &str) -> Result<(), mast_server::EtcdError> {
     let key = mast_model::instance_key(segment, id);
-    let Some(kv) = node
-        .range_as_server(&RangeRequest {
-            key: key.clone().into_bytes().into(),
-            serializable: true,
-            ..Default::default()
-        })?
-        .kvs
-        .into_iter()
-        .next()
-    else {
-        return Ok(());
-    };
-    let Ok(mut inst) = Instance::from_json(&kv.value) else {
-        return Ok(());
-    };
     let ov = read_override(node, segment, id);
-    if !apply_override(&mut inst, ov.as_ref().map(|(o, _)| o)) {
-        return Ok(());
-    }
-    node.write_as_system(
-        "override-reconciler",
-        Command::Txn(TxnRequest {
-            compare: vec![etcd::mod_revision_is(key.clone(), kv.mod_revision)],
-            success: vec![etcd::put_keep_lease_op(key, inst.to_json())],
-            failure: Vec::new(),
-        }),
-    )
+    let changed = etcd::rewrite_instance_as_system(node, &key, "override-reconciler", |_, inst| {
+        apply_override(inst, ov.as_ref().map(|(o, _)| o))
+    })
     .await?;
-    tracing::debug!(service = %segment, instance = %id, "operator override put in force");
+    if changed {
+        tracing::debug!(service = %segment, instance = %id, "operator override put in force");
+    }
     Ok(())
 }

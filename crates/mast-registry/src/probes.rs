@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use mast_model::health::{HEALTH_CHECK_FIELD, HEALTH_DETAIL_FIELD};
 use mast_model::{HealthCheck, Instance, ProbeKind, SERVICE_META_PREFIX, SERVICES_PREFIX};
-use mast_mvcc::Command;
-use mast_proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest};
+use mast_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use mast_proto::mvccpb::KeyValue;
 use mast_server::{EtcdError, Node};
 use tokio::task::JoinHandle;
@@ -450,48 +449,27 @@ async fn mark(
     if !node.is_leader() {
         return Ok(());
     }
-    let Some(kv) = node
-        .range_as_server(&RangeRequest {
-            key: key.to_vec().into(),
-            serializable: true,
-            ..Default::default()
-        })?
-        .kvs
-        .into_iter()
-        .next()
-    else {
-        return Ok(());
-    };
-    if kv.lease != 0 {
-        return Ok(());
-    }
-    let Ok(mut inst) = Instance::from_json(&kv.value) else {
-        return Ok(());
-    };
-    if crate::instances::stored_healthy(&inst.extra) == healthy {
-        return Ok(());
-    }
-    inst.extra
-        .insert("healthy".into(), serde_json::Value::Bool(healthy));
-    match detail.filter(|_| !healthy) {
-        Some(d) => inst
-            .extra
-            .insert(HEALTH_DETAIL_FIELD.into(), serde_json::Value::String(d)),
-        None => inst.extra.remove(HEALTH_DETAIL_FIELD),
-    };
     let key_text = String::from_utf8_lossy(key).into_owned();
-    node.write_as_system(
-        "health-probe",
-        Command::Txn(TxnRequest {
-            compare: vec![etcd::mod_revision_is(key_text.clone(), kv.mod_revision)],
-            success: vec![etcd::put_keep_lease_op(key_text.clone(), inst.to_json())],
-            failure: Vec::new(),
-        }),
-    )
+    let changed = etcd::rewrite_instance_as_system(node, &key_text, "health-probe", |kv, inst| {
+        if kv.lease != 0 || crate::instances::stored_healthy(&inst.extra) == healthy {
+            return false;
+        }
+        inst.extra
+            .insert("healthy".into(), serde_json::Value::Bool(healthy));
+        match detail.filter(|_| !healthy) {
+            Some(d) => inst
+                .extra
+                .insert(HEALTH_DETAIL_FIELD.into(), serde_json::Value::String(d)),
+            None => inst.extra.remove(HEALTH_DETAIL_FIELD),
+        };
+        true
+    })
     .await?;
-    metrics::counter!("mast_health_transitions_total",
-        "to" => if healthy { "healthy" } else { "unhealthy" })
-    .increment(1);
-    tracing::info!(key = %key_text, healthy, "health probe changed an instance's health");
+    if changed {
+        metrics::counter!("mast_health_transitions_total",
+            "to" => if healthy { "healthy" } else { "unhealthy" })
+        .increment(1);
+        tracing::info!(key = %key_text, healthy, "health probe changed an instance's health");
+    }
     Ok(())
 }

@@ -236,7 +236,7 @@ pub enum ConfigCmd {
     /// Gray releases: other content for the clients a rule chooses (over HTTP on the first
     /// endpoint).
     #[command(subcommand)]
-    Gray(crate::cli_audit::GrayCmd),
+    Gray(crate::cli_http::GrayCmd),
     /// Publishes content (from a file, or `-` for stdin) as the next version.
     Set {
         #[command(flatten)]
@@ -352,7 +352,7 @@ pub enum ClientCmd {
     Config(ConfigCmd),
     /// The audit log: who changed what (admin only).
     #[command(subcommand)]
-    Audit(crate::cli_audit::AuditCmd),
+    Audit(crate::cli_http::AuditCmd),
     /// Copies a live etcd into Mast (`--endpoints`): roles, users, leases and keys, as of one
     /// revision of the source.
     Migrate(crate::migrate::MigrateArgs),
@@ -437,9 +437,9 @@ pub async fn run(g: Global, cmd: ClientCmd) -> anyhow::Result<()> {
                 .await?;
         }
         ClientCmd::Migrate(args) => return crate::migrate::run(&g, &args).await,
-        ClientCmd::Audit(a) => return crate::cli_audit::run(&g, a).await,
-        ClientCmd::Config(ConfigCmd::Rollout(r)) => return crate::cli_audit::rollout(&g, &r).await,
-        ClientCmd::Config(ConfigCmd::Gray(cmd)) => return crate::cli_audit::gray(&g, cmd).await,
+        ClientCmd::Audit(a) => return crate::cli_http::run(&g, a).await,
+        ClientCmd::Config(ConfigCmd::Rollout(r)) => return crate::cli_http::rollout(&g, &r).await,
+        ClientCmd::Config(ConfigCmd::Gray(cmd)) => return crate::cli_http::gray(&g, cmd).await,
         cmd => cmd,
     };
     let c = g.connect().await?;

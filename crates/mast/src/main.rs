@@ -11,8 +11,8 @@ use mast_server::{Server, ServerConfig};
 
 mod alloc;
 mod cli;
-mod cli_audit;
 mod cli_cluster;
+mod cli_http;
 mod migrate;
 mod snapshot_file;
 mod txn_script;

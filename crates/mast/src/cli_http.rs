@@ -142,19 +142,9 @@ pub async fn run(g: &Global, cmd: AuditCmd) -> anyhow::Result<()> {
             action,
         } => {
             let mut q = format!("/mast/v1/audit?after={after}&limit={limit}");
-            let enc = |s: &str| -> String {
-                s.bytes()
-                    .map(|b| match b {
-                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                            (b as char).to_string()
-                        }
-                        _ => format!("%{b:02X}"),
-                    })
-                    .collect()
-            };
             for (name, v) in [("prefix", prefix), ("user", by), ("action", action)] {
                 if let Some(v) = v {
-                    q.push_str(&format!("&{name}={}", enc(&v)));
+                    q.push_str(&format!("&{name}={}", segment(&v)));
                 }
             }
             let page = get(g, &q).await?;
@@ -232,7 +222,7 @@ pub async fn run(g: &Global, cmd: AuditCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Percent-encodes a path segment.
+/// Percent-encodes a path segment or query value (everything but RFC 3986's unreserved).
 fn segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
