@@ -13,12 +13,18 @@
 //! never skips part of a revision: the stream resumes at the revision after it. `?revision=N`
 //! starts at revision `N` itself (as etcd's `start_revision`); neither means "from now".
 //!
+//! With `clientId` / `labels`, config events carry the version meant for that client (a gray
+//! release's content, with `gray` naming it), and the watched range starts at `/config-gray/`
+//! so a gray starting, changing or stopping sends the client its new version (the caller
+//! needs read permission from there on).
+//!
 //! The first event, `ready`, carries the revision the watch was created at. A resume point
 //! older than the compacted revision is refused with 410 before the stream starts (and ends a
 //! running stream with an event `canceled`): list again and follow from the list's revision.
 //! Streams are capped ([`crate::RegistryConfig::max_event_streams`]), buffer a bounded number
 //! of events, send a keep-alive comment every 15 s, and end when the server shuts down.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -27,6 +33,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use mast_model::config::CONTENT_PREFIX;
+use mast_model::gray::GRAY_PREFIX;
 use mast_model::{ConfigFormat, ConfigId, ConfigMeta, check_name, md5_hex, parse_instance_key};
 use mast_proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_request::RequestUnion,
@@ -71,6 +78,12 @@ pub struct EventsQuery {
     /// The auth token, for clients that cannot set headers (browsers' `EventSource`); the
     /// `Authorization` header wins.
     pub token: Option<String>,
+    /// This client's id, for gray releases with a percentage rule: config events then carry
+    /// the version meant for this client (see [`Plan::facts`]).
+    pub client_id: Option<String>,
+    /// This client's labels (`k=v` pairs separated by commas), for gray releases with a labels
+    /// rule; as `client_id`.
+    pub labels: Option<String>,
 }
 
 /// The `data` of an `instance` event.
@@ -120,6 +133,9 @@ pub struct ConfigEvent {
     /// The format published at this revision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<ConfigFormat>,
+    /// The gray release whose content this is (a stream that named its client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gray: Option<String>,
 }
 
 /// Which kinds of change a stream carries, with their key prefixes.
@@ -142,6 +158,12 @@ struct Plan {
     watched: Watched,
     /// Only configs of this group (applied to keys when no namespace narrows the prefix).
     group: Option<String>,
+    /// The client, when the stream named one (`clientId` / `labels`; its address is the
+    /// connection's): config events carry the version meant for it, and the watched range
+    /// starts at `/config-gray/` so that a gray release starting, changing or stopping sends
+    /// the client its new version. The gray is chosen from the grays as they are when the
+    /// event is sent.
+    facts: Option<mast_model::ClientFacts>,
 }
 
 impl Plan {
@@ -163,13 +185,22 @@ impl Plan {
     /// end of the instance prefix (`/configs/` sorts before `/services/`).
     fn range(&self) -> (Vec<u8>, Vec<u8>) {
         match &self.watched {
-            Watched::Instances(p) | Watched::Configs(p) => {
-                (p.as_bytes().to_vec(), mast_model::prefix_end(p.as_bytes()))
-            }
+            Watched::Instances(p) => (p.as_bytes().to_vec(), mast_model::prefix_end(p.as_bytes())),
+            Watched::Configs(p) => (self.config_start(p), mast_model::prefix_end(p.as_bytes())),
             Watched::Both { instances, configs } => (
-                configs.as_bytes().to_vec(),
+                self.config_start(configs),
                 mast_model::prefix_end(instances.as_bytes()),
             ),
+        }
+    }
+
+    /// Where the config part of the range starts: the content prefix, or the gray prefix
+    /// (which sorts before it) for a stream that named its client.
+    fn config_start(&self, configs: &str) -> Vec<u8> {
+        if self.facts.is_some() {
+            GRAY_PREFIX.as_bytes().to_vec()
+        } else {
+            configs.as_bytes().to_vec()
         }
     }
 }
@@ -214,6 +245,7 @@ fn plan(q: &EventsQuery) -> ApiResult<Plan> {
     Ok(Plan {
         watched,
         group: group.map(str::to_string),
+        facts: None,
     })
 }
 
@@ -264,7 +296,14 @@ pub async fn stream(
     if caller.token.is_none() {
         caller.token = q.token.clone();
     }
-    let plan = plan(&q)?;
+    let mut plan = plan(&q)?;
+    if q.client_id.is_some() || q.labels.is_some() {
+        let client = crate::configs::ClientQuery {
+            client_id: q.client_id.clone(),
+            labels: q.labels.clone(),
+        };
+        plan.facts = Some(client.facts(&caller)?);
+    }
     // Refuse before the stream starts, with a status, rather than with a canceled watch.
     let who = node.authenticate_caller(&caller)?;
     let (key, range_end) = plan.range();
@@ -359,6 +398,8 @@ pub async fn stream(
             return;
         }
         let mut early = early.into_iter();
+        // What this stream last sent of each config (a stream that named its client).
+        let mut sent: HashMap<ConfigId, Option<String>> = HashMap::new();
         'stream: loop {
             let resp = if let Some(r) = early.next() {
                 r
@@ -383,7 +424,7 @@ pub async fn stream(
                     .await;
                 break;
             }
-            for ev in to_events(&node, &caller, &plan, resp).await {
+            for ev in to_events(&node, &caller, &plan, &mut sent, resp).await {
                 if out.send(Ok(ev)).await.is_err() {
                     break 'stream;
                 }
@@ -396,7 +437,15 @@ pub async fn stream(
 }
 
 /// The SSE events of one watch response; the last event of each revision carries the id.
-async fn to_events(node: &Node, caller: &Caller, plan: &Plan, resp: WatchResponse) -> Vec<Event> {
+/// `sent` holds the MD5 last sent of each config (`None`: deleted), for a stream that named its
+/// client.
+async fn to_events(
+    node: &Node,
+    caller: &Caller,
+    plan: &Plan,
+    sent: &mut HashMap<ConfigId, Option<String>>,
+    resp: WatchResponse,
+) -> Vec<Event> {
     let mut out: Vec<(i64, Event)> = Vec::new();
     for ev in resp.events {
         let Some(kv) = ev.kv else { continue };
@@ -415,7 +464,14 @@ async fn to_events(node: &Node, caller: &Caller, plan: &Plan, resp: WatchRespons
             .configs()
             .is_some_and(|p| kv.key.starts_with(p.as_bytes()))
         {
-            config_event(node, caller, plan, op, &kv).await
+            config_event(node, caller, plan, sent, op, &kv).await
+        } else if let Some(facts) = &plan.facts
+            && let Some((id, _)) = mast_model::gray::parse_gray_key(&kv.key)
+            && plan
+                .configs()
+                .is_some_and(|p| id.content_key().starts_with(p))
+        {
+            gray_event(node, caller, plan, sent, facts, &id, rev).await
         } else {
             None
         };
@@ -454,10 +510,55 @@ fn instance_event(node: &Node, op: &'static str, kv: &KeyValue) -> Option<Event>
     Some(Event::default().event("instance").data(json))
 }
 
+/// A gray release of config `id` started, changed or stopped at revision `rev`: the
+/// client's version of the config, if it is not the one this stream last sent.
+async fn gray_event(
+    node: &Node,
+    caller: &Caller,
+    plan: &Plan,
+    sent: &mut HashMap<ConfigId, Option<String>>,
+    facts: &mast_model::ClientFacts,
+    id: &ConfigId,
+    rev: i64,
+) -> Option<Event> {
+    if plan.group.as_ref().is_some_and(|g| &id.group != g) {
+        return None;
+    }
+    let (content, _) = etcd::get(node, caller, &id.content_key(), 0).await.ok()?;
+    let content = content?;
+    let gray = crate::gray::gray_for(node, caller, id, facts).await.ok()?;
+    let md5 = gray
+        .as_ref()
+        .map_or_else(|| md5_hex(&content.value), |g| g.md5.clone());
+    if sent.get(id) == Some(&Some(md5.clone())) {
+        return None;
+    }
+    sent.insert(id.clone(), Some(md5.clone()));
+    let data = ConfigEvent {
+        kind: "config",
+        op: "put",
+        revision: rev,
+        content: Some(match &gray {
+            Some(g) => g.content.clone(),
+            None => String::from_utf8_lossy(&content.value).into_owned(),
+        }),
+        md5: Some(md5),
+        version: None,
+        format: None,
+        namespace: id.namespace.clone(),
+        group: id.group.clone(),
+        data_id: id.data_id.clone(),
+        gray: gray.map(|g| g.name),
+    };
+    let json = serde_json::to_string(&data).ok()?;
+    Some(Event::default().event("config").data(json))
+}
+
 async fn config_event(
     node: &Node,
     caller: &Caller,
     plan: &Plan,
+    sent: &mut HashMap<ConfigId, Option<String>>,
     op: &'static str,
     kv: &KeyValue,
 ) -> Option<Event> {
@@ -481,10 +582,19 @@ async fn config_event(
         namespace: id.namespace.clone(),
         group: id.group.clone(),
         data_id: id.data_id.clone(),
+        gray: None,
     };
     if op == "put" {
         data.content = Some(String::from_utf8_lossy(&kv.value).into_owned());
         data.md5 = Some(md5_hex(&kv.value));
+        // A client a gray release is meant for gets the gray's content instead.
+        if let Some(facts) = &plan.facts
+            && let Ok(Some(g)) = crate::gray::gray_for(node, caller, &id, facts).await
+        {
+            data.content = Some(g.content);
+            data.md5 = Some(g.md5);
+            data.gray = Some(g.name);
+        }
         // The version published with this content: the metadata written in the same
         // revision, if the caller may read it and it is still in history.
         if let Ok((Some(meta), _)) = etcd::get(node, caller, &id.meta_key(), kv.mod_revision).await
@@ -494,6 +604,9 @@ async fn config_event(
             data.version = Some(meta.version);
             data.format = Some(meta.format);
         }
+    }
+    if plan.facts.is_some() {
+        sent.insert(id, data.md5.clone());
     }
     let json = serde_json::to_string(&data).ok()?;
     Some(Event::default().event("config").data(json))

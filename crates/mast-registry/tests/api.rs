@@ -2182,8 +2182,19 @@ async fn gray_releases_reach_the_clients_meant_for_them() {
         assert_eq!(feature(&typed.get()), "old", "{n} is no canary");
     }
     // The rollout view counts gray holders as settled, by gray.
-    let v = rollout_where(&t, &format!("{cfg}/rollout"), |v| v["clients"] == 4).await;
-    assert_eq!(v["complete"], true, "{v}");
+    let on_canary = |v: &Value| {
+        v["versions"].as_array().is_some_and(|a| {
+            a.iter().any(|r| {
+                r["gray"] == "canary" && r["clients"].as_array().is_some_and(|c| c.len() == 2)
+            })
+        })
+    };
+    let v = rollout_where(&t, &format!("{cfg}/rollout"), on_canary).await;
+    assert_eq!(
+        (v["clients"].as_u64(), v["complete"].as_bool()),
+        (Some(4), Some(true)),
+        "{v}"
+    );
     let on_gray: Vec<&Value> = v["versions"]
         .as_array()
         .unwrap()
@@ -2295,5 +2306,50 @@ async fn gray_releases_reach_the_clients_meant_for_them() {
     assert_eq!(ops, want, "{h}");
     let (_, v) = t.get(&cfg).await;
     assert_eq!(v["version"], 4, "the promotion is the current version: {v}");
+    t.stop().await;
+}
+
+/// An event stream that names its client gets the version meant for it: a gray release's
+/// content while one matches, and the normal content again when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_carry_the_clients_gray_version() {
+    let t = TestServer::start().await;
+    let cfg = format!("{CFG}/streamed.json");
+    t.call(Method::PUT, &cfg, Some(json!({"content": "{\"v\":1}"})))
+        .await;
+    let mut canary = SseReader::open(
+        &t,
+        "?kind=config&namespace=dev&clientId=s1&labels=canary=true",
+        None,
+    )
+    .await;
+    assert_eq!(canary.next().await.event, "ready");
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            &format!("{cfg}/gray/canary"),
+            Some(json!({"content": "{\"v\":2}", "rule": {"type": "labels", "labels": {"canary": "true"}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let e = canary.next().await;
+    assert_eq!(
+        (e.data["gray"].as_str(), e.data["content"].as_str()),
+        (Some("canary"), Some("{\"v\":2}")),
+        "{e:?}"
+    );
+    // A normal publish meanwhile: the canary still gets the gray.
+    t.call(Method::PUT, &cfg, Some(json!({"content": "{\"v\":3}"})))
+        .await;
+    let e = canary.next().await;
+    assert_eq!(e.data["content"], "{\"v\":2}", "{e:?}");
+    // Stopped: the normal content again.
+    let (s, _) = t
+        .call(Method::DELETE, &format!("{cfg}/gray/canary"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let e = canary.next().await;
+    assert_eq!(e.data["content"], "{\"v\":3}", "{e:?}");
+    assert!(e.data.get("gray").is_none(), "{e:?}");
     t.stop().await;
 }

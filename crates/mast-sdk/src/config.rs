@@ -548,13 +548,14 @@ impl Client {
                 match c.parse::<T>() {
                     Ok(v) => {
                         *err.lock().expect("error lock") = None;
-                        client.report_applied_quietly(&c).await;
                         if let Some(dir) = &cache_dir
                             && let Err(e) = write_cache(dir, &id2, &c.content)
                         {
                             tracing::warn!(error = %e, "writing the config cache failed");
                         }
                         let _ = tx.send(Arc::new(v));
+                        // Reported once the value is in place: applied, not merely received.
+                        client.report_applied_quietly(&c).await;
                     }
                     Err(e) => {
                         tracing::warn!(config = %id2.content_key(), error = %e, "new config content refused; keeping the last good value");
