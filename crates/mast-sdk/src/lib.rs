@@ -33,4 +33,4 @@ pub mod rollout;
 pub use client::{Client, ClientOptions, Error, Result};
 pub use config::{Config, TypedConfig};
 pub use mast_model::{ConfigFormat, ConfigId, ConfigMeta, Instance};
-pub use registry::{Registration, RegistrationState, ServiceInstance, WeightedPicker};
+pub use registry::{Available, Registration, RegistrationState, ServiceInstance, WeightedPicker};

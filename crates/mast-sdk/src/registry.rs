@@ -31,6 +31,53 @@ pub struct ServiceInstance {
     pub lease: i64,
 }
 
+impl ServiceInstance {
+    /// Whether the instance may take traffic as far as its health goes: one on a lease is
+    /// (its key lives while its lease does); a persistent one unless its JSON says
+    /// `"healthy": false` (as the Nacos API and Mast's health probes mark it).
+    pub fn healthy(&self) -> bool {
+        self.lease != 0
+            || self
+                .instance
+                .extra
+                .get("healthy")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(true)
+    }
+}
+
+/// What discovery hands out of a service ([`Client::discover_available`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Available {
+    /// The instances to send traffic to, by id.
+    pub instances: Vec<ServiceInstance>,
+    /// The healthy share of enabled instances was at or below the service's protection
+    /// threshold, so every enabled instance is in `instances` (Nacos's rule).
+    pub protection_threshold_reached: bool,
+}
+
+/// The instances of `set` to send traffic to: enabled, weighted above 0, and healthy — or,
+/// when the healthy share is at or below `threshold`, every enabled one.
+fn available(set: Vec<ServiceInstance>, threshold: f64) -> Available {
+    let enabled: Vec<ServiceInstance> = set
+        .into_iter()
+        .filter(|s| s.instance.enabled && s.instance.weight > 0.0)
+        .collect();
+    let healthy = enabled.iter().filter(|s| s.healthy()).count();
+    let reached = mast_model::reaches_protection_threshold(healthy, enabled.len(), threshold);
+    Available {
+        instances: if reached {
+            enabled
+        } else {
+            enabled
+                .into_iter()
+                .filter(ServiceInstance::healthy)
+                .collect()
+        },
+        protection_threshold_reached: reached,
+    }
+}
+
 /// The state of a [`Registration`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegistrationState {
@@ -156,6 +203,34 @@ impl Client {
         Ok(self.list_service(service).await?.0.into_values().collect())
     }
 
+    /// What discovery hands out of `service` now: enabled, healthy instances with a weight
+    /// above 0, or every enabled one past the service's protection threshold
+    /// (`protectThreshold` at `/service-meta/<service>`), as `/mast/v1`, Nacos and DNS answer.
+    ///
+    /// # Errors
+    /// A bad name, or the server's error.
+    pub async fn discover_available(&self, service: &str) -> Result<Available> {
+        let set = self.discover(service).await?;
+        let threshold = self.protect_threshold(service).await?;
+        Ok(available(set, threshold))
+    }
+
+    /// The service's protection threshold (0 when it has no settings or they do not parse).
+    async fn protect_threshold(&self, service: &str) -> Result<f64> {
+        let key = format!("{}{service}", mast_model::SERVICE_META_PREFIX);
+        let resp = self
+            .range(RangeRequest {
+                key: Bytes::from(key),
+                ..Default::default()
+            })
+            .await?;
+        Ok(resp
+            .kvs
+            .first()
+            .and_then(|kv| serde_json::from_slice::<mast_model::ServiceMeta>(&kv.value).ok())
+            .map_or(0.0, |m| m.protect_threshold))
+    }
+
     async fn list_service(
         &self,
         service: &str,
@@ -190,39 +265,52 @@ impl Client {
         ReceiverStream::new(rx)
     }
 
-    /// `service`'s instances as a `tower::discover` stream of changes: each enabled instance
-    /// with a positive weight is inserted (again when it changes) and removed when it leaves.
+    /// `service`'s instances as a `tower::discover` stream of changes: what
+    /// [`Client::discover_available`] hands out is inserted (again when it changes) and
+    /// removed when it leaves it (the protection threshold is read again at each change).
     pub fn discover_changes(
         &self,
         service: &str,
     ) -> impl Stream<Item = Result<Change<String, ServiceInstance>>> + Send + 'static {
         let mut known: BTreeMap<String, ServiceInstance> = BTreeMap::new();
+        let client = self.clone();
+        let name = service.to_string();
         self.watch_service(service)
-            .map(move |set| -> Vec<Result<Change<String, ServiceInstance>>> {
-                match set {
-                    Err(e) => vec![Err(e)],
-                    Ok(set) => {
-                        let now: BTreeMap<String, ServiceInstance> = set
-                            .into_iter()
-                            .filter(|s| s.instance.enabled && s.instance.weight > 0.0)
-                            .map(|s| (s.id.clone(), s))
-                            .collect();
-                        let mut changes = Vec::new();
-                        for id in known.keys() {
-                            if !now.contains_key(id) {
-                                changes.push(Ok(Change::Remove(id.clone())));
-                            }
-                        }
-                        for (id, s) in &now {
-                            if known.get(id) != Some(s) {
-                                changes.push(Ok(Change::Insert(id.clone(), s.clone())));
-                            }
-                        }
-                        known = now;
-                        changes
-                    }
+            .then(move |set| {
+                let (client, name) = (client.clone(), name.clone());
+                async move {
+                    let set = set?;
+                    let threshold = client.protect_threshold(&name).await?;
+                    Ok(available(set, threshold))
                 }
             })
+            .map(
+                move |set: Result<Available>| -> Vec<Result<Change<String, ServiceInstance>>> {
+                    match set {
+                        Err(e) => vec![Err(e)],
+                        Ok(set) => {
+                            let now: BTreeMap<String, ServiceInstance> = set
+                                .instances
+                                .into_iter()
+                                .map(|s| (s.id.clone(), s))
+                                .collect();
+                            let mut changes = Vec::new();
+                            for id in known.keys() {
+                                if !now.contains_key(id) {
+                                    changes.push(Ok(Change::Remove(id.clone())));
+                                }
+                            }
+                            for (id, s) in &now {
+                                if known.get(id) != Some(s) {
+                                    changes.push(Ok(Change::Insert(id.clone(), s.clone())));
+                                }
+                            }
+                            known = now;
+                            changes
+                        }
+                    }
+                },
+            )
             .flat_map(futures::stream::iter)
     }
 }

@@ -204,3 +204,90 @@ async fn typed_config_hot_reloads_keeps_last_good_and_uses_cache() {
         }
     );
 }
+
+/// Discovery hands out healthy, enabled instances — every enabled one past the service's
+/// protection threshold, and says so — as `/mast/v1`, Nacos and DNS do.
+#[tokio::test]
+async fn discovery_skips_unhealthy_instances_until_the_protection_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = start(dir.path(), port).await;
+    let c = client(port).await;
+    let put = |k: &str, v: &str| {
+        let c = c.clone();
+        let (k, v) = (k.to_string(), v.to_string());
+        async move {
+            c.put(mast_proto::etcdserverpb::PutRequest {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    };
+    // Persistent instances as the Nacos API or a probe mark them: 1 of 4 enabled healthy.
+    put("/services/guarded/a", r#"{"host":"10.0.0.1","port":1}"#).await;
+    put(
+        "/services/guarded/b",
+        r#"{"host":"10.0.0.2","port":2,"healthy":false}"#,
+    )
+    .await;
+    put(
+        "/services/guarded/c",
+        r#"{"host":"10.0.0.3","port":3,"healthy":false}"#,
+    )
+    .await;
+    put(
+        "/services/guarded/d",
+        r#"{"host":"10.0.0.4","port":4,"healthy":false}"#,
+    )
+    .await;
+    put(
+        "/services/guarded/e",
+        r#"{"host":"10.0.0.5","port":5,"enabled":false}"#,
+    )
+    .await;
+    let ids = |a: &mast_sdk::Available| -> Vec<String> {
+        a.instances.iter().map(|s| s.id.clone()).collect()
+    };
+    let a = c.discover_available("guarded").await.unwrap();
+    assert_eq!(
+        (ids(&a), a.protection_threshold_reached),
+        (vec!["a".to_string()], false)
+    );
+    let mut changes = Box::pin(c.discover_changes("guarded"));
+    let first = tokio::time::timeout(Duration::from_secs(10), changes.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(first, tower::discover::Change::Insert(ref id, _) if id == "a"));
+
+    // A threshold of 0.5: 1 of 4 is below it, so every enabled instance is handed out.
+    put("/service-meta/guarded", r#"{"protectThreshold":0.5}"#).await;
+    let a = c.discover_available("guarded").await.unwrap();
+    assert_eq!(ids(&a), ["a", "b", "c", "d"]);
+    assert!(a.protection_threshold_reached);
+    // The next change of the service brings the stream to the same answer.
+    put(
+        "/services/guarded/b",
+        r#"{"host":"10.0.0.2","port":2,"healthy":false,"v":2}"#,
+    )
+    .await;
+    let mut inserted = Vec::new();
+    while inserted.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), changes.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            tower::discover::Change::Insert(id, _) => inserted.push(id),
+            tower::discover::Change::Remove(id) => panic!("{id} removed"),
+        }
+    }
+    inserted.sort();
+    assert_eq!(inserted, ["b", "c", "d"]);
+    server.shutdown().await;
+}
