@@ -46,6 +46,7 @@ pub mod etcd;
 pub mod events;
 pub mod gray;
 pub mod instances;
+mod leader;
 pub mod list_cache;
 pub mod openapi;
 pub mod overrides;

@@ -16,7 +16,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -31,14 +30,10 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult, Call, ErrorCode, PathParams};
 use crate::etcd;
 
-/// How often the reconciler looks whether this member became the leader (it then checks every
-/// override once, since the old leader may have missed some).
-const LEADERSHIP_CHECK: Duration = Duration::from_millis(500);
-
 /// The override of instance `id` of the service with key segment `segment`, as this member
 /// holds it, read as the server (an override is the operator's policy, applied whoever
 /// registers); `None` when there is none or it is not override JSON.
-pub fn read_override(node: &Node, segment: &str, id: &str) -> Option<(InstanceOverride, KeyValue)> {
+pub fn read_override(node: &Node, segment: &str, id: &str) -> Option<InstanceOverride> {
     let kv = node
         .range_as_server(&RangeRequest {
             key: override_key(segment, id).into_bytes().into(),
@@ -49,14 +44,14 @@ pub fn read_override(node: &Node, segment: &str, id: &str) -> Option<(InstanceOv
         .kvs
         .into_iter()
         .next()?;
-    InstanceOverride::from_json(&kv.value).ok().map(|o| (o, kv))
+    InstanceOverride::from_json(&kv.value).ok()
 }
 
 /// Puts the override of `segment`/`id`, if any, in force on `inst`, an instance about to be
 /// registered. Returns whether it changed `inst`.
 pub fn apply_on_register(node: &Node, segment: &str, id: &str, inst: &mut Instance) -> bool {
     let ov = read_override(node, segment, id);
-    apply_override(inst, ov.as_ref().map(|(o, _)| o))
+    apply_override(inst, ov.as_ref())
 }
 
 /// The name of the user behind `caller` (empty with auth off or for an anonymous caller).
@@ -262,66 +257,61 @@ fn not_instance(key: &str) -> ApiError {
 /// registered values) when they differ. On becoming leader, after a lagging subscription or a
 /// snapshot, it checks every override.
 pub fn spawn_reconciler(node: Arc<Node>) {
-    tokio::spawn(async move {
-        let mut commits = node.subscribe_commits();
-        let mut known: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut leading = false;
-        let mut tick = tokio::time::interval(LEADERSHIP_CHECK);
-        let stop = node.clone();
-        let stopping = stop.shutting_down();
-        tokio::pin!(stopping);
-        loop {
-            let mut todo: BTreeSet<(String, String)> = BTreeSet::new();
-            let full = tokio::select! {
-                _ = &mut stopping => return,
-                _ = tick.tick() => {
-                    let now = node.is_leader();
-                    let gained = now && !leading;
-                    leading = now;
-                    gained
+    crate::leader::spawn(
+        node.clone(),
+        Reconciler {
+            node,
+            known: BTreeSet::new(),
+        },
+    );
+}
+
+/// The reconciler's state: the instances that have an override, as `(segment, id)`.
+struct Reconciler {
+    node: Arc<Node>,
+    known: BTreeSet<(String, String)>,
+}
+
+impl Reconciler {
+    async fn reconcile_all(&self, todo: BTreeSet<(String, String)>) {
+        for (segment, id) in todo {
+            if let Err(e) = reconcile(&self.node, &segment, &id).await {
+                tracing::debug!(service = %segment, instance = %id, error = %e,
+                    "putting an operator override in force failed; the next commit retries");
+            }
+        }
+    }
+}
+
+impl crate::leader::LeaderWork for Reconciler {
+    async fn everything(&mut self) {
+        self.known = all_overrides(&self.node);
+        self.reconcile_all(self.known.clone()).await;
+    }
+
+    async fn events(&mut self, events: &[mast_proto::mvccpb::Event]) {
+        let mut todo = BTreeSet::new();
+        for ev in events {
+            let Some(kv) = ev.kv.as_ref() else { continue };
+            if let Some((s, i)) = mast_model::parse_override_key(&kv.key) {
+                let pair = (s.to_string(), i.to_string());
+                if ev.r#type == 0 {
+                    self.known.insert(pair.clone());
+                } else {
+                    self.known.remove(&pair);
                 }
-                batch = commits.recv() => match batch {
-                    Ok(batch) => {
-                        for ev in &batch.events {
-                            let Some(kv) = ev.kv.as_ref() else { continue };
-                            if let Some((s, i)) = mast_model::parse_override_key(&kv.key) {
-                                let pair = (s.to_string(), i.to_string());
-                                if ev.r#type == 0 {
-                                    known.insert(pair.clone());
-                                } else {
-                                    known.remove(&pair);
-                                }
-                                todo.insert(pair);
-                            } else if ev.r#type == 0
-                                && let Some((s, i)) = mast_model::parse_instance_key(&kv.key)
-                            {
-                                let pair = (s.to_string(), i.to_string());
-                                if known.contains(&pair) {
-                                    todo.insert(pair);
-                                }
-                            }
-                        }
-                        batch.gap
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                },
-            };
-            if full {
-                known = all_overrides(&node);
-                todo.extend(known.iter().cloned());
-            }
-            if !node.is_leader() {
-                continue;
-            }
-            for (segment, id) in todo {
-                if let Err(e) = reconcile(&node, &segment, &id).await {
-                    tracing::debug!(service = %segment, instance = %id, error = %e,
-                        "putting an operator override in force failed; the next commit retries");
+                todo.insert(pair);
+            } else if ev.r#type == 0
+                && let Some((s, i)) = mast_model::parse_instance_key(&kv.key)
+            {
+                let pair = (s.to_string(), i.to_string());
+                if self.known.contains(&pair) {
+                    todo.insert(pair);
                 }
             }
         }
-    });
+        self.reconcile_all(todo).await;
+    }
 }
 
 /// Every override key on this member, as `(segment, id)`.
@@ -354,7 +344,7 @@ async fn reconcile(node: &Node, segment: &str, id: &str) -> Result<(), mast_serv
     let key = mast_model::instance_key(segment, id);
     let ov = read_override(node, segment, id);
     let changed = etcd::rewrite_instance_as_system(node, &key, "override-reconciler", |_, inst| {
-        apply_override(inst, ov.as_ref().map(|(o, _)| o))
+        apply_override(inst, ov.as_ref())
     })
     .await?;
     if changed {

@@ -28,9 +28,6 @@ use tokio::task::JoinHandle;
 
 use crate::etcd;
 
-/// How often the prober looks whether this member started or stopped leading.
-const LEADERSHIP_CHECK: Duration = Duration::from_millis(500);
-
 /// What one probe task does: which address, with which check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Spec {
@@ -85,6 +82,32 @@ struct Prober {
     http: reqwest::Client,
     /// By instance key.
     targets: BTreeMap<Vec<u8>, (Spec, JoinHandle<()>)>,
+}
+
+impl crate::leader::LeaderWork for Prober {
+    async fn everything(&mut self) {
+        self.refresh_all();
+    }
+
+    fn stop_leading(&mut self) {
+        self.stop_all();
+    }
+
+    async fn events(&mut self, events: &[mast_proto::mvccpb::Event]) {
+        for ev in events {
+            let Some(kv) = ev.kv.as_ref() else { continue };
+            if let Some((segment, _)) = mast_model::parse_instance_key(&kv.key) {
+                let segment = segment.to_string();
+                self.instance_changed(kv, ev.r#type == 0, &segment);
+            } else if let Some(segment) = std::str::from_utf8(&kv.key)
+                .ok()
+                .and_then(|k| k.strip_prefix(SERVICE_META_PREFIX))
+            {
+                let segment = segment.to_string();
+                self.refresh_service(&segment);
+            }
+        }
+    }
 }
 
 impl Drop for Prober {
@@ -248,61 +271,14 @@ pub fn spawn_prober(node: Arc<Node>) {
             return;
         }
     };
-    tokio::spawn(async move {
-        let mut commits = node.subscribe_commits();
-        let mut prober = Prober {
-            node: node.clone(),
+    crate::leader::spawn(
+        node.clone(),
+        Prober {
+            node,
             http,
             targets: BTreeMap::new(),
-        };
-        let mut leading = false;
-        let mut tick = tokio::time::interval(LEADERSHIP_CHECK);
-        let stop = node.clone();
-        let stopping = stop.shutting_down();
-        tokio::pin!(stopping);
-        loop {
-            tokio::select! {
-                _ = &mut stopping => return,
-                _ = tick.tick() => {
-                    let now = node.is_leader();
-                    if now && !leading {
-                        prober.refresh_all();
-                    } else if !now && leading {
-                        prober.stop_all();
-                    }
-                    leading = now;
-                }
-                batch = commits.recv() => {
-                    if !leading {
-                        if matches!(batch, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                            return;
-                        }
-                        continue;
-                    }
-                    match batch {
-                        Ok(batch) if batch.gap => prober.refresh_all(),
-                        Ok(batch) => {
-                            for ev in &batch.events {
-                                let Some(kv) = ev.kv.as_ref() else { continue };
-                                if let Some((segment, _)) = mast_model::parse_instance_key(&kv.key) {
-                                    let segment = segment.to_string();
-                                    prober.instance_changed(kv, ev.r#type == 0, &segment);
-                                } else if let Some(segment) = std::str::from_utf8(&kv.key)
-                                    .ok()
-                                    .and_then(|k| k.strip_prefix(SERVICE_META_PREFIX))
-                                {
-                                    let segment = segment.to_string();
-                                    prober.refresh_service(&segment);
-                                }
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => prober.refresh_all(),
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-            }
-        }
-    });
+        },
+    );
 }
 
 /// One instance's probe loop.
