@@ -2,7 +2,8 @@
 //! followers reach the leader, reads are linearizable on every member, watches see writes made
 //! elsewhere); a `kill -9` of the leader under a concurrent write load loses no acknowledged
 //! write and every member ends with the same `HashKV`; membership grows and shrinks by etcd's
-//! runbook; leases survive a change of leader; a member of another cluster is refused.
+//! runbook; leases survive a change of leader; a member of another cluster is refused; only the
+//! leader runs health probes, and a new leader takes them over.
 //!
 //! Every wait is bounded; every process is stopped by its PID when its `Server` drops.
 
@@ -780,4 +781,149 @@ fn a_cli_registration_keeps_its_lease_while_members_die_in_turn() {
     drop(reg);
     let log = reg_log(&c);
     assert!(log.contains("registered /services/pay/p1"), "{log}");
+}
+
+/// The sum of every `mast_health_probes_total` series member `endpoint` exports (0 when it
+/// has probed nothing: the counter is not registered until its first probe).
+async fn probes_run(http: &reqwest::Client, endpoint: &str) -> f64 {
+    let body = http
+        .get(format!("{endpoint}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    body.lines()
+        .filter(|l| l.starts_with("mast_health_probes_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `GET /mast/v1/services/<service>/instances` on `endpoint` until the one instance's
+/// `healthy` is `want`, for at most 15 s.
+async fn wait_health(http: &reqwest::Client, endpoint: &str, service: &str, want: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut last = serde_json::Value::Null;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = http
+            .get(format!("{endpoint}/mast/v1/services/{service}/instances"))
+            .send()
+            .await
+            && let Ok(v) = r.json::<serde_json::Value>().await
+        {
+            if v["instances"][0]["healthy"] == want {
+                return;
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{service} never turned healthy={want} on {endpoint}: {last}");
+}
+
+/// A persistent instance's health check runs on the leader only (followers count no probe);
+/// its port closing is seen once, as `healthy: false` on every member; after the leader dies
+/// the new leader takes the probing over and sees the port open again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_probes_and_a_new_leader_takes_over() {
+    let mut c = start(3);
+    let leader = c.wait_leader(Duration::from_secs(10)).unwrap();
+    let f1 = (leader + 1) % 3;
+    let f2 = (leader + 2) % 3;
+    let http = reqwest::Client::new();
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    let base = |i: usize| endpoints[i].clone();
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Registered through a follower: the write reaches the leader, which starts probing.
+    let r = http
+        .post(format!("{}/mast/v1/services/probed/instances", base(f1)))
+        .json(&serde_json::json!({
+            "id": "p1", "host": "127.0.0.1", "port": port, "ephemeral": false,
+            "healthCheck": {"type": "tcp", "intervalMs": 200, "timeoutMs": 150,
+                            "unhealthyThreshold": 2, "healthyThreshold": 1}
+        }))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+
+    // The leader probes; followers never do.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while probes_run(&http, &base(leader)).await < 3.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader runs no probes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for f in [f1, f2] {
+        assert_eq!(probes_run(&http, &base(f)).await, 0.0, "m{f} probes");
+    }
+
+    // The port closes: the instance is marked unhealthy (not deleted), seen on every member.
+    drop(listener);
+    for i in [f2, leader, f1] {
+        wait_health(&http, &base(i), "probed", false).await;
+    }
+    for f in [f1, f2] {
+        assert_eq!(probes_run(&http, &base(f)).await, 0.0, "m{f} probes");
+    }
+
+    // The leader dies; the port opens again: one of the survivors leads and probes, and the
+    // instance is healthy again.
+    c.members[leader].kill9();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let new_leader = c.wait_leader(Duration::from_secs(15)).unwrap();
+    let other = if new_leader == f1 { f2 } else { f1 };
+    wait_health(&http, &base(other), "probed", true).await;
+    assert!(probes_run(&http, &base(new_leader)).await > 0.0);
+    assert_eq!(
+        probes_run(&http, &base(other)).await,
+        0.0,
+        "m{other} probes while following"
+    );
+    drop(listener);
+
+    // The audit log names the prober for both changes, the same on both survivors.
+    let audit = |i: usize| {
+        let http = http.clone();
+        let url = format!(
+            "{}/mast/v1/audit?user=health-probe&prefix=/services/probed/",
+            base(i)
+        );
+        async move {
+            let v: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            v["entries"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let entries = loop {
+        let (a, b) = (audit(new_leader).await, audit(other).await);
+        if a.len() >= 2 && a == b {
+            break a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "audit entries differ or are missing: {a:?} / {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let healthy = |e: &serde_json::Value| -> Option<bool> {
+        let after: serde_json::Value = serde_json::from_str(e["after"].as_str()?).ok()?;
+        after["healthy"].as_bool()
+    };
+    assert_eq!(
+        healthy(&entries[entries.len() - 2]),
+        Some(false),
+        "{entries:?}"
+    );
+    assert_eq!(
+        healthy(&entries[entries.len() - 1]),
+        Some(true),
+        "{entries:?}"
+    );
+    assert!(entries.iter().all(|e| e["api"] == "system"), "{entries:?}");
 }
