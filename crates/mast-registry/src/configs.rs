@@ -221,6 +221,20 @@ pub struct PublishResponse {
     /// For a rollback: the version restored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rolled_back_from: Option<u64>,
+    /// `true` for `?dryRun=true`: everything was checked, nothing was stored, and `config`
+    /// shows the version a publish would have made.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// `PUT /mast/v1/configs/…` query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishQuery {
+    /// Check the publish (read permission, `expectedVersion`, format, schema, size) without
+    /// storing anything, as the console does before it asks for confirmation.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Delete answer.
@@ -433,6 +447,8 @@ pub(crate) struct Publish {
     /// More conditions and ops for the same Txn (a promotion deletes its gray, if unchanged).
     pub(crate) more_compares: Vec<mast_proto::etcdserverpb::Compare>,
     pub(crate) more_ops: Vec<mast_proto::etcdserverpb::RequestOp>,
+    /// Check only: answer what the publish would make, store nothing.
+    pub(crate) dry_run: bool,
 }
 
 pub(crate) async fn publish_version(
@@ -473,6 +489,7 @@ pub(crate) async fn publish_version(
         };
         validate(format, &p.content, schema.as_ref()).await?;
         let version = cur.version + 1;
+        let dry_run = p.dry_run;
         let now = etcd::now_ms();
         let md5 = md5_hex(p.content.as_bytes());
         let meta = ConfigMeta {
@@ -506,6 +523,13 @@ pub(crate) async fn publish_version(
             gray: p.gray.clone(),
             gray_rule: None,
         };
+        if dry_run {
+            return Ok(PublishResponse {
+                config: ConfigSummary::new(id, Some(&meta), cur.meta_rev),
+                rolled_back_from: p.rolled_back_from,
+                dry_run: true,
+            });
+        }
         let mut ops = vec![
             etcd::put_op(id.content_key(), p.content.clone()),
             etcd::put_op(id.meta_key(), to_json(&meta)?),
@@ -520,6 +544,7 @@ pub(crate) async fn publish_version(
             return Ok(PublishResponse {
                 config: ConfigSummary::new(id, Some(&meta), etcd::txn_revision(&resp)),
                 rolled_back_from: p.rolled_back_from,
+                dry_run: false,
             });
         }
     }
@@ -670,6 +695,7 @@ pub async fn publish(
     State(st): State<AppState>,
     Call(caller): Call,
     PathParams((ns, group, data_id)): PathParams<(String, String, String)>,
+    QueryParams(q): QueryParams<PublishQuery>,
     JsonBody(req): JsonBody<PublishRequest>,
 ) -> ApiResult<Json<PublishResponse>> {
     let id = config_id(&ns, &group, &data_id)?;
@@ -688,6 +714,7 @@ pub async fn publish(
         expected_version: req.expected_version,
         op: HistoryOp::Publish,
         rolled_back_from: None,
+        dry_run: q.dry_run,
         ..Default::default()
     };
     publish_version(&st.node, st.config.history_retention, &caller, &id, p)

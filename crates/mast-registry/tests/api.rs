@@ -487,6 +487,47 @@ async fn publish_validates_every_format_and_schema() {
     assert_eq!(t.revision().await, rev);
     let (_, v) = t.get(&format!("{CFG}/app.yaml")).await;
     assert_eq!(v["schema"], schema);
+    // A dry run answers as the publish would (the same refusal, or the version it would
+    // make) and stores nothing.
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/app.yaml?dryRun=true"),
+            Some(json!({"content": "port: zero\n"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("schema_violation")),
+        "{v}"
+    );
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/app.yaml?dryRun=true"),
+            Some(json!({"content": "port: 7070\n", "expectedVersion": 2})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["dryRun"].clone(), v["version"].clone()),
+        (json!(true), json!(3)),
+        "{v}"
+    );
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            &format!("{CFG}/app.yaml?dryRun=true"),
+            Some(json!({"content": "port: 7070\n", "expectedVersion": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(t.revision().await, rev, "dry runs store nothing");
+    let (_, v) = t.get(&format!("{CFG}/app.yaml")).await;
+    assert_eq!(
+        (v["version"].clone(), v["content"].clone()),
+        (json!(2), json!("port: 9090\n"))
+    );
     // Detaching the schema lets anything well-formed through again.
     let (s, v) = t
         .call(
