@@ -123,6 +123,24 @@ struct Watcher {
     synced: bool,
     /// Whether anything was sent since the last progress tick.
     active: bool,
+    /// Counts the watcher in `etcd_debugging_mvcc_watcher_total` while it lives.
+    _gauge: WatcherGauge,
+}
+
+/// One watcher in etcd's `etcd_debugging_mvcc_watcher_total` gauge, from creation to drop.
+struct WatcherGauge;
+
+impl WatcherGauge {
+    fn new() -> Self {
+        metrics::gauge!("etcd_debugging_mvcc_watcher_total").increment(1.0);
+        WatcherGauge
+    }
+}
+
+impl Drop for WatcherGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("etcd_debugging_mvcc_watcher_total").decrement(1.0);
+    }
 }
 
 impl Watcher {
@@ -139,8 +157,8 @@ impl Watcher {
 type Out = mpsc::Sender<Result<WatchResponse, EtcdError>>;
 
 /// Serves one watch stream: reads requests from `requests`, writes responses to `out`, until
-/// the client closes its side (or its stream fails), `out` is dropped, or the server shuts
-/// down.
+/// the client goes away (its request stream fails, or `out`'s receiver is dropped — a client
+/// that only closes its sending side keeps its watchers, as etcd) or the server shuts down.
 pub async fn serve_stream<S, E>(node: Arc<Node>, caller: Caller, requests: S, out: Out)
 where
     S: Stream<Item = Result<WatchRequest, E>> + Unpin + Send,
@@ -189,6 +207,9 @@ impl Session {
         let mut shutdown = self.node.shutdown.clone();
         let mut progress = tokio::time::interval(self.node.config.watch_progress_notify_interval);
         progress.tick().await;
+        // As etcd: a client that closes its sending side (a gateway `curl -d '{create_request…}'`,
+        // a gRPC CloseSend) keeps receiving until it goes away or the server stops.
+        let mut requests_open = true;
         loop {
             if self.watchers.values().any(|w| !w.synced) {
                 self.catch_up().await?;
@@ -199,10 +220,12 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Err(Stop::Shutdown),
-                req = requests.next() => match req {
+                req = requests.next(), if requests_open => match req {
                     Some(Ok(req)) => self.handle_request(req).await?,
-                    Some(Err(_)) | None => return Err(Stop::ClientGone),
+                    Some(Err(_)) => return Err(Stop::ClientGone),
+                    None => requests_open = false,
                 },
+                () = self.out.closed(), if !requests_open => return Err(Stop::ClientGone),
                 batch = self.rx.recv() => match batch {
                     Ok(batch) => self.deliver(&batch).await?,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -315,6 +338,7 @@ impl Session {
             next_rev: start,
             synced: start > current,
             active: false,
+            _gauge: WatcherGauge::new(),
         };
         let created = WatchResponse {
             header: Some(self.node.header_at(current)),

@@ -27,7 +27,8 @@ async fn start(dir: &std::path::Path, threads: usize, max_streams: Option<u32>) 
     .await
 }
 
-/// An open watch stream: the client's half (dropping it ends the stream) and the server's.
+/// An open watch stream: the client's sending half and the server's answers (dropping both
+/// ends the stream).
 type Watch = (
     tokio::sync::mpsc::Sender<WatchRequest>,
     tonic::Streaming<WatchResponse>,
@@ -111,10 +112,11 @@ async fn a_call_past_the_limit_waits_for_a_stream_to_end() {
                 .is_err(),
             "a fourth stream ran beside three with --max-concurrent-streams 3 (threads {threads})"
         );
-        // Ending the client's half ends the stream (the server closes its half).
-        let (tx, mut rx) = streams.pop().expect("three streams");
+        // A client dropping its stream (both halves: closing only the sending side keeps the
+        // watchers, as etcd) frees its slot.
+        let (tx, rx) = streams.pop().expect("three streams");
         drop(tx);
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(BOUND, rx.next()).await {}
+        drop(rx);
         let rev = tokio::time::timeout(BOUND, call)
             .await
             .expect("the call runs once a stream ended")

@@ -347,3 +347,30 @@ async fn slow_watcher_misses_nothing_and_does_not_block_writers() {
     assert_eq!(*revs.last().unwrap(), N as i64 + 1);
     s.stop().await;
 }
+
+/// A client that closes its sending side after creating a watcher (gRPC CloseSend; the JSON
+/// gateway's `curl -d '{"create_request": …}' /v3/watch`) keeps receiving events, as etcd.
+#[tokio::test]
+async fn watchers_outlive_the_clients_closed_sending_side() {
+    let s = TestServer::start().await;
+    let ch = s.channel().await;
+    let mut kv = KvClient::new(ch.clone());
+    let mut w = WatchStream::open(ch).await;
+    w.create(WatchCreateRequest {
+        key: "/half".into(),
+        ..Default::default()
+    })
+    .await;
+    let WatchStream { tx, rx } = w;
+    drop(tx);
+    let mut w = WatchStream {
+        tx: mpsc::channel(1).0,
+        rx,
+    };
+    let rev = put(&mut kv, "/half", "still watched").await;
+    let r = w.next().await;
+    assert_eq!(r.events.len(), 1, "{r:?}");
+    assert_eq!(r.events[0].kv.as_ref().unwrap().mod_revision, rev);
+    drop(w);
+    s.stop().await;
+}
