@@ -29,7 +29,8 @@ use crate::serve::ClientAddr;
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        // etcd's peer round-trip histogram: 16 buckets from 0.1 ms, each twice the last.
+        // etcd's peer round-trip histogram: 16 buckets from 0.1 ms, each twice the last; the
+        // same for unary call latency (go-grpc-prometheus's `grpc_server_handling_seconds`).
         let rtt_buckets: Vec<f64> = (0..16).map(|i| 0.0001 * f64::from(1u32 << i)).collect();
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
@@ -38,6 +39,14 @@ pub fn prometheus() -> &'static PrometheusHandle {
                 ),
                 &rtt_buckets,
             )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "grpc_server_handling_seconds".into(),
+                    ),
+                    &rtt_buckets,
+                )
+            })
             .map_or_else(
                 |_| PrometheusBuilder::new().build_recorder(),
                 PrometheusBuilder::build_recorder,

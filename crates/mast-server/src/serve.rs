@@ -181,6 +181,18 @@ impl Server {
         let node = Node::open(config, stop_rx.clone()).await?;
         node.spawn_lease_expiry();
         let mut tasks = Vec::new();
+        // The exporter keeps every histogram sample until it is drained: drain every 5 s, so
+        // memory stays flat when nobody scrapes /metrics.
+        let mut upkeep_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => crate::http::prometheus().run_upkeep(),
+                    _ = upkeep_stop.changed() => return,
+                }
+            }
+        }));
         let mut peer_addrs = Vec::new();
         for addr in node.config.listen_peer.clone() {
             let listener = tokio::net::TcpListener::bind(addr).await?;

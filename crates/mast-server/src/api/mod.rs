@@ -47,8 +47,8 @@ pub fn handled<T>(
     r.map(Response::new).map_err(Status::from)
 }
 
-/// Serves one unary call of `service`'s `method`: records it as started, runs `call` and
-/// answers through [`handled`], the one place its [`EtcdError`] becomes a [`Status`].
+/// Serves one unary call of `service`'s `method`: records it as started, runs `call`, records
+/// its latency (`grpc_server_handling_seconds`, seconds) and answers through [`handled`], the one place its [`EtcdError`] becomes a [`Status`].
 ///
 /// # Errors
 /// The call's error as a status.
@@ -58,7 +58,16 @@ pub async fn unary<T>(
     call: impl Future<Output = Result<T, EtcdError>>,
 ) -> Result<Response<T>, Status> {
     started(service, method, "unary");
-    handled(service, method, "unary", call.await)
+    let begun = std::time::Instant::now();
+    let r = call.await;
+    metrics::histogram!(
+        "grpc_server_handling_seconds",
+        "grpc_type" => "unary",
+        "grpc_service" => service,
+        "grpc_method" => method,
+    )
+    .record(begun.elapsed().as_secs_f64());
+    handled(service, method, "unary", r)
 }
 
 /// Records `grpc_server_handled_total` with an explicit code (for streams).
