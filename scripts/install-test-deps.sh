@@ -3,7 +3,8 @@
 #   - etcd-server, etcd-client (real etcd 3.4 + etcdctl, the reference server), dnsutils (dig)
 #   - protobuf-compiler and libprotobuf-dev (protoc and its well-known .proto files, for the
 #     etcd-client crate's build script)
-#   - node + npm, and tests/node's npm packages (the etcd3 client)
+#   - node + npm, tests/node's npm packages (the etcd3 client) and console/'s (esbuild,
+#     playwright-core, axe-core), and chromium (headless, for the console's browser tests)
 #   - python3 with venv, and tests/python's virtualenv (the Nacos gRPC client)
 #   - a JDK and Maven, and tests/java's classpath (the Java Nacos client)
 #   - r-nacos 0.8.8 (cargo install, a debug build in target/rnacos), for the Nacos
@@ -69,10 +70,13 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # dig: the DNS test asks Mast's DNS server with it.
 command -v dig >/dev/null 2>&1 || missing+=(dnsutils)
+# chromium: the console's end-to-end tests drive it headless through playwright-core (a
+# browser download by Playwright itself is not possible here).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 else
-  log "etcd, etcdctl, protoc, curl, openssl, dig: present"
+  log "etcd, etcdctl, protoc, curl, openssl, dig, chromium: present"
 fi
 
 # 2. Node.js and npm.
@@ -85,24 +89,22 @@ else
   log "node $(node --version), npm $(npm --version 2>/dev/null): present"
 fi
 
-# 3. tests/node's packages, only when node_modules is missing or older than the lockfile.
-# npm rewrites node_modules/.package-lock.json on every install: it is the stamp.
-stamp="$node_dir/node_modules/.package-lock.json"
-if [ -f "$node_dir/package-lock.json" ]; then
-  if [ ! -d "$node_dir/node_modules" ] || [ ! -f "$stamp" ] || [ "$node_dir/package-lock.json" -nt "$stamp" ]; then
-    log "npm ci in tests/node"
-    run_quiet "npm ci" bash -c 'cd "$1" && npm ci --no-audit --no-fund --loglevel=error' _ "$node_dir"
+# 3. npm packages of tests/node (the etcd3 and Nacos clients) and console/ (the console's
+# build tools and playwright-core + axe-core for its browser tests), each only when its
+# node_modules is missing or older than its lockfile. npm rewrites
+# node_modules/.package-lock.json on every install: it is the stamp.
+npm_deps() {
+  local dir="$1" name="$2"
+  local stamp="$dir/node_modules/.package-lock.json"
+  if [ ! -d "$dir/node_modules" ] || [ ! -f "$stamp" ] || [ "$dir/package-lock.json" -nt "$stamp" ]; then
+    log "npm ci in $name"
+    run_quiet "npm ci ($name)" bash -c 'cd "$1" && npm ci --no-audit --no-fund --loglevel=error' _ "$dir"
   else
-    log "tests/node/node_modules: up to date"
+    log "$name/node_modules: up to date"
   fi
-else
-  if [ ! -d "$node_dir/node_modules" ] || [ ! -f "$stamp" ] || [ "$node_dir/package.json" -nt "$stamp" ]; then
-    log "npm install in tests/node (no package-lock.json)"
-    run_quiet "npm install" bash -c 'cd "$1" && npm install --no-audit --no-fund --loglevel=error' _ "$node_dir"
-  else
-    log "tests/node/node_modules: up to date"
-  fi
-fi
+}
+npm_deps "$node_dir" tests/node
+npm_deps "$repo_root/console" console
 
 # 4. Go, and tests/go's modules (the etcd Go client) from the Go module proxy.
 command -v go >/dev/null 2>&1 || { echo "install-test-deps: Go 1.26+ is needed for tests/go" >&2; exit 1; }

@@ -26,4 +26,7 @@ echo "== node --test (seeds' etcd3 flows against Mast)"
 echo "== node --test seeds.test.mjs (the same flows against 3 members, every endpoint given)"
 (cd tests/node && NODE_TEST_MEMBERS=3 node --test seeds.test.mjs)
 
+echo "== console: types, bundle freshness, browser tests (headless chromium + axe-core)"
+(cd console && npx tsc --noEmit -p . && node --test tests/)
+
 echo "== disk: $(du -sh "$target_dir" 2>/dev/null | cut -f1) in $target_dir; $(df -h --output=avail "$target_dir" | tail -1 | tr -d ' ') free"

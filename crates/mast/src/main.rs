@@ -340,7 +340,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval.max(1));
     config.election_timeout = Duration::from_millis(args.election_timeout);
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "starting mast");
-    let mut server = Server::start_with(config, mast_registry::router).await?;
+    // One port: the etcd API, the registry and config API, and the web console at /ui/.
+    let mut server = Server::start_with(config, |node| {
+        mast_registry::router(node).merge(mast_console::router())
+    })
+    .await?;
     serve_nacos(&mut server, args.nacos_addr.as_deref()).await?;
     let dns = match args.dns_addr.trim() {
         "off" => None,

@@ -1,0 +1,216 @@
+// Services: each service with its instance and healthy counts and protection threshold; a
+// service's instances with weight / enabled edits that stick (stored as an operator override,
+// so a re-registering instance does not undo them) and the override cleared on demand.
+import { useState } from 'preact/hooks';
+import { mast, seg } from '../api';
+import { may, type Session } from '../session';
+import { ErrorLine, useLoad, when } from '../components';
+
+interface ServiceSummary {
+  name: string;
+  instances: number;
+  healthyInstances: number;
+  availableInstances?: number;
+}
+interface Instance {
+  id: string;
+  host: string;
+  port: number;
+  weight?: number;
+  enabled?: boolean;
+  healthy?: boolean;
+  healthDetail?: string;
+  ephemeral?: boolean;
+  metadata?: Record<string, string>;
+  registeredAt?: number;
+  ttl?: number;
+  /** Fields Mast does not model itself; an operator override keeps the instance's own
+   *  values here as `registered: {weight, enabled}`. */
+  extra?: { registered?: { weight?: number; enabled?: boolean }; healthDetail?: string };
+}
+
+function List() {
+  const [list, error] = useLoad(() => mast<{ services: ServiceSummary[] }>('GET', '/services'), []);
+  return (
+    <section aria-labelledby="services-title">
+      <h1 id="services-title">Services</h1>
+      <ErrorLine error={error} />
+      <div class="table-wrap">
+        <table>
+          <thead>
+            <tr>
+              <th scope="col">Service</th>
+              <th scope="col">Instances</th>
+              <th scope="col">Healthy</th>
+              <th scope="col">Available</th>
+            </tr>
+          </thead>
+          <tbody>
+            {(list?.services ?? []).map((s) => (
+              <tr key={s.name}>
+                <td>
+                  <a href={`#/services/${seg(s.name)}`}>{s.name}</a>
+                </td>
+                <td>{s.instances}</td>
+                <td class={s.healthyInstances < s.instances ? 'bad' : ''}>{s.healthyInstances}</td>
+                <td>{s.availableInstances ?? ''}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+      {list && list.services.length === 0 && <p class="hint">No services registered.</p>}
+    </section>
+  );
+}
+
+function Row(props: { service: string; inst: Instance; writable: boolean; onChanged: () => void }) {
+  const { inst, service } = props;
+  const [weight, setWeight] = useState(String(inst.weight ?? 1));
+  const [err, setErr] = useState<unknown>();
+  const registered = inst.extra?.registered;
+  const overridden = registered !== undefined;
+  const detail = inst.healthDetail ?? inst.extra?.healthDetail;
+  const base = `/services/${seg(service)}/instances/${seg(inst.id)}`;
+  async function patch(body: object) {
+    setErr(undefined);
+    try {
+      await mast('PATCH', base, body);
+      props.onChanged();
+    } catch (e) {
+      setErr(e);
+    }
+  }
+  async function clear() {
+    try {
+      await mast('DELETE', `${base}/override`);
+      props.onChanged();
+    } catch (e) {
+      setErr(e);
+    }
+  }
+  return (
+    <tr>
+      <td>
+        <code>{inst.id}</code>
+      </td>
+      <td>
+        {inst.host}:{inst.port}
+      </td>
+      <td>
+        <span class={`tag ${inst.healthy === false ? 'bad' : 'good'}`} title={detail}>
+          {inst.healthy === false ? 'unhealthy' : 'healthy'}
+        </span>
+      </td>
+      <td>
+        {props.writable ? (
+          <form
+            class="inline"
+            onSubmit={(e) => {
+              e.preventDefault();
+              patch({ weight: Number(weight) });
+            }}
+          >
+            <input
+              type="number"
+              min="0"
+              step="any"
+              value={weight}
+              aria-label={`Weight of ${inst.id}`}
+              onInput={(e) => setWeight((e.target as HTMLInputElement).value)}
+              class="narrow"
+            />
+            <button type="submit" class="ghost">
+              Set
+            </button>
+          </form>
+        ) : (
+          inst.weight
+        )}
+      </td>
+      <td>
+        {props.writable ? (
+          <input
+            type="checkbox"
+            checked={inst.enabled !== false}
+            aria-label={`${inst.id} enabled`}
+            onChange={(e) => patch({ enabled: (e.target as HTMLInputElement).checked })}
+          />
+        ) : inst.enabled === false ? (
+          'no'
+        ) : (
+          'yes'
+        )}
+      </td>
+      <td>{inst.ephemeral === false ? 'persistent' : `ephemeral${inst.ttl ? ` (TTL ${inst.ttl} s)` : ''}`}</td>
+      <td>{Object.entries(inst.metadata ?? {}).map(([k, v]) => `${k}=${v}`).join(', ')}</td>
+      <td>
+        {overridden && (
+          <>
+            <span class="tag" title={`registered with weight ${registered?.weight}, ${registered?.enabled === false ? 'disabled' : 'enabled'}`}>
+              operator override
+            </span>
+            {props.writable && (
+              <button type="button" class="ghost" onClick={clear}>
+                Clear
+              </button>
+            )}
+          </>
+        )}
+        <ErrorLine error={err} />
+      </td>
+      <td>{when(inst.registeredAt)}</td>
+    </tr>
+  );
+}
+
+function Detail(props: { session: Session; service: string }) {
+  const s = props.service;
+  const [n, setN] = useState(0);
+  const [list, error] = useLoad(
+    () => mast<{ instances: Instance[]; protectionThresholdReached?: boolean }>('GET', `/services/${seg(s)}/instances`),
+    [s, n],
+  );
+  const [settings] = useLoad(() => mast<{ protectThreshold?: number }>('GET', `/services/${seg(s)}`).catch(() => null), [s]);
+  const writable = may(props.session, 'write', `/services/${s}/`) || may(props.session, 'write', `/instance-overrides/${s}/`);
+  return (
+    <section aria-labelledby="service-title">
+      <p>
+        <a href="#/services">← Services</a>
+      </p>
+      <h1 id="service-title">{s}</h1>
+      <p class="meta">
+        Protection threshold {settings?.protectThreshold ?? 0}
+        {list?.protectionThresholdReached && <strong class="bad"> · reached: discovery answers every instance</strong>}
+      </p>
+      <ErrorLine error={error} />
+      <div class="table-wrap">
+        <table>
+          <thead>
+            <tr>
+              <th scope="col">Instance</th>
+              <th scope="col">Address</th>
+              <th scope="col">Health</th>
+              <th scope="col">Weight</th>
+              <th scope="col">Enabled</th>
+              <th scope="col">Kind</th>
+              <th scope="col">Metadata</th>
+              <th scope="col">Override</th>
+              <th scope="col">Registered</th>
+            </tr>
+          </thead>
+          <tbody>
+            {(list?.instances ?? []).map((i) => (
+              <Row key={`${i.id}-${i.weight}-${i.enabled}`} service={s} inst={i} writable={writable} onChanged={() => setN((x) => x + 1)} />
+            ))}
+          </tbody>
+        </table>
+      </div>
+    </section>
+  );
+}
+
+export function Services(props: { session: Session; path: string[] }) {
+  if (props.path[0]) return <Detail session={props.session} service={props.path.join('/')} />;
+  return <List />;
+}
