@@ -12,6 +12,7 @@ import { Keys } from './pages/keys';
 import { Configs } from './pages/configs';
 import { Services } from './pages/services';
 import { Events } from './pages/events';
+import { UsersPage } from './pages/users';
 
 /** The current route: the hash without `#/`, split at `?`. */
 function route(): { path: string[]; query: URLSearchParams } {
@@ -82,6 +83,7 @@ const PAGES: { id: string; title: string; prefix: string }[] = [
   { id: 'services', title: 'Services', prefix: '/services/' },
   { id: 'configs', title: 'Configs', prefix: '/configs/' },
   { id: 'events', title: 'Events', prefix: '' },
+  { id: 'users', title: 'Users', prefix: '' },
 ];
 
 function App() {
@@ -130,7 +132,7 @@ function App() {
   if (!session) return <main class="loading">{error ? <ErrorLine error={error} /> : 'Loading…'}</main>;
 
   const page = r.path[0] || 'overview';
-  const visible = PAGES.filter((p) => !p.prefix || mayUnder(session, 'read', p.prefix));
+  const visible = PAGES.filter((p) => (p.id === 'users' ? session.root : !p.prefix || mayUnder(session, 'read', p.prefix)));
   const toggle = () => {
     const t = theme === 'dark' ? 'light' : 'dark';
     localStorage.setItem('mast.theme', t);
@@ -168,6 +170,7 @@ function App() {
         {page === 'services' && <Services session={session} path={r.path.slice(1)} />}
         {page === 'configs' && <Configs session={session} path={r.path.slice(1)} query={r.query} />}
         {page === 'events' && <Events session={session} query={r.query} />}
+        {page === 'users' && session.root && <UsersPage session={session} />}
         {!PAGES.some((p) => p.id === page) && <p>No page “{page}”.</p>}
       </main>
     </>

@@ -182,16 +182,33 @@ test("an instance's weight changed in the console is what discovery answers", as
   assert.equal(found.body.instances[0].weight, 5);
 });
 
-test('a read-only user sees a console without edits', async () => {
-  await ctl(['user', 'add', 'viewer:viewer-pw']);
-  await ctl(['role', 'add', 'configs-read']);
-  await ctl(['role', 'grant-permission', 'configs-read', '--prefix=true', 'read', '/config']);
-  await ctl(['user', 'grant-role', 'viewer', 'configs-read']);
+test('a user with a read-only role, made in the console, sees a console without edits', async () => {
+  await page.goto(`${server.url}/ui/#/users`);
+  await page.getByLabel('New role').fill('configs-read');
+  await page.getByRole('button', { name: 'Add role' }).click();
+  await page.getByRole('button', { name: 'configs-read' }).click();
+  await page.getByLabel('Permission type').selectOption('READ');
+  await page.getByLabel('Key', { exact: true }).fill('/config');
+  await page.getByRole('button', { name: 'Grant permission' }).click();
+  await page.getByText('/config* (prefix)').waitFor();
+  await page.getByLabel('New user').fill('viewer');
+  await page.getByLabel('Password', { exact: true }).fill('viewer-pw');
+  await page.getByRole('button', { name: 'Add user' }).click();
+  await page.getByRole('button', { name: 'viewer', exact: true }).click();
+  await page.getByLabel('Role to grant').selectOption('configs-read');
+  await page.getByRole('button', { name: 'Grant role' }).click();
+  await page.getByRole('button', { name: 'Revoke configs-read' }).waitFor();
+  await check('users');
+  // What etcdctl sees is what the console made.
+  assert.match(await ctl(['user', 'get', 'viewer']), /Roles: configs-read/);
+  assert.match(await ctl(['role', 'get', 'configs-read']), /\[\/config, \/confih\)/);
+
   await page.getByRole('button', { name: 'Sign out' }).click();
   await signIn('viewer', 'viewer-pw');
   const nav = page.getByRole('navigation', { name: 'Sections' });
   await nav.getByRole('link', { name: 'Configs' }).waitFor();
   assert.equal(await nav.getByRole('link', { name: 'Services' }).count(), 0, 'no services section');
+  assert.equal(await nav.getByRole('link', { name: 'Users' }).count(), 0, 'no users section');
   await nav.getByRole('link', { name: 'Configs' }).click();
   await page.getByRole('link', { name: 'app.json' }).click();
   await page.getByTestId('config-meta').waitFor();

@@ -173,7 +173,7 @@ function Editor(props: {
       <div class="inline">
         <label>
           Format{' '}
-          <select value={format} onChange={(e) => setFormat((e.target as HTMLSelectElement).value)} disabled={!writable}>
+          <select aria-label="Format" value={format} onChange={(e) => setFormat((e.target as HTMLSelectElement).value)} disabled={!writable}>
             {FORMATS.map((f) => (
               <option value={f}>{f}</option>
             ))}
