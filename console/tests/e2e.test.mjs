@@ -169,6 +169,37 @@ test('diff two versions, roll back', async () => {
   assert.equal(now.body.version, 3);
 });
 
+test('a gray release started in the console reaches only its clients, then is promoted', async () => {
+  await page.goto(`${server.url}/ui/#/configs/public/DEFAULT_GROUP/app.json`);
+  await page.getByTestId('config-meta').filter({ hasText: 'version 3' }).waitFor();
+  await page.getByText('No client has reported this config.').waitFor();
+  await page.getByText('Start a gray release').click();
+  await page.getByLabel('Name', { exact: true }).fill('canary');
+  await page.getByLabel('Rule type').selectOption('labels');
+  await page.getByLabel('Rule value').fill('canary=true');
+  const editor = page.getByRole('textbox', { name: 'Content of the gray release' });
+  await editor.click();
+  await page.keyboard.press('Control+a');
+  await page.keyboard.insertText('{"port": 7070, "debug": true}');
+  await page.getByRole('button', { name: 'Start gray release' }).click();
+  await page.getByRole('button', { name: 'Promote canary' }).waitFor();
+  await check('config-gray');
+  // A canary client gets the gray; any other client the normal version.
+  const canary = await api('GET', '/configs/public/DEFAULT_GROUP/app.json?clientId=c1&labels=canary%3Dtrue');
+  assert.deepEqual(JSON.parse(canary.body.content), { port: 7070, debug: true });
+  const other = await api('GET', '/configs/public/DEFAULT_GROUP/app.json?clientId=c2&labels=canary%3Dfalse');
+  assert.deepEqual(JSON.parse(other.body.content), { port: 8080, debug: true });
+
+  page.once('dialog', (d) => d.accept());
+  await page.getByRole('button', { name: 'Promote canary' }).click();
+  // History: 4 is the gray's publish, 5 its promotion.
+  await page.getByTestId('config-meta').filter({ hasText: 'version 5' }).waitFor();
+  await page.getByRole('cell', { name: 'gray-promote' }).waitFor();
+  await page.getByText('No gray release').waitFor();
+  const now = await api('GET', '/configs/public/DEFAULT_GROUP/app.json');
+  assert.deepEqual(JSON.parse(now.body.content), { port: 7070, debug: true });
+});
+
 test("an instance's weight changed in the console is what discovery answers", async () => {
   const r = await api('POST', '/services/orders/instances', { id: 'o1', host: '10.0.0.1', port: 8080, ttl: 60 });
   assert.equal(r.status, 201, JSON.stringify(r.body));

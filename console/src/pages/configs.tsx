@@ -8,6 +8,7 @@ import { ApiError, mast, seg } from '../api';
 import { may, mayUnder, type Session } from '../session';
 import { Code, Diff, Dialog, ErrorLine, useLoad, when } from '../components';
 import { clearErrors, showError } from '../editor';
+import { GrayPanel, RolloutPanel } from './gray';
 
 interface Summary {
   namespace: string;
@@ -35,36 +36,53 @@ interface HistoryItem {
 }
 
 const FORMATS = ['text', 'json', 'yaml', 'toml', 'properties', 'xml', 'html'];
-const LIST_SHOWN = 200;
+const PAGE_SIZE = 50;
 
 const path = (ns: string, g: string, id: string) => `/configs/${seg(ns)}/${seg(g)}/${seg(id)}`;
 const href = (ns: string, g: string, id: string) => `#/configs/${seg(ns)}/${seg(g)}/${seg(id)}`;
 /** The etcd key a config's content lives at (what permissions name). */
 const contentKey = (ns: string, g: string, id: string) => `/configs/${ns}/${g}/${id}`;
 
+const MODES: [string, string][] = [
+  ['search', 'Data id contains'],
+  ['dataIdPrefix', 'Data id starts with'],
+  ['dataId', 'Data id is'],
+  ['content', 'Content contains'],
+];
+
 function List(props: { session: Session; query: URLSearchParams }) {
   const q = props.query;
   const ns = q.get('namespace') ?? '';
   const group = q.get('group') ?? '';
-  const search = q.get('search') ?? '';
+  const mode = MODES.some(([m]) => m === q.get('mode')) ? q.get('mode')! : 'search';
+  const text = q.get('q') ?? '';
+  const page = Math.max(0, Number(q.get('page') ?? 0) || 0);
   const [list, error] = useLoad(() => {
-    const p = new URLSearchParams();
+    const p = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(page * PAGE_SIZE) });
     if (ns) p.set('namespace', ns);
     if (group) p.set('group', group);
-    if (search) p.set('search', search);
-    return mast<{ configs: Summary[] }>('GET', `/configs?${p}`);
-  }, [ns, group, search]);
+    if (text) p.set(mode, text);
+    return mast<{ configs: Summary[]; total: number }>('GET', `/configs?${p}`);
+  }, [ns, group, mode, text, page]);
+  function go(next: Record<string, string>) {
+    const p = new URLSearchParams();
+    const all = { namespace: ns, group, mode, q: text, page: '0', ...next };
+    for (const [k, v] of Object.entries(all)) if (v && !(k === 'page' && v === '0') && !(k === 'mode' && v === 'search')) p.set(k, v);
+    location.hash = `#/configs?${p}`;
+  }
   function filter(e: Event) {
     e.preventDefault();
     const f = new FormData(e.target as HTMLFormElement);
-    const p = new URLSearchParams();
-    for (const k of ['namespace', 'group', 'search']) {
-      const v = String(f.get(k) ?? '').trim();
-      if (v) p.set(k, v);
-    }
-    location.hash = `#/configs?${p}`;
+    go({
+      namespace: String(f.get('namespace') ?? '').trim(),
+      group: String(f.get('group') ?? '').trim(),
+      mode: String(f.get('mode') ?? 'search'),
+      q: String(f.get('q') ?? ''),
+    });
   }
   const configs = list?.configs ?? [];
+  const total = list?.total ?? 0;
+  const pages = Math.max(1, Math.ceil(total / PAGE_SIZE));
   return (
     <section aria-labelledby="configs-title">
       <h1 id="configs-title">Configs</h1>
@@ -75,9 +93,12 @@ function List(props: { session: Session; query: URLSearchParams }) {
         <label>
           Group <input name="group" value={group} />
         </label>
-        <label>
-          Data id contains <input name="search" value={search} />
-        </label>
+        <select name="mode" aria-label="Search by" value={mode}>
+          {MODES.map(([m, label]) => (
+            <option value={m}>{label}</option>
+          ))}
+        </select>
+        <input name="q" value={text} aria-label="Search text" />
         <button type="submit">Search</button>
         {mayUnder(props.session, 'write', '/configs/') && (
           <a class="button" href="#/configs/new">
@@ -99,8 +120,8 @@ function List(props: { session: Session; query: URLSearchParams }) {
               <th scope="col">By</th>
             </tr>
           </thead>
-          <tbody>
-            {configs.slice(0, LIST_SHOWN).map((c) => (
+          <tbody data-testid="config-rows">
+            {configs.map((c) => (
               <tr key={`${c.namespace}/${c.group}/${c.dataId}`}>
                 <td>
                   <a href={href(c.namespace, c.group, c.dataId)}>{c.dataId}</a>
@@ -116,7 +137,19 @@ function List(props: { session: Session; query: URLSearchParams }) {
           </tbody>
         </table>
       </div>
-      {list && <p class="hint">{configs.length > LIST_SHOWN ? `First ${LIST_SHOWN} of ${configs.length}: narrow the search.` : `${configs.length} configs.`}</p>}
+      {list && (
+        <nav class="inline" aria-label="Pages">
+          <button type="button" class="ghost" disabled={page === 0} onClick={() => go({ page: String(page - 1) })}>
+            Previous
+          </button>
+          <span data-testid="config-total">
+            {total} configs · page {Math.min(page + 1, pages)} of {pages}
+          </span>
+          <button type="button" class="ghost" disabled={page + 1 >= pages} onClick={() => go({ page: String(page + 1) })}>
+            Next
+          </button>
+        </nav>
+      )}
     </section>
   );
 }
@@ -334,6 +367,16 @@ function Detail(props: { session: Session; ns: string; group: string; dataId: st
             </p>
           )}
           <Editor key={`${cfg?.version}`} session={props.session} id={{ ns, group, dataId }} current={cfg} onPublished={() => setN((x) => x + 1)} />
+          {cfg && <RolloutPanel base={path(ns, group, dataId)} version={cfg.version} />}
+          {cfg && (
+            <GrayPanel
+              base={path(ns, group, dataId)}
+              format={cfg.format}
+              content={cfg.content}
+              writable={may(props.session, 'write', contentKey(ns, group, dataId))}
+              onChanged={() => setN((x) => x + 1)}
+            />
+          )}
           {cfg && <History session={props.session} ns={ns} group={group} dataId={dataId} current={cfg} onChanged={() => setN((x) => x + 1)} />}
         </>
       )}

@@ -155,9 +155,15 @@ impl ClientQuery {
 pub struct ConfigList {
     /// Revision the list was read at.
     pub revision: i64,
-    /// Configs by namespace, group, data id.
+    /// How many configs match the filters (the page is `configs`).
+    pub total: usize,
+    /// Configs by namespace, group, data id: the page `offset .. offset + limit` of the
+    /// matching ones.
     pub configs: Vec<ConfigSummary>,
 }
+
+/// Most configs one page of `GET /mast/v1/configs` answers.
+pub const MAX_PAGE: usize = 1000;
 
 /// Filters of the config list.
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +175,16 @@ pub struct ConfigFilter {
     pub group: Option<String>,
     /// Only data ids containing this text.
     pub search: Option<String>,
+    /// Only this data id.
+    pub data_id: Option<String>,
+    /// Only data ids starting with this text.
+    pub data_id_prefix: Option<String>,
+    /// Only configs whose content contains this text (reads every candidate's content).
+    pub content: Option<String>,
+    /// Configs per page, 1 to 1000 (default: every matching config).
+    pub limit: Option<usize>,
+    /// Matching configs to skip before the page (default 0).
+    pub offset: Option<usize>,
 }
 
 fn double_option<'de, D: Deserializer<'de>>(
@@ -566,7 +582,12 @@ fn parse_meta(kv: Option<&KeyValue>) -> Option<ConfigMeta> {
     kv.and_then(|kv| serde_json::from_slice(&kv.value).ok())
 }
 
-/// `GET /mast/v1/configs?namespace=&group=&search=`.
+/// `GET /mast/v1/configs?namespace=&group=&search=&dataId=&dataIdPrefix=&content=&limit=&offset=`:
+/// the configs the caller may read that match every filter given, sorted by namespace, group
+/// and data id; `total` counts them all, `configs` holds the page.
+///
+/// # Errors
+/// 400 for a bad namespace or group name or a `limit` outside 1–1000; auth errors.
 pub async fn list(
     State(st): State<AppState>,
     Call(caller): Call,
@@ -586,8 +607,20 @@ pub async fn list(
         (Some(ns), None) => format!("{ns}/"),
         _ => String::new(),
     };
-    let contents =
-        etcd::range_prefix(node, &caller, &format!("{CONTENT_PREFIX}{suffix}"), 0, true).await?;
+    if let Some(l) = f.limit
+        && !(1..=MAX_PAGE).contains(&l)
+    {
+        return Err(ApiError::bad_request("limit must be 1 to 1000"));
+    }
+    let content = f.content.filter(|s| !s.is_empty());
+    let contents = etcd::range_prefix(
+        node,
+        &caller,
+        &format!("{CONTENT_PREFIX}{suffix}"),
+        0,
+        content.is_none(),
+    )
+    .await?;
     let revision = etcd::revision_of(&contents);
     let metas = etcd::range_prefix(
         node,
@@ -597,17 +630,17 @@ pub async fn list(
         false,
     )
     .await?;
-    let metas: BTreeMap<ConfigId, ConfigMeta> = metas
+    // Parsed only for the configs on the page.
+    let metas: BTreeMap<ConfigId, &KeyValue> = metas
         .kvs
         .iter()
-        .filter_map(|kv| {
-            let (id, _) = ConfigId::parse_key(&kv.key)?;
-            Some((id, parse_meta(Some(kv))?))
-        })
+        .filter_map(|kv| Some((ConfigId::parse_key(&kv.key)?.0, kv)))
         .collect();
-    let configs = contents
+    let content = content.as_deref().map(str::as_bytes);
+    let matching: Vec<(ConfigId, i64)> = contents
         .kvs
         .iter()
+        .filter(|kv| content.is_none_or(|c| contains(&kv.value, c)))
         .filter_map(|kv| {
             let (id, _) = ConfigId::parse_key(&kv.key)?;
             Some((id, kv.mod_revision))
@@ -618,9 +651,33 @@ pub async fn list(
                 .as_ref()
                 .is_none_or(|s| id.data_id.contains(s.as_str()))
         })
-        .map(|(id, rev)| ConfigSummary::new(&id, metas.get(&id), rev))
+        .filter(|(id, _)| f.data_id.as_ref().is_none_or(|d| &id.data_id == d))
+        .filter(|(id, _)| {
+            f.data_id_prefix
+                .as_ref()
+                .is_none_or(|p| id.data_id.starts_with(p.as_str()))
+        })
         .collect();
-    Ok(Json(ConfigList { revision, configs }))
+    let total = matching.len();
+    let configs = matching
+        .into_iter()
+        .skip(f.offset.unwrap_or(0))
+        .take(f.limit.unwrap_or(usize::MAX))
+        .map(|(id, rev)| {
+            let meta = parse_meta(metas.get(&id).copied());
+            ConfigSummary::new(&id, meta.as_ref(), rev)
+        })
+        .collect();
+    Ok(Json(ConfigList {
+        revision,
+        total,
+        configs,
+    }))
+}
+
+/// Whether `needle` occurs in `hay` (bytes; a config's content need not be UTF-8 for etcd).
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// `GET /mast/v1/configs/{namespace}/{group}/{dataId}`.

@@ -2394,3 +2394,83 @@ async fn event_streams_carry_the_clients_gray_version() {
     assert!(e.data.get("gray").is_none(), "{e:?}");
     t.stop().await;
 }
+
+/// The config list is searched by exact data id, prefix, substring and content, and paged
+/// (`total` counts every match), as the console asks for it with tens of thousands of configs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_list_searches_and_pages() {
+    let t = TestServer::start().await;
+    for i in 0..25 {
+        let id = if i % 5 == 0 {
+            format!("db-{i:02}.yaml")
+        } else {
+            format!("app-{i:02}.yaml")
+        };
+        let content = if i == 7 {
+            "needle: here\n".to_string()
+        } else {
+            format!("n: {i}\n")
+        };
+        let (s, v) = t
+            .call(
+                Method::PUT,
+                &format!("{CFG}/{id}"),
+                Some(json!({"content": content})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let ids = |v: &Value| -> Vec<String> {
+        v["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["dataId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, v) = t
+        .get("/mast/v1/configs?namespace=dev&limit=10&offset=0")
+        .await;
+    assert_eq!((v["total"].clone(), ids(&v).len()), (json!(25), 10), "{v}");
+    assert_eq!(ids(&v)[0], "app-01.yaml");
+    let (_, last) = t
+        .get("/mast/v1/configs?namespace=dev&limit=10&offset=20")
+        .await;
+    assert_eq!(ids(&last).len(), 5, "{last}");
+    assert_eq!(ids(&last)[4], "db-20.yaml");
+    let (_, v) = t
+        .get("/mast/v1/configs?namespace=dev&dataIdPrefix=db-")
+        .await;
+    assert_eq!(
+        ids(&v),
+        [
+            "db-00.yaml",
+            "db-05.yaml",
+            "db-10.yaml",
+            "db-15.yaml",
+            "db-20.yaml"
+        ]
+    );
+    assert_eq!(v["total"], 5);
+    let (_, v) = t.get("/mast/v1/configs?dataId=app-07.yaml").await;
+    assert_eq!(ids(&v), ["app-07.yaml"]);
+    let (_, v) = t.get("/mast/v1/configs?dataId=app-07").await;
+    assert_eq!(v["total"], 0, "dataId is exact");
+    let (_, v) = t.get("/mast/v1/configs?content=needle").await;
+    assert_eq!(ids(&v), ["app-07.yaml"]);
+    assert_eq!(
+        v["configs"][0]["version"], 1,
+        "the page carries its metadata"
+    );
+    let (_, v) = t.get("/mast/v1/configs?search=-0&content=needle").await;
+    assert_eq!(ids(&v), ["app-07.yaml"], "both filters apply");
+    let (_, v) = t.get("/mast/v1/configs?search=-1&content=needle").await;
+    assert_eq!(v["total"], 0, "{v}");
+    let (s, v) = t.get("/mast/v1/configs?limit=0").await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+        "{v}"
+    );
+    t.stop().await;
+}
