@@ -368,5 +368,6 @@ plot="$(dirname "$out_md")/benchmarks.svg"
 "$bench_bin" report --results "$results" --out "$out_md" --plot "$plot" \
   --include benchmarks/cluster.md --include benchmarks/nacos.md \
   --include benchmarks/soak.md --include benchmarks/crash-loop.md --include benchmarks/fuzz.md \
+  --include benchmarks/console.md \
   --include benchmarks/notes.md
 log "results in $results; wrote $out_md and $plot"

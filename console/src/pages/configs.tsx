@@ -86,19 +86,19 @@ function List(props: { session: Session; query: URLSearchParams }) {
   return (
     <section aria-labelledby="configs-title">
       <h1 id="configs-title">Configs</h1>
-      <form class="inline" role="search" onSubmit={filter}>
+      <form class="inline" role="search" onSubmit={filter} key={`${ns}|${group}|${mode}|${text}`}>
         <label>
-          Namespace <input name="namespace" value={ns} />
+          Namespace <input name="namespace" defaultValue={ns} />
         </label>
         <label>
-          Group <input name="group" value={group} />
+          Group <input name="group" defaultValue={group} />
         </label>
-        <select name="mode" aria-label="Search by" value={mode}>
+        <select name="mode" aria-label="Search by" defaultValue={mode}>
           {MODES.map(([m, label]) => (
             <option value={m}>{label}</option>
           ))}
         </select>
-        <input name="q" value={text} aria-label="Search text" />
+        <input name="q" defaultValue={text} aria-label="Search text" />
         <button type="submit">Search</button>
         {mayUnder(props.session, 'write', '/configs/') && (
           <a class="button" href="#/configs/new">

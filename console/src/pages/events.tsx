@@ -75,6 +75,7 @@ export function Events(props: { session: Session; query: URLSearchParams }) {
       <h1 id="events-title">Events</h1>
       <form
         class="inline"
+        key={`${prefix}|${from}`}
         onSubmit={(e) => {
           e.preventDefault();
           const f = new FormData(e.target as HTMLFormElement);
@@ -84,10 +85,10 @@ export function Events(props: { session: Session; query: URLSearchParams }) {
         }}
       >
         <label>
-          Prefix <input name="prefix" value={prefix} />
+          Prefix <input name="prefix" defaultValue={prefix} />
         </label>
         <label>
-          From revision <input name="revision" value={from} inputMode="numeric" pattern="[0-9]*" placeholder="now" class="narrow" />
+          From revision <input name="revision" defaultValue={from} inputMode="numeric" pattern="[0-9]*" placeholder="now" class="narrow" />
         </label>
         <button type="submit">Watch</button>
       </form>

@@ -270,12 +270,12 @@ export function Keys(props: { session: Session; query: URLSearchParams }) {
           </>
         ))}
       </nav>
-      <form class="inline" onSubmit={(e) => {
+      <form class="inline" key={prefix} onSubmit={(e) => {
         e.preventDefault();
         go(String(new FormData(e.target as HTMLFormElement).get('prefix')));
       }}>
         <label>
-          Prefix <input name="prefix" value={prefix} />
+          Prefix <input name="prefix" defaultValue={prefix} />
         </label>
         <button type="submit">Go</button>
       </form>
@@ -306,9 +306,9 @@ export function Keys(props: { session: Session; query: URLSearchParams }) {
       {props.session.root || props.session.perms.some((p) => p.write) ? (
         <details>
           <summary>Put a key</summary>
-          <form onSubmit={create} class="stack">
+          <form onSubmit={create} class="stack" key={prefix}>
             <label>
-              Key <input name="key" ref={newKey} value={prefix} required />
+              Key <input name="key" ref={newKey} defaultValue={prefix} required />
             </label>
             <label>
               Value <textarea name="value" rows={3} />
