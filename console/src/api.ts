@@ -157,3 +157,23 @@ export async function gwStream(
     }
   }
 }
+
+/** Calls `/mast/v1/…` with a raw body (a zip) and answers the JSON reply. */
+export async function mastRaw<T = any>(method: string, path: string, body: Blob, type: string): Promise<T> {
+  const h = headers(false);
+  h['Content-Type'] = type;
+  const r = await fetch(`/mast/v1${path}`, { method, headers: h, body });
+  return answer<T>(r);
+}
+
+/** GETs `/mast/v1/…` as a file and hands it to the browser as a download named `name`. */
+export async function download(path: string, name: string): Promise<void> {
+  const r = await fetch(`/mast/v1${path}`, { headers: headers(false) });
+  if (!r.ok) await answer(r);
+  const url = URL.createObjectURL(await r.blob());
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}

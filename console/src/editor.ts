@@ -1,7 +1,7 @@
 // The code editor and the diff view: CodeMirror 6 (`codemirror`'s basic setup, JSON / YAML
 // modes, the lint gutter for errors, and @codemirror/merge for diffs).
 import { EditorView, basicSetup } from 'codemirror';
-import { EditorState, type Extension } from '@codemirror/state';
+import { EditorState, Prec, type Extension } from '@codemirror/state';
 import { json } from '@codemirror/lang-json';
 import { yaml } from '@codemirror/lang-yaml';
 import { linter, lintGutter, setDiagnostics, type Diagnostic } from '@codemirror/lint';
@@ -34,6 +34,20 @@ export function guessFormat(text: string): string {
   return 'text';
 }
 
+/** One Dark on a darker ground: its coral (property names) is 4.4:1 on One Dark's own
+ *  #282c34, 5:1 on #16191d, so every token passes WCAG AA; the active line is marked in the
+ *  gutter only, for the same reason. */
+const darkActiveLine = Prec.highest(
+  EditorView.theme(
+    {
+      '&': { backgroundColor: '#16191d' },
+      '.cm-gutters': { backgroundColor: '#16191d' },
+      '.cm-activeLine': { backgroundColor: 'transparent' },
+    },
+    { dark: true },
+  ),
+);
+
 function dark(): boolean {
   return document.documentElement.dataset.theme === 'dark';
 }
@@ -46,7 +60,7 @@ function base(format: string | undefined, label: string, readOnly: boolean): Ext
     EditorState.readOnly.of(readOnly),
     EditorView.editable.of(!readOnly),
     EditorView.contentAttributes.of({ 'aria-label': label }),
-    dark() ? oneDark : [],
+    dark() ? [oneDark, darkActiveLine] : [],
   ];
 }
 

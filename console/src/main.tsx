@@ -86,6 +86,10 @@ const PAGES: { id: string; title: string; prefix: string }[] = [
   { id: 'users', title: 'Users', prefix: '' },
 ];
 
+// Before the first render: editors read the theme when they are made (child effects run
+// before the shell's).
+document.documentElement.dataset.theme = initialTheme();
+
 function App() {
   const [theme, setTheme] = useState(initialTheme);
   const [session, setSession] = useState<Session | null>(null);
@@ -164,7 +168,7 @@ function App() {
           )}
         </span>
       </header>
-      <main id="main" tabIndex={-1}>
+      <main id="main" tabIndex={-1} key={theme}>
         {page === 'overview' && <Overview session={session} />}
         {page === 'keys' && <Keys session={session} query={r.query} />}
         {page === 'services' && <Services session={session} path={r.path.slice(1)} />}

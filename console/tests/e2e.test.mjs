@@ -200,6 +200,32 @@ test('a gray release started in the console reaches only its clients, then is pr
   assert.deepEqual(JSON.parse(now.body.content), { port: 7070, debug: true });
 });
 
+test('configs exported as a Nacos zip, imported into another namespace and cloned, in the console', async () => {
+  await page.goto(`${server.url}/ui/#/configs?namespace=public`);
+  await page.getByText('Export, import, clone').click();
+  const [file] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: /Export public as a Nacos zip/ }).click()]);
+  assert.equal(file.suggestedFilename(), 'nacos_config_export_public.zip');
+  const zipPath = path.join(out, 'export.zip');
+  await file.saveAs(zipPath);
+  await page.getByLabel('Zip to import').setInputFiles(zipPath);
+  await page.getByLabel('Import into namespace').fill('imported');
+  await page.getByRole('button', { name: 'Import', exact: true }).click();
+  await page.getByTestId('transfer-result').filter({ hasText: '1 written, 0 skipped, 0 refused' }).waitFor();
+  // Again with "import nothing": the conflict is shown, nothing changes.
+  await page.getByRole('button', { name: 'Import', exact: true }).click();
+  await page.getByRole('alert').filter({ hasText: 'exist in imported already' }).waitFor();
+  await page.getByLabel('Clone to namespace').fill('cloned');
+  await page.getByRole('button', { name: 'Clone', exact: true }).click();
+  await page.getByTestId('transfer-result').filter({ hasText: '1 written' }).waitFor();
+  await check('config-transfer');
+  for (const ns of ['imported', 'cloned']) {
+    const c = await api('GET', `/configs/${ns}/DEFAULT_GROUP/app.json`);
+    assert.equal(c.status, 200, `${ns}: ${JSON.stringify(c.body)}`);
+    assert.deepEqual(JSON.parse(c.body.content), { port: 7070, debug: true });
+    assert.equal(c.body.format, 'json');
+  }
+});
+
 test("an instance's weight changed in the console is what discovery answers", async () => {
   const r = await api('POST', '/services/orders/instances', { id: 'o1', host: '10.0.0.1', port: 8080, ttl: 60 });
   assert.equal(r.status, 201, JSON.stringify(r.body));
@@ -241,7 +267,7 @@ test('a user with a read-only role, made in the console, sees a console without 
   assert.equal(await nav.getByRole('link', { name: 'Services' }).count(), 0, 'no services section');
   assert.equal(await nav.getByRole('link', { name: 'Users' }).count(), 0, 'no users section');
   await nav.getByRole('link', { name: 'Configs' }).click();
-  await page.getByRole('link', { name: 'app.json' }).click();
+  await page.getByRole('row').filter({ hasText: 'public' }).getByRole('link', { name: 'app.json' }).click();
   await page.getByTestId('config-meta').waitFor();
   assert.equal(await page.getByRole('button', { name: 'Publish…' }).count(), 0, 'no publish button');
   assert.equal(await page.getByRole('button', { name: /Roll back/ }).count(), 0, 'no rollback');
@@ -256,4 +282,32 @@ test('the events page shows a change made by etcdctl', async () => {
   await ctl(['put', '/feature/flags', 'on']);
   await page.getByTestId('events').getByText('put /feature/flags').waitFor();
   await check('events');
+});
+
+test('at phone width, in the dark theme, the pages stay usable and accessible', async () => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.goto(`${server.url}/ui/#/overview`);
+  await page.getByRole('button', { name: 'Switch to dark theme' }).click();
+  assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark');
+  for (const [name, hash, ready] of [
+    ['phone-overview', '#/overview', () => page.getByRole('cell', { name: 'leader' }).waitFor()],
+    ['phone-configs', '#/configs/public/DEFAULT_GROUP/app.json', () => page.getByTestId('config-meta').waitFor()],
+    ['phone-services', '#/services/orders', () => page.getByLabel('Weight of o1').waitFor()],
+  ]) {
+    // A fresh load at this width, as a phone opens it.
+    await page.goto(`${server.url}/ui/${hash}`);
+    await page.reload();
+    await ready();
+    // Nothing wider than the screen but the tables' own scrolling boxes.
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    const wide = await page.evaluate(() =>
+      [...document.querySelectorAll('body *')]
+        .filter((e) => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1 && !e.parentElement?.closest('.table-wrap'))
+        .slice(0, 5)
+        .map((e) => `${e.tagName.toLowerCase()}.${e.className} ${Math.round(e.getBoundingClientRect().width)}`),
+    );
+    assert.ok(overflow <= 1, `${name}: the page is ${overflow}px wider than the screen: ${wide.join(', ')}`);
+    await check(name);
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
 });

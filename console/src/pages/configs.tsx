@@ -4,7 +4,7 @@
 // versions; rollback as a new version.
 import { useRef, useState } from 'preact/hooks';
 import type { EditorView } from 'codemirror';
-import { ApiError, mast, seg } from '../api';
+import { ApiError, download, mast, mastRaw, seg } from '../api';
 import { may, mayUnder, type Session } from '../session';
 import { Code, Diff, Dialog, ErrorLine, useLoad, when } from '../components';
 import { clearErrors, showError } from '../editor';
@@ -49,6 +49,99 @@ const MODES: [string, string][] = [
   ['dataId', 'Data id is'],
   ['content', 'Content contains'],
 ];
+
+interface ImportResult {
+  succeeded: number;
+  skipped: string[];
+  failed: { group: string; dataId: string; error: string }[];
+}
+
+/** Export (Nacos's zip layout), import of such a zip, clone to another namespace. */
+function Transfer(props: { session: Session; ns: string; group: string }) {
+  const ns = props.ns || 'public';
+  const [result, setResult] = useState<ImportResult | null>(null);
+  const [error, setError] = useState<unknown>();
+  const writable = mayUnder(props.session, 'write', '/configs/');
+  const sel = new URLSearchParams({ namespace: ns });
+  if (props.group) sel.set('group', props.group);
+  async function run(f: () => Promise<ImportResult>) {
+    setError(undefined);
+    setResult(null);
+    try {
+      setResult(await f());
+    } catch (e) {
+      setError(e);
+    }
+  }
+  return (
+    <details>
+      <summary>Export, import, clone</summary>
+      <div class="stack wide">
+        <p>
+          <button type="button" onClick={() => download(`/configs/export?${sel}`, `nacos_config_export_${ns}.zip`).catch(setError)}>
+            Export {ns}
+            {props.group ? ` / ${props.group}` : ''} as a Nacos zip
+          </button>
+        </p>
+        {writable && (
+          <form
+            class="inline"
+            onSubmit={(e) => {
+              e.preventDefault();
+              const f = new FormData(e.target as HTMLFormElement);
+              const file = f.get('file') as File;
+              const q = new URLSearchParams({ namespace: String(f.get('namespace') || ns), policy: String(f.get('policy')) });
+              run(() => mastRaw<ImportResult>('POST', `/configs/import?${q}`, file, 'application/zip'));
+            }}
+          >
+            <label>
+              Zip to import <input type="file" name="file" accept=".zip,application/zip" required />
+            </label>
+            <label>
+              into namespace <input name="namespace" defaultValue={ns} class="narrow" aria-label="Import into namespace" />
+            </label>
+            <select name="policy" aria-label="When a config exists">
+              <option value="abort">when one exists: import nothing</option>
+              <option value="skip">when one exists: skip it</option>
+              <option value="overwrite">when one exists: new version</option>
+            </select>
+            <button type="submit">Import</button>
+          </form>
+        )}
+        {writable && (
+          <form
+            class="inline"
+            onSubmit={(e) => {
+              e.preventDefault();
+              const f = new FormData(e.target as HTMLFormElement);
+              const from: Record<string, string> = { namespace: ns };
+              if (props.group) from.group = props.group;
+              run(() => mast<ImportResult>('POST', '/configs/clone', { from, toNamespace: String(f.get('to')), policy: String(f.get('policy')) }));
+            }}
+          >
+            <label>
+              Clone {ns}
+              {props.group ? ` / ${props.group}` : ''} to namespace <input name="to" required class="narrow" aria-label="Clone to namespace" />
+            </label>
+            <select name="policy" aria-label="When a cloned config exists">
+              <option value="abort">when one exists: clone nothing</option>
+              <option value="skip">when one exists: skip it</option>
+              <option value="overwrite">when one exists: new version</option>
+            </select>
+            <button type="submit">Clone</button>
+          </form>
+        )}
+        <ErrorLine error={error} />
+        {result && (
+          <p role="status" data-testid="transfer-result">
+            {result.succeeded} written, {result.skipped.length} skipped, {result.failed.length} refused
+            {result.failed.length > 0 && `: ${result.failed.map((f) => `${f.group}/${f.dataId} (${f.error})`).join('; ')}`}
+          </p>
+        )}
+      </div>
+    </details>
+  );
+}
 
 function List(props: { session: Session; query: URLSearchParams }) {
   const q = props.query;
@@ -106,8 +199,9 @@ function List(props: { session: Session; query: URLSearchParams }) {
           </a>
         )}
       </form>
+      <Transfer session={props.session} ns={ns} group={group} />
       <ErrorLine error={error} />
-      <div class="table-wrap">
+      <div class="table-wrap" tabIndex={0} role="region" aria-label="Scrollable table">
         <table>
           <thead>
             <tr>
@@ -285,7 +379,7 @@ function History(props: { session: Session; ns: string; group: string; dataId: s
     <section aria-labelledby="history-title">
       <h2 id="history-title">History</h2>
       <ErrorLine error={error || err} />
-      <div class="table-wrap">
+      <div class="table-wrap" tabIndex={0} role="region" aria-label="Scrollable table">
         <table>
           <caption class="hint">Choose two versions to compare (kept: the last {list?.retention ?? '…'}).</caption>
           <thead>

@@ -104,7 +104,7 @@ export function Events(props: { session: Session; query: URLSearchParams }) {
         </label>
       </fieldset>
       <ErrorLine error={error} />
-      <div class="table-wrap">
+      <div class="table-wrap" tabIndex={0} role="region" aria-label="Scrollable table">
         <table aria-live="polite" data-testid="events">
           <thead>
             <tr>

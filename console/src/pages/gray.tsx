@@ -152,7 +152,7 @@ export function RolloutPanel(props: { base: string; version: number }) {
             </button>
           </p>
           {r.versions.length > 0 && (
-            <div class="table-wrap">
+            <div class="table-wrap" tabIndex={0} role="region" aria-label="Scrollable table">
               <table>
                 <thead>
                   <tr>

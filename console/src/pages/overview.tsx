@@ -196,7 +196,7 @@ export function Overview(_: { session: Session }) {
         </div>
       </dl>
       <h2>Members</h2>
-      <div class="table-wrap">
+      <div class="table-wrap" tabIndex={0} role="region" aria-label="Scrollable table">
         <table>
           <thead>
             <tr>

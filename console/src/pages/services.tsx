@@ -35,7 +35,7 @@ function List() {
     <section aria-labelledby="services-title">
       <h1 id="services-title">Services</h1>
       <ErrorLine error={error} />
-      <div class="table-wrap">
+      <div class="table-wrap" tabIndex={0} role="region" aria-label="Scrollable table">
         <table>
           <thead>
             <tr>
@@ -184,7 +184,7 @@ function Detail(props: { session: Session; service: string }) {
         {list?.protectionThresholdReached && <strong class="bad"> · reached: discovery answers every instance</strong>}
       </p>
       <ErrorLine error={error} />
-      <div class="table-wrap">
+      <div class="table-wrap" tabIndex={0} role="region" aria-label="Scrollable table">
         <table>
           <thead>
             <tr>

@@ -187,7 +187,7 @@ function Roles(props: { roles: string[]; reload: () => void }) {
         <article aria-labelledby="role-title">
           <h3 id="role-title">Role {chosen}</h3>
           {chosen === 'root' && <p class="hint">The root role may do everything; its power is not listed as permissions.</p>}
-          <div class="table-wrap">
+          <div class="table-wrap" tabIndex={0} role="region" aria-label="Scrollable table">
             <table>
               <thead>
                 <tr>

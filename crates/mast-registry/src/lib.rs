@@ -54,6 +54,7 @@ pub mod probes;
 pub mod read_cache;
 pub mod rollout;
 pub mod services;
+pub mod transfer;
 
 use std::sync::Arc;
 
@@ -179,6 +180,15 @@ pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
             put(instances::heartbeat).fallback(na),
         )
         .route("/mast/v1/configs", get(configs::list).fallback(na))
+        .route(
+            "/mast/v1/configs/export",
+            get(transfer::export).fallback(na),
+        )
+        .route(
+            "/mast/v1/configs/import",
+            post(transfer::import).fallback(na),
+        )
+        .route("/mast/v1/configs/clone", post(transfer::clone).fallback(na))
         .route(
             "/mast/v1/configs/{namespace}/{group}/{data_id}",
             get(configs::get)

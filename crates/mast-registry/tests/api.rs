@@ -1157,7 +1157,7 @@ async fn openapi_document_matches_routes() {
                 .await
                 .unwrap();
             let status = resp.status();
-            if concrete.ends_with("/events") {
+            if concrete.ends_with("/events") || concrete.ends_with("/export") {
                 assert_eq!(status, StatusCode::OK);
                 continue;
             }
@@ -2472,5 +2472,175 @@ async fn config_list_searches_and_pages() {
         (StatusCode::BAD_REQUEST, Some("invalid_argument")),
         "{v}"
     );
+    t.stop().await;
+}
+
+/// Export writes Nacos's zip layout (`<group>/<dataId>` + `.metadata.yml`); an import of it,
+/// or of a zip made by hand in that layout, publishes each config with its format and
+/// description; `abort` refuses (storing nothing) when any config exists, `skip` and
+/// `overwrite` do what they say; invalid content is listed, not stored; clone copies a
+/// namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configs_export_import_and_clone_in_nacos_zip_layout() {
+    use std::io::{Read, Write};
+    let t = TestServer::start().await;
+    for (id, content, desc) in [
+        ("app.yaml", "port: 1\n", "the app"),
+        ("db.json", "{\"url\": \"x\"}", ""),
+    ] {
+        let (s, v) = t
+            .call(
+                Method::PUT,
+                &format!("{CFG}/{id}"),
+                Some(json!({"content": content, "description": desc})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let resp = t
+        .request(Method::GET, "/mast/v1/configs/export?namespace=dev")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/zip");
+    assert!(
+        resp.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("nacos_config_export_dev.zip")
+    );
+    let zip_bytes = resp.bytes().await.unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes.to_vec())).unwrap();
+    let mut names: Vec<String> = zip.file_names().map(|n| n.unwrap().into_owned()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".metadata.yml",
+            "DEFAULT_GROUP/app.yaml",
+            "DEFAULT_GROUP/db.json"
+        ]
+    );
+    let mut meta = String::new();
+    zip.by_name(".metadata.yml")
+        .unwrap()
+        .read_to_string(&mut meta)
+        .unwrap();
+    assert!(meta.starts_with("metadata:"), "{meta}");
+    assert!(
+        meta.contains("dataId: app.yaml")
+            && meta.contains("type: yaml")
+            && meta.contains("desc: the app"),
+        "{meta}"
+    );
+
+    let import = |ns: &str, policy: &str, body: Vec<u8>| {
+        t.request(
+            Method::POST,
+            &format!("/mast/v1/configs/import?namespace={ns}&policy={policy}"),
+        )
+        .header("content-type", "application/zip")
+        .body(body)
+    };
+    let send = |r: reqwest::RequestBuilder| async move {
+        let resp = r.send().await.unwrap();
+        let s = resp.status();
+        (s, resp.json::<Value>().await.unwrap())
+    };
+    let (s, v) = send(import("prod", "abort", zip_bytes.to_vec())).await;
+    assert_eq!(
+        (s, v["succeeded"].clone()),
+        (StatusCode::OK, json!(2)),
+        "{v}"
+    );
+    let (_, v) = t.get("/mast/v1/configs/prod/DEFAULT_GROUP/app.yaml").await;
+    assert_eq!(
+        (
+            v["content"].clone(),
+            v["format"].clone(),
+            v["description"].clone()
+        ),
+        (json!("port: 1\n"), json!("yaml"), json!("the app"))
+    );
+    let rev = t.revision().await;
+    let (s, v) = send(import("prod", "abort", zip_bytes.to_vec())).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict")),
+        "{v}"
+    );
+    assert_eq!(t.revision().await, rev, "abort stores nothing");
+    let (_, v) = send(import("prod", "skip", zip_bytes.to_vec())).await;
+    assert_eq!(
+        (
+            v["succeeded"].clone(),
+            v["skipped"].as_array().unwrap().len()
+        ),
+        (json!(0), 2),
+        "{v}"
+    );
+    let (_, v) = send(import("prod", "overwrite", zip_bytes.to_vec())).await;
+    assert_eq!(v["succeeded"], 2, "{v}");
+    let (_, v) = t.get("/mast/v1/configs/prod/DEFAULT_GROUP/db.json").await;
+    assert_eq!(v["version"], 2);
+
+    // A zip made by hand in Nacos's layout: a typed config, and one whose JSON is broken.
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    w.start_file("G1/svc.conf", opts).unwrap();
+    w.write_all(b"a: [1, 2]\n").unwrap();
+    w.start_file("G1/bad.json", opts).unwrap();
+    w.write_all(b"{oops").unwrap();
+    w.start_file(".metadata.yml", opts).unwrap();
+    w.write_all(b"metadata:\n- dataId: svc.conf\n  group: G1\n  type: yaml\n  appName: ''\n")
+        .unwrap();
+    let hand = w.finish().unwrap().into_inner();
+    let (s, v) = send(import("nacos", "abort", hand)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["succeeded"], 1, "{v}");
+    assert_eq!(v["failed"][0]["dataId"], "bad.json", "{v}");
+    assert!(
+        v["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid json"),
+        "{v}"
+    );
+    let (_, v) = t.get("/mast/v1/configs/nacos/G1/svc.conf").await;
+    assert_eq!(v["format"], "yaml", "{v}");
+    let (s, _) = t.get("/mast/v1/configs/nacos/G1/bad.json").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = send(import("x", "abort", b"not a zip".to_vec())).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+        "{v}"
+    );
+
+    // Clone one group of a namespace into another.
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/mast/v1/configs/clone",
+            Some(json!({"from": {"namespace": "dev", "dataIdPrefix": "app"}, "toNamespace": "staging"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["succeeded"].clone()),
+        (StatusCode::OK, json!(1)),
+        "{v}"
+    );
+    let (_, v) = t.get("/mast/v1/configs?namespace=staging").await;
+    assert_eq!(v["total"], 1);
+    assert_eq!(v["configs"][0]["dataId"], "app.yaml");
+    let (s, _) = t
+        .call(
+            Method::POST,
+            "/mast/v1/configs/clone",
+            Some(json!({"from": {"namespace": "dev"}, "toNamespace": "dev"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     t.stop().await;
 }
