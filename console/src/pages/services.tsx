@@ -29,28 +29,61 @@ interface Instance {
   extra?: { registered?: { weight?: number; enabled?: boolean }; healthDetail?: string };
 }
 
+/** A service's key segment read back as Nacos names it: `<namespace>#<group>@@<name>`,
+ *  `<group>@@<name>` (public namespace) or `<name>` (public, DEFAULT_GROUP). */
+function names(segment: string): { namespace: string; group: string; name: string } {
+  const [nsPart, rest] = segment.includes('#') ? segment.split('#', 2) : ['public', segment];
+  const at = rest.indexOf('@@');
+  return at >= 0
+    ? { namespace: nsPart, group: rest.slice(0, at), name: rest.slice(at + 2) }
+    : { namespace: nsPart, group: 'DEFAULT_GROUP', name: rest };
+}
+
 function List() {
   const [list, error] = useLoad(() => mast<{ services: ServiceSummary[] }>('GET', '/services'), []);
+  const [filter, setFilter] = useState('');
+  const [ns, setNs] = useState('');
+  const all = (list?.services ?? []).map((s) => ({ ...s, ...names(s.name), segment: s.name }));
+  const namespaces = [...new Set(all.map((s) => s.namespace))].sort();
+  const shown = all.filter((s) => (!ns || s.namespace === ns) && (!filter || s.segment.includes(filter)));
   return (
     <section aria-labelledby="services-title">
       <h1 id="services-title">Services</h1>
+      <div class="inline">
+        <label>
+          Namespace{' '}
+          <select aria-label="Namespace" value={ns} onChange={(e) => setNs((e.target as HTMLSelectElement).value)}>
+            <option value="">all</option>
+            {namespaces.map((n) => (
+              <option value={n}>{n}</option>
+            ))}
+          </select>
+        </label>
+        <label>
+          Filter <input value={filter} onInput={(e) => setFilter((e.target as HTMLInputElement).value)} />
+        </label>
+      </div>
       <ErrorLine error={error} />
       <div class="table-wrap" tabIndex={0} role="region" aria-label="Scrollable table">
         <table>
           <thead>
             <tr>
               <th scope="col">Service</th>
+              <th scope="col">Group</th>
+              <th scope="col">Namespace</th>
               <th scope="col">Instances</th>
               <th scope="col">Healthy</th>
               <th scope="col">Available</th>
             </tr>
           </thead>
           <tbody>
-            {(list?.services ?? []).map((s) => (
-              <tr key={s.name}>
+            {shown.map((s) => (
+              <tr key={s.segment}>
                 <td>
-                  <a href={`#/services/${seg(s.name)}`}>{s.name}</a>
+                  <a href={`#/services/${seg(s.segment)}`}>{s.name}</a>
                 </td>
+                <td>{s.group}</td>
+                <td>{s.namespace}</td>
                 <td>{s.instances}</td>
                 <td class={s.healthyInstances < s.instances ? 'bad' : ''}>{s.healthyInstances}</td>
                 <td>{s.availableInstances ?? ''}</td>
@@ -178,7 +211,9 @@ function Detail(props: { session: Session; service: string }) {
       <p>
         <a href="#/services">← Services</a>
       </p>
-      <h1 id="service-title">{s}</h1>
+      <h1 id="service-title">
+        {names(s).name} <span class="sub">{names(s).namespace} / {names(s).group}</span>
+      </h1>
       <p class="meta">
         Protection threshold {settings?.protectThreshold ?? 0}
         {list?.protectionThresholdReached && <strong class="bad"> · reached: discovery answers every instance</strong>}
