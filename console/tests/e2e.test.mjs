@@ -234,7 +234,19 @@ test("an instance's weight changed in the console is what discovery answers", as
   await page.getByLabel('Weight of o1').fill('5');
   await page.getByRole('button', { name: 'Set' }).click();
   await page.getByText('operator override').waitFor();
-  await check('service');
+  // An etcdctl watch on the service is listed under who watches it.
+  const watcher = spawn('/usr/bin/etcdctl', ['--endpoints', server.url, '--user', `root:${ROOT_PW}`, 'watch', '--prefix', '/services/orders/'], {
+    env: { ...process.env, ETCDCTL_API: '3' },
+  });
+  try {
+    await waitFor(async () => (await api('GET', '/services/orders/watchers')).body.watchers.length === 1, WAIT, 'the watch is registered');
+    await page.getByRole('button', { name: 'Refresh' }).click();
+    await page.getByTestId('watchers').getByText('etcd watch (gRPC)').waitFor();
+    await page.getByTestId('watchers').getByRole('cell', { name: 'root' }).waitFor();
+    await check('service');
+  } finally {
+    watcher.kill('SIGKILL');
+  }
   const found = await api('GET', '/services/orders/instances');
   assert.equal(found.body.instances[0].weight, 5);
 });

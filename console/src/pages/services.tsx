@@ -241,6 +241,76 @@ function Detail(props: { session: Session; service: string }) {
           </tbody>
         </table>
       </div>
+      <Watchers service={s} />
+    </section>
+  );
+}
+
+interface Watcher {
+  kind: string;
+  key: string;
+  rangeEnd: string;
+  address: string;
+  user: string;
+  sinceMs: number;
+}
+
+const KINDS: Record<string, string> = {
+  etcd: 'etcd watch (gRPC)',
+  'etcd-http': 'etcd watch (JSON gateway)',
+  mast: '/mast/v1 event stream',
+  'nacos-grpc': 'Nacos 2.x subscriber',
+};
+
+/** Who watches the service on the member the console talks to. */
+function Watchers(props: { service: string }) {
+  const [list, error, reload] = useLoad(
+    () => mast<{ member: string; watchers: Watcher[] }>('GET', `/services/${seg(props.service)}/watchers`),
+    [props.service],
+  );
+  return (
+    <section aria-labelledby="watchers-title">
+      <h2 id="watchers-title">Who watches it</h2>
+      <ErrorLine error={error} />
+      {list && (
+        <p class="hint">
+          Clients of member {list.member} ({list.watchers.length}){' '}
+          <button type="button" class="ghost" onClick={reload}>
+            Refresh
+          </button>
+        </p>
+      )}
+      {list && list.watchers.length > 0 && (
+        <div class="table-wrap" tabIndex={0} role="region" aria-label="Scrollable table">
+          <table data-testid="watchers">
+            <thead>
+              <tr>
+                <th scope="col">Client</th>
+                <th scope="col">Through</th>
+                <th scope="col">Watching</th>
+                <th scope="col">User</th>
+                <th scope="col">Since</th>
+              </tr>
+            </thead>
+            <tbody>
+              {list.watchers.map((w, i) => (
+                <tr key={i}>
+                  <td>{w.address}</td>
+                  <td>{KINDS[w.kind] ?? w.kind}</td>
+                  <td>
+                    <code>
+                      {w.key}
+                      {w.rangeEnd === '\0' ? ' and after' : w.rangeEnd ? ` … ${w.rangeEnd}` : ''}
+                    </code>
+                  </td>
+                  <td>{w.user}</td>
+                  <td>{when(w.sinceMs)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
     </section>
   );
 }

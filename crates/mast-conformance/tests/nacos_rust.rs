@@ -253,6 +253,26 @@ async fn nacos_sdk_rust_works_unchanged_over_grpc() {
         .expect("batch register");
     wait_for_hosts(&mut rx, &["10.8.0.1:80", "10.8.0.2:80"]).await;
 
+    // The subscription is listed under who watches the service (what the console shows).
+    let watchers: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/mast/v1/services/dev%23G%40%40rs-svc/watchers",
+            server.endpoint()
+        ))
+        .send()
+        .await
+        .expect("GET watchers")
+        .json()
+        .await
+        .expect("watchers JSON");
+    let kinds: Vec<&str> = watchers["watchers"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|w| w["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"nacos-grpc"), "{watchers}");
+
     let listed = naming
         .get_all_instances(service.clone(), group.clone(), Vec::new(), false)
         .await

@@ -655,3 +655,37 @@ pub async fn deregister(
         lease_revoked,
     }))
 }
+
+/// `GET /mast/v1/services/{service}/watchers` answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatcherList {
+    /// The member that answered (each member knows its own clients' watches).
+    pub member: String,
+    /// Watches that see some instance of the service, oldest first.
+    pub watchers: Vec<mast_server::watchers::Watching>,
+}
+
+/// `GET /mast/v1/services/{service}/watchers`: who watches the service on this member — etcd
+/// watchers (gRPC, the JSON gateway, `/mast/v1/events` streams) whose range covers some of
+/// its instance keys, and Nacos 2.x subscriptions to it.
+///
+/// # Errors
+/// 400 for a bad service name; the same auth errors as listing its instances.
+pub async fn watchers(
+    State(st): State<AppState>,
+    Call(caller): Call,
+    PathParams(service): PathParams<String>,
+) -> ApiResult<Json<WatcherList>> {
+    check_name("service", &service)?;
+    let node = &st.node;
+    let prefix = service_prefix(&service);
+    let end = mast_model::prefix_end(prefix.as_bytes());
+    // Whoever may list the instances may see who watches them.
+    let who = node.authenticate_caller(&caller)?;
+    node.range_summary(&who, prefix.as_bytes(), &end)?;
+    Ok(Json(WatcherList {
+        member: node.member_name().to_string(),
+        watchers: node.watch_registry().overlapping(prefix.as_bytes(), &end),
+    }))
+}

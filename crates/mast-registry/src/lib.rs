@@ -176,6 +176,10 @@ pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
             get(overrides::get).delete(overrides::clear).fallback(na),
         )
         .route(
+            "/mast/v1/services/{service}/watchers",
+            get(instances::watchers).fallback(na),
+        )
+        .route(
             "/mast/v1/services/{service}/instances/{id}/heartbeat",
             put(instances::heartbeat).fallback(na),
         )

@@ -34,6 +34,7 @@ mod tests {
                 "/mast/v1/services/{service}/instances/{id}/heartbeat",
                 "put",
             ),
+            ("/mast/v1/services/{service}/watchers", "get"),
             ("/mast/v1/configs", "get"),
             ("/mast/v1/configs/export", "get"),
             ("/mast/v1/configs/import", "post"),

@@ -2644,3 +2644,73 @@ async fn configs_export_import_and_clone_in_nacos_zip_layout() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     t.stop().await;
 }
+
+/// Who watches a service: an event stream on it, a JSON-gateway watch of every service, not a
+/// watch of another service; each leaves the list when its client goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_watchers_are_listed_while_they_watch() {
+    let t = TestServer::start().await;
+    let (_, v) = t.get("/mast/v1/services/orders/watchers").await;
+    assert_eq!(v["watchers"], json!([]), "{v}");
+
+    let mut sse = SseReader::open(&t, "?kind=instance&service=orders", None).await;
+    assert_eq!(sse.next().await.event, "ready");
+    let gateway = t
+        .request(Method::POST, "/v3/watch")
+        .body(
+            json!({"create_request": {"key": b64("/services/"), "range_end": b64("/services0")}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut gateway_body = gateway.bytes_stream();
+    let created = tokio::time::timeout(Duration::from_secs(10), gateway_body.next())
+        .await
+        .unwrap();
+    assert!(created.is_some());
+    let other = t
+        .request(Method::POST, "/v3/watch")
+        .body(json!({"create_request": {"key": b64("/services/billing/")}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut other_body = other.bytes_stream();
+    tokio::time::timeout(Duration::from_secs(10), other_body.next())
+        .await
+        .unwrap();
+
+    let (s, v) = t.get("/mast/v1/services/orders/watchers").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut kinds: Vec<&str> = v["watchers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["etcd-http", "mast"], "{v}");
+    assert!(
+        v["watchers"][0]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{v}"
+    );
+    assert!(v["member"].is_string());
+
+    // Clients gone, entries gone.
+    drop(sse);
+    drop(gateway_body);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = t.get("/mast/v1/services/orders/watchers").await;
+        if v["watchers"] == json!([]) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still listed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(other_body);
+    t.stop().await;
+}

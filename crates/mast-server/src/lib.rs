@@ -36,6 +36,7 @@ pub mod serve;
 pub mod tls;
 pub mod tokens;
 pub mod watch;
+pub mod watchers;
 pub mod writer;
 
 pub use error::EtcdError;

@@ -265,6 +265,8 @@ pub struct Node {
     pub(crate) lessor: Arc<Lessor>,
     /// Committed events for watchers.
     pub(crate) hub: Arc<WatchHub>,
+    /// Who watches what on this member (etcd watchers, Nacos subscriptions).
+    pub(crate) watch_registry: Arc<crate::watchers::WatchRegistry>,
     /// The write path.
     pub(crate) writer: Writer,
     /// Flips to true when the server shuts down; long streams end on it.
@@ -372,6 +374,7 @@ impl Node {
             raft_dir: member.dir.clone(),
             store,
             lessor,
+            watch_registry: Arc::default(),
             hub,
             writer,
             shutdown,
@@ -655,6 +658,17 @@ impl Node {
             crate::tokens::TokenConfig::Jwt { ttl, .. } => *ttl,
             crate::tokens::TokenConfig::Simple => self.config.auth_token_ttl,
         }
+    }
+
+    /// This member's name (`--name`).
+    pub fn member_name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Who watches what on this member: etcd watchers register themselves; other protocols
+    /// (the Nacos API's subscriptions) register theirs.
+    pub fn watch_registry(&self) -> &Arc<crate::watchers::WatchRegistry> {
+        &self.watch_registry
     }
 
     /// Whether auth is enabled (etcd's `AuthStatus`).

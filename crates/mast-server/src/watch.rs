@@ -125,6 +125,8 @@ struct Watcher {
     active: bool,
     /// Counts the watcher in `etcd_debugging_mvcc_watcher_total` while it lives.
     _gauge: WatcherGauge,
+    /// Lists the watcher in the node's watch registry while it lives.
+    _listed: crate::watchers::WatchingGuard,
 }
 
 /// One watcher in etcd's `etcd_debugging_mvcc_watcher_total` gauge, from creation to drop.
@@ -339,6 +341,29 @@ impl Session {
             synced: start > current,
             active: false,
             _gauge: WatcherGauge::new(),
+            _listed: self
+                .node
+                .watch_registry()
+                .register(crate::watchers::Watching {
+                    kind: match self.caller.api {
+                        "" => "etcd",
+                        api => api,
+                    },
+                    key: c.key.to_vec(),
+                    range_end: c.range_end.to_vec(),
+                    address: self.caller.addr.map(|a| a.to_string()).unwrap_or_default(),
+                    user: self
+                        .node
+                        .authenticate_caller(&self.caller)
+                        .ok()
+                        .flatten()
+                        .map(|i| i.user)
+                        .unwrap_or_default(),
+                    since_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                }),
         };
         let created = WatchResponse {
             header: Some(self.node.header_at(current)),

@@ -88,6 +88,10 @@ pub struct Conn {
     /// Services subscribed to, with the clusters asked for (changed through
     /// [`Conn::subscribe`], which keeps [`SUBSCRIPTIONS_GAUGE`]).
     pub subscribed: Mutex<HashMap<ServiceName, String>>,
+    /// This member's watch registry, and the entry of each subscription in it (who watches a
+    /// service, as the console shows it).
+    registry: Arc<mast_server::watchers::WatchRegistry>,
+    listed: Mutex<HashMap<ServiceName, mast_server::watchers::WatchingGuard>>,
 }
 
 impl Conn {
@@ -159,12 +163,35 @@ impl Conn {
     pub fn subscribe(&self, svc: ServiceName, clusters: String, on: bool) {
         let mut subs = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
         let changed = if on {
-            subs.insert(svc, clusters).is_none()
+            subs.insert(svc.clone(), clusters).is_none()
         } else {
             subs.remove(&svc).is_some()
         };
+        drop(subs);
         if changed {
             metrics::gauge!(SUBSCRIPTIONS_GAUGE).increment(if on { 1.0 } else { -1.0 });
+            let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+            if on {
+                let key = format!("{}{}/", mast_model::SERVICES_PREFIX, svc.segment()).into_bytes();
+                let mut range_end = key.clone();
+                if let Some(last) = range_end.last_mut() {
+                    *last += 1;
+                }
+                let guard = self.registry.register(mast_server::watchers::Watching {
+                    kind: "nacos-grpc",
+                    key,
+                    range_end,
+                    address: self.addr.to_string(),
+                    user: String::new(),
+                    since_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                });
+                listed.insert(svc, guard);
+            } else {
+                listed.remove(&svc);
+            }
         }
     }
 
@@ -174,6 +201,10 @@ impl Conn {
         metrics::gauge!(LISTENS_GAUGE).decrement(l.len() as f64);
         let s = std::mem::take(&mut *self.subscribed.lock().unwrap_or_else(|p| p.into_inner()));
         metrics::gauge!(SUBSCRIPTIONS_GAUGE).decrement(s.len() as f64);
+        self.listed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn lease_now(&self) -> i64 {
@@ -267,6 +298,8 @@ pub fn serve_stream(
                                 lease: tokio::sync::Mutex::new(0),
                                 listened: Mutex::default(),
                                 subscribed: Mutex::default(),
+                                registry: st.node.watch_registry().clone(),
+                                listed: Mutex::default(),
                             });
                             let n = {
                                 let mut map = conns.lock();
