@@ -20,7 +20,9 @@ export function language(format: string | undefined): Extension {
   }
 }
 
-/** Guesses a value's format: JSON when it parses as an object or array, else text. */
+/** Guesses a value's format: JSON when it parses as an object or array; YAML when its first
+ *  non-comment line is a `key: value` mapping or a `- ` list item (or a `---` document);
+ *  else text. Only for highlighting: nothing is validated by this. */
 export function guessFormat(text: string): string {
   const t = text.trimStart();
   if (t.startsWith('{') || t.startsWith('[')) {
@@ -28,9 +30,11 @@ export function guessFormat(text: string): string {
       JSON.parse(text);
       return 'json';
     } catch {
-      /* text */
+      /* not JSON */
     }
   }
+  const first = text.split('\n').find((l) => l.trim() && !l.trimStart().startsWith('#'));
+  if (first !== undefined && /^(---\s*$|- |[\w.\-"']+:(\s|$))/.test(first.trimStart())) return 'yaml';
   return 'text';
 }
 

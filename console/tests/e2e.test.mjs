@@ -249,6 +249,17 @@ test("an instance's weight changed in the console is what discovery answers", as
   }
   const found = await api('GET', '/services/orders/instances');
   assert.equal(found.body.instances[0].weight, 5);
+
+  // Metadata edited in the console; the instance registers again with its own values: the
+  // operator's weight and metadata stay.
+  await page.getByLabel('Metadata of o1').fill('canary=true');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await waitFor(async () => (await api('GET', '/services/orders/instances')).body.instances[0].metadata.canary === 'true', WAIT, 'metadata saved');
+  const again = await api('POST', '/services/orders/instances', { id: 'o1', host: '10.0.0.1', port: 8080, ttl: 60, metadata: { build: '42' } });
+  assert.equal(again.status, 201, JSON.stringify(again.body));
+  const after = (await api('GET', '/services/orders/instances')).body.instances[0];
+  assert.equal(after.weight, 5, JSON.stringify(after));
+  assert.deepEqual(after.metadata, { build: '42', canary: 'true' });
 });
 
 test('a user with a read-only role, made in the console, sees a console without edits', async () => {
@@ -293,6 +304,15 @@ test('the events page shows a change made by etcdctl', async () => {
   await page.getByText('Waiting for changes…').waitFor();
   await ctl(['put', '/feature/flags', 'on']);
   await page.getByTestId('events').getByText('put /feature/flags').waitFor();
+  // A key that goes with its lease is named so.
+  const lease = (await ctl(['lease', 'grant', '60'])).split(' ')[1];
+  await ctl(['put', '/feature/session', 'x', '--lease', lease]);
+  await ctl(['lease', 'revoke', lease]);
+  await page.getByTestId('events').getByText(`delete /feature/session (lease ${lease} revoked)`).waitFor();
+  // One whose TTL runs out is named expired (the leader's lessor revoked it).
+  const short = (await ctl(['lease', 'grant', '1'])).split(' ')[1];
+  await ctl(['put', '/feature/short', 'x', '--lease', short]);
+  await page.getByTestId('events').getByText(`delete /feature/short (lease ${short} expired)`).waitFor();
   await check('events');
 });
 

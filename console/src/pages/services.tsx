@@ -97,6 +97,26 @@ function List() {
   );
 }
 
+function metadataText(m: Record<string, string>): string {
+  return Object.entries(m)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(', ');
+}
+
+/** The PATCH body's metadata for going from `now` to the `k=v, …` in `text`: changed and new
+ *  entries with their values, removed ones as null. */
+function metadataPatch(now: Record<string, string>, text: string): Record<string, string | null> {
+  const want: Record<string, string> = {};
+  for (const part of text.split(',')) {
+    const i = part.indexOf('=');
+    if (i > 0) want[part.slice(0, i).trim()] = part.slice(i + 1).trim();
+  }
+  const out: Record<string, string | null> = {};
+  for (const [k, v] of Object.entries(want)) if (now[k] !== v) out[k] = v;
+  for (const k of Object.keys(now)) if (!(k in want)) out[k] = null;
+  return out;
+}
+
 function Row(props: { service: string; inst: Instance; writable: boolean; onChanged: () => void }) {
   const { inst, service } = props;
   const [weight, setWeight] = useState(String(inst.weight ?? 1));
@@ -176,7 +196,24 @@ function Row(props: { service: string; inst: Instance; writable: boolean; onChan
         )}
       </td>
       <td>{inst.ephemeral === false ? 'persistent' : `ephemeral${inst.ttl ? ` (TTL ${inst.ttl} s)` : ''}`}</td>
-      <td>{Object.entries(inst.metadata ?? {}).map(([k, v]) => `${k}=${v}`).join(', ')}</td>
+      <td>
+        {props.writable ? (
+          <form
+            class="inline"
+            onSubmit={(e) => {
+              e.preventDefault();
+              patch({ metadata: metadataPatch(inst.metadata ?? {}, String(new FormData(e.target as HTMLFormElement).get('metadata'))) });
+            }}
+          >
+            <input name="metadata" defaultValue={metadataText(inst.metadata ?? {})} aria-label={`Metadata of ${inst.id}`} placeholder="key=value, …" />
+            <button type="submit" class="ghost">
+              Save
+            </button>
+          </form>
+        ) : (
+          metadataText(inst.metadata ?? {})
+        )}
+      </td>
       <td>
         {overridden && (
           <>
@@ -236,7 +273,7 @@ function Detail(props: { session: Session; service: string }) {
           </thead>
           <tbody>
             {(list?.instances ?? []).map((i) => (
-              <Row key={`${i.id}-${i.weight}-${i.enabled}`} service={s} inst={i} writable={writable} onChanged={() => setN((x) => x + 1)} />
+              <Row key={`${i.id}-${i.weight}-${i.enabled}-${metadataText(i.metadata ?? {})}`} service={s} inst={i} writable={writable} onChanged={() => setN((x) => x + 1)} />
             ))}
           </tbody>
         </table>

@@ -1,5 +1,5 @@
-//! Operator overrides: an instance's weight and enabled as an operator set them, kept apart
-//! from what the instance registers so that they survive re-registration.
+//! Operator overrides: an instance's weight, enabled and metadata entries as an operator set
+//! them, kept apart from what the instance registers so that they survive re-registration.
 //!
 //! An override lives at `/instance-overrides/<service-segment>/<instance-id>` (the instance
 //! key's two segments), as JSON [`InstanceOverride`]. It outlives the instance key: an
@@ -8,8 +8,8 @@
 //!
 //! The instance key's JSON always holds the values in force, so every reader — etcd clients
 //! included — sees them. While an override holds, the instance JSON also carries
-//! `"registered": {"weight", "enabled"}`: what the instance itself asked for, restored when
-//! the override is cleared. [`apply_override`] computes that JSON; it is idempotent, so
+//! `"registered": {"weight", "enabled", "metadata"}`: what the instance itself asked for,
+//! restored when the override is cleared. [`apply_override`] computes that JSON; it is idempotent, so
 //! applying it again to its own output changes nothing.
 
 use std::collections::BTreeMap;
@@ -53,6 +53,10 @@ pub struct InstanceOverride {
     /// Enabled in force whatever the instance registers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// Metadata entries in force whatever the instance registers: a value sets the entry,
+    /// `null` removes it; entries not named keep what the instance registers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, Option<String>>,
     /// Who set it (user name, or empty with auth off).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub set_by: String,
@@ -80,15 +84,19 @@ impl InstanceOverride {
 
     /// Whether it overrides nothing.
     pub fn is_empty(&self) -> bool {
-        self.weight.is_none() && self.enabled.is_none()
+        self.weight.is_none() && self.enabled.is_none() && self.metadata.is_empty()
     }
 }
 
-/// What the instance registered, kept in its JSON while an override holds.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// What the instance registered, kept in its JSON while an override holds. `metadata` is
+/// absent in what overrides written before metadata could be overridden kept: the instance's
+/// metadata then is still its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Registered {
     weight: f64,
     enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<BTreeMap<String, String>>,
 }
 
 /// Puts `ov` in force on `inst` (or, with `None` or an empty override, restores what the
@@ -103,14 +111,31 @@ pub fn apply_override(inst: &mut Instance, ov: Option<&InstanceOverride>) -> boo
         .extra
         .get(REGISTERED_FIELD)
         .and_then(|v| serde_json::from_value::<Registered>(v.clone()).ok());
-    let registered = kept.unwrap_or(Registered {
+    let mut registered = kept.unwrap_or(Registered {
         weight: inst.weight,
         enabled: inst.enabled,
+        metadata: None,
     });
+    let own_metadata = registered
+        .metadata
+        .get_or_insert_with(|| inst.metadata.clone())
+        .clone();
     match ov.filter(|o| !o.is_empty()) {
         Some(ov) => {
             inst.weight = ov.weight.unwrap_or(registered.weight);
             inst.enabled = ov.enabled.unwrap_or(registered.enabled);
+            let mut metadata = own_metadata;
+            for (k, v) in &ov.metadata {
+                match v {
+                    Some(v) => metadata.insert(k.clone(), v.clone()),
+                    None => metadata.remove(k),
+                };
+            }
+            inst.metadata = metadata;
+            // The registered metadata is kept only while entries of it are overridden.
+            if ov.metadata.is_empty() {
+                registered.metadata = None;
+            }
             inst.extra.insert(
                 REGISTERED_FIELD.to_string(),
                 serde_json::to_value(registered).expect("registered serializes"),
@@ -119,6 +144,7 @@ pub fn apply_override(inst: &mut Instance, ov: Option<&InstanceOverride>) -> boo
         None => {
             inst.weight = registered.weight;
             inst.enabled = registered.enabled;
+            inst.metadata = own_metadata;
             inst.extra.remove(REGISTERED_FIELD);
         }
     }
@@ -193,6 +219,49 @@ mod tests {
         // An empty override is no override.
         assert!(apply_override(&mut inst, Some(&ov(None, None))));
         assert_eq!(inst.weight, 1.0);
+    }
+
+    #[test]
+    fn metadata_entries_stick_and_come_back() {
+        let mut inst = Instance::new("h", 1);
+        inst.metadata.insert("zone".into(), "eu".into());
+        inst.metadata.insert("v".into(), "1".into());
+        let mut o = ov(None, None);
+        o.metadata.insert("zone".into(), Some("us".into()));
+        o.metadata.insert("v".into(), None);
+        assert!(apply_override(&mut inst, Some(&o)));
+        assert_eq!(
+            inst.metadata,
+            BTreeMap::from([("zone".into(), "us".into())])
+        );
+        assert!(!apply_override(&mut inst, Some(&o)), "idempotent");
+        // Registering again with new metadata: the operator's entries win, the rest is new.
+        let mut again = Instance::new("h", 1);
+        again.metadata.insert("zone".into(), "eu".into());
+        again.metadata.insert("v".into(), "2".into());
+        again.metadata.insert("team".into(), "a".into());
+        apply_override(&mut again, Some(&o));
+        assert_eq!(
+            again.metadata,
+            BTreeMap::from([("team".into(), "a".into()), ("zone".into(), "us".into())])
+        );
+        // Cleared: exactly what it registered.
+        apply_override(&mut again, None);
+        assert_eq!(again.metadata.get("v").map(String::as_str), Some("2"));
+        assert_eq!(again.metadata.get("zone").map(String::as_str), Some("eu"));
+    }
+
+    #[test]
+    fn an_override_kept_before_metadata_keeps_the_instances_metadata() {
+        let mut inst = Instance::new("h", 1);
+        inst.metadata.insert("zone".into(), "eu".into());
+        inst.weight = 0.5;
+        inst.extra.insert(
+            REGISTERED_FIELD.into(),
+            serde_json::json!({"weight": 1.0, "enabled": true}),
+        );
+        apply_override(&mut inst, None);
+        assert_eq!((inst.weight, inst.metadata.len()), (1.0, 1));
     }
 
     #[test]

@@ -429,9 +429,12 @@ pub async fn update(
     };
     let weight = p.opt("weight").map(|_| params.weight);
     let enabled = p.opt("enabled").map(|_| params.enabled);
-    match mast_registry::overrides::set(&st.node, &caller, &segment, &id, weight, enabled, edit)
-        .await
-    {
+    let change = mast_registry::overrides::OperatorChange {
+        weight,
+        enabled,
+        metadata: None,
+    };
+    match mast_registry::overrides::set(&st.node, &caller, &segment, &id, change, edit).await {
         Ok(_) => Ok(ok_text()),
         Err(e) if e.code == mast_registry::ErrorCode::NotFound => Err(not_found()),
         Err(e) if e.code == mast_registry::ErrorCode::Conflict => {

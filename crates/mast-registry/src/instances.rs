@@ -525,8 +525,9 @@ pub async fn register(
 /// `weight` and `enabled` are an operator's override: they are stored at
 /// `/instance-overrides/<service>/<id>` too, in the same Txn, and stay in force when the
 /// instance registers again, until `DELETE …/override` (see [`crate::overrides`]); the caller
-/// needs write permission on that key as well. `metadata` and `zone` change the instance as it
-/// is now (its next registration replaces them).
+/// needs write permission on that key as well. So do `metadata` entries (a value sets one,
+/// `null` removes it). `zone` changes the instance as it is now (its next registration
+/// replaces it).
 ///
 /// # Errors
 /// 400 for a bad weight, 404 when the instance is not registered, 409 when the value is not
@@ -547,19 +548,21 @@ pub async fn update(
         if let Some(z) = &req.zone {
             inst.zone = (!z.is_empty()).then(|| z.clone());
         }
-        if let Some(patch) = &req.metadata {
-            for (k, v) in patch {
-                match v {
-                    Some(v) => inst.metadata.insert(k.clone(), v.clone()),
-                    None => inst.metadata.remove(k),
-                };
-            }
-        }
     };
-    if req.weight.is_some() || req.enabled.is_some() {
-        let updated =
-            crate::overrides::set(node, &caller, &service, &id, req.weight, req.enabled, edit)
-                .await?;
+    if req.weight.is_some() || req.enabled.is_some() || req.metadata.is_some() {
+        let updated = crate::overrides::set(
+            node,
+            &caller,
+            &service,
+            &id,
+            crate::overrides::OperatorChange {
+                weight: req.weight,
+                enabled: req.enabled,
+                metadata: req.metadata.as_ref(),
+            },
+            edit,
+        )
+        .await?;
         return InstanceView::from_kv(node, &updated)
             .map(Json)
             .ok_or_else(|| not_an_instance(&updated));

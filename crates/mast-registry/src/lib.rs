@@ -47,6 +47,7 @@ pub mod events;
 pub mod gray;
 pub mod instances;
 mod leader;
+pub mod leases;
 pub mod list_cache;
 pub mod openapi;
 pub mod overrides;
@@ -233,6 +234,7 @@ pub fn router_with(node: Arc<Node>, mut config: RegistryConfig) -> Router {
             post(configs::rollback).fallback(na),
         )
         .route("/mast/v1/events", get(events::stream).fallback(na))
+        .route("/mast/v1/leases/{id}", get(leases::get).fallback(na))
         .route("/mast/v1/audit", get(audit::list).fallback(na))
         .route("/mast/v1/audit/verify", get(audit::verify).fallback(na))
         .with_state(state)

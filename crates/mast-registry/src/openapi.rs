@@ -63,6 +63,7 @@ mod tests {
                 "/mast/v1/services/{service}/instances/{id}/override",
                 "delete",
             ),
+            ("/mast/v1/leases/{id}", "get"),
             ("/mast/v1/audit", "get"),
             (
                 "/mast/v1/configs/{namespace}/{group}/{dataId}/rollout",

@@ -14,7 +14,7 @@
 //!   the SDK) or an override written or deleted by `etcdctl`. Its write is a Txn guarded by the
 //!   instance key's mod revision, so it never undoes a newer write.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::Json;
@@ -65,9 +65,21 @@ pub fn user_of(node: &Node, caller: &Caller) -> ApiResult<String> {
         .unwrap_or_default())
 }
 
-/// Writes an operator's `weight` / `enabled` (each `None`: leave as it is) on instance
-/// `segment`/`id`, after `edit` changed the instance: the override key (merged with the one
-/// there; not written when both are `None`) and the instance's JSON with it in force, in one
+/// What an operator sets on an instance; each `None` leaves that part as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OperatorChange<'a> {
+    /// Weight in force whatever the instance registers.
+    pub weight: Option<f64>,
+    /// Enabled in force whatever the instance registers.
+    pub enabled: Option<bool>,
+    /// Metadata entries merged into the override: a value sets the entry, `None` removes it.
+    pub metadata: Option<&'a BTreeMap<String, Option<String>>>,
+}
+
+/// Writes an operator's `weight` / `enabled` / `metadata` entries ([`OperatorChange`]) on
+/// instance `segment`/`id`, after `edit`
+/// changed the instance: the override key (merged with the one there; not written when all
+/// are `None`) and the instance's JSON with it in force, in one
 /// Txn guarded by both keys' mod revisions (retried a few times when
 /// another writer got there first), with the caller's permissions on both keys.
 ///
@@ -81,10 +93,14 @@ pub async fn set(
     caller: &Caller,
     segment: &str,
     id: &str,
-    weight: Option<f64>,
-    enabled: Option<bool>,
+    change: OperatorChange<'_>,
     mut edit: impl FnMut(&mut Instance),
 ) -> ApiResult<KeyValue> {
+    let OperatorChange {
+        weight,
+        enabled,
+        metadata,
+    } = change;
     let user = user_of(node, caller)?;
     let key = mast_model::instance_key(segment, id);
     let okey = override_key(segment, id);
@@ -104,12 +120,16 @@ pub async fn set(
         let mut ov = existing.unwrap_or_default();
         // Nothing to override: the instance alone changes (an override already there stays
         // in force and untouched).
-        let overriding = weight.is_some() || enabled.is_some();
+        let overriding = weight.is_some() || enabled.is_some() || metadata.is_some();
         if weight.is_some() {
             ov.weight = weight;
         }
         if enabled.is_some() {
             ov.enabled = enabled;
+        }
+        if let Some(patch) = metadata {
+            ov.metadata
+                .extend(patch.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         ov.set_by = user.clone();
         ov.set_at = etcd::now_ms();

@@ -1611,6 +1611,41 @@ async fn operator_overrides_survive_reregistration() {
     // Re-registering now keeps the instance's own values.
     let (_, v) = t.call(Method::POST, path, Some(register(6.0))).await;
     assert_eq!(v["weight"], 6.0);
+
+    // Metadata entries an operator sets stick too; a null removes one for good.
+    let with_meta = json!({"id": "o1", "host": "10.1.0.1", "port": 80,
+                           "metadata": {"build": "41", "zone": "eu"}});
+    let (s, v) = t.call(Method::POST, path, Some(with_meta)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t
+        .call(
+            Method::PATCH,
+            &one,
+            Some(json!({"metadata": {"canary": "true", "zone": null}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"], json!({"build": "41", "canary": "true"}));
+    let (_, ov) = t.get(&format!("{one}/override")).await;
+    assert_eq!(
+        ov["metadata"],
+        json!({"canary": "true", "zone": null}),
+        "{ov}"
+    );
+    let again = json!({"id": "o1", "host": "10.1.0.1", "port": 80,
+                       "metadata": {"build": "42", "zone": "eu"}});
+    let (_, v) = t.call(Method::POST, path, Some(again)).await;
+    assert_eq!(v["metadata"], json!({"build": "42", "canary": "true"}));
+    assert_eq!(
+        v["extra"]["registered"]["metadata"],
+        json!({"build": "42", "zone": "eu"})
+    );
+    let (s, _) = t
+        .call(Method::DELETE, &format!("{one}/override"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = t.get(&one).await;
+    assert_eq!(v["metadata"], json!({"build": "42", "zone": "eu"}));
     t.stop().await;
 }
 
@@ -2712,5 +2747,109 @@ async fn a_services_watchers_are_listed_while_they_watch() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(other_body);
+    t.stop().await;
+}
+
+/// A clock the test moves by hand, for lease expiry without waiting out a TTL.
+#[derive(Default)]
+struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl mast_server::lessor::Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+/// `GET /mast/v1/leases/{id}`: an alive lease as LeaseTimeToLive shows it; an ended one says
+/// whether it expired or was revoked and at which revision its keys were deleted.
+#[tokio::test]
+async fn a_lease_says_whether_it_expired_or_was_revoked() {
+    let clock = std::sync::Arc::new(ManualClock::default());
+    let c = clock.clone();
+    let t = TestServer::start_with(
+        move |cfg| cfg.lease_clock = mast_server::node::LeaseClock(c),
+        RegistryConfig::default(),
+    )
+    .await;
+    let grant = |ttl: i64| {
+        let t = &t;
+        async move {
+            let (s, v) = t
+                .call(Method::POST, "/v3/lease/grant", Some(json!({"TTL": ttl})))
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v["ID"].as_str().unwrap().to_string()
+        }
+    };
+    let put_on = |key: &'static str, lease: String| {
+        let t = &t;
+        async move {
+            let (s, v) = t
+                .call(
+                    Method::POST,
+                    "/v3/kv/put",
+                    Some(json!({"key": b64(key), "value": b64("x"), "lease": lease})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+    };
+    let short = grant(5).await;
+    let long = grant(600).await;
+    put_on("/feature/a", short.clone()).await;
+    put_on("/feature/b", long.clone()).await;
+
+    let (s, v) = t.get(&format!("/mast/v1/leases/{short}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["alive"], true);
+    assert_eq!(v["ttl"], 5);
+    assert_eq!(v["keys"], 1);
+    assert!(v.get("ended").is_none(), "{v}");
+    let hex = format!("{:x}", short.parse::<i64>().unwrap());
+    assert_eq!(v["idHex"], hex.as_str());
+    let (s, same) = t.get(&format!("/mast/v1/leases/0x{hex}")).await;
+    assert_eq!((s, &same["id"]), (StatusCode::OK, &v["id"]));
+
+    // The short lease runs out: the lessor revokes it.
+    clock
+        .0
+        .fetch_add(6_000, std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.etcd_get("/feature/a").await.is_some() {
+        assert!(Instant::now() < deadline, "the lease did not expire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone_at = t.revision().await;
+    let (s, v) = t.get(&format!("/mast/v1/leases/{short}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["alive"], false);
+    assert_eq!(v["ended"]["cause"], "expired", "{v}");
+    assert_eq!(v["ended"]["revision"], gone_at);
+    assert!(v.get("ttl").is_none(), "{v}");
+
+    // The other is revoked by a client.
+    let (s, v) = t
+        .call(Method::POST, "/v3/lease/revoke", Some(json!({"ID": long})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = t.get(&format!("/mast/v1/leases/{long}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["ended"]["cause"], "revoked", "{v}");
+    assert_eq!(v["ended"]["revision"], t.revision().await);
+
+    // Never granted, and bad ids.
+    let (s, v) = t.get("/mast/v1/leases/12345").await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    for bad in ["abc", "0", "-3"] {
+        let (s, v) = t.get(&format!("/mast/v1/leases/{bad}")).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+            "{bad}: {v}"
+        );
+    }
     t.stop().await;
 }

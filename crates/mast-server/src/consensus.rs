@@ -503,6 +503,8 @@ pub struct Observer {
     pub tokens: Arc<crate::tokens::TokenProvider>,
     /// The store, to reload leases after a snapshot.
     pub store: Arc<Store>,
+    /// How leases ended.
+    pub lease_ends: Arc<crate::lease_ends::LeaseEnds>,
 }
 
 impl ApplyObserver for Observer {
@@ -515,7 +517,22 @@ impl ApplyObserver for Observer {
             }));
         for (cmd, result) in commands.iter().zip(&applied.results) {
             match (cmd.inner(), result) {
-                (Command::LeaseRevoke { id }, Ok(_) | Err(MvccError::LeaseNotFound)) => {
+                (Command::LeaseRevoke { id }, Ok(r)) => {
+                    self.lessor.revoked(*id);
+                    let by_lessor = matches!(cmd, Command::Attributed { origin, .. }
+                        if origin.api == "system" && origin.user == crate::node::LEASE_EXPIRY);
+                    let cause = if by_lessor {
+                        crate::lease_ends::LeaseEndCause::Expired
+                    } else {
+                        crate::lease_ends::LeaseEndCause::Revoked
+                    };
+                    let revision = match r {
+                        CommandResult::LeaseRevoke { revision } => *revision,
+                        _ => applied.revision,
+                    };
+                    self.lease_ends.record(*id, revision, cause);
+                }
+                (Command::LeaseRevoke { id }, Err(MvccError::LeaseNotFound)) => {
                     self.lessor.revoked(*id)
                 }
                 (Command::LeaseCheckpoint { checkpoints }, Ok(_)) => {

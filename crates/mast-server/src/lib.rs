@@ -30,6 +30,7 @@ pub mod error;
 pub mod guard;
 pub mod http;
 pub mod http_conn;
+pub mod lease_ends;
 pub mod lessor;
 pub mod node;
 pub mod serve;

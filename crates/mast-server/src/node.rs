@@ -241,13 +241,16 @@ fn absorb_old_wal(dir: &Path, cache_bytes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The component name the lessor's revokes are attributed to (the audit log's user).
+pub(crate) const LEASE_EXPIRY: &str = "lease-expiry";
+
 /// Shared state of a running member.
 ///
 /// Its parts are private to the server. Other crates (the registry) reach a node through the
 /// etcd operations in [`crate::api`], the auth checks in [`crate::authz`], and the few
 /// read-only methods below ([`Node::max_request_bytes`], [`Node::range_summary`],
 /// [`Node::mod_revisions`], [`Node::compact_revision`], [`Node::lease_timing`],
-/// [`Node::lease_key_count`], [`Node::shutting_down`]).
+/// [`Node::lease_key_count`], [`Node::lease_end`], [`Node::shutting_down`]).
 pub struct Node {
     /// Settings.
     pub(crate) config: ServerConfig,
@@ -263,6 +266,8 @@ pub struct Node {
     pub(crate) store: Arc<Store>,
     /// Lease deadlines.
     pub(crate) lessor: Arc<Lessor>,
+    /// How leases ended, as applied here.
+    pub(crate) lease_ends: Arc<crate::lease_ends::LeaseEnds>,
     /// Committed events for watchers.
     pub(crate) hub: Arc<WatchHub>,
     /// Who watches what on this member (etcd watchers, Nacos subscriptions).
@@ -348,11 +353,13 @@ impl Node {
             config.auth_token_ttl,
         )?);
         let hub = Arc::new(WatchHub::new());
+        let lease_ends = Arc::new(crate::lease_ends::LeaseEnds::default());
         let observer = Arc::new(crate::consensus::Observer {
             hub: hub.clone(),
             lessor: lessor.clone(),
             tokens: tokens.clone(),
             store: store.clone(),
+            lease_ends: lease_ends.clone(),
         });
         let member =
             mast_raft::member::RaftMember::start(&member_config, store.clone(), observer).await?;
@@ -374,6 +381,7 @@ impl Node {
             raft_dir: member.dir.clone(),
             store,
             lessor,
+            lease_ends,
             watch_registry: Arc::default(),
             hub,
             writer,
@@ -695,6 +703,13 @@ impl Node {
         self.lessor.timing(id)
     }
 
+    /// How lease `id` ended (expired or revoked, at which revision), as this member applied
+    /// it; `None` while it is alive, and when this member does not remember
+    /// ([`crate::lease_ends`]).
+    pub fn lease_end(&self, id: i64) -> Option<crate::lease_ends::LeaseEnd> {
+        self.lease_ends.get(id)
+    }
+
     /// How many keys are attached to lease `id`, `None` when the lease does not exist.
     pub fn lease_key_count(&self, id: i64) -> Option<usize> {
         self.store.leases().get(id).map(|r| r.keys.len())
@@ -723,7 +738,7 @@ impl Node {
                     let node = node.clone();
                     tokio::spawn(async move {
                         match node
-                            .write_as_system("lease-expiry", Command::LeaseRevoke { id })
+                            .write_as_system(LEASE_EXPIRY, Command::LeaseRevoke { id })
                             .await
                         {
                             Ok(_) => tracing::debug!(lease = id, "lease expired and was revoked"),
