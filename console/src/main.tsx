@@ -97,10 +97,6 @@ function App() {
   const [error, setError] = useState<unknown>();
   const r = useRoute();
 
-  useEffect(() => {
-    document.documentElement.dataset.theme = theme;
-  }, [theme]);
-
   async function start(user: string | null) {
     try {
       setSession(await loadSession(user));
@@ -140,6 +136,9 @@ function App() {
   const toggle = () => {
     const t = theme === 'dark' ? 'light' : 'dark';
     localStorage.setItem('mast.theme', t);
+    // Set before the re-render: the pages remount (keyed by the theme) and their editors read
+    // the theme when they are made, in effects that run before any of this component's.
+    document.documentElement.dataset.theme = t;
     setTheme(t);
   };
   return (

@@ -320,6 +320,8 @@ test('at phone width, in the dark theme, the pages stay usable and accessible', 
   await page.setViewportSize({ width: 390, height: 844 });
   await page.goto(`${server.url}/ui/#/overview`);
   await page.getByRole('button', { name: 'Switch to dark theme' }).click();
+  // The button's label follows the re-render that the theme change makes.
+  await page.getByRole('button', { name: 'Switch to light theme' }).waitFor();
   assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark');
   for (const [name, hash, ready] of [
     ['phone-overview', '#/overview', () => page.getByRole('cell', { name: 'leader' }).waitFor()],
