@@ -212,6 +212,17 @@ impl Server {
                 "not yet published to the cluster (no quorum?); serving clients anyway"
             );
         }
+        // Unlike etcd, no peer listener is the default (a member alone needs none): a member
+        // of a larger cluster restarted without one runs, but the others cannot reach it.
+        // Checked once the membership is loaded (by now: published, or waited for).
+        let members = node.consensus.membership().nodes().count();
+        if node.config.listen_peer.is_empty() && members > 1 {
+            tracing::warn!(
+                members,
+                "this member belongs to a cluster of {members} members but listens for no \
+                 peers: the others cannot reach it; start it with --listen-peer-urls"
+            );
+        }
         if let Some(password) = node.config.root_password.clone() {
             let alone = node.consensus.membership().nodes().count() <= 1;
             let boot = {
