@@ -520,7 +520,7 @@ impl ApplyObserver for Observer {
                 (Command::LeaseRevoke { id }, Ok(r)) => {
                     self.lessor.revoked(*id);
                     let by_lessor = matches!(cmd, Command::Attributed { origin, .. }
-                        if origin.api == "system" && origin.user == crate::node::LEASE_EXPIRY);
+                        if origin.api == crate::node::SYSTEM_API && origin.user == crate::node::LEASE_EXPIRY);
                     let cause = if by_lessor {
                         crate::lease_ends::LeaseEndCause::Expired
                     } else {

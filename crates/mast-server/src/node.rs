@@ -244,6 +244,9 @@ fn absorb_old_wal(dir: &Path, cache_bytes: usize) -> anyhow::Result<()> {
 /// The component name the lessor's revokes are attributed to (the audit log's user).
 pub(crate) const LEASE_EXPIRY: &str = "lease-expiry";
 
+/// The API the server's own writes are attributed to ([`Node::write_as_system`]).
+pub(crate) const SYSTEM_API: &str = "system";
+
 /// Shared state of a running member.
 ///
 /// Its parts are private to the server. Other crates (the registry) reach a node through the
@@ -494,7 +497,7 @@ impl Node {
         cmd: Command,
     ) -> Result<CommandResult, EtcdError> {
         let caller = Caller {
-            api: "system",
+            api: SYSTEM_API,
             cert_cn: Some(component.into()),
             ..Caller::default()
         };
