@@ -99,8 +99,9 @@ struct ServeArgs {
     /// generator, say), fewer than the cores can serve more.
     #[arg(long, env = "MAST_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
-    /// Size of the store's page cache in MiB.
-    #[arg(long, env = "MAST_CACHE_MB", default_value_t = 64)]
+    /// Size of the store's page cache in MiB (the operating system caches the data file too;
+    /// raise it for a working set much larger than the default).
+    #[arg(long, env = "MAST_CACHE_MB", default_value_t = mast_mvcc::DEFAULT_CACHE_BYTES / (1024 * 1024))]
     cache_mb: usize,
     /// Size of each Raft log segment file in MiB, zero-filled when created.
     #[arg(long, env = "MAST_WAL_SIZE_MB", default_value_t = 64)]
