@@ -337,6 +337,18 @@ impl Server {
                 rx,
                 max_streams,
             ),
+            None if self.node.config.conn_threads > 0 => {
+                // As the client port: each connection lives on one connection thread.
+                self.conns.push(crate::conn_threads::ConnThreads::start(
+                    listener,
+                    self.node.config.conn_threads,
+                    router,
+                    rx,
+                    self.force.subscribe(),
+                    max_streams,
+                )?);
+                return Ok(local);
+            }
             None => spawn_serve(
                 crate::authority::FixListener(listener),
                 router,
