@@ -105,7 +105,8 @@ pub struct ServerConfig {
     /// Root password to bootstrap auth with at first start (`MAST_ROOT_PASSWORD`).
     pub root_password: Option<Secret>,
     /// Threads that serve plain-TCP client connections, each with a single-threaded runtime
-    /// of its own (`--worker-threads`; default one per CPU core); 0 serves them on the
+    /// of its own (`--worker-threads`; default one per CPU core), for each plain-TCP listener
+    /// (the client port and every [`crate::Server::serve_router`] listener); 0 serves them on the
     /// calling tokio runtime instead. TLS connections are always served on the calling
     /// runtime.
     pub conn_threads: usize,

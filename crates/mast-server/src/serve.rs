@@ -314,7 +314,8 @@ impl Server {
     /// Serves `router` (a protocol of its own, such as the Nacos API) on `addr` until the
     /// server shuts down, over TLS when the client port has TLS (same certificate and client
     /// certificate check), with the client address in each request's extensions as on the
-    /// client port. Returns the bound address.
+    /// client port, and plain-TCP connections on connection threads of its own as there
+    /// (`ServerConfig::conn_threads`). Returns the bound address.
     ///
     /// # Errors
     /// When `addr` cannot be bound (the `std::io::Error` is in the chain, so a caller can tell

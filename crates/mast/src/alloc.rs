@@ -4,19 +4,8 @@
 //! The server keeps its key index in memory and turns over hundreds of thousands of small
 //! allocations a minute on several threads. With glibc's malloc the soak (`scripts/soak.sh`)
 //! saw RSS rise in steps, +76 % over an hour with the key count bounded; jemalloc returns
-//! pages it no longer uses to the OS after its decay time, and reports how
+//! pages it no longer uses to the OS after its decay time (10 s by default), and reports how
 //! much is live and how much it holds, which `/metrics` exports so the two can be told apart.
-//!
-//! Its options are set when jemalloc is built, by `JEMALLOC_SYS_WITH_MALLOC_CONF` in
-//! `.cargo/config.toml` (the `_RJEM_MALLOC_CONF` environment variable still overrides them):
-//! - `narenas:1`: one arena instead of four per core. Each thread keeps a cache of its own, so
-//!   the arena's lock is taken rarely, while every extra arena held free pages of its own.
-//! - `dirty_decay_ms:1000`, `muzzy_decay_ms:0`: freed pages go back to the OS after about a
-//!   second instead of ten, so RSS follows the live heap.
-//!
-//! With a registry of 10,000 configs and 10,000 instances these took RSS from 53 to 50 MiB with
-//! the same live heap; puts with 100 clients ran at the same rate within the run-to-run noise
-//! (benchmarks/notes.md).
 
 use mast_server::AllocatorStats;
 
@@ -40,17 +29,4 @@ pub fn stats() -> Option<AllocatorStats> {
 #[cfg(not(all(unix, not(target_env = "musl"))))]
 pub fn stats() -> Option<AllocatorStats> {
     None
-}
-
-#[cfg(all(test, unix, not(target_env = "musl")))]
-mod tests {
-    /// jemalloc was built with the options of `.cargo/config.toml`
-    /// (`JEMALLOC_SYS_WITH_MALLOC_CONF`), unless the environment overrides them.
-    #[test]
-    fn jemalloc_runs_with_the_binarys_options() {
-        if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
-            return;
-        }
-        assert_eq!(tikv_jemalloc_ctl::opt::narenas::read().unwrap(), 1);
-    }
 }

@@ -94,7 +94,8 @@ struct ServeArgs {
     )]
     watch_progress_notify_interval: u64,
     /// Threads that serve client connections (gRPC and HTTP), each connection on one of them
-    /// for its whole life; default: one per CPU core. Writes are applied and synced on two
+    /// for its whole life; default: one per CPU core. The client port, the Nacos HTTP port
+    /// and the Nacos gRPC port each have this many. Writes are applied and synced on two
     /// threads of their own besides these. On a machine shared with a busy neighbour (a load
     /// generator, say), fewer than the cores can serve more.
     #[arg(long, env = "MAST_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
