@@ -103,14 +103,6 @@ pub struct IndexEntry {
 }
 
 impl KeyHistory {
-    /// Calls `f` with the generations (the `Once` form laid out on the stack).
-    fn with_generations<R>(&self, f: impl FnOnce(&[Generation]) -> R) -> R {
-        match &self.lives {
-            Lives::Once(rev) => f(&[Generation::once(*rev)]),
-            Lives::Many(g) => f(g),
-        }
-    }
-
     /// The generations, to change them (leaving the `Once` form).
     fn generations_mut(&mut self) -> &mut Vec<Generation> {
         if let Lives::Once(rev) = self.lives {
@@ -197,21 +189,22 @@ impl KeyHistory {
 
     /// The key's visible version at `rev`, or `None` when it did not exist then.
     pub fn get(&self, rev: i64) -> Option<IndexEntry> {
-        if let Lives::Once(r) = self.lives {
-            return (r.main <= rev).then_some(IndexEntry {
-                modified: r,
-                created: r,
-                version: 1,
-            });
-        }
-        self.with_generations(|gens| {
-            let g = Self::find_generation(gens, rev)?;
-            let n = g.revs.iter().rposition(|r| r.main <= rev)?;
-            Some(IndexEntry {
-                modified: g.revs[n],
-                created: g.created,
-                version: g.ver - (g.revs.len() - n - 1) as i64,
-            })
+        let gens = match &self.lives {
+            Lives::Once(r) => {
+                return (r.main <= rev).then_some(IndexEntry {
+                    modified: *r,
+                    created: *r,
+                    version: 1,
+                });
+            }
+            Lives::Many(gens) => gens,
+        };
+        let g = Self::find_generation(gens, rev)?;
+        let n = g.revs.iter().rposition(|r| r.main <= rev)?;
+        Some(IndexEntry {
+            modified: g.revs[n],
+            created: g.created,
+            version: g.ver - (g.revs.len() - n - 1) as i64,
         })
     }
 
