@@ -23,6 +23,23 @@ pub(crate) fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
+/// Serves a `count_only` Range from the index alone: no transaction and no row is read. As
+/// etcd's, the count is every key in the range at the revision, before any limit or
+/// revision filter.
+pub(crate) fn count(
+    mem: &Memory,
+    current: i64,
+    req: &RangeRequest,
+) -> Result<RangeResponse, MvccError> {
+    let end = RangeEnd::from_request(&req.range_end);
+    let count = mem.index_count(&req.key, end, req.revision, current)?;
+    Ok(RangeResponse {
+        header: header(current),
+        count: count as i64,
+        ..Default::default()
+    })
+}
+
 /// Serves a Range against `table` with `current` as the newest visible revision.
 pub(crate) fn range<T: ReadableTable<u128, &'static [u8]>>(
     mem: &Memory,

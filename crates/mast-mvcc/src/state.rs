@@ -81,6 +81,25 @@ impl Memory {
         Ok((rev, out, count))
     }
 
+    /// Counts the keys of a range at `requested` (after checking it), as
+    /// [`Memory::index_range`] counts them, without collecting any.
+    pub(crate) fn index_count(
+        &self,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        requested: i64,
+        current: i64,
+    ) -> Result<usize, MvccError> {
+        let index = self.index.read().expect("index lock");
+        let rev = self.check_read_rev(requested, current)?;
+        let mut count = 0usize;
+        index.visit(key, end, rev, |_, _| {
+            count += 1;
+            true
+        });
+        Ok(count)
+    }
+
     pub(crate) fn index_get(&self, key: &[u8], rev: i64) -> Option<IndexEntry> {
         self.index
             .read()

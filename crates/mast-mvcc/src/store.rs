@@ -582,6 +582,9 @@ impl Store {
         req: &RangeRequest,
     ) -> Result<mast_proto::etcdserverpb::RangeResponse, MvccError> {
         let current = self.revision();
+        if req.count_only {
+            return crate::range::count(&self.mem, current, req);
+        }
         let db = self.db()?;
         let r = db.begin_read().map_err(StorageError::from)?;
         let table = r.open_table(KV).map_err(StorageError::from)?;

@@ -242,16 +242,24 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::RangeAt(a, b, r) => {
                 let (x, y) = range_of(a, b);
                 let rev = (r as i64) % (m.rev() + 2);
-                let res = store.store().range(&RangeRequest {
+                let req = RangeRequest {
                     key: x.clone(),
                     range_end: y.clone(),
                     revision: rev,
                     ..Default::default()
+                };
+                let res = store.store().range(&req);
+                // A count-only range (answered from the index alone) agrees with the full one.
+                let counted = store.store().range(&RangeRequest {
+                    count_only: true,
+                    ..req
                 });
                 if rev > m.rev() {
                     prop_assert_eq!(res.unwrap_err(), MvccError::FutureRevision);
+                    prop_assert_eq!(counted.unwrap_err(), MvccError::FutureRevision);
                 } else if rev > 0 && rev < m.compact {
                     prop_assert_eq!(res.unwrap_err(), MvccError::Compacted);
+                    prop_assert_eq!(counted.unwrap_err(), MvccError::Compacted);
                 } else {
                     let at = if rev == 0 { m.rev() } else { rev };
                     let want: Vec<KeyValue> = m.states[at as usize]
@@ -260,6 +268,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .collect();
                     let got = res.unwrap();
                     prop_assert_eq!(got.count, want.len() as i64);
+                    let counted = counted.unwrap();
+                    prop_assert_eq!(counted.count, want.len() as i64);
+                    prop_assert!(counted.kvs.is_empty());
+                    prop_assert_eq!(counted.header, got.header.clone());
                     prop_assert_eq!(got.kvs, want);
                     prop_assert_eq!(got.header.unwrap().revision, m.rev());
                 }
