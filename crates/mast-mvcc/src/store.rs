@@ -609,6 +609,20 @@ impl Store {
         (rev, mods)
     }
 
+    /// Every key of `[key, range_end)` (etcd's `range_end` conventions) at the current
+    /// revision with its `mod_revision`, in key order, and that revision; read from the index
+    /// only (no disk), as [`Store::mod_revisions`] for a range.
+    pub fn range_mod_revisions(&self, key: &[u8], range_end: &[u8]) -> (i64, Vec<(Vec<u8>, i64)>) {
+        let index = self.mem.index.read().expect("index lock");
+        let rev = self.revision();
+        let mut out = Vec::new();
+        index.visit(key, RangeEnd::from_request(range_end), rev, |k, e| {
+            out.push((k.to_vec(), e.modified.main));
+            true
+        });
+        (rev, out)
+    }
+
     /// Whether `[key, range_end)` (etcd's `range_end` conventions) holds at most `n` keys at
     /// the current revision. Visits at most `n + 1` index entries and reads nothing from disk:
     /// a cheap way to decide whether a range is small enough to serve inline.

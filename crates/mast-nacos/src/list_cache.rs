@@ -1,10 +1,11 @@
 //! Instance list answers (`GET /nacos/v1/ns/instance/list`) kept by what they were made from:
 //! every key of the service's prefix at its mod revision, the health each instance had, and
-//! the service settings' mod revision. A request still reads the prefix and the settings
-//! (with its own permissions); when all of that is unchanged and every instance is as healthy
-//! as it was, the kept bytes are answered with `lastRefTime` set to now, instead of parsing
-//! every instance and serializing the answer again. Health is re-checked on every request
-//! (an ephemeral instance turns unhealthy as its last beat ages).
+//! the service settings' mod revision. A request first looks the keys and mod revisions up in
+//! the in-memory index (with its own permissions, nothing read from disk); when all of that is
+//! unchanged and every instance is as healthy as it was, the kept bytes are answered with
+//! `lastRefTime` set to now, instead of reading and parsing every instance and serializing the
+//! answer again. Health is re-checked on every request (an ephemeral instance turns unhealthy
+//! as its last beat ages).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,13 +57,14 @@ fn join(head: &Bytes, tail: &Bytes) -> Bytes {
 }
 
 impl ListCache {
-    /// The kept answer for `key` if it was made from exactly `kvs` and `meta_rev`, and every
-    /// instance is as healthy now as it was then.
+    /// The kept answer for `key` if it was made from exactly `keys` (each `(key,
+    /// mod_revision)`, in key order) and `meta_rev`, and every instance is as healthy now as
+    /// it was then.
     pub fn get(
         &self,
         key: &str,
         node: &Node,
-        kvs: &[KeyValue],
+        keys: &[(Vec<u8>, i64)],
         meta_rev: Option<i64>,
     ) -> Option<Bytes> {
         let entry = self
@@ -72,12 +74,12 @@ impl ListCache {
             .get(key)
             .cloned()?;
         let same = entry.meta_rev == meta_rev
-            && entry.keys.len() == kvs.len()
+            && entry.keys.len() == keys.len()
             && entry
                 .keys
                 .iter()
-                .zip(kvs)
-                .all(|((k, rev), kv)| *rev == kv.mod_revision && *k == kv.key);
+                .zip(keys)
+                .all(|((k, rev), (key, mod_rev))| rev == mod_rev && k[..] == key[..]);
         if !same {
             return None;
         }

@@ -852,11 +852,28 @@ async fn list_body(
     healthy_only: bool,
 ) -> Result<bytes::Bytes, ApiError> {
     let node = &st.node;
-    let resp = etcd::range_prefix(node, caller, &svc.prefix(), 0, false).await?;
+    let prefix = svc.prefix();
+    let cache_key = format!("{prefix}\u{0}{clusters}\u{0}{healthy_only}");
+    // The keys and mod revisions from the index, with the caller's permissions; a caller who
+    // may not read all of it takes the reads below, which answer as etcd would.
+    let prefix_end = mast_model::prefix_end(prefix.as_bytes());
+    let meta_key = svc.meta_key();
+    if let Ok(who) = node.authenticate_caller(caller)
+        && let Ok((_, keys)) = node.range_mod_revisions(&who, prefix.as_bytes(), &prefix_end)
+        && let Ok((_, metas)) = node.mod_revisions(&who, &[meta_key.as_bytes()])
+        && let Some(hit) = st.list_cache.get(&cache_key, node, &keys, metas[0])
+    {
+        return Ok(hit);
+    }
+    let resp = etcd::range_prefix(node, caller, &prefix, 0, false).await?;
     let meta = service_meta(node, caller, svc).await?;
     let meta_rev = meta.as_ref().map(|(_, r)| *r);
-    let cache_key = format!("{}\u{0}{clusters}\u{0}{healthy_only}", svc.prefix());
-    if let Some(hit) = st.list_cache.get(&cache_key, node, &resp.kvs, meta_rev) {
+    let read: Vec<(Vec<u8>, i64)> = resp
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.to_vec(), kv.mod_revision))
+        .collect();
+    if let Some(hit) = st.list_cache.get(&cache_key, node, &read, meta_rev) {
         return Ok(hit);
     }
     let mut hosts = Vec::with_capacity(resp.kvs.len());

@@ -228,6 +228,27 @@ async fn a_nacos_permission_is_a_mast_role_on_the_keys_it_names() {
             .0,
         StatusCode::FORBIDDEN
     );
+    // Lists: an answer kept from an earlier request (root's, twice, so the second is served
+    // from the kept bytes) still asks each caller for permission.
+    assert_eq!(
+        a.call("POST", "/ns/instance", &register("public")).await,
+        (StatusCode::OK, "ok".into())
+    );
+    let list = |ns: &'static str| [("serviceName", "pay"), ("namespaceId", ns)];
+    for ns in ["public", "public", "dev", "dev"] {
+        let (s, body) = a.call("GET", "/ns/instance/list", &list(ns)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert!(body.contains("\"ip\":\"10.1.0.1\""), "{body}");
+    }
+    let (s, body) = a
+        .call_as("GET", "/ns/instance/list", &list("public"), &bob)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (s, body) = a
+        .call_as("GET", "/ns/instance/list", &list("dev"), &bob)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(body.contains("\"ip\":\"10.1.0.1\""), "{body}");
     assert!(
         a.etcd_put_as("bob", "pw", "/configs/dev/DEFAULT_GROUP/other")
             .await

@@ -663,6 +663,23 @@ impl Node {
         Ok(self.store.mod_revisions(keys))
     }
 
+    /// Every key of `[key, range_end)` at the current revision with its `mod_revision`, and
+    /// that revision, from the in-memory index; see [`Store::range_mod_revisions`].
+    ///
+    /// # Errors
+    /// [`AuthError::PermissionDenied`] when `who` may not read the range.
+    ///
+    /// [`AuthError::PermissionDenied`]: crate::error::AuthError::PermissionDenied
+    pub fn range_mod_revisions(
+        &self,
+        who: &CallerIdentity,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(i64, Vec<(Vec<u8>, i64)>), EtcdError> {
+        self.check_range(who, key, range_end, false)?;
+        Ok(self.store.range_mod_revisions(key, range_end))
+    }
+
     /// How long a token lasts: a JWT's lifetime, or how long a simple token may stay unused
     /// (`--auth-token-ttl`, as etcd's).
     pub fn token_ttl(&self) -> Duration {
