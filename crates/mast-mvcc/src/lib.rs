@@ -55,4 +55,4 @@ pub use error::{MvccError, StorageError};
 pub use lease::{LeaseId, LeaseKeys, LeaseRecord, LeaseTable};
 pub use log::{LogOptions, LoggedStore, Staged};
 pub use revision::Revision;
-pub use store::{Applied, DEFAULT_CACHE_BYTES, Store, StoreOptions, StoreStatus};
+pub use store::{Applied, DEFAULT_CACHE_BYTES, KeyRevisions, Store, StoreOptions, StoreStatus};

@@ -48,6 +48,9 @@ const LEASE_ROWS_FLUSH: usize = 4096;
 /// (benchmarks/notes.md). `mast serve --cache-mb` raises it.
 pub const DEFAULT_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Keys with their `mod_revision`, in key order, as [`Store::range_mod_revisions`] lists them.
+pub type KeyRevisions = Vec<(Vec<u8>, i64)>;
+
 /// Options of [`Store::open_with_options`].
 #[derive(Clone, Copy, Debug)]
 pub struct StoreOptions {
@@ -612,7 +615,7 @@ impl Store {
     /// Every key of `[key, range_end)` (etcd's `range_end` conventions) at the current
     /// revision with its `mod_revision`, in key order, and that revision; read from the index
     /// only (no disk), as [`Store::mod_revisions`] for a range.
-    pub fn range_mod_revisions(&self, key: &[u8], range_end: &[u8]) -> (i64, Vec<(Vec<u8>, i64)>) {
+    pub fn range_mod_revisions(&self, key: &[u8], range_end: &[u8]) -> (i64, KeyRevisions) {
         let index = self.mem.index.read().expect("index lock");
         let rev = self.revision();
         let mut out = Vec::new();

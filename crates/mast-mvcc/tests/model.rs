@@ -271,7 +271,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let counted = counted.unwrap();
                     prop_assert_eq!(counted.count, want.len() as i64);
                     prop_assert!(counted.kvs.is_empty());
-                    prop_assert_eq!(counted.header, got.header.clone());
+                    prop_assert_eq!(counted.header, got.header);
                     prop_assert_eq!(got.kvs, want);
                     prop_assert_eq!(got.header.unwrap().revision, m.rev());
                 }

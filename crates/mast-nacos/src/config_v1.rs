@@ -113,8 +113,13 @@ pub async fn get(State(st): State<AppState>, who: NacosCaller, p: Params) -> Nac
     let (content_key, meta_key) = (id.content_key(), id.meta_key());
     // A client a gray release is meant for (by address: Nacos's beta; by `tag` as the label
     // `tag`) gets its content, marked `isBeta` as Nacos marks a beta answer.
-    let facts = nacos_facts(&caller, p.opt("tag"));
-    if let Some(g) = mast_registry::gray::gray_for(&st.node, &caller, &id, &facts)
+    if mast_registry::gray::has_grays(&st.node, &id)
+        && let Some(g) = mast_registry::gray::gray_for(
+            &st.node,
+            &caller,
+            &id,
+            &nacos_facts(&caller, p.opt("tag")),
+        )
         .await
         .map_err(err)?
     {
@@ -127,12 +132,12 @@ pub async fn get(State(st): State<AppState>, who: NacosCaller, p: Params) -> Nac
                 .ok()
                 .and_then(|(kv, _)| kv)
                 .and_then(|kv| serde_json::from_slice::<ConfigMeta>(&kv.value).ok());
-            let read = CachedRead {
-                kind: nacos_type(meta.as_ref(), &id),
-                md5: g.md5,
-                updated_at: Some(g.updated_at),
-                content: g.content.into(),
-            };
+            let read = CachedRead::new(
+                nacos_type(meta.as_ref(), &id),
+                g.md5,
+                Some(g.updated_at),
+                g.content.into(),
+            );
             let mut resp = read.into_response();
             resp.headers_mut()
                 .insert("isBeta", HeaderValue::from_static("true"));
@@ -173,12 +178,12 @@ pub async fn get(State(st): State<AppState>, who: NacosCaller, p: Params) -> Nac
     };
     let meta_rev = meta.as_ref().map(|kv| kv.mod_revision);
     let meta: Option<ConfigMeta> = meta.and_then(|kv| serde_json::from_slice(&kv.value).ok());
-    let read = CachedRead {
-        kind: nacos_type(meta.as_ref(), &id),
-        md5: md5_hex(&content.value),
-        updated_at: meta.as_ref().map(|m| m.updated_at),
-        content: content.value.clone(),
-    };
+    let read = CachedRead::new(
+        nacos_type(meta.as_ref(), &id),
+        md5_hex(&content.value),
+        meta.as_ref().map(|m| m.updated_at),
+        content.value.clone(),
+    );
     // Kept only when the metadata read was allowed (the cache check above requires it).
     if mods.is_some() {
         st.read_cache
@@ -187,39 +192,64 @@ pub async fn get(State(st): State<AppState>, who: NacosCaller, p: Params) -> Nac
     Ok(read.into_response())
 }
 
-/// A config read's answer: the type, md5, update time (milliseconds) and content, kept in
-/// the read cache as one line of `kind md5 updated_at` and the content after it.
+/// A config read's answer: the type, md5, `Last-Modified` value and content, kept in the read
+/// cache as one line of `kind md5 last-modified` (`-` for none) and the content after it, so
+/// a kept answer's headers are slices of the kept bytes.
 struct CachedRead {
     kind: &'static str,
-    md5: String,
-    updated_at: Option<u64>,
+    md5: bytes::Bytes,
+    /// The update time as an HTTP date.
+    last_modified: Option<bytes::Bytes>,
     content: bytes::Bytes,
 }
 
+/// `ms` (milliseconds since the epoch) as an HTTP date, as `Last-Modified` carries it.
+fn http_date(ms: u64) -> bytes::Bytes {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    httpdate::fmt_http_date(at).into()
+}
+
 impl CachedRead {
+    fn new(
+        kind: &'static str,
+        md5: String,
+        updated_at: Option<u64>,
+        content: bytes::Bytes,
+    ) -> Self {
+        CachedRead {
+            kind,
+            md5: md5.into(),
+            last_modified: updated_at.map(http_date),
+            content,
+        }
+    }
+
     fn encode(&self) -> bytes::Bytes {
-        let mut out = format!(
-            "{} {} {}\n",
-            self.kind,
-            self.md5,
-            self.updated_at.map_or(-1, |t| t as i64)
-        )
-        .into_bytes();
+        let lm: &[u8] = self.last_modified.as_deref().unwrap_or(b"-");
+        let mut out = Vec::with_capacity(
+            self.kind.len() + self.md5.len() + lm.len() + 3 + self.content.len(),
+        );
+        out.extend_from_slice(self.kind.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(&self.md5);
+        out.push(b' ');
+        out.extend_from_slice(lm);
+        out.push(b'\n');
         out.extend_from_slice(&self.content);
         out.into()
     }
 
     fn decode(b: &bytes::Bytes) -> Option<CachedRead> {
         let nl = b.iter().position(|&c| c == b'\n')?;
-        let line = std::str::from_utf8(&b[..nl]).ok()?;
-        let mut it = line.split(' ');
-        let kind = nacos_type_name(it.next()?)?;
-        let md5 = it.next()?.to_string();
-        let at: i64 = it.next()?.parse().ok()?;
+        let line = &b[..nl];
+        let sp1 = line.iter().position(|&c| c == b' ')?;
+        let sp2 = sp1 + 1 + line[sp1 + 1..].iter().position(|&c| c == b' ')?;
+        let kind = nacos_type_name(std::str::from_utf8(&line[..sp1]).ok()?)?;
+        let lm = b.slice(sp2 + 1..nl);
         Some(CachedRead {
             kind,
-            md5,
-            updated_at: u64::try_from(at).ok(),
+            md5: b.slice(sp1 + 1..sp2),
+            last_modified: (&lm[..] != b"-").then_some(lm),
             content: b.slice(nl + 1..),
         })
     }
@@ -231,21 +261,21 @@ impl CachedRead {
             HeaderValue::from_static(content_type(self.kind)),
         );
         headers.insert("Config-Type", HeaderValue::from_static(self.kind));
-        if let Ok(v) = HeaderValue::from_str(&self.md5) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(self.md5) {
             headers.insert("Content-MD5", v);
         }
-        if let Some(ms) = self.updated_at {
-            let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
-                headers.insert(header::LAST_MODIFIED, v);
-            }
+        if let Some(lm) = self.last_modified
+            && let Ok(v) = HeaderValue::from_maybe_shared(lm)
+        {
+            headers.insert(header::LAST_MODIFIED, v);
         }
         (headers, self.content).into_response()
     }
 }
 
 fn no_cache_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
+    // Room for these and the four a config read adds.
+    let mut headers = HeaderMap::with_capacity(8);
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     headers.insert(
         header::EXPIRES,

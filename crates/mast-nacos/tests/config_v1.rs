@@ -101,7 +101,9 @@ async fn get_answers_content_with_nacos_headers_and_404_when_absent() {
         ("type", "json"),
     ];
     assert_eq!(n.publish(&form).await, (StatusCode::OK, "true".into()));
-    // The public namespace is "" or "public".
+    // The public namespace is "" or "public"; the second read is answered from the kept
+    // rendering, with the same headers.
+    let mut modified = Vec::new();
     for tenant in ["", "public"] {
         let r = n
             .get(&[
@@ -116,9 +118,12 @@ async fn get_answers_content_with_nacos_headers_and_404_when_absent() {
         assert_eq!(h["content-type"], "application/json;charset=UTF-8");
         assert_eq!(h["content-md5"].to_str().unwrap(), md5(r#"{"a":1}"#));
         assert_eq!(h["cache-control"], "no-cache,no-store");
-        assert!(h.contains_key("last-modified"));
+        let lm = h["last-modified"].to_str().unwrap().to_string();
+        assert!(lm.ends_with(" GMT"), "{lm}");
+        modified.push(lm);
         assert_eq!(r.text().await.unwrap(), r#"{"a":1}"#);
     }
+    assert_eq!(modified[0], modified[1]);
     let r = n
         .get(&[("dataId", "none"), ("group", "DEFAULT_GROUP")])
         .await;

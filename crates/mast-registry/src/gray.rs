@@ -41,6 +41,22 @@ pub async fn grays_of(node: &Node, caller: &Caller, id: &ConfigId) -> ApiResult<
         .collect())
 }
 
+/// Whether `id` has any gray release, counted in the index alone (no row is read). Checks
+/// no permission: a caller uses it only to skip [`gray_for`] (and the client facts it needs)
+/// for the many configs without one. An error counts as "maybe", so [`gray_for`] runs and
+/// reports it.
+pub fn has_grays(node: &Node, id: &ConfigId) -> bool {
+    let prefix = gray_prefix(id);
+    node.range_as_server(&mast_proto::etcdserverpb::RangeRequest {
+        range_end: mast_model::prefix_end(prefix.as_bytes()).into(),
+        key: prefix.into(),
+        serializable: true,
+        count_only: true,
+        ..Default::default()
+    })
+    .map_or(true, |r| r.count > 0)
+}
+
 /// The gray meant for `client` of `id`, if any: a version of the config, so anyone who may
 /// read the config's content gets the one meant for them (the grays are read as the server,
 /// after that check). Costs one count of an empty range when the config has no gray.

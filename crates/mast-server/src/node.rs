@@ -675,7 +675,7 @@ impl Node {
         who: &CallerIdentity,
         key: &[u8],
         range_end: &[u8],
-    ) -> Result<(i64, Vec<(Vec<u8>, i64)>), EtcdError> {
+    ) -> Result<(i64, mast_mvcc::KeyRevisions), EtcdError> {
         self.check_range(who, key, range_end, false)?;
         Ok(self.store.range_mod_revisions(key, range_end))
     }
