@@ -71,6 +71,9 @@ pub async fn gray_for(
 ) -> ApiResult<Option<GrayRelease>> {
     let who = node.authenticate_caller(caller)?;
     node.check_range(&who, id.content_key().as_bytes(), &[], false)?;
+    if !has_grays(node, id) {
+        return Ok(None);
+    }
     let prefix = gray_prefix(id);
     let req = mast_proto::etcdserverpb::RangeRequest {
         range_end: mast_model::prefix_end(prefix.as_bytes()).into(),
@@ -78,13 +81,6 @@ pub async fn gray_for(
         serializable: true,
         ..Default::default()
     };
-    let resp = node.range_as_server(&mast_proto::etcdserverpb::RangeRequest {
-        count_only: true,
-        ..req.clone()
-    })?;
-    if resp.count == 0 {
-        return Ok(None);
-    }
     let grays: Vec<GrayRelease> = node
         .range_as_server(&req)?
         .kvs
