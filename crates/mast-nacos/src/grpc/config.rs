@@ -3,6 +3,7 @@
 //! `ConfigChangeNotifyRequest` pushed to every connection listening to a config whose content
 //! key a commit touched.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use mast_model::{ConfigFormat, ConfigMeta, md5_hex};
@@ -271,6 +272,9 @@ pub fn start_pushes(st: &AppState, conns: &Arc<Connections>) {
             if keys.as_ref().is_some_and(Vec::is_empty) {
                 continue;
             }
+            // Each listened name's notification body, serialized once for every connection
+            // listening to it (each gets its own `requestId` in front).
+            let mut bodies: HashMap<ListenedName, Vec<u8>> = HashMap::new();
             for conn in conns.all() {
                 let names: Vec<ListenedName> = {
                     let listened = conn.listened.lock().unwrap_or_else(|p| p.into_inner());
@@ -283,16 +287,17 @@ pub fn start_pushes(st: &AppState, conns: &Arc<Connections>) {
                     }
                 };
                 for n in names {
-                    conn.push(
-                        "ConfigChangeNotifyRequest",
-                        json!({
+                    let body = bodies.entry(n).or_insert_with_key(|n| {
+                        serde_json::to_vec(&json!({
                             "dataId": n.data_id,
                             "group": n.group,
                             "tenant": n.tenant,
                             "module": "config",
                             "headers": {},
-                        }),
-                    );
+                        }))
+                        .unwrap_or_default()
+                    });
+                    conn.push_serialized("ConfigChangeNotifyRequest", body);
                 }
             }
         }

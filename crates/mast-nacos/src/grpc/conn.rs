@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tonic::Streaming;
 
-use super::{Incoming, payload};
+use super::{Incoming, payload, payload_of_json};
 use crate::AppState;
 
 /// TTL of a connection's lease, in seconds: how long its ephemeral instances outlive a member
@@ -61,7 +61,7 @@ pub fn connection_id(addr: SocketAddr) -> String {
 }
 
 /// What a listened config is called by the client (echoed in pushes).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ListenedName {
     /// Data id.
     pub data_id: String,
@@ -102,7 +102,20 @@ impl Conn {
         if let Value::Object(m) = &mut body {
             m.insert("requestId".into(), Value::String(id.to_string()));
         }
-        if self.push.try_send(payload(kind, &body)).is_err() {
+        self.send_push(kind, payload(kind, &body));
+    }
+
+    /// As [`Conn::push`], for a body serialized once for many connections: `object` is a JSON
+    /// object's bytes (`{...}`, as `serde_json::to_vec` of a map gives them); this
+    /// connection's `requestId` is written in front of its first member. Bytes that are not an
+    /// object are sent as they are.
+    pub fn push_serialized(&self, kind: &str, object: &[u8]) {
+        let id = self.next_push.fetch_add(1, Ordering::Relaxed);
+        self.send_push(kind, payload_with_request_id(kind, object, id));
+    }
+
+    fn send_push(&self, kind: &str, p: Payload) {
+        if self.push.try_send(p).is_err() {
             tracing::warn!(conn = %self.id, kind, "a Nacos push was dropped: the client is not reading");
         }
     }
@@ -267,6 +280,26 @@ impl Connections {
     }
 }
 
+/// A push payload of class `kind` whose body is `object` (a JSON object's bytes) with
+/// `"requestId": "<id>"` as its first member.
+fn payload_with_request_id(kind: &str, object: &[u8], id: u64) -> Payload {
+    let mut body = Vec::with_capacity(object.len() + 32);
+    match object.strip_prefix(b"{") {
+        Some(rest) => {
+            body.extend_from_slice(b"{\"requestId\":\"");
+            body.extend_from_slice(id.to_string().as_bytes());
+            body.push(b'"');
+            // `rest` is `}` for an empty object, else its members and `}`.
+            if rest.first().is_some_and(|b| *b != b'}') {
+                body.push(b',');
+            }
+            body.extend_from_slice(rest);
+        }
+        None => body.extend_from_slice(object),
+    }
+    payload_of_json(kind, body)
+}
+
 /// Serves one bi-stream: registers the connection at its `ConnectionSetupRequest`, takes the
 /// client's answers to pushes, renews the connection's lease, and on the stream's end
 /// unregisters it and revokes the lease (its ephemeral instances go). Returns what is sent
@@ -287,31 +320,37 @@ pub fn serve_stream(
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(p)) => {
-                        let Ok(req) = Incoming::decode(&p) else { continue };
-                        if req.kind == "ConnectionSetupRequest" && conn.is_none() {
-                            let c = Arc::new(Conn {
-                                id: connection_id(addr),
-                                addr,
-                                push: tx.clone(),
-                                next_push: AtomicU64::new(1),
-                                caller: Mutex::new(req.caller(&caller)),
-                                lease: tokio::sync::Mutex::new(0),
-                                listened: Mutex::default(),
-                                subscribed: Mutex::default(),
-                                registry: st.node.watch_registry().clone(),
-                                listed: Mutex::default(),
-                            });
-                            let n = {
-                                let mut map = conns.lock();
-                                map.insert(addr, c.clone());
-                                map.len()
-                            };
-                            metrics::gauge!(CONNECTIONS_GAUGE).set(n as f64);
-                            conns.registered.notify_waiters();
-                            tracing::debug!(conn = %c.id, "Nacos connection set up");
-                            conn = Some(c);
+                        // Anything but the setup up the stream answers a push: nothing to do,
+                        // so its body is not parsed.
+                        let setup = p
+                            .metadata
+                            .as_ref()
+                            .is_some_and(|m| m.r#type == "ConnectionSetupRequest");
+                        if !setup || conn.is_some() {
+                            continue;
                         }
-                        // Anything else up the stream answers a push: nothing to do.
+                        let Ok(req) = Incoming::decode(&p) else { continue };
+                        let c = Arc::new(Conn {
+                            id: connection_id(addr),
+                            addr,
+                            push: tx.clone(),
+                            next_push: AtomicU64::new(1),
+                            caller: Mutex::new(req.caller(&caller)),
+                            lease: tokio::sync::Mutex::new(0),
+                            listened: Mutex::default(),
+                            subscribed: Mutex::default(),
+                            registry: st.node.watch_registry().clone(),
+                            listed: Mutex::default(),
+                        });
+                        let n = {
+                            let mut map = conns.lock();
+                            map.insert(addr, c.clone());
+                            map.len()
+                        };
+                        metrics::gauge!(CONNECTIONS_GAUGE).set(n as f64);
+                        conns.registered.notify_waiters();
+                        tracing::debug!(conn = %c.id, "Nacos connection set up");
+                        conn = Some(c);
                     }
                     Ok(None) | Err(_) => break,
                 },
@@ -350,4 +389,43 @@ pub fn serve_stream(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(p: &Payload) -> Value {
+        serde_json::from_slice(&p.body.as_ref().expect("a body").value).expect("JSON")
+    }
+
+    #[test]
+    fn request_id_goes_in_front_of_a_serialized_object() {
+        let object = serde_json::to_vec(&serde_json::json!({"dataId": "a", "headers": {}}))
+            .expect("serialized");
+        let p = payload_with_request_id("ConfigChangeNotifyRequest", &object, 42);
+        assert_eq!(
+            p.metadata.as_ref().map(|m| m.r#type.as_str()),
+            Some("ConfigChangeNotifyRequest")
+        );
+        assert_eq!(
+            body_of(&p),
+            serde_json::json!({"requestId": "42", "dataId": "a", "headers": {}})
+        );
+        // The same body as `Conn::push` builds from a value.
+        let mut v = serde_json::json!({"dataId": "a", "headers": {}});
+        v["requestId"] = Value::String("42".into());
+        assert_eq!(
+            body_of(&p),
+            body_of(&payload("ConfigChangeNotifyRequest", &v))
+        );
+    }
+
+    #[test]
+    fn request_id_in_an_empty_object_and_bytes_that_are_not_an_object() {
+        let p = payload_with_request_id("X", b"{}", 7);
+        assert_eq!(body_of(&p), serde_json::json!({"requestId": "7"}));
+        let p = payload_with_request_id("X", b"[1]", 7);
+        assert_eq!(body_of(&p), serde_json::json!([1]));
+    }
 }

@@ -82,6 +82,11 @@ impl Outcome {
 
 /// Builds a payload of class `kind` with `body` as its JSON.
 pub fn payload(kind: &str, body: &impl Serialize) -> Payload {
+    payload_of_json(kind, serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// A payload of class `kind` whose body is `json`, already serialized.
+pub fn payload_of_json(kind: &str, json: Vec<u8>) -> Payload {
     Payload {
         metadata: Some(Metadata {
             r#type: kind.to_string(),
@@ -90,7 +95,7 @@ pub fn payload(kind: &str, body: &impl Serialize) -> Payload {
         }),
         body: Some(prost_types::Any {
             type_url: String::new(),
-            value: serde_json::to_vec(body).unwrap_or_default(),
+            value: json,
         }),
     }
 }
