@@ -42,8 +42,8 @@ esac
 log() { printf '[bench-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
-  log "cargo build --release -p mast -p mast-bench"
-  cargo build --release -p mast -p mast-bench >&2
+  log "cargo build --release --bin mast --bin mast-bench"
+  cargo build --release --bin mast --bin mast-bench >&2
 fi
 [ -x /usr/bin/etcd ] || { log "etcd missing: bash scripts/install-test-deps.sh"; exit 1; }
 command -v jq >/dev/null || { log "jq missing: apt-get install jq"; exit 1; }

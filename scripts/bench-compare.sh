@@ -101,8 +101,8 @@ esac
 
 # 2. Build.
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
-  log "cargo build --release -p mast -p mast-bench"
-  cargo build --release -p mast -p mast-bench >&2
+  log "cargo build --release --bin mast --bin mast-bench"
+  cargo build --release --bin mast --bin mast-bench >&2
 fi
 [ -x "$mast_bin" ] || die "$mast_bin missing"
 [ -x "$bench_bin" ] || die "$bench_bin missing"

@@ -146,8 +146,8 @@ rnacos_version="$("$rnacos_bin" --version 2>/dev/null | head -n1 || true)"
 [ -n "$rnacos_version" ] || rnacos_version="rnacos (version not reported)"
 
 if [ "${NACOS_BENCH_SKIP_BUILD:-0}" != 1 ]; then
-  log "cargo build --release -p mast -p mast-bench"
-  cargo build --release -p mast -p mast-bench >&2
+  log "cargo build --release --bin mast --bin mast-bench"
+  cargo build --release --bin mast --bin mast-bench >&2
 fi
 [ -x "$mast_bin" ] || die "no $mast_bin"
 

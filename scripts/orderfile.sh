@@ -31,8 +31,8 @@ command -v callgrind_annotate >/dev/null || { log "callgrind_annotate missing (v
 command -v etcdctl >/dev/null || { log "etcdctl missing: bash scripts/install-test-deps.sh"; exit 1; }
 
 if [ "${ORDER_SKIP_BUILD:-0}" != 1 ]; then
-  log "cargo build --release -p mast -p mast-bench"
-  (cd "$repo" && cargo build --release -p mast -p mast-bench >&2)
+  log "cargo build --release --bin mast --bin mast-bench"
+  (cd "$repo" && cargo build --release --bin mast --bin mast-bench >&2)
 fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/mast-orderfile.XXXXXX")"

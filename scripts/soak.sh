@@ -40,7 +40,7 @@ for tool in jq etcdctl curl; do
 done
 if [ -z "${SOAK_SKIP_BUILD:-}" ]; then
   log "building release mast and mast-bench"
-  cargo build --release -p mast -p mast-bench >&2
+  cargo build --release --bin mast --bin mast-bench >&2
 fi
 
 rm -rf "$dir"
