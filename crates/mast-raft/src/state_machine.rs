@@ -191,51 +191,79 @@ impl StateMachine {
         &self.store
     }
 
-    fn apply_one(&mut self, entry: Entry) -> Result<Outcome, StorageError> {
-        let log_id = entry.log_id;
-        let index = self.base + log_id.index + 1;
+    /// Applies normal and blank entries (no membership entry among them) in one store
+    /// transaction, then publishes and reports each in order; their outcomes go to `out`.
+    fn apply_run(&mut self, run: Vec<Entry>, out: &mut Vec<Outcome>) -> Result<(), StorageError> {
+        let Some(last) = run.last().map(|e| e.log_id) else {
+            return Ok(());
+        };
+        let mut decoded: Vec<(u64, Vec<Command>)> = Vec::with_capacity(run.len());
+        for e in &run {
+            let commands = match &e.payload {
+                EntryPayload::Normal(p) => {
+                    self.since_checkpoint += p.bytes().len() as u64;
+                    Arc::unwrap_or_clone(p.commands().map_err(|e| sm_err(ErrorVerb::Read, e))?)
+                }
+                _ => Vec::new(),
+            };
+            decoded.push((self.base + e.log_id.index + 1, commands));
+        }
         let mut applied_note = Vec::with_capacity(25);
-        put_opt_log_id(&mut applied_note, &Some(log_id));
+        put_opt_log_id(&mut applied_note, &Some(last));
         let base_note = self.base.to_le_bytes();
         let mut notes: Vec<(&str, &[u8])> = vec![(NOTE_APPLIED, &applied_note)];
         if !self.base_noted {
             notes.push((NOTE_BASE, &base_note));
-            self.base_noted = true;
         }
-        let (commands, mut applied) = match &entry.payload {
-            EntryPayload::Normal(p) => {
-                let commands = p.commands().map_err(|e| sm_err(ErrorVerb::Read, e))?;
-                self.since_checkpoint += p.bytes().len() as u64;
-                let applied = self
-                    .store
-                    .apply_noted(index, &commands, &notes)
-                    .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                (Some(commands), applied)
-            }
-            EntryPayload::Blank => (
-                None,
-                self.store
-                    .apply_noted(index, &[], &notes)
-                    .map_err(|e| sm_err(ErrorVerb::Write, e))?,
-            ),
-            EntryPayload::Membership(m) => {
-                let stored = StoredMembership::new(Some(log_id), m.clone());
-                let mut note = Vec::new();
-                put_stored_membership(&mut note, &stored);
-                notes.push((NOTE_MEMBERSHIP, &note));
-                let applied = self
-                    .store
-                    .apply_noted(index, &[], &notes)
-                    .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                self.membership = stored;
-                self.observer.membership(&self.membership);
-                (None, applied)
-            }
-        };
+        let batch: Vec<(u64, &[Command])> =
+            decoded.iter().map(|(i, c)| (*i, c.as_slice())).collect();
+        let applied = self
+            .store
+            .apply_batch(&batch, &notes)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.base_noted = true;
+        for ((e, (_, commands)), mut applied) in run.iter().zip(&decoded).zip(applied) {
+            self.applied = Some(e.log_id);
+            self.store.publish(applied.revision, applied.index);
+            self.observer.applied(commands, &mut applied);
+            out.push(Outcome {
+                revision: applied.revision,
+                results: applied.results,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a membership entry: no commands, the membership noted in the same commit.
+    fn apply_membership(
+        &mut self,
+        log_id: LogId,
+        membership: &Membership,
+    ) -> Result<Outcome, StorageError> {
+        let index = self.base + log_id.index + 1;
+        let mut applied_note = Vec::with_capacity(25);
+        put_opt_log_id(&mut applied_note, &Some(log_id));
+        let base_note = self.base.to_le_bytes();
+        let stored = StoredMembership::new(Some(log_id), membership.clone());
+        let mut membership_note = Vec::new();
+        put_stored_membership(&mut membership_note, &stored);
+        let mut notes: Vec<(&str, &[u8])> = vec![
+            (NOTE_APPLIED, &applied_note),
+            (NOTE_MEMBERSHIP, &membership_note),
+        ];
+        if !self.base_noted {
+            notes.push((NOTE_BASE, &base_note));
+        }
+        let mut applied = self
+            .store
+            .apply_noted(index, &[], &notes)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.base_noted = true;
+        self.membership = stored;
+        self.observer.membership(&self.membership);
         self.applied = Some(log_id);
         self.store.publish(applied.revision, applied.index);
-        let commands: &[Command] = commands.as_deref().map_or(&[], |c| c.as_slice());
-        self.observer.applied(commands, &mut applied);
+        self.observer.applied(&[], &mut applied);
         Ok(Outcome {
             revision: applied.revision,
             results: applied.results,
@@ -304,10 +332,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        // Runs of normal and blank entries are applied in one store transaction each; a
+        // membership entry alone, as it changes what the next entries are applied under.
         let mut out = Vec::new();
+        let mut run: Vec<Entry> = Vec::new();
         for e in entries {
-            out.push(self.apply_one(e)?);
+            if let EntryPayload::Membership(m) = &e.payload {
+                self.apply_run(std::mem::take(&mut run), &mut out)?;
+                out.push(self.apply_membership(e.log_id, m)?);
+            } else {
+                run.push(e);
+            }
         }
+        self.apply_run(run, &mut out)?;
         if self.since_checkpoint >= self.opts.checkpoint_bytes {
             self.since_checkpoint = 0;
             self.store

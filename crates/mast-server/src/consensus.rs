@@ -210,6 +210,23 @@ impl Consensus {
         commands: Vec<Command>,
         wanted: impl Fn() -> bool,
     ) -> Result<Proposed, EtcdError> {
+        let accepted = self.submit(commands, wanted).await?;
+        self.settle(accepted).await
+    }
+
+    /// The first half of [`Consensus::propose`]: the entry is applied on the leader and its
+    /// results are known, but on a follower this member may not have applied it yet —
+    /// [`Consensus::settle`] waits for that. The writer frees its slot for the next entry
+    /// in between: a follower's next hand-over need not wait for the commit index to
+    /// reach it (the leader tells followers with its next append, one round trip later).
+    ///
+    /// # Errors
+    /// As [`Consensus::propose`].
+    pub async fn submit(
+        &self,
+        commands: Vec<Command>,
+        wanted: impl Fn() -> bool,
+    ) -> Result<Accepted, EtcdError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let wall_deadline = std::time::SystemTime::now() + self.request_timeout;
         let mut leader = self.wait_leader(deadline).await?;
@@ -223,8 +240,10 @@ impl Consensus {
                 .await
             {
                 Ok(Ok((results, index))) => {
-                    self.wait_applied(index, deadline).await?;
-                    return Ok(Proposed { results, index });
+                    return Ok(Accepted {
+                        proposed: Proposed { results, index },
+                        local_wait: Some(deadline),
+                    });
                 }
                 Ok(Err(e)) if never_sent(&e) => {
                     match self.wait_leader_other_than(leader, deadline).await {
@@ -239,9 +258,12 @@ impl Consensus {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let proposal = mast_raft::Proposal::new(commands);
         match tokio::time::timeout(left, self.raft.client_write(proposal)).await {
-            Ok(Ok(r)) => Ok(Proposed {
-                results: r.data.results,
-                index: r.log_id.index + 1,
+            Ok(Ok(r)) => Ok(Accepted {
+                proposed: Proposed {
+                    results: r.data.results,
+                    index: r.log_id.index + 1,
+                },
+                local_wait: None,
             }),
             Ok(Err(openraft::error::RaftError::APIError(
                 openraft::error::ClientWriteError::ForwardToLeader(_),
@@ -252,6 +274,18 @@ impl Consensus {
             Ok(Err(openraft::error::RaftError::Fatal(_))) => Err(EtcdError::Stopped),
             Err(_) => Err(EtcdError::Timeout),
         }
+    }
+
+    /// The second half of [`Consensus::propose`]: waits until this member has applied the
+    /// entry of `accepted` (at once on the leader, which answered after its own apply).
+    ///
+    /// # Errors
+    /// [`EtcdError::Timeout`] when the request's deadline passes first.
+    pub async fn settle(&self, accepted: Accepted) -> Result<Proposed, EtcdError> {
+        if let Some(deadline) = accepted.local_wait {
+            self.wait_applied(accepted.proposed.index, deadline).await?;
+        }
+        Ok(accepted.proposed)
     }
 
     /// Waits until this member has applied the entry at `index` (counted from 1; 0 waits for
@@ -424,6 +458,14 @@ pub struct Proposed {
     pub results: Vec<Result<CommandResult, MvccError>>,
     /// The entry's log index, counted from 1.
     pub index: u64,
+}
+
+/// What [`Consensus::submit`] answers: the leader's results, and until when this member (a
+/// follower) may wait to apply the entry itself (`None` on the leader).
+#[derive(Debug)]
+pub struct Accepted {
+    proposed: Proposed,
+    local_wait: Option<tokio::time::Instant>,
 }
 
 /// The leader's lessor checkpoints: every [`CHECKPOINT_INTERVAL`], the remaining time of the

@@ -26,7 +26,9 @@ use crate::error::EtcdError;
 /// Most commands in one log entry.
 pub const MAX_BATCH: usize = 1024;
 
-/// Most entries proposed and not yet applied; commands wait beyond that and join the next.
+/// Most entries proposed and not yet applied by the leader; commands wait beyond that and
+/// join the next. (A follower's entries leave this count once the leader has answered, while
+/// the follower still waits to apply them itself.)
 pub const MAX_IN_FLIGHT: usize = 2;
 
 type Outcome = Result<CommandResult, EtcdError>;
@@ -187,6 +189,10 @@ impl Writer {
 
 async fn propose_loop(consensus: Arc<Consensus>, mut rx: mpsc::Receiver<(Command, Reply)>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    // Handles looked up once (each `metrics::…!` call searches the recorder's registry).
+    let batch_size = metrics::histogram!("mast_writer_batch_size");
+    let pending = metrics::gauge!("etcd_server_proposals_pending");
+    let failed = metrics::counter!("etcd_server_proposals_failed_total");
     while let Some((cmd, reply)) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -205,15 +211,23 @@ async fn propose_loop(consensus: Arc<Consensus>, mut rx: mpsc::Receiver<(Command
                 Err(_) => break,
             }
         }
-        metrics::histogram!("mast_writer_batch_size").record(cmds.len() as f64);
-        metrics::gauge!("etcd_server_proposals_pending").increment(1.0);
+        batch_size.record(cmds.len() as f64);
+        pending.increment(1.0);
         let consensus = consensus.clone();
+        let (pending, failed) = (pending.clone(), failed.clone());
         tokio::spawn(async move {
             // Abandoned once every client of the batch has gone (their handlers dropped).
-            let result = consensus
-                .propose(cmds, || replies.iter().any(|r| !r.tx.is_closed()))
+            let accepted = consensus
+                .submit(cmds, || replies.iter().any(|r| !r.tx.is_closed()))
                 .await;
-            metrics::gauge!("etcd_server_proposals_pending").decrement(1.0);
+            pending.decrement(1.0);
+            // The leader has applied the entry: the next one may go while a follower waits
+            // for its own apply.
+            drop(slot);
+            let result = match accepted {
+                Ok(accepted) => consensus.settle(accepted).await,
+                Err(e) => Err(e),
+            };
             let mut outbox = Outbox::default();
             match result {
                 Ok(proposed) => {
@@ -222,14 +236,13 @@ async fn propose_loop(consensus: Arc<Consensus>, mut rx: mpsc::Receiver<(Command
                     }
                 }
                 Err(e) => {
-                    metrics::counter!("etcd_server_proposals_failed_total").increment(1);
+                    failed.increment(1);
                     for reply in replies {
                         outbox.send(reply, (Err(e.clone_for_waiters()), 0));
                     }
                 }
             }
             outbox.wake();
-            drop(slot);
         });
     }
 }
