@@ -202,7 +202,7 @@ impl StateMachine {
             let commands = match &e.payload {
                 EntryPayload::Normal(p) => {
                     self.since_checkpoint += p.bytes().len() as u64;
-                    Arc::unwrap_or_clone(p.commands().map_err(|e| sm_err(ErrorVerb::Read, e))?)
+                    p.commands().map_err(|e| sm_err(ErrorVerb::Read, e))?
                 }
                 _ => Vec::new(),
             };

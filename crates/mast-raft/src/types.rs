@@ -4,7 +4,6 @@
 //! and the peer protocol.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use mast_mvcc::codec::{Reader, put_bytes, put_u32, put_u64};
@@ -90,8 +89,8 @@ impl Proposal {
     ///
     /// # Errors
     /// [`CodecError`] when the bytes are not an entry this build reads.
-    pub fn commands(&self) -> Result<Arc<Vec<Command>>, CodecError> {
-        Ok(Arc::new(mast_mvcc::decode_entry(&self.data)?))
+    pub fn commands(&self) -> Result<Vec<Command>, CodecError> {
+        mast_mvcc::decode_entry(&self.data)
     }
 }
 
