@@ -214,6 +214,19 @@ async fn leader_kill_under_load_loses_nothing_and_members_agree() {
         ledger.len()
     );
     assert!(ledger.len() > 100, "too few writes: {}", ledger.len());
+    // The followers saw the leader's connections close and its peer port refuse: they
+    // campaigned at once rather than after the election timeout (`mast_raft::leader_watch`).
+    let http = reqwest::Client::new();
+    let mut campaigns = 0.0;
+    for (i, m) in c.members.iter().enumerate() {
+        if i != leader {
+            campaigns += metric_sum(&http, &m.endpoint(), "mast_server_leader_gone_total").await;
+        }
+    }
+    assert!(
+        campaigns >= 1.0,
+        "no follower campaigned on seeing the leader gone"
+    );
 
     // The killed member comes back and catches up; then every member has every acknowledged
     // write, and all agree.
@@ -786,6 +799,11 @@ fn a_cli_registration_keeps_its_lease_while_members_die_in_turn() {
 /// The sum of every `mast_health_probes_total` series member `endpoint` exports (0 when it
 /// has probed nothing: the counter is not registered until its first probe).
 async fn probes_run(http: &reqwest::Client, endpoint: &str) -> f64 {
+    metric_sum(http, endpoint, "mast_health_probes_total").await
+}
+
+/// The sum of every series of metric `name` that member `endpoint` exports (0 when none).
+async fn metric_sum(http: &reqwest::Client, endpoint: &str, name: &str) -> f64 {
     let body = http
         .get(format!("{endpoint}/metrics"))
         .send()
@@ -795,7 +813,10 @@ async fn probes_run(http: &reqwest::Client, endpoint: &str) -> f64 {
         .await
         .expect("metrics body");
     body.lines()
-        .filter(|l| l.starts_with("mast_health_probes_total"))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

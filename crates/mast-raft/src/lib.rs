@@ -7,6 +7,8 @@
 //!   a sync thread that makes appends durable with one `fdatasync` for all that are waiting.
 //! - [`state_machine`]: applying committed entries to the store, checkpoints, and snapshots as
 //!   views of the live store.
+//! - [`network`]: the peer protocol, both sides; [`leader_watch`]: a follower that sees its
+//!   leader's process gone (its connection closed, its peer port refusing) campaigns at once.
 //!
 //! **Architecture invariant:** nothing here knows about clients. The server proposes
 //! [`types::Proposal`]s and observes what is applied through
@@ -17,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod identity;
+pub mod leader_watch;
 pub mod log_store;
 pub mod member;
 pub mod network;

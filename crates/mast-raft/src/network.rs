@@ -636,6 +636,8 @@ pub struct PeerService<H> {
     /// Where received snapshots are assembled.
     dir: PathBuf,
     handler: Arc<H>,
+    /// Where the leader's AppendEntries come from, to see the leader go away.
+    watch: Arc<crate::leader_watch::LeaderWatch>,
 }
 
 impl<H: ForwardHandler> PeerService<H> {
@@ -649,12 +651,22 @@ impl<H: ForwardHandler> PeerService<H> {
         handler: Arc<H>,
     ) -> Self {
         PeerService {
+            watch: crate::leader_watch::LeaderWatch::new(raft.clone()),
             raft,
             cluster_id,
             member_id,
             dir,
             handler,
         }
+    }
+
+    /// What wraps accepted peer connections so that their closing is noticed: when one
+    /// carried the current leader's AppendEntries and the leader's peer port then refuses
+    /// connections, this member campaigns at once (see [`crate::leader_watch`]). Serve the
+    /// service over wrapped connections (`serve_with_incoming`) to get that; unwrapped ones
+    /// work as before.
+    pub fn connection_watcher(&self) -> crate::leader_watch::ConnectionWatcher {
+        crate::leader_watch::ConnectionWatcher(self.watch.clone())
     }
 
     /// The tonic server for this service.
@@ -700,6 +712,7 @@ impl<H: ForwardHandler> pb::peer_server::Peer for PeerService<H> {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let from = req.remote_addr();
         let req = req.into_inner();
         self.check(&req.route)?;
         let mut entries = Vec::with_capacity(req.entries.len());
@@ -712,7 +725,14 @@ impl<H: ForwardHandler> pb::peer_server::Peer for PeerService<H> {
             entries,
             leader_commit: get_opt_log_id(&mut Reader(&req.leader_commit)).map_err(bad_request)?,
         };
+        let sender = rpc.vote.leader_id().voted_for();
+        let committed = rpc.vote.is_committed();
         let resp = self.raft.append_entries(rpc).await.map_err(raft_status)?;
+        if let Some(leader) = sender.filter(|_| committed)
+            && !matches!(resp, AppendEntriesResponse::HigherVote(_))
+        {
+            self.watch.accepted(from, leader);
+        }
         use pb::append_entries_response::Result as R;
         let result = match resp {
             AppendEntriesResponse::Success => R::Success(true),

@@ -137,11 +137,15 @@ fn spawn_peer(
     Ok(tokio::spawn(async move {
         // `Server::tcp_nodelay` covers only listeners tonic binds itself: without it here a
         // follower's hand-over waited on Nagle and delayed ACKs (~40 ms per answer).
+        // Each connection is watched: the closing of the leader's tells a follower to check
+        // whether the leader is gone (`mast_raft::leader_watch`).
+        let watcher = svc.connection_watcher();
         let incoming = tokio_stream::StreamExt::map(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            |conn| {
-                conn.inspect(|tcp| {
+            move |conn| {
+                conn.map(|tcp| {
                     let _ = tcp.set_nodelay(true);
+                    watcher.watch(tcp)
                 })
             },
         );
